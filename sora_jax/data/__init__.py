@@ -1,0 +1,1 @@
+"""Input data: the built-in moving-shapes set, video files, patch-n'-pack."""

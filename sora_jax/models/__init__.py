@@ -1,0 +1,1 @@
+"""Neural networks: the causal video VAE and the Diffusion Transformer."""

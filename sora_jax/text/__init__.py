@@ -1,0 +1,1 @@
+"""Language side: tokenizers and text encoders."""
