@@ -1,0 +1,256 @@
+"""Patch-n'-pack (NaViT-style): latent videos of any duration / resolution / aspect ratio.
+
+Host-side numpy only. A latent video ``f32[t h w c]`` is cut into non-overlapping
+``(pt, ph, pw)`` patches (no cropping, no resizing), each flattened to one token of size
+``d = pt*ph*pw*c``. Tokens of several videos are then packed into fixed-length rows
+``[num_rows seq_len d]``; ``segment_ids`` tell which video each token belongs to
+(1..S inside a row, 0 = padding) so attention can be restricted to one's own video,
+and ``positions`` carry each token's (t, h, w) index on its video's patch grid for RoPE.
+
+Invariants of every packed batch: inside a row the segments are contiguous, numbered
+1, 2, ... in placement order, and padding (segment 0, zero tokens, zero positions) only
+occurs at the tail of the row.
+
+Two ways to pack:
+  * ``pack(items, seq_len, num_rows, max_segments)``: one batch from a list, first-fit in
+    the given order; what does not fit is reported (placement ``None``), not packed.
+  * ``Packer``: a stream packer with a bounded look-ahead buffer (see its docstring).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Hashable, Sequence
+
+import einops
+import numpy as np
+
+__all__ = [
+    "patchify",
+    "unpatchify",
+    "Placement",
+    "pack",
+    "unpack",
+    "padding_fraction",
+    "PackedBatch",
+    "Packer",
+]
+
+
+def _check_patch(patch) -> tuple[int, int, int]:
+    patch = tuple(int(p) for p in patch)
+    if len(patch) != 3 or min(patch) < 1:
+        raise ValueError(f"patch must be three positive ints (pt, ph, pw), got {patch}")
+    return patch
+
+
+def patchify(latent: np.ndarray, patch: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``f32[t h w c] -> (tokens f32[n pt*ph*pw*c], positions i32[n 3])``.
+
+    ``n = (t/pt)(h/ph)(w/pw)``; tokens are ordered t-major, then h, then w, and
+    ``positions[i]`` is the (t, h, w) index of token ``i`` on the patch grid.
+    """
+    latent = np.asarray(latent)
+    if latent.ndim != 4:
+        raise ValueError(f"patchify expects a latent f32[t h w c], got shape {latent.shape}")
+    pt, ph, pw = _check_patch(patch)
+    for name, size, p in zip("thw", latent.shape[:3], (pt, ph, pw)):
+        if size % p:
+            raise ValueError(f"patchify: latent dim {name}={size} not divisible by patch {p}")
+    gt, gh, gw = latent.shape[0] // pt, latent.shape[1] // ph, latent.shape[2] // pw
+    tokens = einops.rearrange(latent, "(t pt) (h ph) (w pw) c -> (t h w) (pt ph pw c)",
+                              pt=pt, ph=ph, pw=pw)
+    positions = np.stack(np.meshgrid(np.arange(gt), np.arange(gh), np.arange(gw),
+                                     indexing="ij"), -1).reshape(-1, 3).astype(np.int32)
+    return np.ascontiguousarray(tokens), positions
+
+
+def unpatchify(tokens: np.ndarray, grid: tuple[int, int, int], patch: tuple[int, int, int],
+               channels: int) -> np.ndarray:
+    """Exact inverse of ``patchify``: ``f32[n d] -> f32[t h w c]`` for patch-grid ``grid``."""
+    tokens = np.asarray(tokens)
+    pt, ph, pw = _check_patch(patch)
+    gt, gh, gw = (int(g) for g in grid)
+    expected = (gt * gh * gw, pt * ph * pw * channels)
+    if tokens.shape != expected:
+        raise ValueError(f"unpatchify: tokens shape {tokens.shape} does not match grid {grid}, "
+                         f"patch {patch}, channels {channels} (expected {expected})")
+    return einops.rearrange(tokens, "(t h w) (pt ph pw c) -> (t pt) (h ph) (w pw) c",
+                            t=gt, h=gh, w=gw, pt=pt, ph=ph, pw=pw, c=channels)
+
+
+@dataclasses.dataclass
+class Placement:
+    """Where one item landed: tokens ``[start, start+length)`` of row ``row``."""
+    row: int
+    segment: int  # 1-based segment id inside the row
+    start: int
+    length: int
+    grid: tuple[int, int, int]  # the item's patch grid (t, h, w), from its positions
+
+
+def padding_fraction(segment_ids: np.ndarray) -> float:
+    """Fraction of padding tokens (segment id 0) in ``i32[rows seq_len]``."""
+    segment_ids = np.asarray(segment_ids)
+    return float(np.mean(segment_ids == 0)) if segment_ids.size else 0.0
+
+
+def _validate_item(i, tokens, positions, seq_len: int, dim: int | None) -> None:
+    if tokens.ndim != 2 or positions.shape != (tokens.shape[0], 3):
+        raise ValueError(f"item {i}: expected tokens f32[n d] and positions i32[n 3], got "
+                         f"{tokens.shape} and {positions.shape}")
+    if tokens.shape[0] == 0:
+        raise ValueError(f"item {i}: has no tokens")
+    if tokens.shape[0] > seq_len:
+        raise ValueError(f"item {i}: length {tokens.shape[0]} exceeds seq_len {seq_len}")
+    if dim is not None and tokens.shape[1] != dim:
+        raise ValueError(f"item {i}: token dim {tokens.shape[1]} != {dim}")
+
+
+def _first_fit(lengths: Sequence[int], seq_len: int, num_rows: int,
+               max_segments: int) -> list[tuple[int, int, int] | None]:
+    """(row, segment, start) for each length in order, or None where no row can take it."""
+    used = [0] * num_rows
+    count = [0] * num_rows
+    out: list[tuple[int, int, int] | None] = []
+    for n in lengths:
+        for r in range(num_rows):
+            if count[r] < max_segments and used[r] + n <= seq_len:
+                count[r] += 1
+                out.append((r, count[r], used[r]))
+                used[r] += n
+                break
+        else:
+            out.append(None)
+    return out
+
+
+def _check_sizes(seq_len: int, num_rows: int, max_segments: int) -> None:
+    for name, v in (("seq_len", seq_len), ("num_rows", num_rows), ("max_segments", max_segments)):
+        if int(v) < 1:
+            raise ValueError(f"{name} must be >= 1, got {v}")
+
+
+def pack(items: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: int, num_rows: int,
+         max_segments: int, *, dim: int | None = None
+         ) -> tuple[dict[str, np.ndarray], list[Placement | None]]:
+    """Packs ``(tokens f32[n_i d], positions i32[n_i 3])`` items first-fit into one batch.
+
+    Each item, in the given order, goes to the first row with ``>= n_i`` free tokens and
+    fewer than ``max_segments`` segments; items that fit nowhere get placement ``None``
+    (dropped: the caller decides what to do with them). ``dim`` is only needed when
+    ``items`` is empty.
+
+    Returns ``batch`` = {'tokens': f32[num_rows seq_len d],
+    'segment_ids': i32[num_rows seq_len] (0 = padding), 'positions': i32[num_rows seq_len 3]}
+    and one placement per item. Raises ValueError for an item longer than ``seq_len``.
+    """
+    _check_sizes(seq_len, num_rows, max_segments)
+    items = [(np.asarray(t), np.asarray(p)) for t, p in items]
+    if dim is None:
+        if not items:
+            raise ValueError("pack: no items and no `dim` given: cannot infer the token size")
+        dim = items[0][0].shape[-1]
+    for i, (t, p) in enumerate(items):
+        _validate_item(i, t, p, seq_len, dim)
+    slots = _first_fit([t.shape[0] for t, _ in items], seq_len, num_rows, max_segments)
+    tokens = np.zeros((num_rows, seq_len, dim), np.float32)
+    segment_ids = np.zeros((num_rows, seq_len), np.int32)
+    positions = np.zeros((num_rows, seq_len, 3), np.int32)
+    placements: list[Placement | None] = []
+    for (t, p), slot in zip(items, slots):
+        if slot is None:
+            placements.append(None)
+            continue
+        row, seg, start = slot
+        n = t.shape[0]
+        tokens[row, start:start + n] = t
+        segment_ids[row, start:start + n] = seg
+        positions[row, start:start + n] = p
+        grid = tuple(int(g) for g in p.max(0) + 1)
+        placements.append(Placement(row=row, segment=seg, start=start, length=n, grid=grid))
+    return {"tokens": tokens, "segment_ids": segment_ids, "positions": positions}, placements
+
+
+def unpack(tokens_packed: np.ndarray, placements: Sequence[Placement | None]
+           ) -> list[np.ndarray | None]:
+    """Inverse of ``pack`` for ``f32[rows L d]`` (e.g. model outputs): ``f32[n_i d]`` per item,
+    ``None`` where the placement is ``None``."""
+    tokens_packed = np.asarray(tokens_packed)
+    if tokens_packed.ndim != 3:
+        raise ValueError(f"unpack expects f32[rows L d], got shape {tokens_packed.shape}")
+    return [None if p is None else tokens_packed[p.row, p.start:p.start + p.length].copy()
+            for p in placements]
+
+
+@dataclasses.dataclass
+class PackedBatch:
+    """One batch emitted by ``Packer``: ``keys[i]`` was placed at ``placements[i]``."""
+    batch: dict[str, np.ndarray]
+    keys: list[Hashable]
+    placements: list[Placement]
+    padding_fraction: float
+
+
+class Packer:
+    """Streaming greedy first-fit packer with a bounded look-ahead buffer.
+
+    Usage::
+
+        packer = Packer(seq_len, num_rows, max_segments, buffer_size)
+        for key, tokens, positions in stream:
+            out = packer.add(key, tokens, positions)   # PackedBatch | None
+            if out is not None: train_on(out)
+        rest = packer.flush()                          # list[PackedBatch] (last, less full)
+
+    ``add`` buffers the item; once ``buffer_size`` items are buffered it packs and returns
+    one batch. A batch is packed by first-fit over the buffer taking the OLDEST item first
+    (it always fits into the empty row 0, so every item leaves the buffer within
+    ``buffer_size`` batches: no starvation), then the others largest-first (first-fit
+    decreasing leaves little padding). Items that do not fit stay buffered, in arrival order.
+    No item is ever dropped: each key comes out exactly once (keys must be unique).
+    """
+
+    def __init__(self, seq_len: int, num_rows: int, max_segments: int, buffer_size: int):
+        _check_sizes(seq_len, num_rows, max_segments)
+        if buffer_size < 1:
+            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+        self.seq_len, self.num_rows = seq_len, num_rows
+        self.max_segments, self.buffer_size = max_segments, buffer_size
+        self._buffer: list[tuple[Hashable, np.ndarray, np.ndarray]] = []
+        self._dim: int | None = None
+
+    @property
+    def pending_keys(self) -> list[Hashable]:
+        """Keys still buffered, in arrival order."""
+        return [k for k, _, _ in self._buffer]
+
+    def add(self, key: Hashable, tokens: np.ndarray, positions: np.ndarray) -> PackedBatch | None:
+        """Buffers one item; returns a batch once the buffer holds ``buffer_size`` items."""
+        tokens, positions = np.asarray(tokens), np.asarray(positions)
+        _validate_item(repr(key), tokens, positions, self.seq_len, self._dim)
+        self._dim = tokens.shape[1]
+        self._buffer.append((key, tokens, positions))
+        return self.pop_batch() if len(self._buffer) >= self.buffer_size else None
+
+    def pop_batch(self) -> PackedBatch | None:
+        """Packs one batch from the buffered items now; None if the buffer is empty."""
+        if not self._buffer:
+            return None
+        rest = sorted(range(1, len(self._buffer)), key=lambda i: -self._buffer[i][1].shape[0])
+        order = [0] + rest
+        chosen = [self._buffer[i] for i in order]
+        batch, placements = pack([(t, p) for _, t, p in chosen], self.seq_len, self.num_rows,
+                                 self.max_segments, dim=self._dim)
+        placed = {i for i, p in zip(order, placements) if p is not None}
+        keys = [k for (k, _, _), p in zip(chosen, placements) if p is not None]
+        self._buffer = [b for i, b in enumerate(self._buffer) if i not in placed]
+        return PackedBatch(batch=batch, keys=keys,
+                           placements=[p for p in placements if p is not None],
+                           padding_fraction=padding_fraction(batch["segment_ids"]))
+
+    def flush(self) -> list[PackedBatch]:
+        """Packs everything still buffered (the last batches may be mostly padding)."""
+        out = []
+        while self._buffer:
+            out.append(self.pop_batch())
+        return out

@@ -1,0 +1,102 @@
+"""Reading and writing videos (uint8[t h w 3] RGB) with PyAV.
+
+Formats by suffix:
+  .mp4  H.264 (libx264, yuv420p, crf 15). yuv420p subsamples chroma 2x2, so height and width
+        must be even; odd sizes raise ValueError rather than silently padding/scaling, so a
+        file always round-trips to exactly the shape that was written.
+  .gif  GIF with pix_fmt rgb8 (fixed 3-3-2 bit palette: coarse colours, any size).
+"""
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+_SUFFIXES = (".mp4", ".gif")
+
+
+def _check_video(video) -> np.ndarray:
+    video = np.asarray(video)
+    if video.ndim != 4 or video.shape[-1] != 3 or min(video.shape[:3]) <= 0:
+        raise ValueError(f"video must be uint8[t h w 3] with t, h, w > 0, got shape {video.shape}")
+    if video.dtype != np.uint8:
+        raise ValueError(f"video must have dtype uint8, got {video.dtype}")
+    return video
+
+
+def write_video(path: str | os.PathLike, video: np.ndarray, fps: int = 8,
+                metadata: dict | None = None) -> None:
+    """Write uint8[t h w 3] to `path` (.mp4 or .gif, see module docstring).
+
+    `metadata` (str -> str, e.g. {'title': ..., 'comment': caption}) goes into the container
+    metadata; the mp4 muxer keeps standard keys such as title and comment.
+    """
+    path = Path(path)
+    video = _check_video(video)
+    suffix = path.suffix.lower()
+    if suffix not in _SUFFIXES:
+        raise ValueError(f"unsupported video suffix {suffix!r} for {path}; use one of {_SUFFIXES}")
+    if not isinstance(fps, (int, np.integer)) or fps <= 0:
+        raise ValueError(f"fps must be a positive int, got {fps!r}")
+    _, height, width, _ = video.shape
+    if suffix == ".mp4" and (height % 2 or width % 2):
+        raise ValueError(f"mp4 (yuv420p) needs even height and width, got {height}x{width}")
+    with av.open(str(path), mode="w") as container:
+        for key, value in (metadata or {}).items():
+            container.metadata[str(key)] = str(value)
+        if suffix == ".mp4":
+            stream = container.add_stream("libx264", rate=int(fps))
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": "15", "preset": "medium"}
+        else:
+            stream = container.add_stream("gif", rate=int(fps))
+            stream.pix_fmt = "rgb8"
+        stream.width, stream.height = width, height
+        stream.time_base = Fraction(1, int(fps))
+        for i, frame in enumerate(video):
+            av_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            av_frame.pts = i
+            container.mux(stream.encode(av_frame))
+        container.mux(stream.encode(None))  # flush delayed frames
+
+
+def _open(path: Path):
+    if not path.is_file():
+        raise FileNotFoundError(f"video file not found: {path}")
+    try:
+        return av.open(str(path), mode="r")
+    except (av.FFmpegError, ValueError, OSError) as e:
+        raise ValueError(f"cannot open video {path}: {e}") from e
+
+
+def read_video(path: str | os.PathLike) -> np.ndarray:
+    """Decode all frames of the first video stream as uint8[t h w 3] RGB.
+
+    Raises FileNotFoundError for a missing file and ValueError (naming the path) for a file
+    that is not a decodable video."""
+    path = Path(path)
+    container = _open(path)
+    try:
+        if not container.streams.video:
+            raise ValueError(f"no video stream in {path}")
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    except av.FFmpegError as e:
+        raise ValueError(f"cannot decode video {path}: {e}") from e
+    finally:
+        container.close()
+    if not frames:
+        raise ValueError(f"no decodable frames in {path}")
+    return np.stack(frames)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """Container metadata of a video file (keys as stored by the muxer, e.g. 'title', 'comment')."""
+    path = Path(path)
+    container = _open(path)
+    try:
+        return dict(container.metadata)
+    finally:
+        container.close()

@@ -1,0 +1,46 @@
+"""The one attention entry point of the DiT (so other kernels can be plugged in later).
+
+Masks are boolean ``bool[b 1 lq lk]`` (True = may attend), shared by all heads. Packed
+sequences use ``segment_mask``: a token attends only to tokens of its own segment, and
+padding (segment 0) attends to / is attended by nothing.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["attention", "segment_mask", "IMPLEMENTATIONS"]
+
+# Our name -> jax.nn.dot_product_attention's `implementation` ('auto' lets jax choose).
+IMPLEMENTATIONS = {"xla": "xla", "cudnn": "cudnn", "auto": None}
+
+
+def segment_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array) -> jax.Array:
+    """``i32[b lq], i32[b lk] -> bool[b 1 lq lk]``: same segment and both non-zero."""
+    q, k = q_segment_ids[:, :, None], kv_segment_ids[:, None, :]
+    return ((q == k) & (q != 0) & (k != 0))[:, None]
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None,
+              implementation: str = "xla") -> jax.Array:
+    """Scaled dot-product attention ``f[b lq h d], f[b lk h d], f[b lk h d] -> f[b lq h d]``.
+
+    ``mask``: ``bool[b 1 lq lk]`` or None. Query rows with no allowed key (padding)
+    output exactly zero instead of an average over masked keys.
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown attention implementation {implementation!r}; "
+                         f"choose one of {sorted(IMPLEMENTATIONS)}")
+    if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+        raise ValueError(f"attention: incompatible shapes q {q.shape}, k {k.shape}, v {v.shape}")
+    if mask is not None:
+        expected = (q.shape[0], 1, q.shape[1], k.shape[1])
+        if mask.shape != expected:
+            raise ValueError(f"attention: mask shape {mask.shape}, expected {expected}")
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask,
+                                       implementation=IMPLEMENTATIONS[implementation])
+    if mask is not None:
+        # Fully masked rows get uniform weights over masked keys; zero them.
+        any_key = jnp.any(mask, axis=-1)[:, 0, :, None, None]  # [b lq 1 1]
+        out = out * any_key.astype(out.dtype)
+    return out

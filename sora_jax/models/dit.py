@@ -1,0 +1,153 @@
+"""Diffusion Transformer over patch-n'-packed latent tokens.
+
+Input rows hold several videos ("segments") packed one after the other (see
+``sora_jax.data.packing``). Everything is per segment, so packing is invisible to each
+video: self-attention is masked to the token's own segment, cross-attention sees only the
+text of its own segment, and the conditioning (diffusion time + pooled text) is computed
+per segment and gathered per token for adaLN-Zero modulation. Positions enter only via 3D
+RoPE (relative), so any duration / resolution / aspect ratio is handled without change.
+Padding tokens (segment 0) are inert and their outputs are zero.
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sora_jax.models.attention import attention, segment_mask
+from sora_jax.models.rope import rope_3d
+
+__all__ = ["timestep_embedding", "DiTBlock", "DiT"]
+
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+    """Sinusoidal embedding ``f32[...] -> f32[... dim]`` of (already scaled) times."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    ang = t.astype(jnp.float32)[..., None] * freqs
+    return jnp.concatenate([jnp.cos(ang), jnp.sin(ang)], axis=-1)
+
+
+def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+    return x * (1.0 + scale) + shift
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero block: self-attention (QK-norm, 3D RoPE), cross-attention to text, MLP.
+
+    ``x f[b l hidden]``, ``c f[b l hidden]`` (per-token conditioning), ``positions
+    i32[b l 3]``, ``self_mask bool[b 1 l l]``, ``text f[b m hidden]``, ``cross_mask
+    bool[b 1 l m]`` -> ``f[b l hidden]``.
+    """
+
+    hidden: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+    rope_theta: float = 10000.0
+    dtype: jnp.dtype = jnp.float32
+    attention_impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, x, c, positions, self_mask, text, cross_mask):
+        h, d = self.num_heads, self.hidden // self.num_heads
+        dense = lambda n, name, **kw: nn.Dense(n, dtype=self.dtype, name=name, **kw)
+        norm = lambda name: nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False,
+                                         dtype=self.dtype, name=name)
+        mod = dense(6 * self.hidden, "adaln", kernel_init=nn.initializers.zeros)(nn.silu(c))
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, axis=-1)
+
+        # Self-attention within the segment.
+        y = _modulate(norm("norm_attn")(x), shift_a, scale_a)
+        qkv = dense(3 * self.hidden, "qkv")(y).reshape(*y.shape[:2], 3, h, d)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        # QK-norm keeps attention logits bounded (stable training at any length).
+        q = nn.RMSNorm(dtype=self.dtype, name="q_norm")(q)
+        k = nn.RMSNorm(dtype=self.dtype, name="k_norm")(k)
+        q, k = rope_3d(q, positions, self.rope_theta), rope_3d(k, positions, self.rope_theta)
+        a = attention(q, k, v, self_mask, self.attention_impl).reshape(*x.shape[:2], self.hidden)
+        x = x + gate_a * dense(self.hidden, "attn_out")(a)
+
+        # Cross-attention to the segment's own text (plain pre-norm residual).
+        y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm_cross")(x)
+        q = dense(self.hidden, "cross_q")(y).reshape(*y.shape[:2], h, d)
+        kv = dense(2 * self.hidden, "cross_kv")(text).reshape(*text.shape[:2], 2, h, d)
+        k, v = kv[:, :, 0], kv[:, :, 1]
+        q = nn.RMSNorm(dtype=self.dtype, name="cross_q_norm")(q)
+        k = nn.RMSNorm(dtype=self.dtype, name="cross_k_norm")(k)
+        a = attention(q, k, v, cross_mask, self.attention_impl).reshape(*x.shape[:2], self.hidden)
+        x = x + dense(self.hidden, "cross_out")(a)
+
+        # MLP.
+        y = _modulate(norm("norm_mlp")(x), shift_m, scale_m)
+        y = dense(int(self.hidden * self.mlp_ratio), "mlp_in")(y)
+        y = dense(self.hidden, "mlp_out")(nn.gelu(y))
+        return x + gate_m * y
+
+
+class DiT(nn.Module):
+    """Diffusion Transformer on packed token rows (predicts e.g. the flow velocity).
+
+    ``__call__(x f32[b l patch_dim], t f32[b s], segment_ids i32[b l], positions i32[b l 3],
+    text f32[b s lt text_dim], text_mask bool[b s lt]) -> f32[b l patch_dim]``
+
+    ``t[:, j]`` (in [0, 1]) and ``text[:, j]`` belong to segment ``j + 1``; segment ids must
+    be in ``[0, s]`` (0 = padding). Outputs on padding tokens are exactly zero.
+    """
+
+    patch_dim: int
+    hidden: int
+    depth: int
+    num_heads: int
+    text_dim: int
+    mlp_ratio: float = 4.0
+    rope_theta: float = 10000.0
+    dtype: jnp.dtype = jnp.float32
+    attention_impl: str = "xla"
+    time_freq_dim: int = 256
+
+    @nn.compact
+    def __call__(self, x, t, segment_ids, positions, text, text_mask):
+        b, l, _ = x.shape
+        s, lt = text.shape[1], text.shape[2]
+        if self.hidden % self.num_heads:
+            raise ValueError(f"DiT: hidden {self.hidden} not divisible by num_heads {self.num_heads}")
+        if x.shape[-1] != self.patch_dim:
+            raise ValueError(f"DiT: token dim {x.shape[-1]} != patch_dim {self.patch_dim}")
+        if t.shape != (b, s) or text_mask.shape != (b, s, lt) or text.shape[-1] != self.text_dim:
+            raise ValueError(f"DiT: inconsistent t {t.shape}, text {text.shape}, text_mask "
+                             f"{text_mask.shape} (expected t [b s], text [b s lt {self.text_dim}])")
+        if segment_ids.shape != (b, l) or positions.shape != (b, l, 3):
+            raise ValueError(f"DiT: segment_ids {segment_ids.shape} / positions {positions.shape} "
+                             f"do not match tokens {x.shape}")
+        dense = lambda n, name, **kw: nn.Dense(n, dtype=self.dtype, name=name, **kw)
+        text = text.astype(self.dtype)
+
+        # Per-segment conditioning c[b s hidden]: diffusion time + pooled text.
+        te = timestep_embedding(t * 1000.0, self.time_freq_dim)
+        c = dense(self.hidden, "time_mlp_out")(nn.silu(dense(self.hidden, "time_mlp_in")(te)))
+        m = text_mask.astype(jnp.float32)[..., None]
+        pooled = jnp.sum(text * m, axis=2) / jnp.maximum(jnp.sum(m, axis=2), 1.0)  # [b s text_dim]
+        c = c + dense(self.hidden, "text_pool_proj")(pooled)
+        # Gather per token; padding takes segment 1's (its outputs are zeroed anyway).
+        c_tok = jnp.take_along_axis(c, jnp.clip(segment_ids - 1, 0, s - 1)[..., None], axis=1)
+
+        # Text keys of segment j+1 carry id j+1, so a token only sees its own caption.
+        text_kv = dense(self.hidden, "text_proj")(text).reshape(b, s * lt, self.hidden)
+        text_ids = jnp.where(text_mask, jnp.arange(1, s + 1, dtype=jnp.int32)[None, :, None], 0)
+        cross_mask = segment_mask(segment_ids, text_ids.reshape(b, s * lt))
+        self_mask = segment_mask(segment_ids, segment_ids)
+
+        h = dense(self.hidden, "patch_embed")(x.astype(self.dtype))
+        for i in range(self.depth):
+            h = DiTBlock(self.hidden, self.num_heads, self.mlp_ratio, self.rope_theta,
+                         self.dtype, self.attention_impl, name=f"block_{i}")(
+                             h, c_tok, positions, self_mask, text_kv, cross_mask)
+
+        mod = dense(2 * self.hidden, "final_adaln", kernel_init=nn.initializers.zeros)(nn.silu(c_tok))
+        shift, scale = jnp.split(mod, 2, axis=-1)
+        h = _modulate(nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False,
+                                   dtype=self.dtype, name="final_norm")(h), shift, scale)
+        out = dense(self.patch_dim, "final_out", kernel_init=nn.initializers.zeros)(h)
+        return out.astype(jnp.float32) * (segment_ids > 0)[..., None]

@@ -1,0 +1,366 @@
+"""Causal 3D-convolution video VAE (images are 1-frame videos and share the latent space).
+
+Layout is channels-last throughout: videos are ``f32[b t h w c]``.
+
+Causality: every temporal operation only looks at the past.
+  * ``CausalConv3d`` pads ``k_t - 1`` frames in front of the clip, filled by REPLICATING the
+    first frame (a still image then looks like a static video rather than a fade from black,
+    and a 1-frame input sees only copies of itself). Nothing is padded at the end in time.
+    Spatial padding is symmetric zero padding ('SAME'-like).
+  * Downsampling folds 2x2 pixels (and pairs of frames, after replicating frame 0 once in
+    front) into channels, then applies a causal conv: ``1 + 2m -> 1 + m`` frames, output frame
+    ``j`` sees input frames ``<= 2j`` (frame 0 is encoded from frame 0 alone).
+  * Temporal upsampling repeats every frame twice and drops the first copy
+    (``1 + m -> 1 + 2m``; output frame ``i`` is latent frame ``ceil(i / 2)``), then a causal conv.
+  * ``PerFrameGroupNorm`` takes statistics per (example, frame), never across time.
+Hence with temporal compression ``r`` latent frame ``j`` depends on input frames ``<= r*j`` only
+and decoded frame ``i`` on latent frames ``<= ceil(i / r)`` only, and encoding the first frame
+as an image gives exactly the video's latent frame 0.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "CausalConv3d",
+    "PerFrameGroupNorm",
+    "ResBlock3d",
+    "Downsample3d",
+    "Upsample3d",
+    "Encoder",
+    "Decoder",
+    "CausalVAE",
+    "kl_divergence",
+]
+
+LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
+
+
+def _flat_lecun_normal(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+    """LeCun-normal (truncated, fan_in = all but the last axis) drawn as a 1-D array.
+
+    Same distribution as ``nn.initializers.lecun_normal()``, but XLA:CPU compiles threefry for
+    a flat shape ~10x faster than for a 5-D one, which otherwise dominates ``jit(init)`` time.
+    """
+    fan_in = math.prod(shape[:-1])
+    # 0.8796... = std of a unit normal truncated to [-2, 2]
+    std = (1.0 / fan_in) ** 0.5 / 0.87962566103423978
+    flat = jax.random.truncated_normal(key, -2.0, 2.0, (math.prod(shape),), jnp.float32)
+    return (flat * std).reshape(shape).astype(dtype)
+
+
+class PerFrameGroupNorm(nn.Module):
+    """Group norm whose statistics cover (h, w, channels of a group) of ONE frame.
+
+    Never mixing frames keeps the VAE causal and lets long videos be processed in chunks.
+    Statistics are computed in float32. ``f32[b t h w c] -> f32[b t h w c]``.
+    """
+
+    num_groups: int = 8
+    epsilon: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, t, h, w, c = x.shape
+        if c % self.num_groups:
+            raise ValueError(
+                f"PerFrameGroupNorm: channels {c} not divisible by num_groups {self.num_groups}"
+            )
+        # Split channels into groups without transposing (a transpose costs a full copy).
+        xg = einops.rearrange(x.astype(jnp.float32), "b t h w (g d) -> b t h w g d",
+                              g=self.num_groups)
+        axes = (2, 3, 5)  # h, w and the channels of a group: per example, frame and group
+        mean = xg.mean(axis=axes, keepdims=True)
+        var = jnp.square(xg - mean).mean(axis=axes, keepdims=True)
+        xg = (xg - mean) * jax.lax.rsqrt(var + self.epsilon)
+        y = einops.rearrange(xg, "b t h w g d -> b t h w (g d)")
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        return (y * scale + bias).astype(self.dtype)
+
+
+class CausalConv3d(nn.Module):
+    """3D conv, causal in time (front padding by replicating frame 0), symmetric in space.
+
+    ``f32[b t h w ci] -> f32[b t h w co]``: output frame ``t`` sees input frames
+    ``t - (k_t - 1) .. t``. Spatial padding is zeros, ``(k - 1) // 2`` before and ``k // 2``
+    after (symmetric for odd kernels). Parameters: ``kernel f32[kt kh kw ci co]``, ``bias f32[co]``.
+    """
+
+    features: int
+    kernel_size: tuple[int, int, int] = (3, 3, 3)
+    dtype: jnp.dtype = jnp.float32
+    # Below this many inputs per output (ci * kt * kh * kw) an explicit im2col matmul is several
+    # times faster on XLA:CPU than its conv kernel (which is poor for very few input channels,
+    # e.g. the RGB input layer).
+    im2col_max_inputs: int = 128
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, t, h, w, ci = x.shape
+        kt, kh, kw = self.kernel_size
+        kernel = self.param("kernel", _flat_lecun_normal,
+                            (kt, kh, kw, ci, self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        x = x.astype(self.dtype)
+        if kt > 1:
+            front = jnp.repeat(x[:, :1], kt - 1, axis=1)  # replicate the first frame
+            x = jnp.concatenate([front, x], axis=1)
+        x = jnp.pad(x, ((0, 0), (0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2),
+                        (0, 0)))
+        kernel = kernel.astype(self.dtype)
+        if kt * kh * kw * ci <= self.im2col_max_inputs:
+            cols = jnp.concatenate(
+                [x[:, i:i + t, j:j + h, k:k + w]
+                 for i in range(kt) for j in range(kh) for k in range(kw)], axis=-1)
+            y = cols @ einops.rearrange(kernel, "kt kh kw ci co -> (kt kh kw ci) co")
+        else:
+            y = jax.lax.conv_general_dilated(
+                x, kernel, window_strides=(1, 1, 1), padding="VALID",
+                dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+        return y + bias.astype(self.dtype)
+
+
+class ResBlock3d(nn.Module):
+    """norm -> silu -> conv -> norm -> silu -> conv, plus a 1x1x1 skip when channels change."""
+
+    features: int
+    norm_groups: int = 8
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = nn.silu(PerFrameGroupNorm(self.norm_groups, dtype=self.dtype, name="norm1")(x))
+        h = CausalConv3d(self.features, dtype=self.dtype, name="conv1")(h)
+        h = nn.silu(PerFrameGroupNorm(self.norm_groups, dtype=self.dtype, name="norm2")(h))
+        h = CausalConv3d(self.features, dtype=self.dtype, name="conv2")(h)
+        if x.shape[-1] != self.features:
+            x = CausalConv3d(self.features, kernel_size=(1, 1, 1), dtype=self.dtype,
+                             name="skip")(x)
+        return x + h
+
+
+class Downsample3d(nn.Module):
+    """Space / 2 and, when ``temporal``, time ``1 + 2m -> 1 + m``: space-to-depth + causal conv.
+
+    ``f32[b t h w c] -> f32[b t' h/2 w/2 features]``. Each 2x2 pixel block (and, in time, each
+    pair of frames after replicating frame 0 once in front, so pair ``j`` holds frames
+    ``2j-1, 2j`` and pair 0 holds frame 0 twice) is folded into channels, then a causal conv with
+    kernel (2, 3, 3) ((3, 3, 3) without temporal folding) mixes neighbours: output frame ``j``
+    sees input frames ``<= 2j`` only.
+    This is a strided conv with a (4, 6, 6) receptive field written without strides, because
+    XLA:CPU computes the input gradient of a strided 3D conv ~10x slower than a plain conv.
+    """
+
+    features: int
+    temporal: bool
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.temporal:
+            x = jnp.concatenate([x[:, :1], x], axis=1)  # 1 + 2m -> 2 + 2m frames
+            x = einops.rearrange(x, "b (t a) (h p) (w q) c -> b t h w (a p q c)", a=2, p=2, q=2)
+            kernel = (2, 3, 3)
+        else:
+            x = einops.rearrange(x, "b t (h p) (w q) c -> b t h w (p q c)", p=2, q=2)
+            kernel = (3, 3, 3)
+        return CausalConv3d(self.features, kernel_size=kernel, dtype=self.dtype,
+                            name="conv")(x)
+
+
+class Upsample3d(nn.Module):
+    """Nearest upsampling (space x2; time ``1 + m -> 1 + 2m`` when ``temporal``) + causal conv."""
+
+    features: int
+    temporal: bool
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.temporal:
+            # [z0 z0 z1 z1 ...] minus the first copy: output frame i is input frame ceil(i/2),
+            # so nothing ever depends on a later latent frame.
+            x = jnp.repeat(x, 2, axis=1)[:, 1:]
+        x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
+        return CausalConv3d(self.features, dtype=self.dtype, name="conv")(x)
+
+
+class Encoder(nn.Module):
+    """``f32[b t h w 3] -> f32[b t' h' w' 2*latent_channels]`` (mean and logvar stacked)."""
+
+    base_channels: int
+    channel_mults: Sequence[int]
+    num_res_blocks: int
+    latent_channels: int
+    temporal_downsample: Sequence[bool]
+    norm_groups: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        ch = [self.base_channels * m for m in self.channel_mults]
+        h = CausalConv3d(ch[0], dtype=self.dtype, name="conv_in")(x)
+        for level, c in enumerate(ch):
+            for i in range(self.num_res_blocks):
+                h = ResBlock3d(c, self.norm_groups, self.dtype, name=f"down{level}_res{i}")(h)
+            if level < len(ch) - 1:
+                h = Downsample3d(c, bool(self.temporal_downsample[level]), self.dtype,
+                                 name=f"down{level}_sample")(h)
+        h = ResBlock3d(ch[-1], self.norm_groups, self.dtype, name="mid_res")(h)
+        h = nn.silu(PerFrameGroupNorm(self.norm_groups, dtype=self.dtype, name="norm_out")(h))
+        return CausalConv3d(2 * self.latent_channels, dtype=self.dtype, name="conv_out")(h)
+
+
+class Decoder(nn.Module):
+    """``f32[b t' h' w' latent_channels] -> f32[b t h w 3]``, mirroring the encoder."""
+
+    base_channels: int
+    channel_mults: Sequence[int]
+    num_res_blocks: int
+    temporal_downsample: Sequence[bool]
+    norm_groups: int
+    out_channels: int = 3
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        ch = [self.base_channels * m for m in self.channel_mults]
+        h = CausalConv3d(ch[-1], dtype=self.dtype, name="conv_in")(z)
+        h = ResBlock3d(ch[-1], self.norm_groups, self.dtype, name="mid_res")(h)
+        for level in reversed(range(len(ch))):
+            for i in range(self.num_res_blocks):
+                h = ResBlock3d(ch[level], self.norm_groups, self.dtype,
+                               name=f"up{level}_res{i}")(h)
+            if level > 0:
+                # Upsample straight to the finer level's width: the conv then runs at the
+                # higher resolution with fewer channels (the dominant cost on CPU).
+                h = Upsample3d(ch[level - 1], bool(self.temporal_downsample[level - 1]),
+                               self.dtype, name=f"up{level}_sample")(h)
+        h = nn.silu(PerFrameGroupNorm(self.norm_groups, dtype=self.dtype, name="norm_out")(h))
+        return CausalConv3d(self.out_channels, dtype=self.dtype, name="conv_out")(h)
+
+
+class CausalVAE(nn.Module):
+    """Causal video VAE. Videos ``f32[b t h w 3]`` in [-1, 1] with ``t = 1 + k * r_t``.
+
+    Latents are ``f32[b t' h' w' latent_channels]`` with ``t' = 1 + (t - 1) / r_t``,
+    ``h' = h / r_s``, ``w' = w / r_s`` (``r_t = temporal_compression``,
+    ``r_s = spatial_compression``). Images are ``t = 1`` videos and map to ``t' = 1``.
+
+    ``__call__`` samples the posterior with ``self.make_rng('posterior')``, so ``init`` and
+    ``apply`` with ``sample_posterior=True`` need a ``'posterior'`` rng.
+    """
+
+    base_channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 1
+    latent_channels: int = 4
+    temporal_downsample: tuple[bool, ...] = (True, True)
+    norm_groups: int = 8
+    dtype: jnp.dtype = jnp.float32
+
+    # ---- static geometry (usable on the unbound module) ---------------------------------
+    @property
+    def spatial_compression(self) -> int:
+        return 2 ** (len(self.channel_mults) - 1)
+
+    @property
+    def temporal_compression(self) -> int:
+        return 2 ** sum(bool(d) for d in self.temporal_downsample)
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """``(t', h', w', latent_channels)`` for a ``num_frames x height x width`` video."""
+        self._check_config()
+        r_t, r_s = self.temporal_compression, self.spatial_compression
+        if num_frames < 1 or (num_frames - 1) % r_t:
+            raise ValueError(
+                f"num_frames={num_frames} must be 1 + k * temporal_compression ({r_t}), k >= 0"
+            )
+        for name, size in (("height", height), ("width", width)):
+            if size < 1 or size % r_s:
+                raise ValueError(
+                    f"{name}={size} must be a positive multiple of spatial_compression ({r_s})"
+                )
+        return (1 + (num_frames - 1) // r_t, height // r_s, width // r_s, self.latent_channels)
+
+    def _check_config(self) -> None:
+        if len(self.channel_mults) < 1:
+            raise ValueError("channel_mults must have at least one entry")
+        if len(self.temporal_downsample) != len(self.channel_mults) - 1:
+            raise ValueError(
+                f"temporal_downsample has {len(self.temporal_downsample)} entries, expected "
+                f"len(channel_mults) - 1 = {len(self.channel_mults) - 1}"
+            )
+        for m in self.channel_mults:
+            if (self.base_channels * m) % self.norm_groups:
+                raise ValueError(
+                    f"channels base_channels*mult = {self.base_channels * m} not divisible by "
+                    f"norm_groups={self.norm_groups}"
+                )
+
+    # ---- modules -------------------------------------------------------------------------
+    def setup(self):
+        self._check_config()
+        self.encoder = Encoder(
+            base_channels=self.base_channels,
+            channel_mults=tuple(self.channel_mults),
+            num_res_blocks=self.num_res_blocks,
+            latent_channels=self.latent_channels,
+            temporal_downsample=tuple(self.temporal_downsample),
+            norm_groups=self.norm_groups,
+            dtype=self.dtype,
+        )
+        self.decoder = Decoder(
+            base_channels=self.base_channels,
+            channel_mults=tuple(self.channel_mults),
+            num_res_blocks=self.num_res_blocks,
+            temporal_downsample=tuple(self.temporal_downsample),
+            norm_groups=self.norm_groups,
+            dtype=self.dtype,
+        )
+
+    def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``f32[b t h w 3] -> (mean, logvar)``, each ``f32[b t' h' w' latent_channels]``."""
+        if x.ndim != 5 or x.shape[-1] != 3:
+            raise ValueError(f"encode expects f32[b t h w 3], got shape {x.shape}")
+        _, t, h, w, _ = x.shape
+        self.latent_shape(t, h, w)  # validates the geometry
+        moments = self.encoder(x).astype(jnp.float32)
+        mean, logvar = jnp.split(moments, 2, axis=-1)
+        return mean, jnp.clip(logvar, LOGVAR_MIN, LOGVAR_MAX)
+
+    def decode(self, z: jax.Array) -> jax.Array:
+        """``f32[b t' h' w' latent_channels] -> f32[b 1+(t'-1)*r_t h'*r_s w'*r_s 3]``."""
+        if z.ndim != 5 or z.shape[-1] != self.latent_channels:
+            raise ValueError(
+                f"decode expects f32[b t' h' w' {self.latent_channels}], got shape {z.shape}"
+            )
+        return self.decoder(z).astype(jnp.float32)
+
+    def __call__(
+        self, x: jax.Array, sample_posterior: bool = True
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``f32[b t h w 3] -> (recon f32[b t h w 3], mean, logvar f32[b t' h' w' c])``."""
+        mean, logvar = self.encode(x)
+        if sample_posterior:
+            noise = jax.random.normal(self.make_rng("posterior"), mean.shape, mean.dtype)
+            z = mean + jnp.exp(0.5 * logvar) * noise
+        else:
+            z = mean
+        return self.decode(z), mean, logvar
+
+
+def kl_divergence(mean: jax.Array, logvar: jax.Array) -> jax.Array:
+    """KL(N(mean, exp(logvar)) || N(0, 1)) summed over all but the batch axis: ``f32[b]``."""
+    mean = mean.astype(jnp.float32)
+    logvar = logvar.astype(jnp.float32)
+    kl = 0.5 * (jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
+    return kl.reshape(kl.shape[0], -1).sum(axis=-1)
