@@ -5,109 +5,114 @@
 Stages run in order: 'vae' trains the causal video VAE, 'dit' trains the Diffusion
 Transformer on the frozen VAE's latents; after the last stage, samples are written.
 """
+
 import ml_collections
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.stages = ("vae", "dit")
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.stages = ("vae", "dit")
 
-  # Built-in procedural moving-shapes set (no downloads). Variable duration and aspect.
-  c.data = ml_collections.ConfigDict()
-  c.data.source = "moving_shapes"
-  c.data.seed = 0
-  c.data.num_examples = 1_000_000
-  c.data.frame_choices = (1, 9, 17)
-  c.data.resolutions = ((64, 64), (64, 96), (96, 64))
-  c.data.image_fraction = 0.2
-  c.data.fps = 8
+    # Built-in procedural moving-shapes set (no downloads). Variable duration and aspect.
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "moving_shapes"
+    c.data.seed = 0
+    c.data.num_examples = 1_000_000
+    c.data.frame_choices = (1, 9, 17)
+    c.data.resolutions = ((64, 64), (64, 96), (96, 64))
+    c.data.image_fraction = 0.2
+    c.data.fps = 8
 
-  c.mesh = ml_collections.ConfigDict()
-  c.mesh.num_devices = -1  # -1: every device; data parallel over them.
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.num_devices = -1  # -1: every device; data parallel over them.
 
-  # Causal 3D-conv VAE.
-  c.vae = ml_collections.ConfigDict()
-  c.vae.model = ml_collections.ConfigDict()
-  c.vae.model.base_channels = 64
-  c.vae.model.channel_mults = (1, 2, 4, 4)
-  c.vae.model.num_res_blocks = 2
-  c.vae.model.latent_channels = 8
-  c.vae.model.temporal_downsample = (True, True, False)
-  c.vae.model.norm_groups = 16
-  c.vae.kl_weight = 1e-6
-  c.vae.train = _train_config(steps=20_000, learning_rate=1e-4, warmup_steps=500)
-  c.vae.train.batch_size = 16  # videos per step, all of one (frames, height, width) bucket
-  # The VAE is convolutional, so a few buckets teach every size; the causal first
-  # frame is encoded alone, so each video also trains the image (1-frame) path.
-  c.vae.train.buckets = ((17, 64, 96), (17, 96, 64), (1, 64, 64))
+    # Causal 3D-conv VAE.
+    c.vae = ml_collections.ConfigDict()
+    c.vae.model = ml_collections.ConfigDict()
+    c.vae.model.base_channels = 64
+    c.vae.model.channel_mults = (1, 2, 4, 4)
+    c.vae.model.num_res_blocks = 2
+    c.vae.model.latent_channels = 8
+    c.vae.model.temporal_downsample = (True, True, False)
+    c.vae.model.norm_groups = 16
+    c.vae.kl_weight = 1e-6
+    c.vae.mse_weight = 1.0  # L2 next to L1 weighs the few large errors (edges, small shapes)
+    # Train with posterior samples (a VAE) or with the mean (a KL-regularised autoencoder,
+    # which learns fine detail much sooner: short runs).
+    c.vae.sample_posterior = True
+    c.vae.train = _train_config(steps=20_000, learning_rate=1e-4, warmup_steps=500)
+    c.vae.train.batch_size = 16  # videos per step, all of one (frames, height, width) bucket
+    # The VAE is convolutional, so a few buckets teach every size; the causal first
+    # frame is encoded alone, so each video also trains the image (1-frame) path.
+    c.vae.train.buckets = ((17, 64, 96), (17, 96, 64), (1, 64, 64))
 
-  # Text encoder: 'tiny' (trained jointly with the DiT, closed vocabulary of the
-  # built-in captions) or 'bert' (frozen, pretrained, from a local HF folder).
-  c.text = ml_collections.ConfigDict()
-  c.text.kind = "tiny"
-  c.text.path = ""
-  c.text.max_length = 20
-  c.text.width = 256
-  c.text.depth = 2
-  c.text.num_heads = 4
-  c.text.mlp_ratio = 4.0
+    # Text encoder: 'tiny' (trained jointly with the DiT, closed vocabulary of the
+    # built-in captions) or 'bert' (frozen, pretrained, from a local HF folder).
+    c.text = ml_collections.ConfigDict()
+    c.text.kind = "tiny"
+    c.text.path = ""
+    c.text.max_length = 20
+    c.text.width = 256
+    c.text.depth = 2
+    c.text.num_heads = 4
+    c.text.mlp_ratio = 4.0
 
-  # Diffusion Transformer over patch-n'-packed latent tokens.
-  c.dit = ml_collections.ConfigDict()
-  c.dit.model = ml_collections.ConfigDict()
-  c.dit.model.hidden = 384
-  c.dit.model.depth = 12
-  c.dit.model.num_heads = 6
-  c.dit.model.mlp_ratio = 4.0
-  c.dit.model.rope_theta = 10_000.0
-  c.dit.patch = (1, 2, 2)
-  c.dit.seq_len = 1024
-  c.dit.rows = 8  # packed sequences per batch
-  c.dit.max_segments = 16  # videos per packed sequence at most
-  c.dit.latent_cache_size = 16_384  # examples encoded once by the frozen VAE
-  c.dit.text_dropout = 0.1  # caption replaced by the empty one, for CFG
-  c.dit.train = _train_config(steps=100_000, learning_rate=3e-4, warmup_steps=1000)
+    # Diffusion Transformer over patch-n'-packed latent tokens.
+    c.dit = ml_collections.ConfigDict()
+    c.dit.model = ml_collections.ConfigDict()
+    c.dit.model.hidden = 384
+    c.dit.model.depth = 12
+    c.dit.model.num_heads = 6
+    c.dit.model.mlp_ratio = 4.0
+    c.dit.model.rope_theta = 10_000.0
+    c.dit.patch = (1, 2, 2)
+    c.dit.seq_len = 1024
+    c.dit.rows = 8  # packed sequences per batch
+    c.dit.max_segments = 16  # videos per packed sequence at most
+    c.dit.latent_cache_size = 16_384  # examples encoded once by the frozen VAE
+    c.dit.text_dropout = 0.1  # caption replaced by the empty one, for CFG
+    c.dit.train = _train_config(steps=100_000, learning_rate=3e-4, warmup_steps=1000)
 
-  # Rectified flow (velocity prediction) and its Euler sampler with CFG.
-  c.diffusion = ml_collections.ConfigDict()
-  c.diffusion.timestep_sampling = "logit_normal"  # or 'uniform'
-  c.diffusion.logit_mean = 0.0
-  c.diffusion.logit_std = 1.0
-  c.diffusion.sample_steps = 30
-  c.diffusion.time_shift = 1.0  # >1 spends more steps at high noise
-  c.diffusion.guidance_scale = 4.0
+    # Rectified flow (velocity prediction) and its Euler sampler with CFG.
+    c.diffusion = ml_collections.ConfigDict()
+    c.diffusion.timestep_sampling = "logit_normal"  # or 'uniform'
+    c.diffusion.logit_mean = 0.0
+    c.diffusion.logit_std = 1.0
+    c.diffusion.sample_steps = 30
+    c.diffusion.time_shift = 1.0  # >1 spends more steps at high noise
+    c.diffusion.guidance_scale = 4.0
 
-  # Samples written at the end of training (and the sampling CLI's defaults).
-  c.sample = ml_collections.ConfigDict()
-  c.sample.prompts = (
-      "a large red circle moves right steadily on a grey background",
-      "a large blue square moves up steadily on a black background",
-      "a large yellow triangle moves left quickly on a white background",
-      "a medium green circle moves down steadily on a grey checkered background",
-  )
-  c.sample.num_frames = 17
-  c.sample.height = 64
-  c.sample.width = 96
-  c.sample.seed = 0
+    # Samples written at the end of training (and the sampling CLI's defaults).
+    c.sample = ml_collections.ConfigDict()
+    c.sample.prompts = (
+        "a large red circle moves right steadily on a grey background",
+        "a large blue square moves up steadily on a black background",
+        "a large yellow triangle moves left quickly on a white background",
+        "a medium green circle moves down steadily on a grey checkered background",
+    )
+    c.sample.num_frames = 17
+    c.sample.height = 64
+    c.sample.width = 96
+    c.sample.seed = 0
 
-  # Prompt-following evaluation (python -m sora_jax.evaluate).
-  c.eval = ml_collections.ConfigDict()
-  c.eval.num_prompts = 32
-  c.eval.seed = 10_000  # prompts and noise from seeds never used in training
-  c.eval.at_end = True
-  return c
+    # Prompt-following evaluation (python -m sora_jax.evaluate).
+    c.eval = ml_collections.ConfigDict()
+    c.eval.num_prompts = 32
+    c.eval.seed = 10_000  # prompts and noise from seeds never used in training
+    c.eval.at_end = True
+    return c
 
 
 def _train_config(*, steps, learning_rate, warmup_steps):
-  t = ml_collections.ConfigDict()
-  t.steps = steps
-  t.learning_rate = learning_rate
-  t.warmup_steps = warmup_steps
-  t.weight_decay = 0.0
-  t.grad_clip = 1.0
-  t.ema_decay = 0.999
-  t.log_every = 50
-  t.checkpoint_every = 1000
-  t.keep_checkpoints = 2
-  return t
+    t = ml_collections.ConfigDict()
+    t.steps = steps
+    t.learning_rate = learning_rate
+    t.warmup_steps = warmup_steps
+    t.weight_decay = 0.0
+    t.grad_clip = 1.0
+    t.ema_decay = 0.999
+    t.log_every = 50
+    t.checkpoint_every = 1000
+    t.keep_checkpoints = 2
+    return t

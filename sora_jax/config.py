@@ -4,6 +4,7 @@ ml_collections already rejects unknown keys and wrong types on command-line
 overrides; `validate` checks the values themselves and how they fit together
 (sizes divisible by the compression, sequences long enough, ...).
 """
+
 from __future__ import annotations
 
 import runpy
@@ -17,136 +18,220 @@ TIMESTEP_SAMPLINGS = ("logit_normal", "uniform")
 
 
 def load(path: str) -> ml_collections.ConfigDict:
-  """Loads `get_config()` from a config file path (as config_flags does)."""
-  return runpy.run_path(path)["get_config"]()
+    """Loads `get_config()` from a config file path (as config_flags does)."""
+    return runpy.run_path(path)["get_config"]()
 
 
 def vae_compression(config: ml_collections.ConfigDict) -> tuple[int, int]:
-  """(temporal, spatial) compression of the VAE described by config.vae.model."""
-  m = config.vae.model
-  return 2 ** sum(bool(d) for d in m.temporal_downsample), 2 ** (len(m.channel_mults) - 1)
+    """(temporal, spatial) compression of the VAE described by config.vae.model."""
+    m = config.vae.model
+    return 2 ** sum(bool(d) for d in m.temporal_downsample), 2 ** (len(m.channel_mults) - 1)
 
 
 def latent_grid(config, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
-  """Latent (t, h, w) of a video; raises ValueError when the size is impossible."""
-  ct, cs = vae_compression(config)
-  pt, ph, pw = config.dit.patch
-  if num_frames < 1 or (num_frames - 1) % ct:
-    raise ValueError(
-        f"num_frames={num_frames} is not supported: the causal VAE needs 1 + {ct}*k frames "
-        f"(e.g. 1, {1 + ct}, {1 + 2 * ct}).")
-  for name, size, p in (("height", height, ph), ("width", width, pw)):
-    if size < cs * p or size % (cs * p):
-      raise ValueError(
-          f"{name}={size} is not supported: it must be a positive multiple of {cs * p} "
-          f"(VAE spatial compression {cs} x patch size {p}).")
-  t = 1 + (num_frames - 1) // ct
-  if t % pt:
-    raise ValueError(f"num_frames={num_frames} gives {t} latent frames, not divisible by "
-                     f"the temporal patch size {pt}.")
-  return t, height // cs, width // cs
+    """Latent (t, h, w) of a video; raises ValueError when the size is impossible."""
+    ct, cs = vae_compression(config)
+    pt, ph, pw = config.dit.patch
+    if num_frames < 1 or (num_frames - 1) % ct:
+        raise ValueError(
+            f"num_frames={num_frames} is not supported: the causal VAE needs 1 + {ct}*k frames "
+            f"(e.g. 1, {1 + ct}, {1 + 2 * ct})."
+        )
+    for name, size, p in (("height", height, ph), ("width", width, pw)):
+        if size < cs * p or size % (cs * p):
+            raise ValueError(
+                f"{name}={size} is not supported: it must be a positive multiple of {cs * p} "
+                f"(VAE spatial compression {cs} x patch size {p})."
+            )
+    t = 1 + (num_frames - 1) // ct
+    if t % pt:
+        raise ValueError(
+            f"num_frames={num_frames} gives {t} latent frames, not divisible by "
+            f"the temporal patch size {pt}."
+        )
+    return t, height // cs, width // cs
 
 
 def num_tokens(config, num_frames: int, height: int, width: int) -> int:
-  t, h, w = latent_grid(config, num_frames, height, width)
-  pt, ph, pw = config.dit.patch
-  return (t // pt) * (h // ph) * (w // pw)
+    t, h, w = latent_grid(config, num_frames, height, width)
+    pt, ph, pw = config.dit.patch
+    return (t // pt) * (h // ph) * (w // pw)
 
 
 def _check(cond: bool, key: str, value, why: str):
-  if not cond:
-    raise ValueError(f"config.{key}={value!r}: {why}")
+    if not cond:
+        raise ValueError(f"config.{key}={value!r}: {why}")
 
 
 def _positive(config, *keys: str):
-  for key in keys:
-    value = config
-    for part in key.split("."):
-      value = value[part]
-    _check(isinstance(value, (int, float)) and value > 0, key, value, "must be > 0")
+    for key in keys:
+        value = config
+        for part in key.split("."):
+            value = value[part]
+        _check(isinstance(value, (int, float)) and value > 0, key, value, "must be > 0")
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks every value the code relies on; returns the config unchanged."""
-  stages = tuple(config.stages)
-  _check(len(stages) > 0 and all(s in STAGES for s in stages), "stages", stages,
-         f"must be a non-empty subset of {STAGES}")
-  d = config.data
-  _check(d.source == "moving_shapes", "data.source", d.source,
-         "only the built-in 'moving_shapes' source exists so far")
-  _check(len(d.frame_choices) > 0, "data.frame_choices", d.frame_choices, "must not be empty")
-  _check(len(d.resolutions) > 0, "data.resolutions", d.resolutions, "must not be empty")
-  _check(0.0 <= d.image_fraction <= 1.0, "data.image_fraction", d.image_fraction,
-         "must be in [0, 1]")
-  _positive(config, "data.num_examples", "data.fps")
-  for f in d.frame_choices:
-    _check_size(config, "data.frame_choices", f, *d.resolutions[0])
-  for res in d.resolutions:
-    _check(isinstance(res, Sequence) and len(res) == 2, "data.resolutions", res,
-           "each resolution must be (height, width)")
-    _check_size(config, "data.resolutions", 1, *res)
+    """Checks every value the code relies on; returns the config unchanged."""
+    stages = tuple(config.stages)
+    _check(
+        len(stages) > 0 and all(s in STAGES for s in stages),
+        "stages",
+        stages,
+        f"must be a non-empty subset of {STAGES}",
+    )
+    d = config.data
+    _check(
+        d.source == "moving_shapes",
+        "data.source",
+        d.source,
+        "only the built-in 'moving_shapes' source exists so far",
+    )
+    _check(len(d.frame_choices) > 0, "data.frame_choices", d.frame_choices, "must not be empty")
+    _check(len(d.resolutions) > 0, "data.resolutions", d.resolutions, "must not be empty")
+    _check(
+        0.0 <= d.image_fraction <= 1.0, "data.image_fraction", d.image_fraction, "must be in [0, 1]"
+    )
+    _positive(config, "data.num_examples", "data.fps")
+    for f in d.frame_choices:
+        _check_size(config, "data.frame_choices", f, *d.resolutions[0])
+    for res in d.resolutions:
+        _check(
+            isinstance(res, Sequence) and len(res) == 2,
+            "data.resolutions",
+            res,
+            "each resolution must be (height, width)",
+        )
+        _check_size(config, "data.resolutions", 1, *res)
 
-  m = config.vae.model
-  _check(len(m.temporal_downsample) == len(m.channel_mults) - 1, "vae.model.temporal_downsample",
-         m.temporal_downsample, f"needs len(channel_mults)-1={len(m.channel_mults) - 1} entries")
-  _positive(config, "vae.model.base_channels", "vae.model.latent_channels",
-            "vae.model.norm_groups", "vae.model.num_res_blocks")
-  for mult in m.channel_mults:
-    _check((m.base_channels * mult) % m.norm_groups == 0, "vae.model.norm_groups",
-           m.norm_groups, f"must divide every level's channels ({m.base_channels * mult})")
-  _check(config.vae.kl_weight >= 0, "vae.kl_weight", config.vae.kl_weight, "must be >= 0")
+    m = config.vae.model
+    _check(
+        len(m.temporal_downsample) == len(m.channel_mults) - 1,
+        "vae.model.temporal_downsample",
+        m.temporal_downsample,
+        f"needs len(channel_mults)-1={len(m.channel_mults) - 1} entries",
+    )
+    _positive(
+        config,
+        "vae.model.base_channels",
+        "vae.model.latent_channels",
+        "vae.model.norm_groups",
+        "vae.model.num_res_blocks",
+    )
+    for mult in m.channel_mults:
+        _check(
+            (m.base_channels * mult) % m.norm_groups == 0,
+            "vae.model.norm_groups",
+            m.norm_groups,
+            f"must divide every level's channels ({m.base_channels * mult})",
+        )
+    _check(config.vae.mse_weight >= 0, "vae.mse_weight", config.vae.mse_weight, "must be >= 0")
+    _check(config.vae.kl_weight >= 0, "vae.kl_weight", config.vae.kl_weight, "must be >= 0")
 
-  _check(config.text.kind in TEXT_KINDS, "text.kind", config.text.kind, f"must be one of {TEXT_KINDS}")
-  _check(config.text.kind != "bert" or bool(config.text.path), "text.path", config.text.path,
-         "text.kind='bert' needs the path of a local Hugging Face model folder")
-  _positive(config, "text.max_length", "text.width", "text.depth", "text.num_heads")
+    _check(
+        config.text.kind in TEXT_KINDS,
+        "text.kind",
+        config.text.kind,
+        f"must be one of {TEXT_KINDS}",
+    )
+    _check(
+        config.text.kind != "bert" or bool(config.text.path),
+        "text.path",
+        config.text.path,
+        "text.kind='bert' needs the path of a local Hugging Face model folder",
+    )
+    _positive(config, "text.max_length", "text.width", "text.depth", "text.num_heads")
 
-  dm = config.dit.model
-  _positive(config, "dit.model.hidden", "dit.model.depth", "dit.model.num_heads",
-            "dit.model.mlp_ratio", "dit.seq_len", "dit.rows", "dit.max_segments",
-            "dit.latent_cache_size")
-  _check(dm.hidden % dm.num_heads == 0 and (dm.hidden // dm.num_heads) % 2 == 0,
-         "dit.model.num_heads", dm.num_heads,
-         f"must divide dit.model.hidden={dm.hidden} into even head sizes")
-  _check(len(config.dit.patch) == 3 and all(p > 0 for p in config.dit.patch), "dit.patch",
-         config.dit.patch, "must be three positive sizes (t, h, w)")
-  _check(0.0 <= config.dit.text_dropout < 1.0, "dit.text_dropout", config.dit.text_dropout,
-         "must be in [0, 1)")
-  longest = max(num_tokens(config, f, *r) for f in d.frame_choices for r in d.resolutions)
-  _check(longest <= config.dit.seq_len, "dit.seq_len", config.dit.seq_len,
-         f"the largest training video has {longest} tokens; seq_len must hold it")
+    dm = config.dit.model
+    _positive(
+        config,
+        "dit.model.hidden",
+        "dit.model.depth",
+        "dit.model.num_heads",
+        "dit.model.mlp_ratio",
+        "dit.seq_len",
+        "dit.rows",
+        "dit.max_segments",
+        "dit.latent_cache_size",
+    )
+    _check(
+        dm.hidden % dm.num_heads == 0 and (dm.hidden // dm.num_heads) % 2 == 0,
+        "dit.model.num_heads",
+        dm.num_heads,
+        f"must divide dit.model.hidden={dm.hidden} into even head sizes",
+    )
+    _check(
+        len(config.dit.patch) == 3 and all(p > 0 for p in config.dit.patch),
+        "dit.patch",
+        config.dit.patch,
+        "must be three positive sizes (t, h, w)",
+    )
+    _check(
+        0.0 <= config.dit.text_dropout < 1.0,
+        "dit.text_dropout",
+        config.dit.text_dropout,
+        "must be in [0, 1)",
+    )
+    longest = max(num_tokens(config, f, *r) for f in d.frame_choices for r in d.resolutions)
+    _check(
+        longest <= config.dit.seq_len,
+        "dit.seq_len",
+        config.dit.seq_len,
+        f"the largest training video has {longest} tokens; seq_len must hold it",
+    )
 
-  for stage in ("vae", "dit"):
-    t = config[stage].train
-    _positive(config, f"{stage}.train.steps", f"{stage}.train.learning_rate",
-              f"{stage}.train.log_every", f"{stage}.train.checkpoint_every",
-              f"{stage}.train.keep_checkpoints")
-    _check(t.warmup_steps >= 0, f"{stage}.train.warmup_steps", t.warmup_steps, "must be >= 0")
-    _check(0.0 <= t.ema_decay < 1.0, f"{stage}.train.ema_decay", t.ema_decay, "must be in [0, 1)")
-    _check(t.grad_clip > 0, f"{stage}.train.grad_clip", t.grad_clip, "must be > 0")
-  _positive(config, "vae.train.batch_size")
-  _check(len(config.vae.train.buckets) > 0, "vae.train.buckets", config.vae.train.buckets,
-         "must list at least one (frames, height, width)")
-  for bucket in config.vae.train.buckets:
-    _check(len(bucket) == 3, "vae.train.buckets", bucket, "each bucket is (frames, height, width)")
-    _check_size(config, "vae.train.buckets", *bucket)
+    for stage in ("vae", "dit"):
+        t = config[stage].train
+        _positive(
+            config,
+            f"{stage}.train.steps",
+            f"{stage}.train.learning_rate",
+            f"{stage}.train.log_every",
+            f"{stage}.train.checkpoint_every",
+            f"{stage}.train.keep_checkpoints",
+        )
+        _check(t.warmup_steps >= 0, f"{stage}.train.warmup_steps", t.warmup_steps, "must be >= 0")
+        _check(
+            0.0 <= t.ema_decay < 1.0, f"{stage}.train.ema_decay", t.ema_decay, "must be in [0, 1)"
+        )
+        _check(t.grad_clip > 0, f"{stage}.train.grad_clip", t.grad_clip, "must be > 0")
+    _positive(config, "vae.train.batch_size")
+    _check(
+        len(config.vae.train.buckets) > 0,
+        "vae.train.buckets",
+        config.vae.train.buckets,
+        "must list at least one (frames, height, width)",
+    )
+    for bucket in config.vae.train.buckets:
+        _check(
+            len(bucket) == 3, "vae.train.buckets", bucket, "each bucket is (frames, height, width)"
+        )
+        _check_size(config, "vae.train.buckets", *bucket)
 
-  f = config.diffusion
-  _check(f.timestep_sampling in TIMESTEP_SAMPLINGS, "diffusion.timestep_sampling",
-         f.timestep_sampling, f"must be one of {TIMESTEP_SAMPLINGS}")
-  _positive(config, "diffusion.sample_steps", "diffusion.time_shift", "diffusion.logit_std")
-  _check(f.guidance_scale >= 0, "diffusion.guidance_scale", f.guidance_scale, "must be >= 0")
+    f = config.diffusion
+    _check(
+        f.timestep_sampling in TIMESTEP_SAMPLINGS,
+        "diffusion.timestep_sampling",
+        f.timestep_sampling,
+        f"must be one of {TIMESTEP_SAMPLINGS}",
+    )
+    _positive(config, "diffusion.sample_steps", "diffusion.time_shift", "diffusion.logit_std")
+    _check(f.guidance_scale >= 0, "diffusion.guidance_scale", f.guidance_scale, "must be >= 0")
 
-  s = config.sample
-  _check_size(config, "sample", s.num_frames, s.height, s.width)
-  _positive(config, "eval.num_prompts")
-  _check(config.mesh.num_devices == -1 or config.mesh.num_devices > 0, "mesh.num_devices",
-         config.mesh.num_devices, "must be -1 (all devices) or a positive count")
-  return config
+    s = config.sample
+    _check_size(config, "sample", s.num_frames, s.height, s.width)
+    _positive(config, "eval.num_prompts")
+    _check(
+        config.mesh.num_devices == -1 or config.mesh.num_devices > 0,
+        "mesh.num_devices",
+        config.mesh.num_devices,
+        "must be -1 (all devices) or a positive count",
+    )
+    return config
 
 
 def _check_size(config, key, num_frames, height, width):
-  try:
-    latent_grid(config, num_frames, height, width)
-  except ValueError as e:
-    raise ValueError(f"config.{key}: {e}") from None
+    try:
+        latent_grid(config, num_frames, height, width)
+    except ValueError as e:
+        raise ValueError(f"config.{key}: {e}") from None

@@ -8,6 +8,7 @@ For each prompt the colour (foreground colour histogram), shape, direction and
 speed of motion (centroid trajectory) are read off the video and compared with
 the prompt's attributes.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ import numpy as np
 from absl import app, flags
 
 from sora_jax.data import shapes
-from sora_jax.evaluation import prompt_following
+from sora_jax.evaluation import prompt_eval
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to evaluate.")
 _NUM = flags.DEFINE_integer("num_prompts", None, "Prompts (default: config.eval).")
@@ -28,55 +29,41 @@ _HEIGHT = flags.DEFINE_integer("height", 32, "Height (--real/--noise).")
 _WIDTH = flags.DEFINE_integer("width", 48, "Width (--real/--noise).")
 
 
-def eval_prompts(num_prompts: int, seed: int, num_frames: int, height: int, width: int):
-  """Attributes (with a start position) of `num_prompts` videos from the grammar."""
-  rng = np.random.default_rng([seed, 3])
-  return [shapes.sample_attributes(rng, num_frames == 1, num_frames, height, width)
-          for _ in range(num_prompts)]
-
-
-def evaluate_videos(videos, attributes) -> dict:
-  return prompt_following.score([np.asarray(v) for v in videos], attributes)
-
-
-def evaluate_pipeline(pipe, num_prompts: int, seed: int, num_frames: int | None = None,
-                      height: int | None = None, width: int | None = None) -> dict:
-  """Samples one video per prompt (noise seed `seed`) and scores it."""
-  s = pipe.config.sample
-  num_frames, height, width = num_frames or s.num_frames, height or s.height, width or s.width
-  attrs = eval_prompts(num_prompts, seed, num_frames, height, width)
-  videos = pipe.generate([shapes.caption(a) for a in attrs], num_frames=num_frames,
-                         height=height, width=width, seed=seed)
-  return evaluate_videos(videos, attrs)
-
-
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _REAL.value or _NOISE.value:
-    n, seed = _NUM.value or 32, 10_000 if _SEED.value is None else _SEED.value
-    attrs = eval_prompts(n, seed, _FRAMES.value, _HEIGHT.value, _WIDTH.value)
-    if _REAL.value:
-      videos = [shapes.render(a, _FRAMES.value, _HEIGHT.value, _WIDTH.value,
-                              np.random.default_rng(i)) for i, a in enumerate(attrs)]
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _REAL.value or _NOISE.value:
+        n, seed = _NUM.value or 32, 10_000 if _SEED.value is None else _SEED.value
+        attrs = prompt_eval.eval_prompts(n, seed, _FRAMES.value, _HEIGHT.value, _WIDTH.value)
+        if _REAL.value:
+            videos = [
+                shapes.render(
+                    a, _FRAMES.value, _HEIGHT.value, _WIDTH.value, np.random.default_rng(i)
+                )
+                for i, a in enumerate(attrs)
+            ]
+        else:
+            rng = np.random.default_rng(seed)
+            videos = [
+                rng.integers(0, 256, (_FRAMES.value, _HEIGHT.value, _WIDTH.value, 3), np.uint8)
+                for _ in attrs
+            ]
+        result = prompt_eval.evaluate_videos(videos, attrs)
     else:
-      rng = np.random.default_rng(seed)
-      videos = [rng.integers(0, 256, (_FRAMES.value, _HEIGHT.value, _WIDTH.value, 3), np.uint8)
-                for _ in attrs]
-    result = evaluate_videos(videos, attrs)
-  else:
-    if not _WORKDIR.value:
-      raise app.UsageError("--workdir is required (or --real / --noise)")
-    from sora_jax import pipeline  # noqa: PLC0415 (only the model path needs jax)
-    try:
-      pipe = pipeline.load_pipeline(_WORKDIR.value)
-    except (FileNotFoundError, ValueError) as e:
-      raise app.UsageError(str(e)) from None
-    e = pipe.config.eval
-    result = evaluate_pipeline(pipe, _NUM.value or e.num_prompts,
-                               e.seed if _SEED.value is None else _SEED.value)
-  print(json.dumps(result, indent=2))
+        if not _WORKDIR.value:
+            raise app.UsageError("--workdir is required (or --real / --noise)")
+        from sora_jax import pipeline  # noqa: PLC0415 (only the model path needs jax)
+
+        try:
+            pipe = pipeline.load_pipeline(_WORKDIR.value)
+        except (FileNotFoundError, ValueError) as e:
+            raise app.UsageError(str(e)) from None
+        e = pipe.config.eval
+        result = prompt_eval.evaluate_pipeline(
+            pipe, _NUM.value or e.num_prompts, e.seed if _SEED.value is None else _SEED.value
+        )
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

@@ -1,10 +1,12 @@
 """Text-to-video sampling: text encoder -> DiT (rectified-flow Euler + CFG) -> VAE decode."""
+
 from __future__ import annotations
 
 import dataclasses
 import functools
 import json
 import os
+import re
 from collections.abc import Sequence
 
 import jax
@@ -14,6 +16,7 @@ import numpy as np
 from einops import rearrange
 
 from sora_jax import config as config_lib
+from sora_jax.data import video_io
 from sora_jax.diffusion import rectified_flow as rf
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.training import dit_trainer, vae_trainer
@@ -22,107 +25,208 @@ CONFIG_FILE = "config.json"
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str):
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-    f.write(config.to_json(indent=2))
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+        f.write(config.to_json(indent=2))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-        f"{path} not found: --workdir must be a directory written by "
-        f"`python -m sora_jax.train` (it holds the config and the checkpoints)")
-  with open(path) as f:
-    return config_lib.validate(_tuples(ml_collections.ConfigDict(json.load(f))))
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{path} not found: --workdir must be a directory written by "
+            f"`python -m sora_jax.train` (it holds the config and the checkpoints)"
+        )
+    with open(path) as f:
+        return config_lib.validate(_tuples(ml_collections.ConfigDict(json.load(f))))
 
 
 def _tuples(c):
-  """JSON turns tuples into lists; configs use tuples (hashable, as in the files)."""
-  for k, v in c.items():
-    if isinstance(v, ml_collections.ConfigDict):
-      _tuples(v)
-    elif isinstance(v, list):
-      c[k] = tuple(tuple(x) if isinstance(x, list) else x for x in v)
-  return c
+    """JSON turns tuples into lists; configs use tuples (hashable, as in the files)."""
+    for k, v in c.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            _tuples(v)
+        elif isinstance(v, list):
+            c[k] = tuple(tuple(x) if isinstance(x, list) else x for x in v)
+    return c
 
 
 @dataclasses.dataclass(eq=False)
 class Pipeline:
-  """A ready-to-sample text-to-video model; params are pytrees, calls are jitted."""
-  config: ml_collections.ConfigDict
-  vae: object
-  vae_params: object
-  dit: object
-  text_encoder: object
-  params: dict  # {'dit': ..., 'text': ...} (EMA)
-  latent_mean: np.ndarray
-  latent_std: np.ndarray
+    """A ready-to-sample text-to-video model; params are pytrees, calls are jitted."""
 
-  def generate(self, prompts: Sequence[str], *, num_frames: int, height: int, width: int,
-               seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
-               negative_prompt: str = "") -> np.ndarray:
-    """uint8[n t h w 3] videos, one per prompt; the same seed gives the same videos.
+    config: ml_collections.ConfigDict
+    vae: object
+    vae_params: object
+    dit: object
+    text_encoder: object
+    params: dict  # {'dit': ..., 'text': ...} (EMA)
+    latent_mean: np.ndarray
+    latent_std: np.ndarray
 
-    `num_frames` that the causal VAE cannot produce (not 1 + k*compression) is
-    rounded up to the next supported count and the extra frames are cut off.
-    """
-    prompts = list(prompts)
-    if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
-      raise ValueError("every prompt must be a non-empty string")
-    c = self.config
-    ct, _ = config_lib.vae_compression(c)
-    if num_frames < 1:
-      raise ValueError(f"num_frames={num_frames}: must be at least 1")
-    gen_frames = 1 + -(-(num_frames - 1) // ct) * ct
-    grid = config_lib.latent_grid(c, gen_frames, height, width)
-    steps = steps or c.diffusion.sample_steps
-    scale = c.diffusion.guidance_scale if guidance_scale is None else guidance_scale
-    ids, mask = self.text_encoder.tokenize(prompts)
-    nids, nmask = self.text_encoder.tokenize([negative_prompt] * len(prompts))
-    videos = _sample(self.vae, self.dit, self.text_encoder, tuple(c.dit.patch), grid, steps,
-                     float(scale), float(c.diffusion.time_shift), self.params, self.vae_params,
-                     self.latent_mean, self.latent_std, ids, mask, nids, nmask,
-                     jax.random.PRNGKey(seed))
-    return vae_trainer.to_uint8(videos)[:, :num_frames]
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        num_frames: int,
+        height: int,
+        width: int,
+        seed: int = 0,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        negative_prompt: str = "",
+    ) -> np.ndarray:
+        """uint8[n t h w 3] videos, one per prompt; the same seed gives the same videos.
+
+        `num_frames` that the causal VAE cannot produce (not 1 + k*compression) is
+        rounded up to the next supported count and the extra frames are cut off.
+        """
+        prompts = list(prompts)
+        if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+            raise ValueError("every prompt must be a non-empty string")
+        c = self.config
+        ct, _ = config_lib.vae_compression(c)
+        if num_frames < 1:
+            raise ValueError(f"num_frames={num_frames}: must be at least 1")
+        gen_frames = 1 + -(-(num_frames - 1) // ct) * ct
+        grid = config_lib.latent_grid(c, gen_frames, height, width)
+        steps = steps or c.diffusion.sample_steps
+        scale = c.diffusion.guidance_scale if guidance_scale is None else guidance_scale
+        ids, mask = self.text_encoder.tokenize(prompts)
+        nids, nmask = self.text_encoder.tokenize([negative_prompt] * len(prompts))
+        videos = _sample(
+            self.vae,
+            self.dit,
+            self.text_encoder,
+            tuple(c.dit.patch),
+            grid,
+            steps,
+            float(scale),
+            float(c.diffusion.time_shift),
+            self.params,
+            self.vae_params,
+            self.latent_mean,
+            self.latent_std,
+            ids,
+            mask,
+            nids,
+            nmask,
+            jax.random.PRNGKey(seed),
+        )
+        return vae_trainer.to_uint8(videos)[:, :num_frames]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6, 7))
-def _sample(vae, dit, text_encoder, patch, grid, steps, scale, time_shift,
-            params, vae_params, latent_mean, latent_std, ids, mask, nids, nmask, key):
-  """Params are traced arguments (not constants baked into the program)."""
-  n = ids.shape[0]
-  pt, ph, pw = patch
-  t, h, w = grid
-  gt, gh, gw = t // pt, h // ph, w // pw
-  num_tok = gt * gh * gw
-  positions = jnp.stack(jnp.meshgrid(jnp.arange(gt), jnp.arange(gh), jnp.arange(gw),
-                                     indexing="ij"), -1).reshape(num_tok, 3)
-  # Conditional and unconditional rows in one batch: one segment per row.
-  all_ids, all_mask = jnp.concatenate([ids, nids]), jnp.concatenate([mask, nmask])
-  text = dit_trainer.text_features(text_encoder, params.get("text"), all_ids[:, None],
-                                   all_mask[:, None])
-  seg = jnp.ones((2 * n, num_tok), jnp.int32)
-  pos = jnp.broadcast_to(positions, (2 * n, num_tok, 3))
+def _sample(
+    vae,
+    dit,
+    text_encoder,
+    patch,
+    grid,
+    steps,
+    scale,
+    time_shift,
+    params,
+    vae_params,
+    latent_mean,
+    latent_std,
+    ids,
+    mask,
+    nids,
+    nmask,
+    key,
+):
+    """Params are traced arguments (not constants baked into the program)."""
+    n = ids.shape[0]
+    pt, ph, pw = patch
+    t, h, w = grid
+    gt, gh, gw = t // pt, h // ph, w // pw
+    num_tok = gt * gh * gw
+    positions = jnp.stack(
+        jnp.meshgrid(jnp.arange(gt), jnp.arange(gh), jnp.arange(gw), indexing="ij"), -1
+    ).reshape(num_tok, 3)
+    # Conditional and unconditional rows in one batch: one segment per row.
+    all_ids, all_mask = jnp.concatenate([ids, nids]), jnp.concatenate([mask, nmask])
+    text = dit_trainer.text_features(
+        text_encoder, params.get("text"), all_ids[:, None], all_mask[:, None]
+    )
+    seg = jnp.ones((2 * n, num_tok), jnp.int32)
+    pos = jnp.broadcast_to(positions, (2 * n, num_tok, 3))
 
-  def velocity(x, time):
-    v = dit.apply({"params": params["dit"]}, jnp.concatenate([x, x]),
-                  jnp.full((2 * n, 1), time), seg, pos, text, all_mask[:, None])
-    return rf.apply_guidance(v[:n], v[n:], scale)
+    def velocity(x, time):
+        v = dit.apply(
+            {"params": params["dit"]},
+            jnp.concatenate([x, x]),
+            jnp.full((2 * n, 1), time),
+            seg,
+            pos,
+            text,
+            all_mask[:, None],
+        )
+        return rf.apply_guidance(v[:n], v[n:], scale)
 
-  noise = jax.random.normal(key, (n, num_tok, dit.patch_dim))
-  tokens = rf.euler_sample(velocity, noise, steps, time_shift)
-  latents = rearrange(tokens, "n (t h w) (pt ph pw c) -> n (t pt) (h ph) (w pw) c",
-                      t=gt, h=gh, w=gw, pt=pt, ph=ph, pw=pw)
-  latents = latents * latent_std + latent_mean
-  return vae.apply({"params": vae_params}, latents, method="decode")
+    noise = jax.random.normal(key, (n, num_tok, dit.patch_dim))
+    tokens = rf.euler_sample(velocity, noise, steps, time_shift)
+    latents = rearrange(
+        tokens,
+        "n (t h w) (pt ph pw c) -> n (t pt) (h ph) (w pw) c",
+        t=gt,
+        h=gh,
+        w=gw,
+        pt=pt,
+        ph=ph,
+        pw=pw,
+    )
+    latents = latents * latent_std + latent_mean
+    return vae.apply({"params": vae_params}, latents, method="decode")
 
 
 def load_pipeline(workdir: str, mesh=None) -> Pipeline:
-  """Loads the config and the latest VAE and DiT checkpoints of a training workdir."""
-  config = load_config(workdir)
-  mesh = mesh or mesh_lib.create_mesh(1)
-  vae, vae_params = vae_trainer.load(config, workdir, mesh)
-  dit, text_encoder, params, extras = dit_trainer.load(config, workdir, mesh)
-  return Pipeline(config, vae, vae_params, dit, text_encoder, params,
-                  np.asarray(extras["latent_mean"]), np.asarray(extras["latent_std"]))
+    """Loads the config and the latest VAE and DiT checkpoints of a training workdir."""
+    config = load_config(workdir)
+    mesh = mesh or mesh_lib.create_mesh(1)
+    vae, vae_params = vae_trainer.load(config, workdir, mesh)
+    dit, text_encoder, params, extras = dit_trainer.load(config, workdir, mesh)
+    return Pipeline(
+        config,
+        vae,
+        vae_params,
+        dit,
+        text_encoder,
+        params,
+        np.asarray(extras["latent_mean"]),
+        np.asarray(extras["latent_std"]),
+    )
+
+
+def slug(text: str, max_len: int = 60) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:max_len] or "video"
+
+
+def write_samples(
+    pipe: Pipeline,
+    prompts: Sequence[str],
+    out_dir: str,
+    *,
+    num_frames: int,
+    height: int,
+    width: int,
+    seed: int = 0,
+    **kwargs,
+) -> list[str]:
+    """Generates one video per prompt and writes each as .mp4 and .gif; returns the paths."""
+    videos = pipe.generate(
+        prompts, num_frames=num_frames, height=height, width=width, seed=seed, **kwargs
+    )
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for i, (prompt, video) in enumerate(zip(prompts, videos)):
+        meta = {
+            "title": prompt,
+            "comment": f"AI-generated by sora_jax; prompt: {prompt}; seed: {seed}",
+        }
+        for ext in ("mp4", "gif"):
+            path = os.path.join(out_dir, f"{i:02d}_{slug(prompt)}_seed{seed}.{ext}")
+            video_io.write_video(path, np.asarray(video), fps=pipe.config.data.fps, metadata=meta)
+            paths.append(path)
+    return paths

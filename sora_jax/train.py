@@ -6,6 +6,7 @@
 Re-running the same command resumes from the latest checkpoints (finished
 stages are skipped), so a killed run loses at most `checkpoint_every` steps.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,6 +19,7 @@ from ml_collections import config_flags
 
 from sora_jax import config as config_lib
 from sora_jax import pipeline as pipeline_lib
+from sora_jax.evaluation import prompt_eval
 from sora_jax.logging import writers
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.training import dit_trainer, vae_trainer
@@ -27,65 +29,73 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 
 
 def check_workdir_config(config: ml_collections.ConfigDict, workdir: str):
-  """A resumed run must use the config it started with (else checkpoints mismatch)."""
-  path = os.path.join(workdir, pipeline_lib.CONFIG_FILE)
-  if not os.path.exists(path):
-    return
-  old = pipeline_lib.load_config(workdir)
-  for stage in ("vae", "dit"):
-    for part in ("model",):
-      if old[stage][part].to_dict() != config[stage][part].to_dict():
-        raise ValueError(
-            f"{workdir} holds a run whose config.{stage}.{part} differs from this one "
-            f"({old[stage][part].to_dict()} vs {config[stage][part].to_dict()}); use a new "
-            f"--workdir or the same config")
+    """A resumed run must use the config it started with (else checkpoints mismatch)."""
+    path = os.path.join(workdir, pipeline_lib.CONFIG_FILE)
+    if not os.path.exists(path):
+        return
+    old = pipeline_lib.load_config(workdir)
+    for stage in ("vae", "dit"):
+        # Compare through JSON, where tuples and lists are the same thing.
+        was, now = (json.loads(c[stage].model.to_json()) for c in (old, config))
+        if was != now:
+            raise ValueError(
+                f"{workdir} holds a run whose config.{stage}.model differs from this one "
+                f"({was} vs {now}); use a new --workdir or the same config"
+            )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs the configured stages; returns {'vae': history, 'dit': history, 'eval': ...}."""
-  config = config_lib.validate(config)
-  check_workdir_config(config, workdir)
-  if jax.process_index() == 0:
-    pipeline_lib.save_config(config, workdir)
-  mesh = mesh_lib.create_mesh(config.mesh.num_devices)
-  writer = writers.MetricWriter(os.path.join(workdir, "tensorboard"))
-  logging.info("devices: %s; mesh %s", jax.devices(), dict(mesh.shape))
-  results = {}
-  try:
-    if "vae" in config.stages:
-      _, _, results["vae"] = vae_trainer.train(config, workdir, mesh, writer)
-    if "dit" in config.stages:
-      _, results["dit"] = dit_trainer.train(config, workdir, mesh, writer)
-      from sora_jax import evaluate, sample  # noqa: PLC0415 (sampling needs a trained DiT)
-      pipe = pipeline_lib.load_pipeline(workdir)
-      if jax.process_index() == 0:
-        s = config.sample
-        sample.write_samples(pipe, list(s.prompts), os.path.join(workdir, "samples"),
-                             num_frames=s.num_frames, height=s.height, width=s.width,
-                             seed=s.seed)
-      if config.eval.at_end:
-        results["eval"] = evaluate.evaluate_pipeline(pipe, config.eval.num_prompts,
-                                                     config.eval.seed)
-        writer.write_scalars(config.dit.train.steps,
-                             {f"eval/{k}": v for k, v in results["eval"].items()})
-        if jax.process_index() == 0:
-          with open(os.path.join(workdir, "eval.json"), "w") as f:
-            json.dump(results["eval"], f, indent=2)
-  finally:
-    writer.close()
-  return results
+    """Runs the configured stages; returns {'vae': history, 'dit': history, 'eval': ...}."""
+    config = config_lib.validate(config)
+    check_workdir_config(config, workdir)
+    if jax.process_index() == 0:
+        pipeline_lib.save_config(config, workdir)
+    mesh = mesh_lib.create_mesh(config.mesh.num_devices)
+    writer = writers.MetricWriter(os.path.join(workdir, "tensorboard"))
+    logging.info("devices: %s; mesh %s", jax.devices(), dict(mesh.shape))
+    results = {}
+    try:
+        if "vae" in config.stages:
+            _, _, results["vae"] = vae_trainer.train(config, workdir, mesh, writer)
+        if "dit" in config.stages:
+            _, results["dit"] = dit_trainer.train(config, workdir, mesh, writer)
+            pipe = pipeline_lib.load_pipeline(workdir)
+            if jax.process_index() == 0:
+                s = config.sample
+                pipeline_lib.write_samples(
+                    pipe,
+                    list(s.prompts),
+                    os.path.join(workdir, "samples"),
+                    num_frames=s.num_frames,
+                    height=s.height,
+                    width=s.width,
+                    seed=s.seed,
+                )
+            if config.eval.at_end:
+                results["eval"] = prompt_eval.evaluate_pipeline(
+                    pipe, config.eval.num_prompts, config.eval.seed
+                )
+                writer.write_scalars(
+                    config.dit.train.steps, {f"eval/{k}": v for k, v in results["eval"].items()}
+                )
+                if jax.process_index() == 0:
+                    with open(os.path.join(workdir, "eval.json"), "w") as f:
+                        json.dump(results["eval"], f, indent=2)
+    finally:
+        writer.close()
+    return results
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _WORKDIR.value is None:
-    raise app.UsageError("--workdir is required (checkpoints, logs and samples go there)")
-  results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  if "eval" in results:
-    print("prompt following:", json.dumps(results["eval"]))
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _WORKDIR.value is None:
+        raise app.UsageError("--workdir is required (checkpoints, logs and samples go there)")
+    results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    if "eval" in results:
+        print("prompt following:", json.dumps(results["eval"]))
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
-  app.run(main)
+    flags.mark_flags_as_required(["config"])
+    app.run(main)

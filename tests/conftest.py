@@ -1,4 +1,5 @@
 """Test set-up: simulate 8 CPU devices before jax is imported anywhere."""
+
 import os
 
 os.environ["XLA_FLAGS"] = (

@@ -1,4 +1,5 @@
 """Tests for 3D RoPE, masked attention and the packed DiT (no leakage between segments)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +15,7 @@ TOL = 1e-5
 
 # ----------------------------------------------------------------------------- RoPE
 
+
 def test_rope_relative_and_norm_preserving():
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
     q = jax.random.normal(k1, (1, 5, 2, 16))
@@ -27,8 +29,9 @@ def test_rope_relative_and_norm_preserving():
     s0 = scores(pos)
     np.testing.assert_allclose(scores(pos + shift), s0, atol=1e-4)
     # Norms are preserved, and positions matter (scores change when one axis moves alone).
-    np.testing.assert_allclose(jnp.linalg.norm(rope_3d(q, pos), axis=-1),
-                               jnp.linalg.norm(q, axis=-1), rtol=1e-5)
+    np.testing.assert_allclose(
+        jnp.linalg.norm(rope_3d(q, pos), axis=-1), jnp.linalg.norm(q, axis=-1), rtol=1e-5
+    )
     for axis in range(3):
         moved = pos.at[0, 0, axis].add(1)
         assert float(jnp.max(jnp.abs(scores(moved) - s0))) > 1e-3
@@ -44,6 +47,7 @@ def test_rope_axis_dims():
 
 
 # ------------------------------------------------------------------------ attention
+
 
 def test_segment_mask_values():
     m = segment_mask(jnp.array([[1, 1, 2, 0]]), jnp.array([[1, 2, 2, 0, 1]]))
@@ -96,21 +100,36 @@ def dit_setup():
 
     @jax.jit
     def init():
-        variables = model.init(jax.random.PRNGKey(0), zeros, jnp.zeros((1, S)),
-                               jnp.ones((1, L), jnp.int32), jnp.zeros((1, L, 3), jnp.int32),
-                               jnp.zeros((1, S, LT, TEXT_DIM)), jnp.ones((1, S, LT), bool))
+        variables = model.init(
+            jax.random.PRNGKey(0),
+            zeros,
+            jnp.zeros((1, S)),
+            jnp.ones((1, L), jnp.int32),
+            jnp.zeros((1, L, 3), jnp.int32),
+            jnp.zeros((1, S, LT, TEXT_DIM)),
+            jnp.ones((1, S, LT), bool),
+        )
         params = variables["params"]
         # Non-zero everywhere: zero-initialised adaLN / output layers would hide leaks.
         leaves, treedef = jax.tree_util.tree_flatten(params)
         keys = jax.random.split(jax.random.PRNGKey(42), len(leaves))
         noisy = jax.tree_util.tree_unflatten(
-            treedef, [x + 0.3 * jax.random.normal(k_, x.shape) for x, k_ in zip(leaves, keys)])
+            treedef, [x + 0.3 * jax.random.normal(k_, x.shape) for x, k_ in zip(leaves, keys)]
+        )
         return params, noisy
 
     params, noisy = init()
     apply = jax.jit(lambda p, *args: model.apply({"params": p}, *args))
-    return dict(model=model, params=params, noisy=noisy, apply=apply, a=a, b=b,
-                text=(text_a, text_b), tmask=(mask_a, mask_b))
+    return dict(
+        model=model,
+        params=params,
+        noisy=noisy,
+        apply=apply,
+        a=a,
+        b=b,
+        text=(text_a, text_b),
+        tmask=(mask_a, mask_b),
+    )
 
 
 def _rows(setup, rows, t_ab=(0.3, 0.8), text_ab=None, tokens_ab=None):
@@ -121,7 +140,7 @@ def _rows(setup, rows, t_ab=(0.3, 0.8), text_ab=None, tokens_ab=None):
     batches, placements = [], []
     i = 0
     for row in rows:
-        bt, pl = pack(items[i:i + len(row)], L, 1, S)
+        bt, pl = pack(items[i : i + len(row)], L, 1, S)
         batches.append(bt)
         placements.append(pl)
         i += len(row)
@@ -189,7 +208,9 @@ def test_dit_own_text_and_time_matter(dit_setup):
     out = np.asarray(s["apply"](s["noisy"], *base))
     # A's caption changes A (and only A).
     new_a_text = rng.standard_normal((LT, TEXT_DIM)).astype(np.float32)
-    o = np.asarray(s["apply"](s["noisy"], *_rows(s, [["a", "b"]], text_ab=(new_a_text, s["text"][1]))[0]))
+    o = np.asarray(
+        s["apply"](s["noisy"], *_rows(s, [["a", "b"]], text_ab=(new_a_text, s["text"][1]))[0])
+    )
     assert np.abs(o[0, :12] - out[0, :12]).max() > 1e-3
     np.testing.assert_allclose(o[0, 12:18], out[0, 12:18], atol=TOL)
     # Masked-out caption positions are ignored.

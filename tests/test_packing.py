@@ -1,4 +1,5 @@
 """Tests for patch-n'-pack (sora_jax.data.packing)."""
+
 import numpy as np
 import pytest
 
@@ -33,7 +34,7 @@ def test_patchify_layout_and_inverse():
     for i in (0, 5, 15):
         gt, gh, gw = pos[i]
         assert i == (gt * 2 + gh) * 4 + gw
-        patch = lat[gt * 2:gt * 2 + 2, gh * 3:gh * 3 + 3, gw * 2:gw * 2 + 2]
+        patch = lat[gt * 2 : gt * 2 + 2, gh * 3 : gh * 3 + 3, gw * 2 : gw * 2 + 2]
         np.testing.assert_array_equal(tok[i], patch.reshape(-1))
     np.testing.assert_array_equal(unpatchify(tok, (2, 2, 4), (2, 3, 2), C), lat)
 
@@ -78,16 +79,21 @@ def _item(n, d=2, fill=1.0):
 
 def test_first_fit_rows_tails_and_drops():
     lengths = [6, 5, 4, 3, 2, 7, 1]
-    batch, pl = pack([_item(n, fill=i + 1) for i, n in enumerate(lengths)],
-                     seq_len=10, num_rows=2, max_segments=2)
+    batch, pl = pack(
+        [_item(n, fill=i + 1) for i, n in enumerate(lengths)],
+        seq_len=10,
+        num_rows=2,
+        max_segments=2,
+    )
     # 6 -> row0; 5 -> row1; 4 -> row0 (full); 3 -> row1 (8 used, 2 segs); rest: no room.
     assert pl[0] == Placement(row=0, segment=1, start=0, length=6, grid=(1, 1, 1))
     assert pl[1] == Placement(row=1, segment=1, start=0, length=5, grid=(1, 1, 1))
     assert pl[2] == Placement(row=0, segment=2, start=6, length=4, grid=(1, 1, 1))
     assert pl[3] == Placement(row=1, segment=2, start=5, length=3, grid=(1, 1, 1))
     assert pl[4:] == [None, None, None]  # max_segments reached / no space
-    np.testing.assert_array_equal(batch["segment_ids"],
-                                  [[1] * 6 + [2] * 4, [1] * 5 + [2] * 3 + [0, 0]])
+    np.testing.assert_array_equal(
+        batch["segment_ids"], [[1] * 6 + [2] * 4, [1] * 5 + [2] * 3 + [0, 0]]
+    )
     np.testing.assert_array_equal(batch["tokens"][1, :, 0], [2] * 5 + [4] * 3 + [0, 0])
     assert packing.padding_fraction(batch["segment_ids"]) == pytest.approx(0.1)
     # The segment limit, not space, drops an item that would fit.
@@ -102,7 +108,7 @@ def test_padding_only_at_tails_random():
     for row in batch["segment_ids"]:
         nz = np.flatnonzero(row == 0)
         if nz.size:
-            assert np.all(row[nz[0]:] == 0)
+            assert np.all(row[nz[0] :] == 0)
         used = row[row > 0]
         assert np.all(np.diff(used) >= 0) and used.max(initial=0) <= 6
     # A dropped item really did not fit in any row at its turn: check with final fill.
@@ -150,7 +156,7 @@ def test_packer_stream_low_padding_and_no_loss():
         assert b.padding_fraction == pytest.approx(np.mean(segs == 0))
         for row in segs:
             nz = np.flatnonzero(row == 0)
-            assert nz.size == 0 or np.all(row[nz[0]:] == 0)
+            assert nz.size == 0 or np.all(row[nz[0] :] == 0)
         # Each key's tokens sit where its placement says.
         for k, p, o in zip(b.keys, b.placements, unpack(b.batch["tokens"], b.placements)):
             assert o.shape == (sizes[k], 2) and np.all(o == k)

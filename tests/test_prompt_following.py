@@ -1,4 +1,5 @@
 """Tests for pixel-based prompt-following measurement."""
+
 import numpy as np
 import pytest
 
@@ -48,8 +49,7 @@ def test_noise_scores_near_chance():
 
 @pytest.mark.parametrize("direction", ["left", "right", "up", "down-left"])
 def test_direction_of_a_single_video(direction):
-    a = attributes_for_prompt("circle", "red", "medium", direction, "steadily", "grey",
-                              "checkered")
+    a = attributes_for_prompt("circle", "red", "medium", direction, "steadily", "grey", "checkered")
     found = analyze_video(render(a, 17, 32, 48))
     assert found["direction"] == direction
     assert found["speed"] == "steadily"

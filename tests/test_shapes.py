@@ -1,4 +1,5 @@
 """Tests for the procedural moving-shapes data set."""
+
 import colorsys
 import itertools
 import time
@@ -7,9 +8,22 @@ import numpy as np
 import pytest
 
 from sora_jax.data import shapes
-from sora_jax.data.shapes import (BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, SIZES, SPEEDS,
-                                  TEXTURES, VOCABULARY, MovingShapes, attributes_for_prompt,
-                                  caption, parse_caption, render, sample_attributes)
+from sora_jax.data.shapes import (
+    BACKGROUNDS,
+    COLOURS,
+    DIRECTIONS,
+    SHAPES,
+    SIZES,
+    SPEEDS,
+    TEXTURES,
+    VOCABULARY,
+    MovingShapes,
+    attributes_for_prompt,
+    caption,
+    parse_caption,
+    render,
+    sample_attributes,
+)
 
 
 def _saturation(video):
@@ -84,26 +98,43 @@ def test_caption_matches_attributes_and_round_trips():
         assert (a["texture"] in words) == (a["texture"] != "plain")
         parsed = parse_caption(text)
         assert parsed == {k: a[k] for k in parsed}
-        assert set(parsed) == {"shape", "colour", "size", "direction", "speed", "background",
-                               "texture"}
+        assert set(parsed) == {
+            "shape",
+            "colour",
+            "size",
+            "direction",
+            "speed",
+            "background",
+            "texture",
+        }
         textures.add(a["texture"])
     assert textures == set(TEXTURES)
-    assert caption(attributes_for_prompt("circle", "red", "small", "left", "slowly", "grey",
-                                         "checkered")) == \
-        "a small red circle moves left slowly on a grey checkered background"
-    assert caption(attributes_for_prompt("triangle", "blue", "large")) == \
-        "a large blue triangle on a grey background"
+    assert (
+        caption(
+            attributes_for_prompt("circle", "red", "small", "left", "slowly", "grey", "checkered")
+        )
+        == "a small red circle moves left slowly on a grey checkered background"
+    )
+    assert (
+        caption(attributes_for_prompt("triangle", "blue", "large"))
+        == "a large blue triangle on a grey background"
+    )
 
 
-@pytest.mark.parametrize("text", [
-    "", "hello world", "a big red circle on a grey background",
-    "a small red circle moves left on a grey background",
-    "a small red circle moves sideways slowly on a grey background",
-    "a small red circle on a grey plain background",
-    "a small red circle on a grey background please",
-    "a small red hexagon on a grey background",
-    "a small red circle on a purple background",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "hello world",
+        "a big red circle on a grey background",
+        "a small red circle moves left on a grey background",
+        "a small red circle moves sideways slowly on a grey background",
+        "a small red circle on a grey plain background",
+        "a small red circle on a grey background please",
+        "a small red hexagon on a grey background",
+        "a small red circle on a purple background",
+    ],
+)
 def test_parse_caption_rejects_text_outside_grammar(text):
     with pytest.raises(ValueError, match="outside the grammar"):
         parse_caption(text)
@@ -122,9 +153,14 @@ def test_shape_stays_inside_frame():
         # The same shape on a padded canvas has exactly as many pixels: nothing was clipped.
         vy, vx = shapes.velocity(a, h, w)
         k = np.arange(t)
-        full = shapes.shape_masks(a["shape"], a["start"][0] + pad + vy * k,
-                                  a["start"][1] + pad + vx * k, shapes.radius(a, h, w),
-                                  h + 2 * pad, w + 2 * pad)
+        full = shapes.shape_masks(
+            a["shape"],
+            a["start"][0] + pad + vy * k,
+            a["start"][1] + pad + vx * k,
+            shapes.radius(a, h, w),
+            h + 2 * pad,
+            w + 2 * pad,
+        )
         np.testing.assert_array_equal(counts, full.sum((1, 2)))
 
 
@@ -147,8 +183,7 @@ def test_render_motion_colour_and_background():
 @pytest.mark.parametrize("texture", TEXTURES)
 def test_textures_are_low_contrast_and_desaturated(texture):
     for background in BACKGROUNDS:
-        a = attributes_for_prompt("circle", "red", "small", background=background,
-                                  texture=texture)
+        a = attributes_for_prompt("circle", "red", "small", background=background, texture=texture)
         v = render(a, 1, 32, 32, np.random.default_rng(0))
         fg = _saturation(v) > 75
         bg = v[~fg].astype(np.int16)
@@ -159,8 +194,9 @@ def test_textures_are_low_contrast_and_desaturated(texture):
 
 
 def test_render_is_fast():
-    a = attributes_for_prompt("triangle", "cyan", "large", "down-left", "steadily", "white",
-                              "noisy")
+    a = attributes_for_prompt(
+        "triangle", "cyan", "large", "down-left", "steadily", "white", "noisy"
+    )
     render(a, 17, 48, 48)
     n = 50
     start = time.perf_counter()
@@ -175,24 +211,29 @@ def test_sample_attributes_start_respects_motion():
         a = sample_attributes(rng, is_image=False, num_frames=17, height=32, width=48)
         r = shapes.radius(a, 32, 48)
         vy, vx = shapes.velocity(a, 32, 48)
-        for y, x in ((a["start"][0], a["start"][1]),
-                     (a["start"][0] + 16 * vy, a["start"][1] + 16 * vx)):
+        for y, x in (
+            (a["start"][0], a["start"][1]),
+            (a["start"][0] + 16 * vy, a["start"][1] + 16 * vx),
+        ):
             assert r - 0.5 - 1e-6 <= y <= 31.5 - r + 1e-6
             assert r - 0.5 - 1e-6 <= x <= 47.5 - r + 1e-6
     img = sample_attributes(rng, is_image=True)
     assert img["direction"] is None and img["speed"] is None
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(num_examples=0), "num_examples"),
-    (dict(num_examples=10, frame_choices=()), "frame_choices"),
-    (dict(num_examples=10, frame_choices=(0, 5)), "frame_choices"),
-    (dict(num_examples=10, frame_choices=(1,), image_fraction=0.5), "image_fraction"),
-    (dict(num_examples=10, resolutions=()), "resolutions"),
-    (dict(num_examples=10, resolutions=((0, 32),)), "resolutions"),
-    (dict(num_examples=10, image_fraction=1.5), "image_fraction"),
-    (dict(num_examples=10, image_fraction=-0.1), "image_fraction"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_examples=0), "num_examples"),
+        (dict(num_examples=10, frame_choices=()), "frame_choices"),
+        (dict(num_examples=10, frame_choices=(0, 5)), "frame_choices"),
+        (dict(num_examples=10, frame_choices=(1,), image_fraction=0.5), "image_fraction"),
+        (dict(num_examples=10, resolutions=()), "resolutions"),
+        (dict(num_examples=10, resolutions=((0, 32),)), "resolutions"),
+        (dict(num_examples=10, image_fraction=1.5), "image_fraction"),
+        (dict(num_examples=10, image_fraction=-0.1), "image_fraction"),
+    ],
+)
 def test_bad_args_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MovingShapes(seed=0, **kwargs)

@@ -1,4 +1,5 @@
 """Tests for the word tokenizer, the tiny text encoder and the BERT loader/encoder."""
+
 import importlib
 import json
 import math
@@ -23,7 +24,9 @@ VOCAB = ["a", "small", "red", "circle", "moves", "left", "slowly", "on", "grey",
 def test_word_tokenizer_ids_and_mask():
     tok = WordTokenizer(VOCAB + ["Red"])  # duplicate after lower-casing is dropped
     assert tok.vocab_size == 3 + len(VOCAB)
-    ids, mask = tok.encode(["A small, red CIRCLE!", "a zebra", "", "a small red circle moves left slowly"], 5)
+    ids, mask = tok.encode(
+        ["A small, red CIRCLE!", "a zebra", "", "a small red circle moves left slowly"], 5
+    )
     assert ids.dtype == np.int32 and mask.dtype == bool and ids.shape == mask.shape == (4, 5)
     # known words -> distinct non-special ids, in order
     row0 = ids[0, :4].tolist()
@@ -103,11 +106,21 @@ def test_build_text_encoder_errors(tmp_path):
 
 # --------------------------------------------------------------------------- BERT
 
-BERT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + VOCAB + ["check", "##ered", "##s", "."]
+BERT_VOCAB = (
+    ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + VOCAB + ["check", "##ered", "##s", "."]
+)
 CFG = dict(
-    vocab_size=len(BERT_VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-    intermediate_size=64, max_position_embeddings=16, type_vocab_size=2, layer_norm_eps=1e-12,
-    hidden_act="gelu", pad_token_id=0, model_type="bert",
+    vocab_size=len(BERT_VOCAB),
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=16,
+    type_vocab_size=2,
+    layer_norm_eps=1e-12,
+    hidden_act="gelu",
+    pad_token_id=0,
+    model_type="bert",
 )
 
 
@@ -128,7 +141,12 @@ def _random_bert_weights(seed=0, prefix=""):
     }
     for i in range(CFG["num_hidden_layers"]):
         p = f"encoder.layer.{i}."
-        for n in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"):
+        for n in (
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.output.dense",
+        ):
             t[p + n + ".weight"], t[p + n + ".bias"] = w(d, d), w(d)
         t[p + "intermediate.dense.weight"], t[p + "intermediate.dense.bias"] = w(f, d), w(f)
         t[p + "output.dense.weight"], t[p + "output.dense.bias"] = w(d, f), w(d)
@@ -195,7 +213,9 @@ def test_bert_matches_numpy_reference_and_ignores_padding(bert_dir):
     tok_id = {w: i for i, w in enumerate(BERT_VOCAB)}
     # empty caption -> [CLS][SEP]; wordpiece splits unknown-but-composable words
     assert ids[1, :2].tolist() == [tok_id["[CLS]"], tok_id["[SEP]"]] and mask[1].sum() == 2
-    assert ids[2, : mask[2].sum()].tolist() == [tok_id[w] for w in ["[CLS]", "check", "##ered", "background", "##s", "[SEP]"]]
+    assert ids[2, : mask[2].sum()].tolist() == [
+        tok_id[w] for w in ["[CLS]", "check", "##ered", "background", "##s", "[SEP]"]
+    ]
     assert np.all(ids[~mask] == 0)
 
     out = np.asarray(jax.jit(enc.encode)(enc.params, ids, mask))
@@ -207,17 +227,23 @@ def test_bert_matches_numpy_reference_and_ignores_padding(bert_dir):
 
     # appending pads (longer max_length) leaves real positions unchanged
     enc_long = build_text_encoder("bert", max_length=16, path=bert_dir)
-    ids_l, mask_l = enc_long.tokenize(["A small red circle moves left.", "", "checkered backgrounds"])
+    ids_l, mask_l = enc_long.tokenize(
+        ["A small red circle moves left.", "", "checkered backgrounds"]
+    )
     np.testing.assert_array_equal(ids_l[:, :12], ids)
     out_l = np.asarray(enc_long.encode(enc_long.params, ids_l, mask_l))
     np.testing.assert_allclose(out_l[:, :12][mask], out[mask], atol=1e-5, rtol=0)
     # ... and so do arbitrary ids at masked positions
     ids_g = ids.copy()
     ids_g[~mask] = 7
-    np.testing.assert_allclose(np.asarray(enc.encode(enc.params, ids_g, mask))[mask], out[mask], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(enc.encode(enc.params, ids_g, mask))[mask], out[mask], atol=1e-5, rtol=0
+    )
 
     # truncation keeps max_length tokens
-    ids_t, mask_t = build_text_encoder("bert", max_length=4, path=bert_dir).tokenize(["a small red circle moves"])
+    ids_t, mask_t = build_text_encoder("bert", max_length=4, path=bert_dir).tokenize(
+        ["a small red circle moves"]
+    )
     assert mask_t.all() and ids_t.shape == (1, 4)
 
 
@@ -226,7 +252,9 @@ def test_bert_prefix_and_tokenizer_json(tmp_path, bert_dir):
     from tokenizers.implementations import BertWordPieceTokenizer
 
     folder = _write_bert(tmp_path / "pref", _random_bert_weights(0, prefix="bert."))
-    BertWordPieceTokenizer(os.path.join(folder, "vocab.txt"), lowercase=True).save(os.path.join(folder, "tokenizer.json"))
+    BertWordPieceTokenizer(os.path.join(folder, "vocab.txt"), lowercase=True).save(
+        os.path.join(folder, "tokenizer.json")
+    )
     os.remove(os.path.join(folder, "vocab.txt"))
     a = build_text_encoder("bert", max_length=8, path=folder)
     b = build_text_encoder("bert", max_length=8, path=bert_dir)
@@ -241,19 +269,26 @@ def test_load_bert_params_errors(tmp_path):
     t = _random_bert_weights(1)
     # Linear kernels are transposed to [in, out]
     params = load_bert_params(_write_bert(tmp_path / "ok", t) + "/model.safetensors", cfg)
-    np.testing.assert_array_equal(params["layer_1"]["intermediate"]["kernel"], t["encoder.layer.1.intermediate.dense.weight"].T)
+    np.testing.assert_array_equal(
+        params["layer_1"]["intermediate"]["kernel"],
+        t["encoder.layer.1.intermediate.dense.weight"].T,
+    )
     assert params["layer_1"]["intermediate"]["kernel"].shape == (32, 64)
 
     missing = dict(t)
     del missing["encoder.layer.1.attention.self.key.bias"]
     path = _write_bert(tmp_path / "missing", missing) + "/model.safetensors"
-    with pytest.raises(ValueError, match=r"missing weight 'encoder\.layer\.1\.attention\.self\.key\.bias'"):
+    with pytest.raises(
+        ValueError, match=r"missing weight 'encoder\.layer\.1\.attention\.self\.key\.bias'"
+    ):
         load_bert_params(path, cfg)
 
     bad = dict(t)
     bad["encoder.layer.0.output.dense.weight"] = np.zeros((64, 32), np.float32)
     path = _write_bert(tmp_path / "bad", bad) + "/model.safetensors"
-    with pytest.raises(ValueError, match=r"encoder\.layer\.0\.output\.dense\.weight.*\(64, 32\).*\(32, 64\)"):
+    with pytest.raises(
+        ValueError, match=r"encoder\.layer\.0\.output\.dense\.weight.*\(64, 32\).*\(32, 64\)"
+    ):
         load_bert_params(path, cfg)
 
     with pytest.raises(FileNotFoundError, match="model.safetensors"):

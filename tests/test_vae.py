@@ -1,4 +1,5 @@
 """Tests for the causal video VAE (tiny sizes: base_channels 8, 16x16 frames)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,8 +8,14 @@ import pytest
 
 from sora_jax.models.vae import CausalConv3d, CausalVAE, PerFrameGroupNorm, kl_divergence
 
-TINY = dict(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1, latent_channels=4,
-            temporal_downsample=(True, True), norm_groups=4)
+TINY = dict(
+    base_channels=8,
+    channel_mults=(1, 2, 2),
+    num_res_blocks=1,
+    latent_channels=4,
+    temporal_downsample=(True, True),
+    norm_groups=4,
+)
 
 
 def _video(key, b=1, t=9, h=16, w=16):
@@ -29,8 +36,9 @@ class _Jitted:
 @pytest.fixture(scope="module")
 def vae_and_params():
     model = CausalVAE(**TINY)
-    params = jax.jit(model.init)({"params": jax.random.key(0), "posterior": jax.random.key(1)},
-                                 _video(0, t=1))
+    params = jax.jit(model.init)(
+        {"params": jax.random.key(0), "posterior": jax.random.key(1)}, _video(0, t=1)
+    )
     return _Jitted(model), params
 
 
@@ -46,8 +54,12 @@ def test_compression_properties_on_unbound_module():
 
 @pytest.mark.parametrize(
     "args, match",
-    [((8, 16, 16), "num_frames=8"), ((0, 16, 16), "num_frames=0"),
-     ((9, 18, 16), "height=18"), ((9, 16, 6), "width=6")],
+    [
+        ((8, 16, 16), "num_frames=8"),
+        ((0, 16, 16), "num_frames=0"),
+        ((9, 18, 16), "height=18"),
+        ((9, 16, 6), "width=6"),
+    ],
 )
 def test_latent_shape_rejects_bad_geometry(args, match):
     with pytest.raises(ValueError, match=match):
@@ -66,7 +78,12 @@ def test_shapes_encode_decode_roundtrip(vae_and_params, t, t_lat):
     model, params = vae_and_params
     x = _video(1, b=2, t=t)
     mean, logvar = model.encode(params, x)
-    assert mean.shape == logvar.shape == (2, t_lat, 4, 4, 4) == (2, *model.model.latent_shape(t, 16, 16))
+    assert (
+        mean.shape
+        == logvar.shape
+        == (2, t_lat, 4, 4, 4)
+        == (2, *model.model.latent_shape(t, 16, 16))
+    )
     assert mean.dtype == jnp.float32
     assert float(logvar.min()) >= -30.0 and float(logvar.max()) <= 20.0
     recon = model.decode(params, mean)
@@ -131,8 +148,10 @@ def test_causal_conv_pads_past_only_with_first_frame():
     assert y.shape == (1, 4, 2, 2, 2)
     k, bias = params["params"]["kernel"], params["params"]["bias"]
     padded = jnp.concatenate([x[:, :1], x[:, :1], x], axis=1)  # replicate frame 0 twice
-    expected = sum(jnp.einsum("bthwc,cd->bthwd", padded[:, i:i + 4], k[i, 0, 0])
-                   for i in range(3)) + bias
+    expected = (
+        sum(jnp.einsum("bthwc,cd->bthwd", padded[:, i : i + 4], k[i, 0, 0]) for i in range(3))
+        + bias
+    )
     np.testing.assert_allclose(y, expected, atol=1e-5)
 
 
@@ -195,8 +214,9 @@ def test_adam_steps_reduce_reconstruction_loss(vae_and_params):
     model = jitted.model
     # a smooth, learnable batch: moving colour gradients
     t, yy, xx = jnp.meshgrid(jnp.arange(5), jnp.arange(16), jnp.arange(16), indexing="ij")
-    base = jnp.stack([jnp.sin((xx + 2 * t) / 4.0), jnp.cos((yy - t) / 5.0),
-                      jnp.sin((xx + yy) / 6.0)], axis=-1)
+    base = jnp.stack(
+        [jnp.sin((xx + 2 * t) / 4.0), jnp.cos((yy - t) / 5.0), jnp.sin((xx + yy) / 6.0)], axis=-1
+    )
     batch = jnp.stack([base, -base])
     opt = optax.adam(3e-3)
 

@@ -1,4 +1,5 @@
 """Tests for video file reading and writing."""
+
 import numpy as np
 import pytest
 

@@ -16,6 +16,7 @@ Two ways to pack:
     the given order; what does not fit is reported (placement ``None``), not packed.
   * ``Packer``: a stream packer with a bounded look-ahead buffer (see its docstring).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,30 +58,47 @@ def patchify(latent: np.ndarray, patch: tuple[int, int, int]) -> tuple[np.ndarra
         if size % p:
             raise ValueError(f"patchify: latent dim {name}={size} not divisible by patch {p}")
     gt, gh, gw = latent.shape[0] // pt, latent.shape[1] // ph, latent.shape[2] // pw
-    tokens = einops.rearrange(latent, "(t pt) (h ph) (w pw) c -> (t h w) (pt ph pw c)",
-                              pt=pt, ph=ph, pw=pw)
-    positions = np.stack(np.meshgrid(np.arange(gt), np.arange(gh), np.arange(gw),
-                                     indexing="ij"), -1).reshape(-1, 3).astype(np.int32)
+    tokens = einops.rearrange(
+        latent, "(t pt) (h ph) (w pw) c -> (t h w) (pt ph pw c)", pt=pt, ph=ph, pw=pw
+    )
+    positions = (
+        np.stack(np.meshgrid(np.arange(gt), np.arange(gh), np.arange(gw), indexing="ij"), -1)
+        .reshape(-1, 3)
+        .astype(np.int32)
+    )
     return np.ascontiguousarray(tokens), positions
 
 
-def unpatchify(tokens: np.ndarray, grid: tuple[int, int, int], patch: tuple[int, int, int],
-               channels: int) -> np.ndarray:
+def unpatchify(
+    tokens: np.ndarray, grid: tuple[int, int, int], patch: tuple[int, int, int], channels: int
+) -> np.ndarray:
     """Exact inverse of ``patchify``: ``f32[n d] -> f32[t h w c]`` for patch-grid ``grid``."""
     tokens = np.asarray(tokens)
     pt, ph, pw = _check_patch(patch)
     gt, gh, gw = (int(g) for g in grid)
     expected = (gt * gh * gw, pt * ph * pw * channels)
     if tokens.shape != expected:
-        raise ValueError(f"unpatchify: tokens shape {tokens.shape} does not match grid {grid}, "
-                         f"patch {patch}, channels {channels} (expected {expected})")
-    return einops.rearrange(tokens, "(t h w) (pt ph pw c) -> (t pt) (h ph) (w pw) c",
-                            t=gt, h=gh, w=gw, pt=pt, ph=ph, pw=pw, c=channels)
+        raise ValueError(
+            f"unpatchify: tokens shape {tokens.shape} does not match grid {grid}, "
+            f"patch {patch}, channels {channels} (expected {expected})"
+        )
+    return einops.rearrange(
+        tokens,
+        "(t h w) (pt ph pw c) -> (t pt) (h ph) (w pw) c",
+        t=gt,
+        h=gh,
+        w=gw,
+        pt=pt,
+        ph=ph,
+        pw=pw,
+        c=channels,
+    )
 
 
 @dataclasses.dataclass
 class Placement:
     """Where one item landed: tokens ``[start, start+length)`` of row ``row``."""
+
     row: int
     segment: int  # 1-based segment id inside the row
     start: int
@@ -96,8 +114,10 @@ def padding_fraction(segment_ids: np.ndarray) -> float:
 
 def _validate_item(i, tokens, positions, seq_len: int, dim: int | None) -> None:
     if tokens.ndim != 2 or positions.shape != (tokens.shape[0], 3):
-        raise ValueError(f"item {i}: expected tokens f32[n d] and positions i32[n 3], got "
-                         f"{tokens.shape} and {positions.shape}")
+        raise ValueError(
+            f"item {i}: expected tokens f32[n d] and positions i32[n 3], got "
+            f"{tokens.shape} and {positions.shape}"
+        )
     if tokens.shape[0] == 0:
         raise ValueError(f"item {i}: has no tokens")
     if tokens.shape[0] > seq_len:
@@ -106,8 +126,9 @@ def _validate_item(i, tokens, positions, seq_len: int, dim: int | None) -> None:
         raise ValueError(f"item {i}: token dim {tokens.shape[1]} != {dim}")
 
 
-def _first_fit(lengths: Sequence[int], seq_len: int, num_rows: int,
-               max_segments: int) -> list[tuple[int, int, int] | None]:
+def _first_fit(
+    lengths: Sequence[int], seq_len: int, num_rows: int, max_segments: int
+) -> list[tuple[int, int, int] | None]:
     """(row, segment, start) for each length in order, or None where no row can take it."""
     used = [0] * num_rows
     count = [0] * num_rows
@@ -130,9 +151,14 @@ def _check_sizes(seq_len: int, num_rows: int, max_segments: int) -> None:
             raise ValueError(f"{name} must be >= 1, got {v}")
 
 
-def pack(items: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: int, num_rows: int,
-         max_segments: int, *, dim: int | None = None
-         ) -> tuple[dict[str, np.ndarray], list[Placement | None]]:
+def pack(
+    items: Sequence[tuple[np.ndarray, np.ndarray]],
+    seq_len: int,
+    num_rows: int,
+    max_segments: int,
+    *,
+    dim: int | None = None,
+) -> tuple[dict[str, np.ndarray], list[Placement | None]]:
     """Packs ``(tokens f32[n_i d], positions i32[n_i 3])`` items first-fit into one batch.
 
     Each item, in the given order, goes to the first row with ``>= n_i`` free tokens and
@@ -163,28 +189,32 @@ def pack(items: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: int, num_rows:
             continue
         row, seg, start = slot
         n = t.shape[0]
-        tokens[row, start:start + n] = t
-        segment_ids[row, start:start + n] = seg
-        positions[row, start:start + n] = p
+        tokens[row, start : start + n] = t
+        segment_ids[row, start : start + n] = seg
+        positions[row, start : start + n] = p
         grid = tuple(int(g) for g in p.max(0) + 1)
         placements.append(Placement(row=row, segment=seg, start=start, length=n, grid=grid))
     return {"tokens": tokens, "segment_ids": segment_ids, "positions": positions}, placements
 
 
-def unpack(tokens_packed: np.ndarray, placements: Sequence[Placement | None]
-           ) -> list[np.ndarray | None]:
+def unpack(
+    tokens_packed: np.ndarray, placements: Sequence[Placement | None]
+) -> list[np.ndarray | None]:
     """Inverse of ``pack`` for ``f32[rows L d]`` (e.g. model outputs): ``f32[n_i d]`` per item,
     ``None`` where the placement is ``None``."""
     tokens_packed = np.asarray(tokens_packed)
     if tokens_packed.ndim != 3:
         raise ValueError(f"unpack expects f32[rows L d], got shape {tokens_packed.shape}")
-    return [None if p is None else tokens_packed[p.row, p.start:p.start + p.length].copy()
-            for p in placements]
+    return [
+        None if p is None else tokens_packed[p.row, p.start : p.start + p.length].copy()
+        for p in placements
+    ]
 
 
 @dataclasses.dataclass
 class PackedBatch:
     """One batch emitted by ``Packer``: ``keys[i]`` was placed at ``placements[i]``."""
+
     batch: dict[str, np.ndarray]
     keys: list[Hashable]
     placements: list[Placement]
@@ -239,14 +269,22 @@ class Packer:
         rest = sorted(range(1, len(self._buffer)), key=lambda i: -self._buffer[i][1].shape[0])
         order = [0] + rest
         chosen = [self._buffer[i] for i in order]
-        batch, placements = pack([(t, p) for _, t, p in chosen], self.seq_len, self.num_rows,
-                                 self.max_segments, dim=self._dim)
+        batch, placements = pack(
+            [(t, p) for _, t, p in chosen],
+            self.seq_len,
+            self.num_rows,
+            self.max_segments,
+            dim=self._dim,
+        )
         placed = {i for i, p in zip(order, placements) if p is not None}
         keys = [k for (k, _, _), p in zip(chosen, placements) if p is not None]
         self._buffer = [b for i, b in enumerate(self._buffer) if i not in placed]
-        return PackedBatch(batch=batch, keys=keys,
-                           placements=[p for p in placements if p is not None],
-                           padding_fraction=padding_fraction(batch["segment_ids"]))
+        return PackedBatch(
+            batch=batch,
+            keys=keys,
+            placements=[p for p in placements if p is not None],
+            padding_fraction=padding_fraction(batch["segment_ids"]),
+        )
 
     def flush(self) -> list[PackedBatch]:
         """Packs everything still buffered (the last batches may be mostly padding)."""

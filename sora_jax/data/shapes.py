@@ -15,6 +15,7 @@ covers [i - 0.5, i + 0.5] x [j - 0.5, j + 0.5]. Every shape has extent `radius` 
 in all directions (circle radius, square half-side, triangle circumradius), so a shape is fully
 inside the frame when  radius - 0.5 <= centre <= size - 0.5 - radius  on both axes.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -27,44 +28,50 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 
 # Saturated foreground colours: hues are well separated and max-min channel >= 150, so a
 # saturation threshold cleanly separates them from every background below.
-COLOURS: MappingProxyType = MappingProxyType({
-    "red": (220, 40, 40),
-    "orange": (240, 140, 20),
-    "yellow": (230, 215, 30),
-    "green": (40, 190, 60),
-    "cyan": (30, 200, 210),
-    "blue": (40, 70, 230),
-    "magenta": (210, 40, 200),
-})
+COLOURS: MappingProxyType = MappingProxyType(
+    {
+        "red": (220, 40, 40),
+        "orange": (240, 140, 20),
+        "yellow": (230, 215, 30),
+        "green": (40, 190, 60),
+        "cyan": (30, 200, 210),
+        "blue": (40, 70, 230),
+        "magenta": (210, 40, 200),
+    }
+)
 
 # Shape radius as a fraction of min(height, width).
 SIZES: MappingProxyType = MappingProxyType({"small": 0.12, "medium": 0.17, "large": 0.23})
 
 # Unit (dy, dx) vectors in image coordinates (up is -y).
 _D = float(np.sqrt(0.5))
-DIRECTIONS: MappingProxyType = MappingProxyType({
-    "left": (0.0, -1.0),
-    "right": (0.0, 1.0),
-    "up": (-1.0, 0.0),
-    "down": (1.0, 0.0),
-    "up-left": (-_D, -_D),
-    "up-right": (-_D, _D),
-    "down-left": (_D, -_D),
-    "down-right": (_D, _D),
-})
+DIRECTIONS: MappingProxyType = MappingProxyType(
+    {
+        "left": (0.0, -1.0),
+        "right": (0.0, 1.0),
+        "up": (-1.0, 0.0),
+        "down": (1.0, 0.0),
+        "up-left": (-_D, -_D),
+        "up-right": (-_D, _D),
+        "down-left": (_D, -_D),
+        "down-right": (_D, _D),
+    }
+)
 
 # Displacement per frame as a fraction of min(height, width). The fastest speed is chosen so
 # that a large shape still fits for a 17-frame clip: 16 * 0.0325 = 0.52 <= 1 - 2 * 0.23.
 SPEEDS: MappingProxyType = MappingProxyType({"slowly": 0.01, "steadily": 0.02, "quickly": 0.0325})
 
 # Desaturated backgrounds (max-min channel <= 30).
-BACKGROUNDS: MappingProxyType = MappingProxyType({
-    "black": (20, 20, 20),
-    "charcoal": (68, 68, 74),
-    "grey": (128, 128, 128),
-    "silver": (190, 190, 184),
-    "white": (236, 236, 236),
-})
+BACKGROUNDS: MappingProxyType = MappingProxyType(
+    {
+        "black": (20, 20, 20),
+        "charcoal": (68, 68, 74),
+        "grey": (128, 128, 128),
+        "silver": (190, 190, 184),
+        "white": (236, 236, 236),
+    }
+)
 
 TEXTURES: tuple[str, ...] = ("plain", "checkered", "striped", "noisy")
 # Texture amplitude (added equally to all channels, so the background stays desaturated).
@@ -72,8 +79,14 @@ TEXTURE_AMPLITUDE = 14.0
 
 _FIXED_WORDS = ("a", "moves", "on", "background")
 VOCABULARY: tuple[str, ...] = (
-    _FIXED_WORDS + SHAPES + tuple(COLOURS) + tuple(SIZES) + tuple(DIRECTIONS) + tuple(SPEEDS)
-    + tuple(BACKGROUNDS) + tuple(t for t in TEXTURES if t != "plain")
+    _FIXED_WORDS
+    + SHAPES
+    + tuple(COLOURS)
+    + tuple(SIZES)
+    + tuple(DIRECTIONS)
+    + tuple(SPEEDS)
+    + tuple(BACKGROUNDS)
+    + tuple(t for t in TEXTURES if t != "plain")
 )
 assert len(set(VOCABULARY)) == len(VOCABULARY), "caption vocabulary words must be unique"
 
@@ -83,9 +96,15 @@ def _check_choice(name: str, value: Any, choices) -> None:
         raise ValueError(f"unknown {name} {value!r}; expected one of {sorted(choices)}")
 
 
-def attributes_for_prompt(shape: str, colour: str, size: str, direction: str | None = None,
-                          speed: str | None = None, background: str = "grey",
-                          texture: str = "plain") -> dict:
+def attributes_for_prompt(
+    shape: str,
+    colour: str,
+    size: str,
+    direction: str | None = None,
+    speed: str | None = None,
+    background: str = "grey",
+    texture: str = "plain",
+) -> dict:
     """Validated attribute dict (no start position) for building a caption or a prompt.
 
     direction and speed must both be given (a video prompt) or both be None (an image prompt).
@@ -96,13 +115,22 @@ def attributes_for_prompt(shape: str, colour: str, size: str, direction: str | N
     _check_choice("background", background, BACKGROUNDS)
     _check_choice("texture", texture, TEXTURES)
     if (direction is None) != (speed is None):
-        raise ValueError("direction and speed must both be given or both be None, got "
-                         f"direction={direction!r}, speed={speed!r}")
+        raise ValueError(
+            "direction and speed must both be given or both be None, got "
+            f"direction={direction!r}, speed={speed!r}"
+        )
     if direction is not None:
         _check_choice("direction", direction, DIRECTIONS)
         _check_choice("speed", speed, SPEEDS)
-    return dict(shape=shape, colour=colour, size=size, direction=direction, speed=speed,
-                background=background, texture=texture)
+    return dict(
+        shape=shape,
+        colour=colour,
+        size=size,
+        direction=direction,
+        speed=speed,
+        background=background,
+        texture=texture,
+    )
 
 
 def velocity(attrs: dict, height: int, width: int) -> tuple[float, float]:
@@ -132,22 +160,32 @@ def _start_range(extent: int, r: float, travel: float) -> tuple[float, float]:
     return lo, hi
 
 
-def sample_attributes(rng: np.random.Generator, is_image: bool, num_frames: int = 17,
-                      height: int = 32, width: int = 32) -> dict:
+def sample_attributes(
+    rng: np.random.Generator,
+    is_image: bool,
+    num_frames: int = 17,
+    height: int = 32,
+    width: int = 32,
+) -> dict:
     """Random attributes plus a `start` centre (y, x) in pixels for a (num_frames, height, width)
     clip, chosen uniformly among the starts that keep the shape inside the frame throughout.
 
     For images direction/speed are None and num_frames is treated as 1.
     """
     if height <= 0 or width <= 0 or num_frames <= 0:
-        raise ValueError(f"num_frames, height and width must be positive, got "
-                         f"{(num_frames, height, width)}")
+        raise ValueError(
+            f"num_frames, height and width must be positive, got {(num_frames, height, width)}"
+        )
     pick = lambda options: options[int(rng.integers(len(options)))]  # noqa: E731
     attrs = attributes_for_prompt(
-        shape=pick(SHAPES), colour=pick(tuple(COLOURS)), size=pick(tuple(SIZES)),
+        shape=pick(SHAPES),
+        colour=pick(tuple(COLOURS)),
+        size=pick(tuple(SIZES)),
         direction=None if is_image else pick(tuple(DIRECTIONS)),
         speed=None if is_image else pick(tuple(SPEEDS)),
-        background=pick(tuple(BACKGROUNDS)), texture=pick(TEXTURES))
+        background=pick(tuple(BACKGROUNDS)),
+        texture=pick(TEXTURES),
+    )
     frames = 1 if is_image else num_frames
     r = radius(attrs, height, width)
     vy, vx = velocity(attrs, height, width)
@@ -160,10 +198,11 @@ def sample_attributes(rng: np.random.Generator, is_image: bool, num_frames: int 
 def caption(attrs: dict) -> str:
     """Caption of the closed grammar, e.g.
     'a small red circle moves left slowly on a grey checkered background'."""
-    a = attributes_for_prompt(**{k: attrs.get(k) for k in
-                                 ("shape", "colour", "size", "direction", "speed")},
-                              background=attrs.get("background", "grey"),
-                              texture=attrs.get("texture", "plain"))
+    a = attributes_for_prompt(
+        **{k: attrs.get(k) for k in ("shape", "colour", "size", "direction", "speed")},
+        background=attrs.get("background", "grey"),
+        texture=attrs.get("texture", "plain"),
+    )
     words = ["a", a["size"], a["colour"], a["shape"]]
     if a["direction"] is not None:
         words += ["moves", a["direction"], a["speed"]]
@@ -205,8 +244,9 @@ def parse_caption(text: str) -> dict:
         fail(str(e))
 
 
-def shape_masks(shape: str, cy: np.ndarray, cx: np.ndarray, r: float, height: int,
-                width: int) -> np.ndarray:
+def shape_masks(
+    shape: str, cy: np.ndarray, cx: np.ndarray, r: float, height: int, width: int
+) -> np.ndarray:
     """bool[t h w] masks of `shape` with centres (cy[t], cx[t]) and extent r (circumradius)."""
     cy = np.asarray(cy, np.float32)[:, None, None]
     cx = np.asarray(cx, np.float32)[:, None, None]
@@ -242,8 +282,9 @@ def _background(attrs: dict, height: int, width: int, rng: np.random.Generator) 
     return base + TEXTURE_AMPLITUDE * pattern.astype(np.float32)[..., None]
 
 
-def render(attrs: dict, num_frames: int, height: int, width: int,
-           rng: np.random.Generator | None = None) -> np.ndarray:
+def render(
+    attrs: dict, num_frames: int, height: int, width: int, rng: np.random.Generator | None = None
+) -> np.ndarray:
     """Render attributes to uint8[t h w 3].
 
     The centre at frame k is start + velocity * k. Without attrs['start'] the trajectory is
@@ -251,8 +292,9 @@ def render(attrs: dict, num_frames: int, height: int, width: int,
     defaults to a fixed generator so rendering is deterministic.
     """
     if num_frames <= 0 or height <= 0 or width <= 0:
-        raise ValueError(f"num_frames, height and width must be positive, got "
-                         f"{(num_frames, height, width)}")
+        raise ValueError(
+            f"num_frames, height and width must be positive, got {(num_frames, height, width)}"
+        )
     _check_choice("colour", attrs.get("colour"), COLOURS)
     rng = np.random.default_rng(0) if rng is None else rng
     r = radius(attrs, height, width)
@@ -280,10 +322,14 @@ class MovingShapes:
     hold num_frames, height and width.
     """
 
-    def __init__(self, seed: int, num_examples: int,
-                 frame_choices: Sequence[int] = (1, 5, 9, 17),
-                 resolutions: Sequence[tuple[int, int]] = ((32, 32), (32, 48), (48, 32)),
-                 image_fraction: float = 0.2):
+    def __init__(
+        self,
+        seed: int,
+        num_examples: int,
+        frame_choices: Sequence[int] = (1, 5, 9, 17),
+        resolutions: Sequence[tuple[int, int]] = ((32, 32), (32, 48), (48, 32)),
+        image_fraction: float = 0.2,
+    ):
         if not isinstance(num_examples, (int, np.integer)) or num_examples <= 0:
             raise ValueError(f"num_examples must be a positive int, got {num_examples!r}")
         frame_choices = tuple(frame_choices)
@@ -296,13 +342,15 @@ class MovingShapes:
             raise ValueError("resolutions must not be empty")
         if any(len(r) != 2 or min(r) <= 0 for r in resolutions):
             raise ValueError(
-                f"resolutions must be positive (height, width) pairs, got {resolutions}")
+                f"resolutions must be positive (height, width) pairs, got {resolutions}"
+            )
         if not 0.0 <= image_fraction <= 1.0:
             raise ValueError(f"image_fraction must be in [0, 1], got {image_fraction}")
         self.video_lengths = tuple(int(f) for f in frame_choices if f > 1)
         if not self.video_lengths and image_fraction < 1.0:
-            raise ValueError(f"frame_choices {frame_choices} has no length > 1, so "
-                             "image_fraction must be 1")
+            raise ValueError(
+                f"frame_choices {frame_choices} has no length > 1, so image_fraction must be 1"
+            )
         self.seed = int(seed)
         self.num_examples = int(num_examples)
         self.frame_choices = frame_choices
@@ -328,6 +376,8 @@ class MovingShapes:
         return dict(video=video, caption=caption(attrs), attributes=attrs)
 
     def __repr__(self) -> str:
-        return (f"MovingShapes(seed={self.seed}, num_examples={self.num_examples}, "
-                f"frame_choices={self.frame_choices}, resolutions={self.resolutions}, "
-                f"image_fraction={self.image_fraction})")
+        return (
+            f"MovingShapes(seed={self.seed}, num_examples={self.num_examples}, "
+            f"frame_choices={self.frame_choices}, resolutions={self.resolutions}, "
+            f"image_fraction={self.image_fraction})"
+        )

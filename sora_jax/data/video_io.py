@@ -6,6 +6,7 @@ Formats by suffix:
         file always round-trips to exactly the shape that was written.
   .gif  GIF with pix_fmt rgb8 (fixed 3-3-2 bit palette: coarse colours, any size).
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,9 @@ def _check_video(video) -> np.ndarray:
     return video
 
 
-def write_video(path: str | os.PathLike, video: np.ndarray, fps: int = 8,
-                metadata: dict | None = None) -> None:
+def write_video(
+    path: str | os.PathLike, video: np.ndarray, fps: int = 8, metadata: dict | None = None
+) -> None:
     """Write uint8[t h w 3] to `path` (.mp4 or .gif, see module docstring).
 
     `metadata` (str -> str, e.g. {'title': ..., 'comment': caption}) goes into the container

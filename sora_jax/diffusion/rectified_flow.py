@@ -3,6 +3,7 @@
 x_t = (1 - t) x_0 + t eps, and the model learns v = eps - x_0, so dx/dt = v and
 sampling integrates the ODE from t=1 (pure noise) back to t=0.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -11,51 +12,60 @@ import jax
 import jax.numpy as jnp
 
 
-def sample_timesteps(rng: jax.Array, shape: tuple[int, ...], kind: str = "logit_normal",
-                     logit_mean: float = 0.0, logit_std: float = 1.0) -> jax.Array:
-  """f32[shape] in (0, 1). Logit-normal concentrates training on mid noise levels."""
-  if kind == "logit_normal":
-    return jax.nn.sigmoid(logit_mean + logit_std * jax.random.normal(rng, shape))
-  if kind == "uniform":
-    return jax.random.uniform(rng, shape, minval=1e-5, maxval=1.0 - 1e-5)
-  raise ValueError(f"unknown timestep sampling {kind!r}: use 'logit_normal' or 'uniform'")
+def sample_timesteps(
+    rng: jax.Array,
+    shape: tuple[int, ...],
+    kind: str = "logit_normal",
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+) -> jax.Array:
+    """f32[shape] in (0, 1). Logit-normal concentrates training on mid noise levels."""
+    if kind == "logit_normal":
+        return jax.nn.sigmoid(logit_mean + logit_std * jax.random.normal(rng, shape))
+    if kind == "uniform":
+        return jax.random.uniform(rng, shape, minval=1e-5, maxval=1.0 - 1e-5)
+    raise ValueError(f"unknown timestep sampling {kind!r}: use 'logit_normal' or 'uniform'")
 
 
 def interpolate(x0: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array:
-  """x_t for t broadcastable against x0 (e.g. f32[b l 1] for tokens f32[b l d])."""
-  return (1.0 - t) * x0 + t * noise
+    """x_t for t broadcastable against x0 (e.g. f32[b l 1] for tokens f32[b l d])."""
+    return (1.0 - t) * x0 + t * noise
 
 
 def velocity_target(x0: jax.Array, noise: jax.Array) -> jax.Array:
-  return noise - x0
+    return noise - x0
 
 
 def shift_time(t: jax.Array, shift: float) -> jax.Array:
-  """Maps t -> s t / (1 + (s - 1) t): monotone, fixes 0 and 1; s > 1 favours high noise."""
-  return shift * t / (1.0 + (shift - 1.0) * t)
+    """Maps t -> s t / (1 + (s - 1) t): monotone, fixes 0 and 1; s > 1 favours high noise."""
+    return shift * t / (1.0 + (shift - 1.0) * t)
 
 
 def time_grid(num_steps: int, shift: float = 1.0) -> jax.Array:
-  """f32[num_steps + 1] from 1 down to 0."""
-  return shift_time(jnp.linspace(1.0, 0.0, num_steps + 1), shift)
+    """f32[num_steps + 1] from 1 down to 0."""
+    return shift_time(jnp.linspace(1.0, 0.0, num_steps + 1), shift)
 
 
 def apply_guidance(v_cond: jax.Array, v_uncond: jax.Array, scale: float) -> jax.Array:
-  """Classifier-free guidance: v_u + scale (v_c - v_u); scale 1 is the conditional model."""
-  return v_uncond + scale * (v_cond - v_uncond)
+    """Classifier-free guidance: v_u + scale (v_c - v_u); scale 1 is the conditional model."""
+    return v_uncond + scale * (v_cond - v_uncond)
 
 
-def euler_sample(velocity_fn: Callable[[jax.Array, jax.Array], jax.Array], noise: jax.Array,
-                 num_steps: int, shift: float = 1.0) -> jax.Array:
-  """Integrates dx/dt = v(x, t) from t=1 (x = noise) to t=0 with Euler steps.
+def euler_sample(
+    velocity_fn: Callable[[jax.Array, jax.Array], jax.Array],
+    noise: jax.Array,
+    num_steps: int,
+    shift: float = 1.0,
+) -> jax.Array:
+    """Integrates dx/dt = v(x, t) from t=1 (x = noise) to t=0 with Euler steps.
 
-  `velocity_fn(x, t)` gets t as a scalar f32[]; returns x_0 of noise's shape.
-  """
-  ts = time_grid(num_steps, shift)
+    `velocity_fn(x, t)` gets t as a scalar f32[]; returns x_0 of noise's shape.
+    """
+    ts = time_grid(num_steps, shift)
 
-  def step(x, i):
-    t, t_next = ts[i], ts[i + 1]
-    return x + (t_next - t) * velocity_fn(x, t), None
+    def step(x, i):
+        t, t_next = ts[i], ts[i + 1]
+        return x + (t_next - t) * velocity_fn(x, t), None
 
-  x, _ = jax.lax.scan(step, noise, jnp.arange(num_steps))
-  return x
+    x, _ = jax.lax.scan(step, noise, jnp.arange(num_steps))
+    return x

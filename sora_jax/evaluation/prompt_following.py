@@ -12,6 +12,7 @@ foreground we read:
              named speed, or when there is too little foreground);
   speed      nearest named speed (in log space) of |velocity| / min(h, w).
 """
+
 from __future__ import annotations
 
 import math
@@ -39,8 +40,11 @@ _LOG_SPEEDS = np.log(np.asarray([shapes.SPEEDS[s] for s in _SPEED_NAMES]))
 _DIR_NAMES = tuple(shapes.DIRECTIONS)
 _DIR_VECS = np.asarray([shapes.DIRECTIONS[d] for d in _DIR_NAMES], np.float64)
 # Extent r giving unit area, per shape: circle pi r^2, square 4 r^2, triangle 3 sqrt(3)/4 r^2.
-_UNIT_AREA_RADIUS = {"circle": 1 / math.sqrt(math.pi), "square": 0.5,
-                     "triangle": math.sqrt(4 / (3 * math.sqrt(3)))}
+_UNIT_AREA_RADIUS = {
+    "circle": 1 / math.sqrt(math.pi),
+    "square": 0.5,
+    "triangle": math.sqrt(4 / (3 * math.sqrt(3))),
+}
 
 
 def _check_video(video) -> np.ndarray:
@@ -96,8 +100,15 @@ def analyze_video(video: np.ndarray) -> dict:
     video = _check_video(video)
     t, h, w, _ = video.shape
     mask = foreground_mask(video)
-    result = dict(colour=None, shape=None, direction=None, speed=None,
-                  foreground_fraction=float(mask.mean()), velocity=None, relative_speed=None)
+    result = dict(
+        colour=None,
+        shape=None,
+        direction=None,
+        speed=None,
+        foreground_fraction=float(mask.mean()),
+        velocity=None,
+        relative_speed=None,
+    )
     if mask.sum() < MIN_PIXELS:
         return result
 
@@ -152,6 +163,11 @@ def score(videos: Sequence[np.ndarray], attributes: Sequence[dict]) -> dict:
             for key in ("direction", "speed"):
                 hits[key].append(found[key] == attrs[key])
     mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731
-    return dict(colour_accuracy=mean(hits["colour"]), shape_accuracy=mean(hits["shape"]),
-                direction_accuracy=mean(hits["direction"]), speed_accuracy=mean(hits["speed"]),
-                num_videos=len(videos), num_motion_videos=len(hits["direction"]))
+    return dict(
+        colour_accuracy=mean(hits["colour"]),
+        shape_accuracy=mean(hits["shape"]),
+        direction_accuracy=mean(hits["direction"]),
+        speed_accuracy=mean(hits["speed"]),
+        num_videos=len(videos),
+        num_motion_videos=len(hits["direction"]),
+    )

@@ -4,6 +4,7 @@ Masks are boolean ``bool[b 1 lq lk]`` (True = may attend), shared by all heads. 
 sequences use ``segment_mask``: a token attends only to tokens of its own segment, and
 padding (segment 0) attends to / is attended by nothing.
 """
+
 from __future__ import annotations
 
 import jax
@@ -21,24 +22,32 @@ def segment_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array) -> jax.Arr
     return ((q == k) & (q != 0) & (k != 0))[:, None]
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None,
-              implementation: str = "xla") -> jax.Array:
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array | None = None,
+    implementation: str = "xla",
+) -> jax.Array:
     """Scaled dot-product attention ``f[b lq h d], f[b lk h d], f[b lk h d] -> f[b lq h d]``.
 
     ``mask``: ``bool[b 1 lq lk]`` or None. Query rows with no allowed key (padding)
     output exactly zero instead of an average over masked keys.
     """
     if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"unknown attention implementation {implementation!r}; "
-                         f"choose one of {sorted(IMPLEMENTATIONS)}")
+        raise ValueError(
+            f"unknown attention implementation {implementation!r}; "
+            f"choose one of {sorted(IMPLEMENTATIONS)}"
+        )
     if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
         raise ValueError(f"attention: incompatible shapes q {q.shape}, k {k.shape}, v {v.shape}")
     if mask is not None:
         expected = (q.shape[0], 1, q.shape[1], k.shape[1])
         if mask.shape != expected:
             raise ValueError(f"attention: mask shape {mask.shape}, expected {expected}")
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask,
-                                       implementation=IMPLEMENTATIONS[implementation])
+    out = jax.nn.dot_product_attention(
+        q, k, v, mask=mask, implementation=IMPLEMENTATIONS[implementation]
+    )
     if mask is not None:
         # Fully masked rows get uniform weights over masked keys; zero them.
         any_key = jnp.any(mask, axis=-1)[:, 0, :, None, None]  # [b lq 1 1]

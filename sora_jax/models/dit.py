@@ -8,6 +8,7 @@ per segment and gathered per token for adaLN-Zero modulation. Positions enter on
 RoPE (relative), so any duration / resolution / aspect ratio is handled without change.
 Padding tokens (segment 0) are inert and their outputs are zero.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,8 +54,9 @@ class DiTBlock(nn.Module):
     def __call__(self, x, c, positions, self_mask, text, cross_mask):
         h, d = self.num_heads, self.hidden // self.num_heads
         dense = lambda n, name, **kw: nn.Dense(n, dtype=self.dtype, name=name, **kw)
-        norm = lambda name: nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False,
-                                         dtype=self.dtype, name=name)
+        norm = lambda name: nn.LayerNorm(
+            epsilon=1e-6, use_bias=False, use_scale=False, dtype=self.dtype, name=name
+        )
         mod = dense(6 * self.hidden, "adaln", kernel_init=nn.initializers.zeros)(nn.silu(c))
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, axis=-1)
 
@@ -112,15 +114,21 @@ class DiT(nn.Module):
         b, l, _ = x.shape
         s, lt = text.shape[1], text.shape[2]
         if self.hidden % self.num_heads:
-            raise ValueError(f"DiT: hidden {self.hidden} not divisible by num_heads {self.num_heads}")
+            raise ValueError(
+                f"DiT: hidden {self.hidden} not divisible by num_heads {self.num_heads}"
+            )
         if x.shape[-1] != self.patch_dim:
             raise ValueError(f"DiT: token dim {x.shape[-1]} != patch_dim {self.patch_dim}")
         if t.shape != (b, s) or text_mask.shape != (b, s, lt) or text.shape[-1] != self.text_dim:
-            raise ValueError(f"DiT: inconsistent t {t.shape}, text {text.shape}, text_mask "
-                             f"{text_mask.shape} (expected t [b s], text [b s lt {self.text_dim}])")
+            raise ValueError(
+                f"DiT: inconsistent t {t.shape}, text {text.shape}, text_mask "
+                f"{text_mask.shape} (expected t [b s], text [b s lt {self.text_dim}])"
+            )
         if segment_ids.shape != (b, l) or positions.shape != (b, l, 3):
-            raise ValueError(f"DiT: segment_ids {segment_ids.shape} / positions {positions.shape} "
-                             f"do not match tokens {x.shape}")
+            raise ValueError(
+                f"DiT: segment_ids {segment_ids.shape} / positions {positions.shape} "
+                f"do not match tokens {x.shape}"
+            )
         dense = lambda n, name, **kw: nn.Dense(n, dtype=self.dtype, name=name, **kw)
         text = text.astype(self.dtype)
 
@@ -141,13 +149,26 @@ class DiT(nn.Module):
 
         h = dense(self.hidden, "patch_embed")(x.astype(self.dtype))
         for i in range(self.depth):
-            h = DiTBlock(self.hidden, self.num_heads, self.mlp_ratio, self.rope_theta,
-                         self.dtype, self.attention_impl, name=f"block_{i}")(
-                             h, c_tok, positions, self_mask, text_kv, cross_mask)
+            h = DiTBlock(
+                self.hidden,
+                self.num_heads,
+                self.mlp_ratio,
+                self.rope_theta,
+                self.dtype,
+                self.attention_impl,
+                name=f"block_{i}",
+            )(h, c_tok, positions, self_mask, text_kv, cross_mask)
 
-        mod = dense(2 * self.hidden, "final_adaln", kernel_init=nn.initializers.zeros)(nn.silu(c_tok))
+        mod = dense(2 * self.hidden, "final_adaln", kernel_init=nn.initializers.zeros)(
+            nn.silu(c_tok)
+        )
         shift, scale = jnp.split(mod, 2, axis=-1)
-        h = _modulate(nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False,
-                                   dtype=self.dtype, name="final_norm")(h), shift, scale)
+        h = _modulate(
+            nn.LayerNorm(
+                epsilon=1e-6, use_bias=False, use_scale=False, dtype=self.dtype, name="final_norm"
+            )(h),
+            shift,
+            scale,
+        )
         out = dense(self.patch_dim, "final_out", kernel_init=nn.initializers.zeros)(h)
         return out.astype(jnp.float32) * (segment_ids > 0)[..., None]

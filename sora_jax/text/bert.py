@@ -5,6 +5,7 @@ The math follows HF `BertModel` (post-LN, absolute positions, token_type_ids all
 output is the last hidden state. Linen module names mirror the HF names so the weight mapping
 in `load_bert_params` stays a direct translation.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,7 +50,10 @@ class BertSelfAttention(nn.Module):
     def __call__(self, x, bias):
         """x: f[n l d], bias: f32[n 1 1 l] additive key mask -> f[n l d] (before output dense)."""
         dense = lambda name: nn.Dense(self.hidden_size, dtype=self.dtype, name=name)
-        q, k, v = (rearrange(dense(n)(x), "n l (h e) -> n h l e", h=self.num_heads) for n in ("query", "key", "value"))
+        q, k, v = (
+            rearrange(dense(n)(x), "n l (h e) -> n h l e", h=self.num_heads)
+            for n in ("query", "key", "value")
+        )
         scale = 1.0 / np.sqrt(q.shape[-1])
         logits = jnp.einsum("nhqe,nhke->nhqk", q, k).astype(jnp.float32) * scale + bias
         probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
@@ -69,7 +73,9 @@ class BertLayer(nn.Module):
     def __call__(self, x, bias):
         """Post-LN block: x f[n l d] -> f[n l d]."""
         ln = lambda name: nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name=name)
-        a = BertSelfAttention(self.hidden_size, self.num_heads, self.dtype, name="attention_self")(x, bias)
+        a = BertSelfAttention(self.hidden_size, self.num_heads, self.dtype, name="attention_self")(
+            x, bias
+        )
         a = nn.Dense(self.hidden_size, dtype=self.dtype, name="attention_output")(a)
         x = ln("attention_LayerNorm")(x + a)
         h = nn.Dense(self.intermediate_size, dtype=self.dtype, name="intermediate")(x)
@@ -95,25 +101,38 @@ class BertEncoder(nn.Module):
     @nn.compact
     def __call__(self, ids, mask):
         if self.hidden_act not in _ACTIVATIONS:
-            raise ValueError(f"unsupported hidden_act {self.hidden_act!r}; known: {sorted(_ACTIVATIONS)}")
+            raise ValueError(
+                f"unsupported hidden_act {self.hidden_act!r}; known: {sorted(_ACTIVATIONS)}"
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} not divisible by num_attention_heads {self.num_attention_heads}"
             )
         n, l = ids.shape
         if l > self.max_position_embeddings:
-            raise ValueError(f"sequence length {l} exceeds max_position_embeddings {self.max_position_embeddings}")
+            raise ValueError(
+                f"sequence length {l} exceeds max_position_embeddings {self.max_position_embeddings}"
+            )
         d = self.hidden_size
         word = nn.Embed(self.vocab_size, d, name="word_embeddings")(ids)
         pos = nn.Embed(self.max_position_embeddings, d, name="position_embeddings")(jnp.arange(l))
         tok = nn.Embed(self.type_vocab_size, d, name="token_type_embeddings")(jnp.zeros_like(ids))
-        x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="embeddings_LayerNorm")(word + pos[None] + tok)
+        x = nn.LayerNorm(
+            epsilon=self.layer_norm_eps, dtype=self.dtype, name="embeddings_LayerNorm"
+        )(word + pos[None] + tok)
         # Additive mask like HF (finite, so a fully masked row gives uniform weights, not NaN).
-        bias = jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)[:, None, None, :].astype(jnp.float32)
+        bias = jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)[:, None, None, :].astype(
+            jnp.float32
+        )
         for i in range(self.num_hidden_layers):
             x = BertLayer(
-                d, self.num_attention_heads, self.intermediate_size, self.layer_norm_eps, self.hidden_act,
-                self.dtype, name=f"layer_{i}",
+                d,
+                self.num_attention_heads,
+                self.intermediate_size,
+                self.layer_norm_eps,
+                self.hidden_act,
+                self.dtype,
+                name=f"layer_{i}",
             )(x, bias)
         return x.astype(jnp.float32)
 
@@ -127,11 +146,17 @@ def read_bert_config(folder: str) -> dict:
         raw = json.load(f)
     pe = raw.get("position_embedding_type", "absolute")
     if pe != "absolute":
-        raise ValueError(f"{path}: position_embedding_type {pe!r} is not supported (only 'absolute')")
+        raise ValueError(
+            f"{path}: position_embedding_type {pe!r} is not supported (only 'absolute')"
+        )
     missing = [k for k in CONFIG_FIELDS[:5] if k not in raw]
     if missing:
         raise ValueError(f"{path}: missing BERT config keys {missing}")
-    defaults = {f.name: f.default for f in BertEncoder.__dataclass_fields__.values() if f.name in CONFIG_FIELDS}
+    defaults = {
+        f.name: f.default
+        for f in BertEncoder.__dataclass_fields__.values()
+        if f.name in CONFIG_FIELDS
+    }
     return {k: raw.get(k, defaults.get(k)) for k in CONFIG_FIELDS}
 
 
@@ -163,7 +188,10 @@ def _hf_name_map(num_layers: int) -> dict[tuple[str, ...], tuple[str, str]]:
         for path, name in dense.items():
             m[(fl, *path, "kernel")] = (f"{hf}.{name}.weight", "linear")
             m[(fl, *path, "bias")] = (f"{hf}.{name}.bias", "linear")
-        for ln, name in (("attention_LayerNorm", "attention.output.LayerNorm"), ("output_LayerNorm", "output.LayerNorm")):
+        for ln, name in (
+            ("attention_LayerNorm", "attention.output.LayerNorm"),
+            ("output_LayerNorm", "output.LayerNorm"),
+        ):
             m[(fl, ln, "scale")] = (f"{hf}.{name}.weight", "ln")
             m[(fl, ln, "bias")] = (f"{hf}.{name}.bias", "ln")
     return m
@@ -206,7 +234,9 @@ def load_bert_params(safetensors_path: str, config) -> dict:
     for path, (name, kind) in _hf_name_map(_cfg(config, "num_hidden_layers")).items():
         key, arr = _lookup(tensors, name)
         if key is None:
-            raise ValueError(f"{safetensors_path}: missing weight {name!r} (also tried 'bert.{name}')")
+            raise ValueError(
+                f"{safetensors_path}: missing weight {name!r} (also tried 'bert.{name}')"
+            )
         arr = np.asarray(arr, dtype=np.float32)
         if kind == "embed":
             want = expected[path[0]]
@@ -220,7 +250,9 @@ def load_bert_params(safetensors_path: str, config) -> dict:
             else:
                 want = (out,)
         if arr.shape != want:
-            raise ValueError(f"{safetensors_path}: weight {key!r} has shape {arr.shape}, expected {want}")
+            raise ValueError(
+                f"{safetensors_path}: weight {key!r} has shape {arr.shape}, expected {want}"
+            )
         if kind == "linear" and path[-1] == "kernel":
             arr = np.ascontiguousarray(arr.T)
         node = params

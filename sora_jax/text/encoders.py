@@ -4,6 +4,7 @@ Kinds:
   'tiny' - `TinyTextEncoder` over a `WordTokenizer` vocabulary, trained jointly with the DiT.
   'bert' - frozen pretrained BERT-family encoder loaded from a local Hugging Face folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,9 +39,9 @@ class _EncoderBlock(nn.Module):
     def __call__(self, x, mask):
         """Pre-LN block. x: f[n l w], mask: bool[n l] (keys) -> f[n l w]."""
         h = nn.LayerNorm(dtype=self.dtype)(x)
-        h = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype, deterministic=True)(
-            h, h, mask=mask[:, None, None, :]
-        )
+        h = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads, dtype=self.dtype, deterministic=True
+        )(h, h, mask=mask[:, None, None, :])
         x = x + h
         h = nn.LayerNorm(dtype=self.dtype)(x)
         h = nn.Dense(int(self.width * self.mlp_ratio), dtype=self.dtype)(h)
@@ -77,7 +78,9 @@ class TinyTextEncoder(nn.Module):
         x = (x + pos[None, :l]).astype(self.dtype)
         mask = mask.astype(bool)
         for i in range(self.depth):
-            x = _EncoderBlock(self.width, self.num_heads, self.mlp_ratio, self.dtype, name=f"block_{i}")(x, mask)
+            x = _EncoderBlock(
+                self.width, self.num_heads, self.mlp_ratio, self.dtype, name=f"block_{i}"
+            )(x, mask)
         x = nn.LayerNorm(dtype=self.dtype, name="final_norm")(x)
         return (x * mask[..., None]).astype(jnp.float32)
 
@@ -193,18 +196,29 @@ def build_text_encoder(
             raise ValueError("text encoder kind 'tiny' needs a vocabulary")
         tokenizer = WordTokenizer(vocabulary)
         module = TinyTextEncoder(
-            vocab_size=tokenizer.vocab_size, max_length=max_length, width=width, depth=depth,
-            num_heads=num_heads, mlp_ratio=mlp_ratio, dtype=dtype,
+            vocab_size=tokenizer.vocab_size,
+            max_length=max_length,
+            width=width,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            dtype=dtype,
         )
         enc = TextEncoder(
-            module, lambda texts: tokenizer.encode(texts, max_length),
-            trainable=True, params=None, dim=width, max_length=max_length,
+            module,
+            lambda texts: tokenizer.encode(texts, max_length),
+            trainable=True,
+            params=None,
+            dim=width,
+            max_length=max_length,
         )
         enc.tokenizer = tokenizer
         return enc
     if kind == "bert":
         if path is None:
-            raise ValueError("text encoder kind 'bert' needs `path` to a local Hugging Face model folder")
+            raise ValueError(
+                "text encoder kind 'bert' needs `path` to a local Hugging Face model folder"
+            )
         if not os.path.isdir(path):
             raise FileNotFoundError(f"BERT model folder not found: {path}")
         config = read_bert_config(path)
@@ -217,7 +231,11 @@ def build_text_encoder(
         with open(os.path.join(path, "config.json")) as f:
             pad_id = json.load(f).get("pad_token_id")
         return TextEncoder(
-            bert_from_config(config, dtype), load_bert_tokenizer(path, max_length, pad_id),
-            trainable=False, params=params, dim=config["hidden_size"], max_length=max_length,
+            bert_from_config(config, dtype),
+            load_bert_tokenizer(path, max_length, pad_id),
+            trainable=False,
+            params=params,
+            dim=config["hidden_size"],
+            max_length=max_length,
         )
     raise ValueError(f"unknown text encoder kind {kind!r}; expected 'tiny' or 'bert'")

@@ -3,6 +3,7 @@
 Ids: pad=0, unk=1, null=2 (the empty caption, used for classifier-free guidance), then the
 vocabulary words in the order given (duplicates after normalisation are dropped).
 """
+
 from __future__ import annotations
 
 import string
@@ -35,10 +36,14 @@ class WordTokenizer:
         seen: set[str] = set()
         for raw in vocabulary:
             if not isinstance(raw, str):
-                raise ValueError(f"vocabulary entries must be strings, got {type(raw).__name__}: {raw!r}")
+                raise ValueError(
+                    f"vocabulary entries must be strings, got {type(raw).__name__}: {raw!r}"
+                )
             norm = normalize_words(raw)
             if len(norm) != 1:
-                raise ValueError(f"vocabulary entry {raw!r} must normalise to exactly one word, got {norm}")
+                raise ValueError(
+                    f"vocabulary entry {raw!r} must normalise to exactly one word, got {norm}"
+                )
             (w,) = norm
             if w not in seen:
                 seen.add(w)
@@ -81,7 +86,9 @@ class WordTokenizer:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise ValueError(f"caption {i} is not a string: {text!r}")
-            toks = [self._ids.get(w, UNK_ID) for w in normalize_words(text)][:max_length] or [NULL_ID]
+            toks = [self._ids.get(w, UNK_ID) for w in normalize_words(text)][:max_length] or [
+                NULL_ID
+            ]
             ids[i, : len(toks)] = toks
             mask[i, : len(toks)] = True
         return ids, mask

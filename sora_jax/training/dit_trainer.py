@@ -4,6 +4,7 @@ The frozen VAE encodes a cache of moving-shapes videos once (so the VAE costs
 nothing per step); each step packs a random draw of cached latents, of mixed
 durations and aspect ratios, into fixed-length token rows.
 """
+
 from __future__ import annotations
 
 import collections
@@ -27,211 +28,274 @@ from sora_jax.training import train_state as ts
 
 
 def build_text_encoder(config) -> encoders.TextEncoder:
-  t = config.text
-  return encoders.build_text_encoder(
-      t.kind, max_length=t.max_length, vocabulary=shapes.VOCABULARY, width=t.width,
-      depth=t.depth, num_heads=t.num_heads, mlp_ratio=t.mlp_ratio, path=t.path or None)
+    t = config.text
+    return encoders.build_text_encoder(
+        t.kind,
+        max_length=t.max_length,
+        vocabulary=shapes.VOCABULARY,
+        width=t.width,
+        depth=t.depth,
+        num_heads=t.num_heads,
+        mlp_ratio=t.mlp_ratio,
+        path=t.path or None,
+    )
 
 
 def build_dit(config, text_dim: int) -> dit_lib.DiT:
-  m = config.dit.model
-  pt, ph, pw = config.dit.patch
-  return dit_lib.DiT(patch_dim=pt * ph * pw * config.vae.model.latent_channels,
-                     hidden=m.hidden, depth=m.depth, num_heads=m.num_heads,
-                     mlp_ratio=m.mlp_ratio, text_dim=text_dim, rope_theta=m.rope_theta)
+    m = config.dit.model
+    pt, ph, pw = config.dit.patch
+    return dit_lib.DiT(
+        patch_dim=pt * ph * pw * config.vae.model.latent_channels,
+        hidden=m.hidden,
+        depth=m.depth,
+        num_heads=m.num_heads,
+        mlp_ratio=m.mlp_ratio,
+        text_dim=text_dim,
+        rope_theta=m.rope_theta,
+    )
 
 
 @dataclasses.dataclass
 class LatentCache:
-  """Patchified, normalised latents of `n` videos, with their tokenised captions."""
-  tokens: list[np.ndarray]      # n x f32[l_i d]
-  positions: list[np.ndarray]   # n x i32[l_i 3]
-  caption_ids: np.ndarray       # i32[n lt]
-  caption_mask: np.ndarray      # bool[n lt]
-  latent_mean: np.ndarray       # f32[c]
-  latent_std: np.ndarray        # f32[c]
+    """Patchified, normalised latents of `n` videos, with their tokenised captions."""
+
+    tokens: list[np.ndarray]  # n x f32[l_i d]
+    positions: list[np.ndarray]  # n x i32[l_i 3]
+    caption_ids: np.ndarray  # i32[n lt]
+    caption_mask: np.ndarray  # bool[n lt]
+    latent_mean: np.ndarray  # f32[c]
+    latent_std: np.ndarray  # f32[c]
 
 
 def encode_videos(vae_model, vae_params, videos: list[np.ndarray], batch_size: int = 32):
-  """Posterior means f32[t' h' w' c] for uint8 videos of any (mixed) sizes."""
-  encode = jax.jit(lambda p, x: vae_model.apply({"params": p}, x, method="encode")[0])
-  by_shape = collections.defaultdict(list)
-  for i, v in enumerate(videos):
-    by_shape[v.shape].append(i)
-  out: list[np.ndarray | None] = [None] * len(videos)
-  for idx in by_shape.values():
-    for s in range(0, len(idx), batch_size):
-      chunk = idx[s:s + batch_size]
-      x = vae_trainer.to_model_range(np.stack([videos[i] for i in chunk]))
-      means = np.asarray(encode(vae_params, x))
-      for i, m in zip(chunk, means):
-        out[i] = m
-  return out
+    """Posterior means f32[t' h' w' c] for uint8 videos of any (mixed) sizes."""
+    encode = jax.jit(lambda p, x: vae_model.apply({"params": p}, x, method="encode")[0])
+    by_shape = collections.defaultdict(list)
+    for i, v in enumerate(videos):
+        by_shape[v.shape].append(i)
+    out: list[np.ndarray | None] = [None] * len(videos)
+    for idx in by_shape.values():
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s : s + batch_size]
+            x = vae_trainer.to_model_range(np.stack([videos[i] for i in chunk]))
+            means = np.asarray(encode(vae_params, x))
+            for i, m in zip(chunk, means):
+                out[i] = m
+    return out
 
 
 def build_latent_cache(config, vae_model, vae_params, text_encoder) -> LatentCache:
-  d = config.data
-  source = shapes.MovingShapes(seed=d.seed, num_examples=d.num_examples,
-                               frame_choices=tuple(d.frame_choices),
-                               resolutions=tuple(tuple(r) for r in d.resolutions),
-                               image_fraction=d.image_fraction)
-  n = min(config.dit.latent_cache_size, len(source))
-  examples = [source[i] for i in range(n)]
-  latents = encode_videos(vae_model, vae_params, [e["video"] for e in examples])
-  flat = np.concatenate([l.reshape(-1, l.shape[-1]) for l in latents])
-  mean, std = flat.mean(0), flat.std(0) + 1e-6
-  tokens, positions = [], []
-  for l in latents:
-    tok, pos = packing.patchify((l - mean) / std, tuple(config.dit.patch))
-    tokens.append(tok.astype(np.float32))
-    positions.append(pos)
-  ids, mask = text_encoder.tokenize([e["caption"] for e in examples])
-  logging.info("latent cache: %d videos, %d tokens, latent std %s", n,
-               sum(len(t) for t in tokens), np.round(std, 3))
-  return LatentCache(tokens, positions, np.asarray(ids), np.asarray(mask),
-                     mean.astype(np.float32), std.astype(np.float32))
+    d = config.data
+    source = shapes.MovingShapes(
+        seed=d.seed,
+        num_examples=d.num_examples,
+        frame_choices=tuple(d.frame_choices),
+        resolutions=tuple(tuple(r) for r in d.resolutions),
+        image_fraction=d.image_fraction,
+    )
+    n = min(config.dit.latent_cache_size, len(source))
+    examples = [source[i] for i in range(n)]
+    latents = encode_videos(vae_model, vae_params, [e["video"] for e in examples])
+    flat = np.concatenate([l.reshape(-1, l.shape[-1]) for l in latents])
+    mean, std = flat.mean(0), flat.std(0) + 1e-6
+    tokens, positions = [], []
+    for l in latents:
+        tok, pos = packing.patchify((l - mean) / std, tuple(config.dit.patch))
+        tokens.append(tok.astype(np.float32))
+        positions.append(pos)
+    ids, mask = text_encoder.tokenize([e["caption"] for e in examples])
+    logging.info(
+        "latent cache: %d videos, %d tokens, latent std %s",
+        n,
+        sum(len(t) for t in tokens),
+        np.round(std, 3),
+    )
+    return LatentCache(
+        tokens,
+        positions,
+        np.asarray(ids),
+        np.asarray(mask),
+        mean.astype(np.float32),
+        std.astype(np.float32),
+    )
 
 
-def dit_batch(config, cache: LatentCache, null_ids: np.ndarray, null_mask: np.ndarray,
-              step: int) -> dict[str, np.ndarray]:
-  """The packed batch of step `step` (a pure function of the step).
+def dit_batch(
+    config, cache: LatentCache, null_ids: np.ndarray, null_mask: np.ndarray, step: int
+) -> dict[str, np.ndarray]:
+    """The packed batch of step `step` (a pure function of the step).
 
-  Draws `rows * max_segments` cached videos at random, packs them first-fit
-  into `rows` sequences of `seq_len` tokens (those that do not fit are left
-  out), and replaces captions by the empty one at rate `text_dropout` (CFG).
-  """
-  dc = config.dit
-  rng = np.random.default_rng([config.data.seed, 2, step])
-  n = len(cache.tokens)
-  draw = rng.choice(n, size=min(n, dc.rows * dc.max_segments), replace=False)
-  batch, placements = packing.pack([(cache.tokens[i], cache.positions[i]) for i in draw],
-                                   dc.seq_len, dc.rows, dc.max_segments)
-  lt = cache.caption_ids.shape[1]
-  ids = np.zeros((dc.rows, dc.max_segments, lt), np.int32)
-  mask = np.zeros((dc.rows, dc.max_segments, lt), bool)
-  drop = rng.random(len(draw)) < dc.text_dropout
-  for i, p, dropped in zip(draw, placements, drop):
-    if p is None:
-      continue
-    ids[p.row, p.segment - 1] = null_ids if dropped else cache.caption_ids[i]
-    mask[p.row, p.segment - 1] = null_mask if dropped else cache.caption_mask[i]
-  return {"tokens": batch["tokens"], "segment_ids": batch["segment_ids"],
-          "positions": batch["positions"], "caption_ids": ids, "caption_mask": mask}
+    Draws `rows * max_segments` cached videos at random, packs them first-fit
+    into `rows` sequences of `seq_len` tokens (those that do not fit are left
+    out), and replaces captions by the empty one at rate `text_dropout` (CFG).
+    """
+    dc = config.dit
+    rng = np.random.default_rng([config.data.seed, 2, step])
+    n = len(cache.tokens)
+    draw = rng.choice(n, size=min(n, dc.rows * dc.max_segments), replace=False)
+    batch, placements = packing.pack(
+        [(cache.tokens[i], cache.positions[i]) for i in draw], dc.seq_len, dc.rows, dc.max_segments
+    )
+    lt = cache.caption_ids.shape[1]
+    ids = np.zeros((dc.rows, dc.max_segments, lt), np.int32)
+    mask = np.zeros((dc.rows, dc.max_segments, lt), bool)
+    drop = rng.random(len(draw)) < dc.text_dropout
+    for i, p, dropped in zip(draw, placements, drop):
+        if p is None:
+            continue
+        ids[p.row, p.segment - 1] = null_ids if dropped else cache.caption_ids[i]
+        mask[p.row, p.segment - 1] = null_mask if dropped else cache.caption_mask[i]
+    return {
+        "tokens": batch["tokens"],
+        "segment_ids": batch["segment_ids"],
+        "positions": batch["positions"],
+        "caption_ids": ids,
+        "caption_mask": mask,
+    }
 
 
 def text_features(text_encoder, text_params, ids, mask):
-  """f32[b s lt dim] text embeddings for caption ids i32[b s lt]."""
-  b, s, lt = ids.shape
-  emb = text_encoder.encode(text_params, ids.reshape(b * s, lt), mask.reshape(b * s, lt))
-  return emb.reshape(b, s, lt, -1)
+    """f32[b s lt dim] text embeddings for caption ids i32[b s lt]."""
+    b, s, lt = ids.shape
+    emb = text_encoder.encode(text_params, ids.reshape(b * s, lt), mask.reshape(b * s, lt))
+    return emb.reshape(b, s, lt, -1)
 
 
 def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
-  """Pure `train_step(state, batch, rng) -> (state, metrics)` for the DiT.
+    """Pure `train_step(state, batch, rng) -> (state, metrics)` for the DiT.
 
-  With a trainable text encoder its params are state.params['text']; a frozen
-  one's are passed in and closed over (they are not trained or checkpointed).
-  """
-  f = config.diffusion
+    With a trainable text encoder its params are state.params['text']; a frozen
+    one's are passed in and closed over (they are not trained or checkpointed).
+    """
+    f = config.diffusion
 
-  def loss_fn(params, batch, rng):
-    text_params = params["text"] if text_encoder.trainable else frozen_text_params
-    text = text_features(text_encoder, text_params, batch["caption_ids"], batch["caption_mask"])
-    x0, seg = batch["tokens"], batch["segment_ids"]
-    rng_t, rng_n = jax.random.split(rng)
-    t = rf.sample_timesteps(rng_t, seg.shape[:1] + (config.dit.max_segments,),
-                            f.timestep_sampling, f.logit_mean, f.logit_std)
-    t_tok = jnp.take_along_axis(t, jnp.maximum(seg - 1, 0), axis=1)[..., None]
-    noise = jax.random.normal(rng_n, x0.shape, x0.dtype)
-    v = dit.apply({"params": params["dit"]}, rf.interpolate(x0, noise, t_tok), t, seg,
-                  batch["positions"], text, batch["caption_mask"])
-    valid = (seg > 0)[..., None].astype(jnp.float32)
-    err = (v - rf.velocity_target(x0, noise)) ** 2 * valid
-    loss = jnp.sum(err) / (jnp.sum(valid) * x0.shape[-1])
-    return loss, {"padding_fraction": 1.0 - jnp.mean(valid)}
+    def loss_fn(params, batch, rng):
+        text_params = params["text"] if text_encoder.trainable else frozen_text_params
+        text = text_features(text_encoder, text_params, batch["caption_ids"], batch["caption_mask"])
+        x0, seg = batch["tokens"], batch["segment_ids"]
+        rng_t, rng_n = jax.random.split(rng)
+        t = rf.sample_timesteps(
+            rng_t,
+            seg.shape[:1] + (config.dit.max_segments,),
+            f.timestep_sampling,
+            f.logit_mean,
+            f.logit_std,
+        )
+        t_tok = jnp.take_along_axis(t, jnp.maximum(seg - 1, 0), axis=1)[..., None]
+        noise = jax.random.normal(rng_n, x0.shape, x0.dtype)
+        v = dit.apply(
+            {"params": params["dit"]},
+            rf.interpolate(x0, noise, t_tok),
+            t,
+            seg,
+            batch["positions"],
+            text,
+            batch["caption_mask"],
+        )
+        valid = (seg > 0)[..., None].astype(jnp.float32)
+        err = (v - rf.velocity_target(x0, noise)) ** 2 * valid
+        loss = jnp.sum(err) / (jnp.sum(valid) * x0.shape[-1])
+        return loss, {"padding_fraction": 1.0 - jnp.mean(valid)}
 
-  def train_step(state: ts.TrainState, batch, rng):
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
-    new_state = ts.apply_gradients(state, grads, tx, config.dit.train.ema_decay)
-    return new_state, {"loss": loss, **aux, **ts.norms(grads, state.params)}
+    def train_step(state: ts.TrainState, batch, rng):
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
+        new_state = ts.apply_gradients(state, grads, tx, config.dit.train.ema_decay)
+        return new_state, {"loss": loss, **aux, **ts.norms(grads, state.params)}
 
-  return train_step
+    return train_step
 
 
 def init_state(config, dit, text_encoder, tx, mesh, extras):
-  dc, lt = config.dit, config.text.max_length
-  pt, ph, pw = dc.patch
-  b = mesh.shape[mesh_lib.DATA]
-  x = jnp.zeros((b, dc.seq_len, dit.patch_dim), jnp.float32)
-  seg = jnp.ones((b, dc.seq_len), jnp.int32)
-  pos = jnp.zeros((b, dc.seq_len, 3), jnp.int32)
-  t = jnp.zeros((b, dc.max_segments), jnp.float32)
-  text = jnp.zeros((b, dc.max_segments, lt, text_encoder.dim), jnp.float32)
-  tmask = jnp.ones((b, dc.max_segments, lt), bool)
+    dc, lt = config.dit, config.text.max_length
+    pt, ph, pw = dc.patch
+    b = mesh.shape[mesh_lib.DATA]
+    x = jnp.zeros((b, dc.seq_len, dit.patch_dim), jnp.float32)
+    seg = jnp.ones((b, dc.seq_len), jnp.int32)
+    pos = jnp.zeros((b, dc.seq_len, 3), jnp.int32)
+    t = jnp.zeros((b, dc.max_segments), jnp.float32)
+    text = jnp.zeros((b, dc.max_segments, lt, text_encoder.dim), jnp.float32)
+    tmask = jnp.ones((b, dc.max_segments, lt), bool)
 
-  def init(key):
-    k_dit, k_text = jax.random.split(key)
-    params = {"dit": dit.init(k_dit, x, t, seg, pos, text, tmask)["params"]}
-    if text_encoder.trainable:
-      ids = jnp.zeros((1, lt), jnp.int32)
-      params["text"] = text_encoder.module.init(k_text, ids, jnp.ones((1, lt), bool))["params"]
-    return ts.create(params, tx, extras)
+    def init(key):
+        k_dit, k_text = jax.random.split(key)
+        params = {"dit": dit.init(k_dit, x, t, seg, pos, text, tmask)["params"]}
+        if text_encoder.trainable:
+            ids = jnp.zeros((1, lt), jnp.int32)
+            params["text"] = text_encoder.module.init(k_text, ids, jnp.ones((1, lt), bool))[
+                "params"
+            ]
+        return ts.create(params, tx, extras)
 
-  return jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(
-      jax.random.fold_in(jax.random.PRNGKey(config.seed), 2))
+    return jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(
+        jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
+    )
 
 
 def checkpointer(config, workdir: str) -> checkpoint.Checkpointer:
-  t = config.dit.train
-  return checkpoint.Checkpointer(os.path.join(workdir, "dit", "checkpoints"),
-                                 save_every=t.checkpoint_every, keep=t.keep_checkpoints)
+    t = config.dit.train
+    return checkpoint.Checkpointer(
+        os.path.join(workdir, "dit", "checkpoints"),
+        save_every=t.checkpoint_every,
+        keep=t.keep_checkpoints,
+    )
 
 
 def _extras(latent_mean, latent_std):
-  return {"latent_mean": jnp.asarray(latent_mean), "latent_std": jnp.asarray(latent_std)}
+    return {"latent_mean": jnp.asarray(latent_mean), "latent_std": jnp.asarray(latent_std)}
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
-  """Trains (or resumes, or skips if finished) the DiT; returns (state, history)."""
-  vae_model, vae_params = vae_trainer.load(config, workdir, mesh)
-  text_encoder = build_text_encoder(config)
-  dit = build_dit(config, text_encoder.dim)
-  t = config.dit.train
-  tx = ts.make_optimizer(t)
-  ckpt = checkpointer(config, workdir)
-  cache = build_latent_cache(config, vae_model, vae_params, text_encoder)
-  state = init_state(config, dit, text_encoder, tx, mesh,
-                     _extras(cache.latent_mean, cache.latent_std))
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(state)
-  null_ids, null_mask = (np.asarray(a)[0] for a in text_encoder.tokenize([""]))
-  step_fn = jax.jit(
-      make_train_step(config, dit, text_encoder, tx, text_encoder.params),
-      in_shardings=(mesh_lib.replicated(mesh), mesh_lib.data_sharding(mesh),
-                    mesh_lib.replicated(mesh)),
-      out_shardings=(mesh_lib.replicated(mesh), mesh_lib.replicated(mesh)),
-      donate_argnums=0)
-  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 3)
-  batch_fn = functools.partial(dit_batch, config, cache, null_ids, null_mask)
-  state, history = loop.run("dit", state, step_fn, batch_fn, t, ckpt, writer, mesh, key)
-  ckpt.close()
-  return state, history
+    """Trains (or resumes, or skips if finished) the DiT; returns (state, history)."""
+    vae_model, vae_params = vae_trainer.load(config, workdir, mesh)
+    text_encoder = build_text_encoder(config)
+    dit = build_dit(config, text_encoder.dim)
+    t = config.dit.train
+    tx = ts.make_optimizer(t)
+    ckpt = checkpointer(config, workdir)
+    cache = build_latent_cache(config, vae_model, vae_params, text_encoder)
+    state = init_state(
+        config, dit, text_encoder, tx, mesh, _extras(cache.latent_mean, cache.latent_std)
+    )
+    if ckpt.latest_step() is not None:
+        state = ckpt.restore(state)
+    null_ids, null_mask = (np.asarray(a)[0] for a in text_encoder.tokenize([""]))
+    step_fn = jax.jit(
+        make_train_step(config, dit, text_encoder, tx, text_encoder.params),
+        in_shardings=(
+            mesh_lib.replicated(mesh),
+            mesh_lib.data_sharding(mesh),
+            mesh_lib.replicated(mesh),
+        ),
+        out_shardings=(mesh_lib.replicated(mesh), mesh_lib.replicated(mesh)),
+        donate_argnums=0,
+    )
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 3)
+    batch_fn = functools.partial(dit_batch, config, cache, null_ids, null_mask)
+    state, history = loop.run("dit", state, step_fn, batch_fn, t, ckpt, writer, mesh, key)
+    ckpt.close()
+    return state, history
 
 
 def load(config, workdir: str, mesh):
-  """(dit module, text encoder, EMA params, extras) from the latest DiT checkpoint."""
-  text_encoder = build_text_encoder(config)
-  dit = build_dit(config, text_encoder.dim)
-  tx = ts.make_optimizer(config.dit.train)
-  ckpt = checkpointer(config, workdir)
-  if ckpt.latest_step() is None:
-    raise FileNotFoundError(
-        f"no DiT checkpoint under {ckpt.directory}: train the 'dit' stage first "
-        f"(python -m sora_jax.train --config=... --workdir={workdir})")
-  c = config.vae.model.latent_channels
-  target = init_state(config, dit, text_encoder, tx, mesh,
-                      _extras(np.zeros(c, np.float32), np.ones(c, np.float32)))
-  state = ckpt.restore(target)
-  ckpt.close()
-  return dit, text_encoder, state.ema_params, state.extras
-
+    """(dit module, text encoder, EMA params, extras) from the latest DiT checkpoint."""
+    text_encoder = build_text_encoder(config)
+    dit = build_dit(config, text_encoder.dim)
+    tx = ts.make_optimizer(config.dit.train)
+    ckpt = checkpointer(config, workdir)
+    if ckpt.latest_step() is None:
+        raise FileNotFoundError(
+            f"no DiT checkpoint under {ckpt.directory}: train the 'dit' stage first "
+            f"(python -m sora_jax.train --config=... --workdir={workdir})"
+        )
+    c = config.vae.model.latent_channels
+    target = init_state(
+        config,
+        dit,
+        text_encoder,
+        tx,
+        mesh,
+        _extras(np.zeros(c, np.float32), np.ones(c, np.float32)),
+    )
+    state = ckpt.restore(target)
+    ckpt.close()
+    return dit, text_encoder, state.ema_params, state.extras

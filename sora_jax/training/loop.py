@@ -1,4 +1,5 @@
 """The host loop shared by every stage: steps, metrics, NaN stop, checkpoints, progress."""
+
 from __future__ import annotations
 
 import time
@@ -15,38 +16,46 @@ from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.training import checkpoint
 
 
-def run(stage: str, state, train_step: Callable, batch_fn: Callable[[int], dict],
-        t: ml_collections.ConfigDict, ckpt: checkpoint.Checkpointer,
-        writer: writers.MetricWriter, mesh, key: jax.Array):
-  """Runs `train_step` from state.step to t.steps; returns (state, logged metrics).
+def run(
+    stage: str,
+    state,
+    train_step: Callable,
+    batch_fn: Callable[[int], dict],
+    t: ml_collections.ConfigDict,
+    ckpt: checkpoint.Checkpointer,
+    writer: writers.MetricWriter,
+    mesh,
+    key: jax.Array,
+):
+    """Runs `train_step` from state.step to t.steps; returns (state, logged metrics).
 
-  The batch and the rng of step s are pure functions of s (batch_fn(s),
-  fold_in(key, s)), so a resumed run continues exactly as an uninterrupted one.
-  """
-  start = int(jax.device_get(state.step))
-  history: list[tuple[int, dict[str, float]]] = []
-  progress = progress_lib.Progress(stage, t.steps, start=start,
-                                   enabled=jax.process_index() == 0)
-  last_t, last_step = time.perf_counter(), start
-  for step in range(start, t.steps):
-    batch = mesh_lib.shard_batch(batch_fn(step), mesh)
-    state, metrics = train_step(state, batch, jax.random.fold_in(key, step))
-    done = step + 1
-    if done % t.log_every == 0 or done == t.steps:
-      m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      if not np.isfinite(m["loss"]):
-        raise FloatingPointError(
-            f"{stage}: loss is {m['loss']} at step {done}; stopping (last checkpoint: "
-            f"{ckpt.latest_step()}). Lower the learning rate or check the data.")
-      now = time.perf_counter()
-      m["steps_per_sec"] = (done - last_step) / max(now - last_t, 1e-9)
-      last_t, last_step = now, done
-      history.append((done, m))
-      writer.write_scalars(done, {f"{stage}/{k}": v for k, v in m.items()})
-    ckpt.save(done, state, force=done == t.steps)
-    progress.update(done, extra=f"loss {history[-1][1]['loss']:.4f}" if history else "")
-  ckpt.wait()
-  writer.flush()
-  if start >= t.steps:
-    logging.info("%s: already trained to step %d; skipping", stage, start)
-  return state, history
+    The batch and the rng of step s are pure functions of s (batch_fn(s),
+    fold_in(key, s)), so a resumed run continues exactly as an uninterrupted one.
+    """
+    start = int(jax.device_get(state.step))
+    history: list[tuple[int, dict[str, float]]] = []
+    progress = progress_lib.Progress(stage, t.steps, start=start, enabled=jax.process_index() == 0)
+    last_t, last_step = time.perf_counter(), start
+    for step in range(start, t.steps):
+        batch = mesh_lib.shard_batch(batch_fn(step), mesh)
+        state, metrics = train_step(state, batch, jax.random.fold_in(key, step))
+        done = step + 1
+        if done % t.log_every == 0 or done == t.steps:
+            m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            if not np.isfinite(m["loss"]):
+                raise FloatingPointError(
+                    f"{stage}: loss is {m['loss']} at step {done}; stopping (last checkpoint: "
+                    f"{ckpt.latest_step()}). Lower the learning rate or check the data."
+                )
+            now = time.perf_counter()
+            m["steps_per_sec"] = (done - last_step) / max(now - last_t, 1e-9)
+            last_t, last_step = now, done
+            history.append((done, m))
+            writer.write_scalars(done, {f"{stage}/{k}": v for k, v in m.items()})
+        ckpt.save(done, state, force=done == t.steps)
+        progress.update(done, extra=f"loss {history[-1][1]['loss']:.4f}" if history else "")
+    ckpt.wait()
+    writer.flush()
+    if start >= t.steps:
+        logging.info("%s: already trained to step %d; skipping", stage, start)
+    return state, history

@@ -1,4 +1,5 @@
 """Stage 1: train the causal video VAE (L1 reconstruction + KL) on moving shapes."""
+
 from __future__ import annotations
 
 import functools
@@ -17,112 +18,131 @@ from sora_jax.training import train_state as ts
 
 
 def build_vae(config: ml_collections.ConfigDict) -> vae_lib.CausalVAE:
-  m = config.vae.model
-  return vae_lib.CausalVAE(
-      base_channels=m.base_channels, channel_mults=tuple(m.channel_mults),
-      num_res_blocks=m.num_res_blocks, latent_channels=m.latent_channels,
-      temporal_downsample=tuple(bool(d) for d in m.temporal_downsample),
-      norm_groups=m.norm_groups)
+    m = config.vae.model
+    return vae_lib.CausalVAE(
+        base_channels=m.base_channels,
+        channel_mults=tuple(m.channel_mults),
+        num_res_blocks=m.num_res_blocks,
+        latent_channels=m.latent_channels,
+        temporal_downsample=tuple(bool(d) for d in m.temporal_downsample),
+        norm_groups=m.norm_groups,
+    )
 
 
 def to_model_range(video: np.ndarray) -> np.ndarray:
-  """uint8[... 3] in [0, 255] -> f32 in [-1, 1]."""
-  return video.astype(np.float32) / 127.5 - 1.0
+    """uint8[... 3] in [0, 255] -> f32 in [-1, 1]."""
+    return video.astype(np.float32) / 127.5 - 1.0
 
 
 def to_uint8(x) -> np.ndarray:
-  """f32 in [-1, 1] -> uint8 in [0, 255]."""
-  return np.asarray(jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255)).astype(np.uint8)
+    """f32 in [-1, 1] -> uint8 in [0, 255]."""
+    return np.asarray(jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255)).astype(np.uint8)
 
 
 @functools.lru_cache(maxsize=None)
 def _bucket_source(seed, num_examples, frames, height, width):
-  return shapes.MovingShapes(seed=seed, num_examples=num_examples, frame_choices=(frames,),
-                             resolutions=((height, width),),
-                             image_fraction=1.0 if frames == 1 else 0.0)
+    return shapes.MovingShapes(
+        seed=seed,
+        num_examples=num_examples,
+        frame_choices=(frames,),
+        resolutions=((height, width),),
+        image_fraction=1.0 if frames == 1 else 0.0,
+    )
 
 
 def vae_batch(config: ml_collections.ConfigDict, step: int) -> dict[str, np.ndarray]:
-  """The batch of step `step`: one (frames, h, w) bucket, a pure function of the step."""
-  d, t = config.data, config.vae.train
-  buckets = [tuple(b) for b in t.buckets]
-  bucket = buckets[np.random.default_rng([d.seed, 1, step]).integers(len(buckets))]
-  source = _bucket_source(d.seed, d.num_examples, *bucket)
-  first = step * t.batch_size
-  videos = [source[(first + i) % len(source)]["video"] for i in range(t.batch_size)]
-  return {"video": to_model_range(np.stack(videos))}
+    """The batch of step `step`: one (frames, h, w) bucket, a pure function of the step."""
+    d, t = config.data, config.vae.train
+    buckets = [tuple(b) for b in t.buckets]
+    bucket = buckets[np.random.default_rng([d.seed, 1, step]).integers(len(buckets))]
+    source = _bucket_source(d.seed, d.num_examples, *bucket)
+    first = step * t.batch_size
+    videos = [source[(first + i) % len(source)]["video"] for i in range(t.batch_size)]
+    return {"video": to_model_range(np.stack(videos))}
 
 
-def make_train_step(model: vae_lib.CausalVAE, tx, kl_weight: float, ema_decay: float):
-  """Pure `train_step(state, batch, rng) -> (state, metrics)` for the VAE."""
+def make_train_step(model: vae_lib.CausalVAE, tx, v: ml_collections.ConfigDict):
+    """Pure `train_step(state, batch, rng) -> (state, metrics)` for the VAE (config.vae)."""
 
-  def train_step(state: ts.TrainState, batch, rng):
-    x = batch["video"]
+    def train_step(state: ts.TrainState, batch, rng):
+        x = batch["video"]
 
-    def loss_fn(params):
-      recon, mean, logvar = model.apply({"params": params}, x, sample_posterior=True,
-                                        rngs={"posterior": rng})
-      l1 = jnp.mean(jnp.abs(recon - x))
-      kl = jnp.mean(vae_lib.kl_divergence(mean, logvar))
-      return l1 + kl_weight * kl, {"l1": l1, "kl": kl, "mse": jnp.mean((recon - x) ** 2)}
+        def loss_fn(params):
+            recon, mean, logvar = model.apply(
+                {"params": params}, x, sample_posterior=v.sample_posterior,
+                rngs={"posterior": rng}
+            )
+            l1 = jnp.mean(jnp.abs(recon - x))
+            mse = jnp.mean((recon - x) ** 2)
+            kl = jnp.mean(vae_lib.kl_divergence(mean, logvar))
+            loss = l1 + v.mse_weight * mse + v.kl_weight * kl
+            return loss, {"l1": l1, "kl": kl, "mse": mse}
 
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    new_state = ts.apply_gradients(state, grads, tx, ema_decay)
-    return new_state, {"loss": loss, **aux, **ts.norms(grads, state.params)}
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        new_state = ts.apply_gradients(state, grads, tx, v.train.ema_decay)
+        return new_state, {"loss": loss, **aux, **ts.norms(grads, state.params)}
 
-  return train_step
+    return train_step
 
 
 def init_state(config, model, tx, mesh):
-  """Abstract-first init: params are created directly with replicated sharding."""
-  t, h, w = config.vae.train.buckets[0]
-  x = jnp.zeros((1, t, h, w, 3), jnp.float32)
+    """Abstract-first init: params are created directly with replicated sharding."""
+    t, h, w = config.vae.train.buckets[0]
+    x = jnp.zeros((1, t, h, w, 3), jnp.float32)
 
-  def init(key):
-    params = model.init({"params": key, "posterior": key}, x, sample_posterior=False)["params"]
-    return ts.create(params, tx)
+    def init(key):
+        params = model.init({"params": key, "posterior": key}, x, sample_posterior=False)["params"]
+        return ts.create(params, tx)
 
-  return jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(
-      jax.random.PRNGKey(config.seed))
+    return jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(jax.random.PRNGKey(config.seed))
 
 
 def checkpointer(config, workdir: str) -> checkpoint.Checkpointer:
-  t = config.vae.train
-  return checkpoint.Checkpointer(os.path.join(workdir, "vae", "checkpoints"),
-                                 save_every=t.checkpoint_every, keep=t.keep_checkpoints)
+    t = config.vae.train
+    return checkpoint.Checkpointer(
+        os.path.join(workdir, "vae", "checkpoints"),
+        save_every=t.checkpoint_every,
+        keep=t.keep_checkpoints,
+    )
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
-  """Trains (or resumes, or skips if finished) the VAE; returns (model, state, history)."""
-  model = build_vae(config)
-  t = config.vae.train
-  tx = ts.make_optimizer(t)
-  state = init_state(config, model, tx, mesh)
-  ckpt = checkpointer(config, workdir)
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(state)
-  step_fn = jax.jit(
-      make_train_step(model, tx, config.vae.kl_weight, t.ema_decay),
-      in_shardings=(mesh_lib.replicated(mesh), mesh_lib.data_sharding(mesh),
-                    mesh_lib.replicated(mesh)),
-      out_shardings=(mesh_lib.replicated(mesh), mesh_lib.replicated(mesh)),
-      donate_argnums=0)
-  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
-  state, history = loop.run("vae", state, step_fn, functools.partial(vae_batch, config), t,
-                            ckpt, writer, mesh, key)
-  ckpt.close()
-  return model, state, history
+    """Trains (or resumes, or skips if finished) the VAE; returns (model, state, history)."""
+    model = build_vae(config)
+    t = config.vae.train
+    tx = ts.make_optimizer(t)
+    state = init_state(config, model, tx, mesh)
+    ckpt = checkpointer(config, workdir)
+    if ckpt.latest_step() is not None:
+        state = ckpt.restore(state)
+    step_fn = jax.jit(
+        make_train_step(model, tx, config.vae),
+        in_shardings=(
+            mesh_lib.replicated(mesh),
+            mesh_lib.data_sharding(mesh),
+            mesh_lib.replicated(mesh),
+        ),
+        out_shardings=(mesh_lib.replicated(mesh), mesh_lib.replicated(mesh)),
+        donate_argnums=0,
+    )
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+    state, history = loop.run(
+        "vae", state, step_fn, functools.partial(vae_batch, config), t, ckpt, writer, mesh, key
+    )
+    ckpt.close()
+    return model, state, history
 
 
 def load(config, workdir: str, mesh):
-  """The trained VAE (model, EMA params) from the workdir's latest VAE checkpoint."""
-  model = build_vae(config)
-  tx = ts.make_optimizer(config.vae.train)
-  ckpt = checkpointer(config, workdir)
-  if ckpt.latest_step() is None:
-    raise FileNotFoundError(
-        f"no VAE checkpoint under {ckpt.directory}: train the 'vae' stage first "
-        f"(python -m sora_jax.train --config=... --workdir={workdir})")
-  state = ckpt.restore(init_state(config, model, tx, mesh))
-  ckpt.close()
-  return model, state.ema_params
+    """The trained VAE (model, EMA params) from the workdir's latest VAE checkpoint."""
+    model = build_vae(config)
+    tx = ts.make_optimizer(config.vae.train)
+    ckpt = checkpointer(config, workdir)
+    if ckpt.latest_step() is None:
+        raise FileNotFoundError(
+            f"no VAE checkpoint under {ckpt.directory}: train the 'vae' stage first "
+            f"(python -m sora_jax.train --config=... --workdir={workdir})"
+        )
+    state = ckpt.restore(init_state(config, model, tx, mesh))
+    ckpt.close()
+    return model, state.ema_params

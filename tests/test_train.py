@@ -1,0 +1,272 @@
+"""The whole loop on a micro config: train both stages, checkpoint, resume, sample, evaluate."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from sora_jax import config as config_lib
+from sora_jax import pipeline as pipeline_lib
+from sora_jax import train
+from sora_jax.data import video_io
+from sora_jax.logging import writers
+from sora_jax.parallel import mesh as mesh_lib
+from sora_jax.training import dit_trainer, vae_trainer
+from sora_jax.training import train_state as ts
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "tiny.py")
+
+
+def micro_config(vae_steps=3, dit_steps=3):
+    c = config_lib.load(TINY)
+    c.data.frame_choices = (1, 5)
+    c.data.resolutions = ((16, 16), (16, 24))
+    c.vae.model.base_channels = 4
+    c.vae.model.channel_mults = (1, 2, 2)
+    c.vae.model.norm_groups = 2
+    c.vae.train.buckets = ((5, 16, 16),)
+    c.vae.train.batch_size = 8
+    c.vae.train.steps = vae_steps
+    c.vae.train.log_every = 1
+    c.vae.train.checkpoint_every = 2
+    c.text.width = 16
+    c.text.max_length = 16
+    c.dit.model.hidden = 32
+    c.dit.model.depth = 1
+    c.dit.model.num_heads = 2
+    c.dit.seq_len = 32
+    c.dit.rows = 8
+    c.dit.max_segments = 4
+    c.dit.latent_cache_size = 32
+    c.dit.train.steps = dit_steps
+    c.dit.train.log_every = 1
+    c.dit.train.checkpoint_every = 2
+    c.dit.train.warmup_steps = 0
+    c.dit.train.learning_rate = 3e-3
+    c.diffusion.sample_steps = 3
+    c.sample.prompts = ("a large red circle moves right steadily on a grey background",)
+    c.sample.num_frames, c.sample.height, c.sample.width = 5, 16, 24
+    c.eval.num_prompts = 2
+    return config_lib.validate(c)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("run"))
+    results = train.train_and_evaluate(micro_config(), workdir)
+    return workdir, results
+
+
+def test_full_run_writes_checkpoints_samples_logs_eval(trained):
+    workdir, results = trained
+    assert [s for s, _ in results["vae"]] == [1, 2, 3]
+    assert [s for s, _ in results["dit"]] == [1, 2, 3]
+    assert sorted(os.listdir(os.path.join(workdir, "dit", "checkpoints")))[-1] == "3"
+    samples = sorted(os.listdir(os.path.join(workdir, "samples")))
+    assert [os.path.splitext(s)[1] for s in samples] == [".gif", ".mp4"]
+    video = video_io.read_video(os.path.join(workdir, "samples", samples[1]))
+    assert video.shape == (5, 16, 24, 3)
+    scalars = writers.read_scalars(os.path.join(workdir, "tensorboard"))
+    assert [s for s, _ in scalars["dit/loss"]] == [1, 2, 3]
+    np.testing.assert_allclose(
+        [v for _, v in scalars["vae/loss"]], [m["loss"] for _, m in results["vae"]], rtol=1e-6
+    )
+    with open(os.path.join(workdir, "eval.json")) as f:
+        ev = json.load(f)
+    assert ev["num_videos"] == 2 and 0.0 <= ev["colour_accuracy"] <= 1.0
+
+
+def test_rerun_of_finished_run_skips_training(trained):
+    workdir, _ = trained
+    c = micro_config()
+    c.eval.at_end = False
+    results = train.train_and_evaluate(c, workdir)
+    assert results["vae"] == [] and results["dit"] == []
+
+
+def test_changed_model_config_in_same_workdir_is_rejected(trained):
+    workdir, _ = trained
+    c = micro_config()
+    c.dit.model.hidden = 64
+    with pytest.raises(ValueError, match="config.dit.model differs"):
+        train.train_and_evaluate(c, workdir)
+
+
+def test_sampler_shapes_determinism_and_errors(trained):
+    workdir, _ = trained
+    pipe = pipeline_lib.load_pipeline(workdir)
+    prompts = ["a small blue square moves up quickly on a black background"] * 2
+    a = pipe.generate(prompts, num_frames=5, height=16, width=24, seed=1)
+    b = pipe.generate(prompts, num_frames=5, height=16, width=24, seed=1)
+    c = pipe.generate(prompts, num_frames=5, height=16, width=24, seed=2)
+    assert a.shape == (2, 5, 16, 24, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a.astype(int) - c.astype(int)).mean() > 0.5
+    # Another aspect ratio and a frame count the VAE cannot make (rounded up, trimmed).
+    assert pipe.generate(prompts[:1], num_frames=3, height=24, width=16).shape == (1, 3, 24, 16, 3)
+    with pytest.raises(ValueError, match="height=20"):
+        pipe.generate(prompts, num_frames=5, height=20, width=24)
+    with pytest.raises(ValueError, match="non-empty"):
+        pipe.generate([""], num_frames=5, height=16, width=24)
+
+
+def test_missing_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        pipeline_lib.load_pipeline(str(tmp_path))
+    pipeline_lib.save_config(micro_config(), str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no VAE checkpoint"):
+        pipeline_lib.load_pipeline(str(tmp_path))
+
+
+def _kill_at(monkeypatch, step):
+    real = vae_trainer.vae_batch
+
+    def batch(config, s):
+        if s == step:
+            raise KeyboardInterrupt("simulated kill")
+        return real(config, s)
+
+    monkeypatch.setattr(vae_trainer, "vae_batch", batch)
+
+
+def test_resume_after_kill_reproduces_the_same_losses(tmp_path, monkeypatch):
+    c = micro_config(vae_steps=5)
+    c.stages = ("vae",)
+    full = train.train_and_evaluate(c, str(tmp_path / "a"))["vae"]
+    _kill_at(monkeypatch, 3)  # dies after the checkpoint of step 2 was written
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(c, str(tmp_path / "b"))
+    monkeypatch.undo()
+    resumed = train.train_and_evaluate(c, str(tmp_path / "b"))["vae"]
+    assert [s for s, _ in resumed] == [3, 4, 5]
+    for (s1, m1), (s2, m2) in zip(full[2:], resumed):
+        assert s1 == s2 and m1["loss"] == m2["loss"], (s1, m1["loss"], m2["loss"])
+
+
+def _fixed_dit_batch(c):
+    rng = np.random.default_rng(0)
+    tokens, positions = [], []
+    for t, h, w in [(2, 4, 6), (1, 4, 4), (2, 4, 4), (1, 6, 4)] * 8:
+        # One colour per video: a structure the model can learn in a few steps.
+        lat = np.broadcast_to(rng.normal(size=(1, 1, 1, c.vae.model.latent_channels)), (t, h, w, 4))
+        lat = lat.astype(np.float32)
+        tok, pos = dit_trainer.packing.patchify(lat, tuple(c.dit.patch))
+        tokens.append(tok)
+        positions.append(pos)
+    text = dit_trainer.build_text_encoder(c)
+    ids, mask = text.tokenize(["a small red circle on a grey background"] * len(tokens))
+    cache = dit_trainer.LatentCache(tokens, positions, ids, mask, np.zeros(4), np.ones(4))
+    null_ids, null_mask = (a[0] for a in text.tokenize([""]))
+    return text, dit_trainer.dit_batch(c, cache, null_ids, null_mask, 0)
+
+
+def test_dit_train_step_reduces_loss_and_sharded_equals_single_device():
+    c = micro_config()
+    text, batch = _fixed_dit_batch(c)
+    assert (batch["segment_ids"] > 0).mean() > 0.5
+    dit = dit_trainer.build_dit(c, text.dim)
+    tx = ts.make_optimizer(c.dit.train)
+    losses = {}
+    states = {}
+    for n in (1, 8):
+        mesh = mesh_lib.create_mesh(n)
+        state = dit_trainer.init_state(c, dit, text, tx, mesh, None)
+        step = jax.jit(dit_trainer.make_train_step(c, dit, text, tx))
+        sharded = mesh_lib.shard_batch(batch, mesh)
+        losses[n] = []
+        for _ in range(20):
+            state, m = step(state, sharded, jax.random.PRNGKey(0))
+            losses[n].append(float(m["loss"]))
+        states[n] = state
+    assert losses[1][-1] < 0.93 * losses[1][0], losses[1]
+    np.testing.assert_allclose(losses[8], losses[1], rtol=2e-5)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4),
+        states[1].params,
+        states[8].params,
+    )
+
+
+def test_config_overrides_and_errors():
+    def parse(*overrides):
+        argv = ["prog", f"--config={TINY}", *overrides]
+        fv = flags.FlagValues()
+        config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
+        fv(argv)
+        return fv.config
+
+    c = parse("--config.dit.train.steps=100", "--config.sample.height=64")
+    assert c.dit.train.steps == 100 and c.sample.height == 64
+    config_lib.validate(c)
+    with pytest.raises(Exception, match="stepz.*Did you mean .steps"):
+        parse("--config.dit.train.stepz=100")
+    with pytest.raises(Exception, match="dit.train.steps"):
+        parse("--config.dit.train.steps=many")
+    bad = {
+        "dit.train.steps": (0, "config.dit.train.steps=0"),
+        "sample.height": (30, "height=30"),
+        "sample.num_frames": (8, "num_frames=8"),
+        "text.kind": ("gpt", "config.text.kind='gpt'"),
+        "dit.seq_len": (16, "config.dit.seq_len=16"),
+        "stages": (("vae", "gan"), "config.stages"),
+        "dit.model.num_heads": (3, "config.dit.model.num_heads=3"),
+        "data.image_fraction": (1.5, "config.data.image_fraction=1.5"),
+    }
+    for key, (value, message) in bad.items():
+        c = config_lib.load(TINY)
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        with node.ignore_type():
+            node[leaf] = value
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            config_lib.validate(c)
+
+
+def test_cli_errors_are_clear(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sora_jax.sample",
+            f"--workdir={tmp_path}/none",
+            "--prompt=a red circle",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert r.returncode != 0 and "does not exist" in r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "sora_jax.sample", f"--workdir={tmp_path}", "--prompt=a red circle"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert r.returncode != 0 and "config.json not found" in r.stderr
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sora_jax.train",
+            f"--config={TINY}",
+            f"--workdir={tmp_path}/w",
+            "--config.dit.train.steps=-1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert r.returncode != 0 and "config.dit.train.steps=-1: must be > 0" in r.stderr
