@@ -259,16 +259,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
     if ckpt.latest_step() is not None:
         state = ckpt.restore(state)
     null_ids, null_mask = (np.asarray(a)[0] for a in text_encoder.tokenize([""]))
-    step_fn = jax.jit(
-        make_train_step(config, dit, text_encoder, tx, text_encoder.params),
-        in_shardings=(
-            mesh_lib.replicated(mesh),
-            mesh_lib.data_sharding(mesh),
-            mesh_lib.replicated(mesh),
-        ),
-        out_shardings=(mesh_lib.replicated(mesh), mesh_lib.replicated(mesh)),
-        donate_argnums=0,
-    )
+    step_fn = loop.jit_train_step(make_train_step(config, dit, text_encoder, tx, text_encoder.params), mesh)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 3)
     batch_fn = functools.partial(dit_batch, config, cache, null_ids, null_mask)
     state, history = loop.run("dit", state, step_fn, batch_fn, t, ckpt, writer, mesh, key)

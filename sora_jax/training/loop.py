@@ -16,6 +16,17 @@ from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.training import checkpoint
 
 
+def jit_train_step(train_step: Callable, mesh):
+    """jit with the batch split over 'data', state/rng/metrics replicated, old state donated."""
+    rep = mesh_lib.replicated(mesh)
+    return jax.jit(
+        train_step,
+        in_shardings=(rep, mesh_lib.data_sharding(mesh), rep),
+        out_shardings=(rep, rep),
+        donate_argnums=0,
+    )
+
+
 def run(
     stage: str,
     state,

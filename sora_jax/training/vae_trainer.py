@@ -115,16 +115,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
     ckpt = checkpointer(config, workdir)
     if ckpt.latest_step() is not None:
         state = ckpt.restore(state)
-    step_fn = jax.jit(
-        make_train_step(model, tx, config.vae),
-        in_shardings=(
-            mesh_lib.replicated(mesh),
-            mesh_lib.data_sharding(mesh),
-            mesh_lib.replicated(mesh),
-        ),
-        out_shardings=(mesh_lib.replicated(mesh), mesh_lib.replicated(mesh)),
-        donate_argnums=0,
-    )
+    step_fn = loop.jit_train_step(make_train_step(model, tx, config.vae), mesh)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
     state, history = loop.run(
         "vae", state, step_fn, functools.partial(vae_batch, config), t, ckpt, writer, mesh, key
