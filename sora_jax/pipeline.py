@@ -38,17 +38,16 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
             f"`python -m sora_jax.train` (it holds the config and the checkpoints)"
         )
     with open(path) as f:
-        return config_lib.validate(_tuples(ml_collections.ConfigDict(json.load(f))))
+        return config_lib.validate(ml_collections.ConfigDict(_tuples(json.load(f))))
 
 
-def _tuples(c):
+def _tuples(x):
     """JSON turns tuples into lists; configs use tuples (hashable, as in the files)."""
-    for k, v in c.items():
-        if isinstance(v, ml_collections.ConfigDict):
-            _tuples(v)
-        elif isinstance(v, list):
-            c[k] = tuple(tuple(x) if isinstance(x, list) else x for x in v)
-    return c
+    if isinstance(x, dict):
+        return {k: _tuples(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return tuple(_tuples(v) for v in x)
+    return x
 
 
 @dataclasses.dataclass(eq=False)
