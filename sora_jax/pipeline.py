@@ -13,10 +13,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from einops import rearrange
 
 from sora_jax import config as config_lib
-from sora_jax.data import video_io
+from sora_jax.data import packing, video_io
 from sora_jax.diffusion import rectified_flow as rf
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.training import dit_trainer, vae_trainer
@@ -141,9 +140,7 @@ def _sample(
     t, h, w = grid
     gt, gh, gw = t // pt, h // ph, w // pw
     num_tok = gt * gh * gw
-    positions = jnp.stack(
-        jnp.meshgrid(jnp.arange(gt), jnp.arange(gh), jnp.arange(gw), indexing="ij"), -1
-    ).reshape(num_tok, 3)
+    positions = jnp.asarray(packing.grid_positions((gt, gh, gw)))
     # Conditional and unconditional rows in one batch: one segment per row.
     all_ids, all_mask = jnp.concatenate([ids, nids]), jnp.concatenate([mask, nmask])
     text = dit_trainer.text_features(
@@ -166,16 +163,7 @@ def _sample(
 
     noise = jax.random.normal(key, (n, num_tok, dit.patch_dim))
     tokens = rf.euler_sample(velocity, noise, steps, time_shift)
-    latents = rearrange(
-        tokens,
-        "n (t h w) (pt ph pw c) -> n (t pt) (h ph) (w pw) c",
-        t=gt,
-        h=gh,
-        w=gw,
-        pt=pt,
-        ph=ph,
-        pw=pw,
-    )
+    latents = packing.unpatchify(tokens, (gt, gh, gw), patch, dit.patch_dim // (pt * ph * pw))
     latents = latents * latent_std + latent_mean
     return vae.apply({"params": vae_params}, latents, method="decode")
 

@@ -61,30 +61,36 @@ def patchify(latent: np.ndarray, patch: tuple[int, int, int]) -> tuple[np.ndarra
     tokens = einops.rearrange(
         latent, "(t pt) (h ph) (w pw) c -> (t h w) (pt ph pw c)", pt=pt, ph=ph, pw=pw
     )
-    positions = (
-        np.stack(np.meshgrid(np.arange(gt), np.arange(gh), np.arange(gw), indexing="ij"), -1)
-        .reshape(-1, 3)
-        .astype(np.int32)
-    )
-    return np.ascontiguousarray(tokens), positions
+    return np.ascontiguousarray(tokens), grid_positions((gt, gh, gw))
+
+
+def grid_positions(grid: tuple[int, int, int]) -> np.ndarray:
+    """``i32[t*h*w 3]``: the (t, h, w) index of each token of a patch grid, t-major."""
+    gt, gh, gw = grid
+    axes = np.meshgrid(np.arange(gt), np.arange(gh), np.arange(gw), indexing="ij")
+    return np.stack(axes, -1).reshape(-1, 3).astype(np.int32)
 
 
 def unpatchify(
     tokens: np.ndarray, grid: tuple[int, int, int], patch: tuple[int, int, int], channels: int
 ) -> np.ndarray:
-    """Exact inverse of ``patchify``: ``f32[n d] -> f32[t h w c]`` for patch-grid ``grid``."""
-    tokens = np.asarray(tokens)
+    """Exact inverse of ``patchify``: ``f32[... n d] -> f32[... t h w c]`` for patch-grid ``grid``.
+
+    Works on numpy and jax arrays (also inside jit), with any leading batch axes.
+    """
+    if not hasattr(tokens, "shape"):
+        tokens = np.asarray(tokens)
     pt, ph, pw = _check_patch(patch)
     gt, gh, gw = (int(g) for g in grid)
     expected = (gt * gh * gw, pt * ph * pw * channels)
-    if tokens.shape != expected:
+    if tuple(tokens.shape[-2:]) != expected:
         raise ValueError(
             f"unpatchify: tokens shape {tokens.shape} does not match grid {grid}, "
             f"patch {patch}, channels {channels} (expected {expected})"
         )
     return einops.rearrange(
         tokens,
-        "(t h w) (pt ph pw c) -> (t pt) (h ph) (w pw) c",
+        "... (t h w) (pt ph pw c) -> ... (t pt) (h ph) (w pw) c",
         t=gt,
         h=gh,
         w=gw,
