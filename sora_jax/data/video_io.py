@@ -19,7 +19,8 @@ import numpy as np
 _SUFFIXES = (".mp4", ".gif")
 
 
-def _check_video(video) -> np.ndarray:
+def check_video(video) -> np.ndarray:
+    """The video as uint8[t h w 3]; ValueError naming the shape or dtype otherwise."""
     video = np.asarray(video)
     if video.ndim != 4 or video.shape[-1] != 3 or min(video.shape[:3]) <= 0:
         raise ValueError(f"video must be uint8[t h w 3] with t, h, w > 0, got shape {video.shape}")
@@ -37,7 +38,7 @@ def write_video(
     metadata; the mp4 muxer keeps standard keys such as title and comment.
     """
     path = Path(path)
-    video = _check_video(video)
+    video = check_video(video)
     suffix = path.suffix.lower()
     if suffix not in _SUFFIXES:
         raise ValueError(f"unsupported video suffix {suffix!r} for {path}; use one of {_SUFFIXES}")

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sora_jax.data import shapes
+from sora_jax.data import shapes, video_io
 
 # Backgrounds have saturation <= 30 and named colours >= 150; halfway leaves room for codec
 # chroma bleeding and generation noise.
@@ -47,15 +47,6 @@ _UNIT_AREA_RADIUS = {
 }
 
 
-def _check_video(video) -> np.ndarray:
-    video = np.asarray(video)
-    if video.ndim != 4 or video.shape[-1] != 3 or min(video.shape[:3]) <= 0:
-        raise ValueError(f"video must be uint8[t h w 3] with t, h, w > 0, got shape {video.shape}")
-    if video.dtype != np.uint8:
-        raise ValueError(f"video must have dtype uint8, got {video.dtype}")
-    return video
-
-
 def foreground_mask(video: np.ndarray) -> np.ndarray:
     """bool[t h w]: saturated pixels of uint8[t h w 3].
 
@@ -64,7 +55,7 @@ def foreground_mask(video: np.ndarray) -> np.ndarray:
     (saturation roughly proportional to coverage) count when they are at least half covered and
     the measured area and centroid stay unbiased whatever the colour's own saturation.
     """
-    v = _check_video(video).astype(np.int16)
+    v = video_io.check_video(video).astype(np.int16)
     saturation = v.max(-1) - v.min(-1)
     mask = saturation > SATURATION_THRESHOLD
     if mask.sum() < MIN_PIXELS or mask.all():
@@ -97,7 +88,7 @@ def analyze_video(video: np.ndarray) -> dict:
     diagnostics foreground_fraction (float), velocity ((dy, dx) pixels per frame or None) and
     relative_speed (|velocity| / min(h, w) or None).
     """
-    video = _check_video(video)
+    video = video_io.check_video(video)
     t, h, w, _ = video.shape
     mask = foreground_mask(video)
     result = dict(

@@ -42,3 +42,13 @@ class Checkpointer:
     def close(self):
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def for_stage(config, workdir: str, stage: str) -> Checkpointer:
+    """The checkpointer of a training stage ('vae' or 'dit') under `workdir`."""
+    t = config[stage].train
+    return Checkpointer(
+        os.path.join(workdir, stage, "checkpoints"),
+        save_every=t.checkpoint_every,
+        keep=t.keep_checkpoints,
+    )

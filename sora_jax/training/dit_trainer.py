@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -231,15 +230,6 @@ def init_state(config, dit, text_encoder, tx, mesh, extras):
     )
 
 
-def checkpointer(config, workdir: str) -> checkpoint.Checkpointer:
-    t = config.dit.train
-    return checkpoint.Checkpointer(
-        os.path.join(workdir, "dit", "checkpoints"),
-        save_every=t.checkpoint_every,
-        keep=t.keep_checkpoints,
-    )
-
-
 def _extras(latent_mean, latent_std):
     return {"latent_mean": jnp.asarray(latent_mean), "latent_std": jnp.asarray(latent_std)}
 
@@ -251,7 +241,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
     dit = build_dit(config, text_encoder.dim)
     t = config.dit.train
     tx = ts.make_optimizer(t)
-    ckpt = checkpointer(config, workdir)
+    ckpt = checkpoint.for_stage(config, workdir, "dit")
     cache = build_latent_cache(config, vae_model, vae_params, text_encoder)
     state = init_state(
         config, dit, text_encoder, tx, mesh, _extras(cache.latent_mean, cache.latent_std)
@@ -259,7 +249,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
     if ckpt.latest_step() is not None:
         state = ckpt.restore(state)
     null_ids, null_mask = (np.asarray(a)[0] for a in text_encoder.tokenize([""]))
-    step_fn = loop.jit_train_step(make_train_step(config, dit, text_encoder, tx, text_encoder.params), mesh)
+    step_fn = loop.jit_train_step(
+        make_train_step(config, dit, text_encoder, tx, text_encoder.params), mesh
+    )
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 3)
     batch_fn = functools.partial(dit_batch, config, cache, null_ids, null_mask)
     state, history = loop.run("dit", state, step_fn, batch_fn, t, ckpt, writer, mesh, key)
@@ -272,7 +264,7 @@ def load(config, workdir: str, mesh):
     text_encoder = build_text_encoder(config)
     dit = build_dit(config, text_encoder.dim)
     tx = ts.make_optimizer(config.dit.train)
-    ckpt = checkpointer(config, workdir)
+    ckpt = checkpoint.for_stage(config, workdir, "dit")
     if ckpt.latest_step() is None:
         raise FileNotFoundError(
             f"no DiT checkpoint under {ckpt.directory}: train the 'dit' stage first "

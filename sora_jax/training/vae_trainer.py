@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -69,8 +68,7 @@ def make_train_step(model: vae_lib.CausalVAE, tx, v: ml_collections.ConfigDict):
 
         def loss_fn(params):
             recon, mean, logvar = model.apply(
-                {"params": params}, x, sample_posterior=v.sample_posterior,
-                rngs={"posterior": rng}
+                {"params": params}, x, sample_posterior=v.sample_posterior, rngs={"posterior": rng}
             )
             l1 = jnp.mean(jnp.abs(recon - x))
             mse = jnp.mean((recon - x) ** 2)
@@ -97,22 +95,13 @@ def init_state(config, model, tx, mesh):
     return jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(jax.random.PRNGKey(config.seed))
 
 
-def checkpointer(config, workdir: str) -> checkpoint.Checkpointer:
-    t = config.vae.train
-    return checkpoint.Checkpointer(
-        os.path.join(workdir, "vae", "checkpoints"),
-        save_every=t.checkpoint_every,
-        keep=t.keep_checkpoints,
-    )
-
-
 def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
     """Trains (or resumes, or skips if finished) the VAE; returns (model, state, history)."""
     model = build_vae(config)
     t = config.vae.train
     tx = ts.make_optimizer(t)
     state = init_state(config, model, tx, mesh)
-    ckpt = checkpointer(config, workdir)
+    ckpt = checkpoint.for_stage(config, workdir, "vae")
     if ckpt.latest_step() is not None:
         state = ckpt.restore(state)
     step_fn = loop.jit_train_step(make_train_step(model, tx, config.vae), mesh)
@@ -128,7 +117,7 @@ def load(config, workdir: str, mesh):
     """The trained VAE (model, EMA params) from the workdir's latest VAE checkpoint."""
     model = build_vae(config)
     tx = ts.make_optimizer(config.vae.train)
-    ckpt = checkpointer(config, workdir)
+    ckpt = checkpoint.for_stage(config, workdir, "vae")
     if ckpt.latest_step() is None:
         raise FileNotFoundError(
             f"no VAE checkpoint under {ckpt.directory}: train the 'vae' stage first "
