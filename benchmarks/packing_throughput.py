@@ -71,7 +71,9 @@ def main():
             useful += int((batch["segment_ids"] > 0).sum())
         jax.block_until_ready(m)
         dt = time.perf_counter() - t0
-        return useful / dt, float(np.mean([packing.padding_fraction(b["segment_ids"]) for b in batches]))
+        return useful / dt, float(
+            np.mean([packing.padding_fraction(b["segment_ids"]) for b in batches])
+        )
 
     rows = c.dit.rows
     packed, packed_pad = run(c.dit.seq_len, rows, c.dit.max_segments)

@@ -25,7 +25,8 @@ def load(path: str) -> ml_collections.ConfigDict:
 def vae_compression(config: ml_collections.ConfigDict) -> tuple[int, int]:
     """(temporal, spatial) compression of the VAE described by config.vae.model."""
     m = config.vae.model
-    return 2 ** sum(bool(d) for d in m.temporal_downsample), 2 ** (len(m.channel_mults) - 1)
+    spatial = m.patch_size * 2 ** (len(m.channel_mults) - 1)
+    return 2 ** sum(bool(d) for d in m.temporal_downsample), spatial
 
 
 def latent_grid(config, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
@@ -80,6 +81,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         stages,
         f"must be a non-empty subset of {STAGES}",
     )
+    # The VAE's geometry first: the size checks below divide by its compression.
+    _positive(config, "vae.model.patch_size")
     d = config.data
     _check(
         d.source == "moving_shapes",
@@ -127,6 +130,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         )
     _check(config.vae.mse_weight >= 0, "vae.mse_weight", config.vae.mse_weight, "must be >= 0")
     _check(config.vae.kl_weight >= 0, "vae.kl_weight", config.vae.kl_weight, "must be >= 0")
+    _check(
+        config.vae.latent_noise >= 0, "vae.latent_noise", config.vae.latent_noise, "must be >= 0"
+    )
 
     _check(
         config.text.kind in TEXT_KINDS,

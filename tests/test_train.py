@@ -194,6 +194,26 @@ def test_dit_train_step_reduces_loss_and_sharded_equals_single_device():
     )
 
 
+def test_vae_latent_noise_is_applied_and_deterministic():
+    c = micro_config()
+    model = vae_trainer.build_vae(c)
+    tx = ts.make_optimizer(c.vae.train)
+    mesh = mesh_lib.create_mesh(1)
+    state = vae_trainer.init_state(c, model, tx, mesh)
+    batch = vae_trainer.vae_batch(c, 0)
+
+    def losses(noise, seeds):
+        c.vae.latent_noise = noise
+        step = jax.jit(vae_trainer.make_train_step(model, tx, c.vae))
+        return [float(step(state, batch, jax.random.key(s))[1]["loss"]) for s in seeds]
+
+    clean = losses(0.0, [0, 1])
+    assert clean[0] == clean[1]  # no noise: the rng is unused (sample_posterior is off)
+    noisy = losses(1.0, [0, 1, 2, 0])
+    assert noisy[0] == noisy[3]
+    assert len(set(noisy)) == 3 and min(noisy) > clean[0]
+
+
 def test_config_overrides_and_errors():
     def parse(*overrides):
         argv = ["prog", f"--config={TINY}", *overrides]
@@ -218,6 +238,8 @@ def test_config_overrides_and_errors():
         "stages": (("vae", "gan"), "config.stages"),
         "dit.model.num_heads": (3, "config.dit.model.num_heads=3"),
         "data.image_fraction": (1.5, "config.data.image_fraction=1.5"),
+        "vae.latent_noise": (-0.1, "config.vae.latent_noise=-0.1"),
+        "vae.model.patch_size": (0, "config.vae.model.patch_size=0"),
     }
     for key, (value, message) in bad.items():
         c = config_lib.load(TINY)

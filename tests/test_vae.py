@@ -6,7 +6,13 @@ import numpy as np
 import optax
 import pytest
 
-from sora_jax.models.vae import CausalConv3d, CausalVAE, PerFrameGroupNorm, kl_divergence
+from sora_jax.models.vae import (
+    CausalConv3d,
+    CausalVAE,
+    PerFrameGroupNorm,
+    channel_shortcut,
+    kl_divergence,
+)
 
 TINY = dict(
     base_channels=8,
@@ -71,6 +77,65 @@ def test_bad_config_is_rejected():
         CausalVAE(**{**TINY, "temporal_downsample": (True,)}).latent_shape(1, 16, 16)
     with pytest.raises(ValueError, match="norm_groups"):
         CausalVAE(**{**TINY, "norm_groups": 3}).latent_shape(1, 16, 16)
+
+
+def test_channel_shortcut_averages_or_repeats():
+    x = jnp.arange(6.0).reshape(1, 6)  # channels 0..5
+    # 6 -> 2: channel j averages channels j, j+2, j+4
+    np.testing.assert_allclose(channel_shortcut(x, 2), [[2.0, 3.0]])
+    # 6 -> 4: uneven groups (0, 4), (1, 5), (2,), (3,)
+    np.testing.assert_allclose(channel_shortcut(x, 4), [[2.0, 3.0, 2.0, 3.0]])
+    # 3 -> 7: channels repeated cyclically
+    np.testing.assert_allclose(channel_shortcut(x[:, :3], 7), [[0, 1, 2, 0, 1, 2, 0]])
+
+
+def _zero_params(model, x):
+    params = jax.jit(lambda k: model.init({"params": k}, x, sample_posterior=False))
+    return jax.tree.map(jnp.zeros_like, params(jax.random.key(0)))
+
+
+@pytest.mark.parametrize("patch", [1, 2])
+def test_zero_weights_leave_an_exact_shortcut_path(patch):
+    """With every weight zero the VAE is its parameter-free shortcut path: block averages down,
+    nearest copies up. A grey video constant on the causal blocks (frame 0 alone, then groups
+    of r_t frames; r_s x r_s pixels) passes through it exactly; without shortcuts, nothing does."""
+    model = CausalVAE(**{**TINY, "patch_size": patch})
+    r_t, r_s = model.temporal_compression, model.spatial_compression
+    t_lat, h_lat, w_lat = 3, 2, 3
+    blocks = jax.random.uniform(jax.random.key(7), (1, t_lat, h_lat, w_lat, 1), minval=-1)
+    x = jnp.concatenate([blocks[:, :1], jnp.repeat(blocks[:, 1:], r_t, axis=1)], axis=1)
+    x = jnp.repeat(jnp.repeat(jnp.repeat(x, r_s, axis=2), r_s, axis=3), 3, axis=4)
+    assert x.shape == (1, 1 + 2 * r_t, h_lat * r_s, w_lat * r_s, 3)
+    recon, mean, _ = model.apply(_zero_params(model, x), x, sample_posterior=False)
+    np.testing.assert_allclose(recon, x, atol=1e-6)
+    np.testing.assert_allclose(mean, jnp.repeat(blocks, 4, axis=-1), atol=1e-6)
+    plain = CausalVAE(**{**TINY, "patch_size": patch, "shortcuts": False})
+    recon, _, _ = plain.apply(_zero_params(plain, x), x, sample_posterior=False)
+    assert float(jnp.abs(recon).max()) == 0.0
+
+
+def test_patch_stem_geometry_and_causality():
+    model = CausalVAE(
+        **{**TINY, "patch_size": 2, "channel_mults": (1, 2), "temporal_downsample": (True,)}
+    )
+    assert (model.temporal_compression, model.spatial_compression) == (2, 4)
+    x = _video(8, t=5)
+    params = _zero_params(model, x)
+    params = jax.tree.map(
+        lambda z: jax.random.normal(jax.random.key(z.size), z.shape) * 0.1, params
+    )
+    enc = jax.jit(lambda x: model.apply(params, x, method=model.encode)[0])
+    dec = jax.jit(lambda z: model.apply(params, z, method=model.decode))
+    m1 = enc(x)
+    assert m1.shape == (1, 3, 4, 4, 4)
+    assert dec(m1).shape == x.shape
+    m2 = enc(x.at[:, 3:].set(0.0))  # latent j sees frames <= 2j: latents 0, 1 unchanged
+    np.testing.assert_allclose(m1[:, :2], m2[:, :2], atol=1e-6, rtol=0)
+    assert float(jnp.abs(m1[:, 2] - m2[:, 2]).max()) > 1e-3
+    with pytest.raises(ValueError, match="patch_size"):
+        CausalVAE(**{**TINY, "patch_size": 0}).latent_shape(1, 16, 16)
+    with pytest.raises(ValueError, match="height=14"):
+        model.latent_shape(5, 14, 16)  # 14 is not a multiple of 2 * 2
 
 
 @pytest.mark.parametrize("t, t_lat", [(1, 1), (9, 3)])

@@ -16,6 +16,11 @@ Causality: every temporal operation only looks at the past.
 Hence with temporal compression ``r`` latent frame ``j`` depends on input frames ``<= r*j`` only
 and decoded frame ``i`` on latent frames ``<= ceil(i / r)`` only, and encoding the first frame
 as an image gives exactly the video's latent frame 0.
+
+Trainability: with ``shortcuts`` (default) every down/upsampling and width change also adds a
+parameter-free path (``channel_shortcut``: channel-group averages down, channel copies up, as in
+DC-AE), so the untrained model already passes block-averaged pixels to the latent and back.
+``patch_size > 1`` folds p x p pixels into channels before the first conv (pixel-unshuffle stem).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "CausalConv3d",
@@ -37,6 +43,9 @@ __all__ = [
     "Encoder",
     "Decoder",
     "CausalVAE",
+    "channel_shortcut",
+    "space_to_depth",
+    "posterior_sample",
     "kl_divergence",
 ]
 
@@ -153,6 +162,7 @@ class ResBlock3d(nn.Module):
     features: int
     norm_groups: int = 8
     dtype: jnp.dtype = jnp.float32
+    shortcut: bool = False  # add channel_shortcut to the learned skip when the width changes
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -161,7 +171,8 @@ class ResBlock3d(nn.Module):
         h = nn.silu(PerFrameGroupNorm(self.norm_groups, dtype=self.dtype, name="norm2")(h))
         h = CausalConv3d(self.features, dtype=self.dtype, name="conv2")(h)
         if x.shape[-1] != self.features:
-            x = CausalConv3d(self.features, kernel_size=(1, 1, 1), dtype=self.dtype, name="skip")(x)
+            skip = CausalConv3d(self.features, kernel_size=(1, 1, 1), dtype=self.dtype, name="skip")
+            x = skip(x) + channel_shortcut(x, self.features) if self.shortcut else skip(x)
         return x + h
 
 
@@ -175,10 +186,12 @@ class Downsample3d(nn.Module):
     sees input frames ``<= 2j`` only.
     This is a strided conv with a (4, 6, 6) receptive field written without strides, because
     XLA:CPU computes the input gradient of a strided 3D conv ~10x slower than a plain conv.
+    With ``shortcut`` the folded input, group-averaged to ``features`` channels, is added.
     """
 
     features: int
     temporal: bool
+    shortcut: bool = False
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -190,14 +203,17 @@ class Downsample3d(nn.Module):
         else:
             x = einops.rearrange(x, "b t (h p) (w q) c -> b t h w (p q c)", p=2, q=2)
             kernel = (3, 3, 3)
-        return CausalConv3d(self.features, kernel_size=kernel, dtype=self.dtype, name="conv")(x)
+        y = CausalConv3d(self.features, kernel_size=kernel, dtype=self.dtype, name="conv")(x)
+        return y + channel_shortcut(x, self.features) if self.shortcut else y
 
 
 class Upsample3d(nn.Module):
-    """Nearest upsampling (space x2; time ``1 + m -> 1 + 2m`` when ``temporal``) + causal conv."""
+    """Nearest upsampling (space x2; time ``1 + m -> 1 + 2m`` when ``temporal``) + causal conv
+    (+ the upsampled input mapped to ``features`` channels when ``shortcut``)."""
 
     features: int
     temporal: bool
+    shortcut: bool = False
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -207,7 +223,34 @@ class Upsample3d(nn.Module):
             # so nothing ever depends on a later latent frame.
             x = jnp.repeat(x, 2, axis=1)[:, 1:]
         x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
-        return CausalConv3d(self.features, dtype=self.dtype, name="conv")(x)
+        y = CausalConv3d(self.features, dtype=self.dtype, name="conv")(x)
+        return y + channel_shortcut(x, self.features) if self.shortcut else y
+
+
+def channel_shortcut(x: jax.Array, features: int) -> jax.Array:
+    """Parameter-free ``f32[... c] -> f32[... features]``: averages groups of channels
+    (c > features) or repeats channels (c < features).
+
+    Added around every resolution or width change (a residual autoencoder, as in DC-AE), it gives
+    the network a path that already carries block-averaged pixels from the input to the latent
+    and back, so training refines an approximate reconstruction instead of discovering one:
+    colours and positions come through from the first steps.
+    """
+    c = x.shape[-1]
+    i = np.arange(max(c, features))
+    m = np.zeros((c, features), np.float32)
+    m[i % c, i % features] = 1.0
+    m /= m.sum(axis=0, keepdims=True)
+    return x @ jnp.asarray(m, x.dtype)
+
+
+def space_to_depth(x: jax.Array, p: int) -> jax.Array:
+    """``f32[b t h w c] -> f32[b t h/p w/p (p p c)]``: the pixel-unshuffle stem.
+
+    Folding p x p pixels into channels lets every conv run at 1/p of the resolution with p^2
+    times the channels: far fewer, wider matmuls (what CPUs and accelerators are good at).
+    """
+    return einops.rearrange(x, "b t (h p) (w q) c -> b t h w (p q c)", p=p, q=p)
 
 
 class Encoder(nn.Module):
@@ -219,22 +262,37 @@ class Encoder(nn.Module):
     latent_channels: int
     temporal_downsample: Sequence[bool]
     norm_groups: int
+    patch_size: int = 1
+    shortcuts: bool = True
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         ch = [self.base_channels * m for m in self.channel_mults]
+        x = space_to_depth(x, self.patch_size)
         h = CausalConv3d(ch[0], dtype=self.dtype, name="conv_in")(x)
+        if self.shortcuts:
+            h = h + channel_shortcut(x, ch[0])
         for level, c in enumerate(ch):
             for i in range(self.num_res_blocks):
-                h = ResBlock3d(c, self.norm_groups, self.dtype, name=f"down{level}_res{i}")(h)
+                h = ResBlock3d(
+                    c, self.norm_groups, self.dtype, self.shortcuts, name=f"down{level}_res{i}"
+                )(h)
             if level < len(ch) - 1:
                 h = Downsample3d(
-                    c, bool(self.temporal_downsample[level]), self.dtype, name=f"down{level}_sample"
+                    c,
+                    bool(self.temporal_downsample[level]),
+                    self.shortcuts,
+                    self.dtype,
+                    name=f"down{level}_sample",
                 )(h)
         h = ResBlock3d(ch[-1], self.norm_groups, self.dtype, name="mid_res")(h)
-        h = nn.silu(PerFrameGroupNorm(self.norm_groups, dtype=self.dtype, name="norm_out")(h))
-        return CausalConv3d(2 * self.latent_channels, dtype=self.dtype, name="conv_out")(h)
+        out = nn.silu(PerFrameGroupNorm(self.norm_groups, dtype=self.dtype, name="norm_out")(h))
+        out = CausalConv3d(2 * self.latent_channels, dtype=self.dtype, name="conv_out")(out)
+        if self.shortcuts:  # into the mean only, not the log-variance
+            mean = channel_shortcut(h, self.latent_channels)
+            out = out + jnp.concatenate([mean, jnp.zeros_like(mean)], axis=-1)
+        return out
 
 
 class Decoder(nn.Module):
@@ -245,6 +303,8 @@ class Decoder(nn.Module):
     num_res_blocks: int
     temporal_downsample: Sequence[bool]
     norm_groups: int
+    patch_size: int = 1
+    shortcuts: bool = True
     out_channels: int = 3
     dtype: jnp.dtype = jnp.float32
 
@@ -252,6 +312,8 @@ class Decoder(nn.Module):
     def __call__(self, z: jax.Array) -> jax.Array:
         ch = [self.base_channels * m for m in self.channel_mults]
         h = CausalConv3d(ch[-1], dtype=self.dtype, name="conv_in")(z)
+        if self.shortcuts:
+            h = h + channel_shortcut(z, ch[-1])
         h = ResBlock3d(ch[-1], self.norm_groups, self.dtype, name="mid_res")(h)
         for level in reversed(range(len(ch))):
             for i in range(self.num_res_blocks):
@@ -262,11 +324,16 @@ class Decoder(nn.Module):
                 h = Upsample3d(
                     ch[level - 1],
                     bool(self.temporal_downsample[level - 1]),
+                    self.shortcuts,
                     self.dtype,
                     name=f"up{level}_sample",
                 )(h)
-        h = nn.silu(PerFrameGroupNorm(self.norm_groups, dtype=self.dtype, name="norm_out")(h))
-        return CausalConv3d(self.out_channels, dtype=self.dtype, name="conv_out")(h)
+        p = self.patch_size
+        out = nn.silu(PerFrameGroupNorm(self.norm_groups, dtype=self.dtype, name="norm_out")(h))
+        out = CausalConv3d(self.out_channels * p * p, dtype=self.dtype, name="conv_out")(out)
+        if self.shortcuts:
+            out = out + channel_shortcut(h, self.out_channels * p * p)
+        return einops.rearrange(out, "b t h w (p q c) -> b t (h p) (w q) c", p=p, q=p)
 
 
 class CausalVAE(nn.Module):
@@ -286,12 +353,14 @@ class CausalVAE(nn.Module):
     latent_channels: int = 4
     temporal_downsample: tuple[bool, ...] = (True, True)
     norm_groups: int = 8
+    patch_size: int = 1  # pixel-unshuffle stem: spatial compression is patch * 2^(levels-1)
+    shortcuts: bool = True  # parameter-free residual paths around every reshaping layer
     dtype: jnp.dtype = jnp.float32
 
     # ---- static geometry (usable on the unbound module) ---------------------------------
     @property
     def spatial_compression(self) -> int:
-        return 2 ** (len(self.channel_mults) - 1)
+        return self.patch_size * 2 ** (len(self.channel_mults) - 1)
 
     @property
     def temporal_compression(self) -> int:
@@ -313,6 +382,8 @@ class CausalVAE(nn.Module):
         return (1 + (num_frames - 1) // r_t, height // r_s, width // r_s, self.latent_channels)
 
     def _check_config(self) -> None:
+        if self.patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
         if len(self.channel_mults) < 1:
             raise ValueError("channel_mults must have at least one entry")
         if len(self.temporal_downsample) != len(self.channel_mults) - 1:
@@ -337,6 +408,8 @@ class CausalVAE(nn.Module):
             latent_channels=self.latent_channels,
             temporal_downsample=tuple(self.temporal_downsample),
             norm_groups=self.norm_groups,
+            patch_size=self.patch_size,
+            shortcuts=self.shortcuts,
             dtype=self.dtype,
         )
         self.decoder = Decoder(
@@ -345,6 +418,8 @@ class CausalVAE(nn.Module):
             num_res_blocks=self.num_res_blocks,
             temporal_downsample=tuple(self.temporal_downsample),
             norm_groups=self.norm_groups,
+            patch_size=self.patch_size,
+            shortcuts=self.shortcuts,
             dtype=self.dtype,
         )
 
@@ -371,12 +446,13 @@ class CausalVAE(nn.Module):
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """``f32[b t h w 3] -> (recon f32[b t h w 3], mean, logvar f32[b t' h' w' c])``."""
         mean, logvar = self.encode(x)
-        if sample_posterior:
-            noise = jax.random.normal(self.make_rng("posterior"), mean.shape, mean.dtype)
-            z = mean + jnp.exp(0.5 * logvar) * noise
-        else:
-            z = mean
+        z = posterior_sample(mean, logvar, self.make_rng("posterior")) if sample_posterior else mean
         return self.decode(z), mean, logvar
+
+
+def posterior_sample(mean: jax.Array, logvar: jax.Array, rng: jax.Array) -> jax.Array:
+    """A draw from the diagonal Gaussian N(mean, exp(logvar)), same shape as ``mean``."""
+    return mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
 
 
 def kl_divergence(mean: jax.Array, logvar: jax.Array) -> jax.Array:

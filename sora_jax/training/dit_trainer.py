@@ -76,7 +76,9 @@ def encode_videos(vae_model, vae_params, videos: list[np.ndarray], batch_size: i
     for idx in by_shape.values():
         for s in range(0, len(idx), batch_size):
             chunk = idx[s : s + batch_size]
-            x = vae_trainer.to_model_range(np.stack([videos[i] for i in chunk]))
+            # Pad the last chunk to the full batch: one compile per video shape, not two.
+            padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
+            x = vae_trainer.to_model_range(np.stack([videos[i] for i in padded]))
             means = np.asarray(encode(vae_params, x))
             for i, m in zip(chunk, means):
                 out[i] = m

@@ -25,6 +25,8 @@ def build_vae(config: ml_collections.ConfigDict) -> vae_lib.CausalVAE:
         latent_channels=m.latent_channels,
         temporal_downsample=tuple(bool(d) for d in m.temporal_downsample),
         norm_groups=m.norm_groups,
+        patch_size=m.patch_size,
+        shortcuts=m.shortcuts,
     )
 
 
@@ -67,9 +69,18 @@ def make_train_step(model: vae_lib.CausalVAE, tx, v: ml_collections.ConfigDict):
         x = batch["video"]
 
         def loss_fn(params):
-            recon, mean, logvar = model.apply(
-                {"params": params}, x, sample_posterior=v.sample_posterior, rngs={"posterior": rng}
-            )
+            rng_post, rng_aug = jax.random.split(rng)
+            mean, logvar = model.apply({"params": params}, x, method=model.encode)
+            z = mean
+            if v.sample_posterior:
+                z = vae_lib.posterior_sample(mean, logvar, rng_post)
+            if v.latent_noise > 0:
+                # Noise relative to the latents' own spread (held constant, so the encoder
+                # cannot escape it by growing): the decoder learns to map nearby latents to
+                # nearby videos, which the DiT's imperfect samples need.
+                spread = jax.lax.stop_gradient(jnp.std(mean, axis=(0, 1, 2, 3)))
+                z = z + v.latent_noise * spread * jax.random.normal(rng_aug, z.shape)
+            recon = model.apply({"params": params}, z, method=model.decode)
             l1 = jnp.mean(jnp.abs(recon - x))
             mse = jnp.mean((recon - x) ** 2)
             kl = jnp.mean(vae_lib.kl_divergence(mean, logvar))
