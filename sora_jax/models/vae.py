@@ -201,7 +201,7 @@ class Downsample3d(nn.Module):
             x = einops.rearrange(x, "b (t a) (h p) (w q) c -> b t h w (a p q c)", a=2, p=2, q=2)
             kernel = (2, 3, 3)
         else:
-            x = einops.rearrange(x, "b t (h p) (w q) c -> b t h w (p q c)", p=2, q=2)
+            x = space_to_depth(x, 2)
             kernel = (3, 3, 3)
         y = CausalConv3d(self.features, kernel_size=kernel, dtype=self.dtype, name="conv")(x)
         return y + channel_shortcut(x, self.features) if self.shortcut else y
