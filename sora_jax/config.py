@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from sora_jax.models import vae as vae_lib
+
 STAGES = ("vae", "dit")
 TEXT_KINDS = ("tiny", "bert")
 TIMESTEP_SAMPLINGS = ("logit_normal", "uniform")
@@ -25,8 +27,13 @@ def load(path: str) -> ml_collections.ConfigDict:
 def vae_compression(config: ml_collections.ConfigDict) -> tuple[int, int]:
     """(temporal, spatial) compression of the VAE described by config.vae.model."""
     m = config.vae.model
-    spatial = m.patch_size * 2 ** (len(m.channel_mults) - 1)
-    return 2 ** sum(bool(d) for d in m.temporal_downsample), spatial
+    # The model owns its geometry; an unbound module is enough to read it.
+    vae = vae_lib.CausalVAE(
+        channel_mults=tuple(m.channel_mults),
+        temporal_downsample=tuple(bool(d) for d in m.temporal_downsample),
+        patch_size=m.patch_size,
+    )
+    return vae.temporal_compression, vae.spatial_compression
 
 
 def latent_grid(config, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
@@ -128,11 +135,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             m.norm_groups,
             f"must divide every level's channels ({m.base_channels * mult})",
         )
-    _check(config.vae.mse_weight >= 0, "vae.mse_weight", config.vae.mse_weight, "must be >= 0")
-    _check(config.vae.kl_weight >= 0, "vae.kl_weight", config.vae.kl_weight, "must be >= 0")
-    _check(
-        config.vae.latent_noise >= 0, "vae.latent_noise", config.vae.latent_noise, "must be >= 0"
-    )
+    for key in ("mse_weight", "kl_weight", "latent_noise"):
+        _check(config.vae[key] >= 0, f"vae.{key}", config.vae[key], "must be >= 0")
 
     _check(
         config.text.kind in TEXT_KINDS,

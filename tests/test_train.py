@@ -254,41 +254,23 @@ def test_config_overrides_and_errors():
 
 
 def test_cli_errors_are_clear(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sora_jax.sample",
-            f"--workdir={tmp_path}/none",
-            "--prompt=a red circle",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
+    def cli(module, *args):
+        return subprocess.run(
+            [sys.executable, "-m", module, *args],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, JAX_PLATFORMS="cpu"),
+            cwd=ROOT,
+        )
+
+    r = cli("sora_jax.sample", f"--workdir={tmp_path}/none", "--prompt=a red circle")
     assert r.returncode != 0 and "does not exist" in r.stderr
-    r = subprocess.run(
-        [sys.executable, "-m", "sora_jax.sample", f"--workdir={tmp_path}", "--prompt=a red circle"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
+    r = cli("sora_jax.sample", f"--workdir={tmp_path}", "--prompt=a red circle")
     assert r.returncode != 0 and "config.json not found" in r.stderr
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sora_jax.train",
-            f"--config={TINY}",
-            f"--workdir={tmp_path}/w",
-            "--config.dit.train.steps=-1",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
+    r = cli(
+        "sora_jax.train",
+        f"--config={TINY}",
+        f"--workdir={tmp_path}/w",
+        "--config.dit.train.steps=-1",
     )
     assert r.returncode != 0 and "config.dit.train.steps=-1: must be > 0" in r.stderr

@@ -89,9 +89,13 @@ def test_channel_shortcut_averages_or_repeats():
     np.testing.assert_allclose(channel_shortcut(x[:, :3], 7), [[0, 1, 2, 0, 1, 2, 0]])
 
 
+def _init_params(model, x):
+    init = jax.jit(lambda k: model.init({"params": k}, x, sample_posterior=False))
+    return init(jax.random.key(0))
+
+
 def _zero_params(model, x):
-    params = jax.jit(lambda k: model.init({"params": k}, x, sample_posterior=False))
-    return jax.tree.map(jnp.zeros_like, params(jax.random.key(0)))
+    return jax.tree.map(jnp.zeros_like, _init_params(model, x))
 
 
 @pytest.mark.parametrize("patch", [1, 2])
@@ -120,10 +124,7 @@ def test_patch_stem_geometry_and_causality():
     )
     assert (model.temporal_compression, model.spatial_compression) == (2, 4)
     x = _video(8, t=5)
-    params = _zero_params(model, x)
-    params = jax.tree.map(
-        lambda z: jax.random.normal(jax.random.key(z.size), z.shape) * 0.1, params
-    )
+    params = _init_params(model, x)
     enc = jax.jit(lambda x: model.apply(params, x, method=model.encode)[0])
     dec = jax.jit(lambda z: model.apply(params, z, method=model.decode))
     m1 = enc(x)
