@@ -5,7 +5,8 @@
 Encodes held-out moving-shapes videos (the evaluation prompts and seeds), adds Gaussian noise
 of `level` x the latents' per-channel std, decodes, and scores the decodes with the
 prompt-following evaluator. Prints, per noise level, the L1 error (0-255) and the colour /
-direction accuracies, and the ratio of direction accuracy at 20 % noise to the clean one.
+direction / speed accuracies (the clean row is the plain reconstruction quality), and the
+ratio of direction accuracy at 20 % noise to the clean one.
 """
 
 import argparse
@@ -46,7 +47,7 @@ def main():
         direction[level] = r["direction_accuracy"]
         print(
             f"noise {level:.1f} x std: L1 {l1:5.2f}  colour {r['colour_accuracy']:.3f}  "
-            f"direction {r['direction_accuracy']:.3f}"
+            f"direction {r['direction_accuracy']:.3f}  speed {r['speed_accuracy']:.3f}"
         )
     ratio = direction[0.2] / max(direction[0.0], 1e-9)
     print(f"direction accuracy at 0.2 x std noise / clean: {ratio:.2f}")

