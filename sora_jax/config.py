@@ -19,6 +19,27 @@ TEXT_KINDS = ("tiny", "bert")
 TIMESTEP_SAMPLINGS = ("logit_normal", "uniform")
 
 
+# Keys added after configs were first saved to workdirs, with the value that reproduces what a
+# workdir written before them trained: older runs keep loading (and resuming) unchanged.
+ADDED_KEYS = {
+    "vae.model.patch_size": 1,
+    "vae.model.shortcuts": False,
+    "vae.latent_noise": 0.0,
+    "dit.model.abs_positions": False,
+}
+
+
+def fill_added_keys(saved: dict) -> dict:
+    """A saved config dict (e.g. a workdir's config.json) with any `ADDED_KEYS` it lacks."""
+    for key, value in ADDED_KEYS.items():
+        *parents, leaf = key.split(".")
+        node = saved
+        for name in parents:
+            node = node.setdefault(name, {})
+        node.setdefault(leaf, value)
+    return saved
+
+
 def load(path: str) -> ml_collections.ConfigDict:
     """Loads `get_config()` from a config file path (as config_flags does)."""
     return runpy.run_path(path)["get_config"]()

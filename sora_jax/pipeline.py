@@ -37,7 +37,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
             f"`python -m sora_jax.train` (it holds the config and the checkpoints)"
         )
     with open(path) as f:
-        return config_lib.validate(ml_collections.ConfigDict(_tuples(json.load(f))))
+        saved = config_lib.fill_added_keys(json.load(f))
+    return config_lib.validate(ml_collections.ConfigDict(_tuples(saved)))
 
 
 def _tuples(x):

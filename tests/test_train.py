@@ -253,6 +253,25 @@ def test_config_overrides_and_errors():
             config_lib.validate(c)
 
 
+def test_workdir_configs_saved_before_added_keys_still_load(tmp_path):
+    c = config_lib.load(TINY)
+    pipeline_lib.save_config(c, str(tmp_path))
+    path = tmp_path / pipeline_lib.CONFIG_FILE
+    saved = json.loads(path.read_text())
+    assert saved["dit"]["model"]["abs_positions"] is True  # tiny's own value is kept
+    for key in config_lib.ADDED_KEYS:
+        *parents, leaf = key.split(".")
+        node = saved
+        for name in parents:
+            node = node[name]
+        del node[leaf]
+    path.write_text(json.dumps(saved))
+    old = pipeline_lib.load_config(str(tmp_path))
+    for key, value in config_lib.ADDED_KEYS.items():
+        assert old[key] == value, key
+    assert old.dit.train.steps == c.dit.train.steps  # the rest is as saved
+
+
 def test_cli_errors_are_clear(tmp_path):
     def cli(module, *args):
         return subprocess.run(
