@@ -214,6 +214,14 @@ def test_vae_latent_noise_is_applied_and_deterministic():
     assert len(set(noisy)) == 3 and min(noisy) > clean[0]
 
 
+def _parent(tree, dotted_key: str):
+    """(the mapping holding `dotted_key`'s last part, that part) in nested mappings."""
+    *parents, leaf = dotted_key.split(".")
+    for name in parents:
+        tree = tree[name]
+    return tree, leaf
+
+
 def test_config_overrides_and_errors():
     def parse(*overrides):
         argv = ["prog", f"--config={TINY}", *overrides]
@@ -243,10 +251,7 @@ def test_config_overrides_and_errors():
     }
     for key, (value, message) in bad.items():
         c = config_lib.load(TINY)
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
+        node, leaf = _parent(c, key)
         with node.ignore_type():
             node[leaf] = value
         with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -260,10 +265,7 @@ def test_workdir_configs_saved_before_added_keys_still_load(tmp_path):
     saved = json.loads(path.read_text())
     assert saved["dit"]["model"]["abs_positions"] is True  # tiny's own value is kept
     for key in config_lib.ADDED_KEYS:
-        *parents, leaf = key.split(".")
-        node = saved
-        for name in parents:
-            node = node[name]
+        node, leaf = _parent(saved, key)
         del node[leaf]
     path.write_text(json.dumps(saved))
     old = pipeline_lib.load_config(str(tmp_path))
