@@ -81,14 +81,52 @@ def get_config() -> ml_collections.ConfigDict:
     c.dit.text_dropout = 0.1  # caption replaced by the empty one, for CFG
     c.dit.train = _train_config(steps=100_000, learning_rate=3e-4, warmup_steps=1000)
 
-    # Rectified flow (velocity prediction) and its Euler sampler with CFG.
+    # Diffusion objective (the same DiT learns either) and sampler; see README "Objectives and
+    # samplers". Times t in [0, 1]: 0 is data, 1 is noise.
     c.diffusion = ml_collections.ConfigDict()
-    c.diffusion.timestep_sampling = "logit_normal"  # or 'uniform'
+    c.diffusion.objective = "rectified_flow"  # velocity prediction; or 'ddpm' (see .ddpm)
+    # Training-time distribution (DDPM rounds it up to its discrete steps): 'logit_normal',
+    # 'uniform' or 'mode' (SD3's mode sampling with scale mode_scale; 0 is uniform).
+    c.diffusion.timestep_sampling = "logit_normal"
     c.diffusion.logit_mean = 0.0
     c.diffusion.logit_std = 1.0
+    c.diffusion.mode_scale = 1.29
+    # Time shift t -> s t / (1 + (s - 1) t); s > 1 spends more steps at high noise. 'fixed':
+    # s = time_shift; 'tokens': s = time_shift * sqrt(tokens / shift_base_tokens) clipped to
+    # [1 / shift_max, shift_max], so larger / longer videos (more latent tokens) get more noise.
+    c.diffusion.shift_mode = "fixed"
+    c.diffusion.time_shift = 1.0
+    c.diffusion.shift_base_tokens = 256
+    c.diffusion.shift_max = 4.0
+    c.diffusion.shift_in_training = False  # shift the training times too (else sampling only)
+    # DDPM (variance preserving), used when objective='ddpm'.
+    c.diffusion.ddpm = ml_collections.ConfigDict()
+    c.diffusion.ddpm.prediction = "eps"  # 'eps' | 'x0' | 'v'
+    c.diffusion.ddpm.schedule = (
+        "linear"  # 'linear' | 'scaled_linear' (SD: 0.00085..0.012) | 'cosine'
+    )
+    c.diffusion.ddpm.num_train_steps = 1000
+    c.diffusion.ddpm.beta_start = 1e-4
+    c.diffusion.ddpm.beta_end = 0.02
+    c.diffusion.ddpm.cosine_s = 0.008
+    c.diffusion.ddpm.zero_terminal_snr = False  # rescale so t=1 is pure noise (needs x0 or v)
+    c.diffusion.ddpm.min_snr_gamma = 0.0  # > 0: min-SNR-gamma loss weighting (e.g. 5)
+    # Sampler: 'euler' | 'heun' (flow ODE), 'ddim' (ddim_eta: 0 deterministic, 1 ancestral),
+    # 'dpmpp_2m' (DPM-Solver++ 2M); any of them with either objective.
+    c.diffusion.sampler = "euler"
     c.diffusion.sample_steps = 30
-    c.diffusion.time_shift = 1.0  # >1 spends more steps at high noise
+    # Time grid: 'uniform', 'shifted' (uniform then the time shift above) or 'karras' (noise
+    # ratios sigma/alpha from karras_sigma_max to karras_sigma_min, denser at low noise).
+    c.diffusion.spacing = "shifted"
+    c.diffusion.ddim_eta = 0.0
+    c.diffusion.karras_rho = 7.0
+    c.diffusion.karras_sigma_min = 0.002
+    c.diffusion.karras_sigma_max = 80.0
+    # Classifier-free guidance on the model output, only for t in guidance_interval; with
+    # guidance_rescale = phi > 0 the guided output's std is pulled back to the conditional one's.
     c.diffusion.guidance_scale = 4.0
+    c.diffusion.guidance_interval = (0.0, 1.0)
+    c.diffusion.guidance_rescale = 0.0
 
     # Samples written at the end of training (and the sampling CLI's defaults).
     c.sample = ml_collections.ConfigDict()

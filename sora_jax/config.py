@@ -7,16 +7,18 @@ overrides; `validate` checks the values themselves and how they fit together
 
 from __future__ import annotations
 
+import math
 import runpy
 from collections.abc import Sequence
 
 import ml_collections
 
+from sora_jax.diffusion import ddpm, objectives, samplers
+from sora_jax.diffusion import rectified_flow as rf
 from sora_jax.models import vae as vae_lib
 
 STAGES = ("vae", "dit")
 TEXT_KINDS = ("tiny", "bert")
-TIMESTEP_SAMPLINGS = ("logit_normal", "uniform")
 
 
 # Keys added after configs were first saved to workdirs, with the value that reproduces what a
@@ -26,6 +28,28 @@ ADDED_KEYS = {
     "vae.model.shortcuts": False,
     "vae.latent_noise": 0.0,
     "dit.model.abs_positions": False,
+    "diffusion.objective": "rectified_flow",
+    "diffusion.mode_scale": 1.29,
+    "diffusion.shift_mode": "fixed",
+    "diffusion.shift_base_tokens": 256,
+    "diffusion.shift_max": 4.0,
+    "diffusion.shift_in_training": False,
+    "diffusion.ddpm.prediction": "eps",
+    "diffusion.ddpm.schedule": "linear",
+    "diffusion.ddpm.num_train_steps": 1000,
+    "diffusion.ddpm.beta_start": 1e-4,
+    "diffusion.ddpm.beta_end": 0.02,
+    "diffusion.ddpm.cosine_s": 0.008,
+    "diffusion.ddpm.zero_terminal_snr": False,
+    "diffusion.ddpm.min_snr_gamma": 0.0,
+    "diffusion.sampler": "euler",
+    "diffusion.spacing": "shifted",
+    "diffusion.ddim_eta": 0.0,
+    "diffusion.karras_rho": 7.0,
+    "diffusion.karras_sigma_min": 0.002,
+    "diffusion.karras_sigma_max": 80.0,
+    "diffusion.guidance_interval": (0.0, 1.0),
+    "diffusion.guidance_rescale": 0.0,
 }
 
 
@@ -239,15 +263,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         )
         _check_size(config, "vae.train.buckets", *bucket)
 
-    f = config.diffusion
-    _check(
-        f.timestep_sampling in TIMESTEP_SAMPLINGS,
-        "diffusion.timestep_sampling",
-        f.timestep_sampling,
-        f"must be one of {TIMESTEP_SAMPLINGS}",
-    )
-    _positive(config, "diffusion.sample_steps", "diffusion.time_shift", "diffusion.logit_std")
-    _check(f.guidance_scale >= 0, "diffusion.guidance_scale", f.guidance_scale, "must be >= 0")
+    _validate_diffusion(config)
 
     s = config.sample
     _check_size(config, "sample", s.num_frames, s.height, s.width)
@@ -259,6 +275,77 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "must be -1 (all devices) or a positive count",
     )
     return config
+
+
+def _one_of(config, key: str, options: Sequence[str]):
+    value = config[key]
+    _check(value in options, key, value, f"must be one of {options}")
+
+
+def _validate_diffusion(config):
+    f = config.diffusion
+    _one_of(config, "diffusion.objective", objectives.OBJECTIVES)
+    _one_of(config, "diffusion.timestep_sampling", rf.TIMESTEP_SAMPLINGS)
+    _one_of(config, "diffusion.shift_mode", rf.SHIFT_MODES)
+    _one_of(config, "diffusion.sampler", samplers.SAMPLERS)
+    _one_of(config, "diffusion.spacing", samplers.SPACINGS)
+    _positive(
+        config,
+        "diffusion.sample_steps",
+        "diffusion.time_shift",
+        "diffusion.logit_std",
+        "diffusion.shift_base_tokens",
+        "diffusion.karras_rho",
+        "diffusion.karras_sigma_min",
+    )
+    # f_mode is a monotone map of [0, 1] onto itself only in this range (SD3, eq. 20).
+    mode_max = 2.0 / (math.pi - 2.0)
+    _check(
+        -1.0 <= f.mode_scale <= mode_max,
+        "diffusion.mode_scale",
+        f.mode_scale,
+        f"must be in [-1, {mode_max:.3f}]",
+    )
+    _check(f.shift_max >= 1.0, "diffusion.shift_max", f.shift_max, "must be >= 1")
+    _check(
+        f.karras_sigma_max > f.karras_sigma_min,
+        "diffusion.karras_sigma_max",
+        f.karras_sigma_max,
+        f"must be > diffusion.karras_sigma_min={f.karras_sigma_min}",
+    )
+    _check(0.0 <= f.ddim_eta <= 1.0, "diffusion.ddim_eta", f.ddim_eta, "must be in [0, 1]")
+    _check(f.guidance_scale >= 0, "diffusion.guidance_scale", f.guidance_scale, "must be >= 0")
+    gi = f.guidance_interval
+    _check(
+        isinstance(gi, Sequence) and len(gi) == 2 and 0.0 <= gi[0] <= gi[1] <= 1.0,
+        "diffusion.guidance_interval",
+        gi,
+        "must be (t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1",
+    )
+    _check(
+        0.0 <= f.guidance_rescale <= 1.0,
+        "diffusion.guidance_rescale",
+        f.guidance_rescale,
+        "must be in [0, 1]",
+    )
+    d = f.ddpm
+    _one_of(config, "diffusion.ddpm.prediction", ddpm.PREDICTIONS)
+    _one_of(config, "diffusion.ddpm.schedule", ddpm.SCHEDULES)
+    _positive(config, "diffusion.ddpm.num_train_steps", "diffusion.ddpm.cosine_s")
+    _check(
+        0.0 < d.beta_start < d.beta_end < 1.0,
+        "diffusion.ddpm.beta_start",
+        (d.beta_start, d.beta_end),
+        "needs 0 < beta_start < beta_end < 1",
+    )
+    _check(d.min_snr_gamma >= 0, "diffusion.ddpm.min_snr_gamma", d.min_snr_gamma, "must be >= 0")
+    _check(
+        not (d.zero_terminal_snr and d.prediction == "eps"),
+        "diffusion.ddpm.prediction",
+        d.prediction,
+        "eps-prediction cannot denoise pure noise (x0 = (x - sigma eps) / 0): use 'v' or "
+        "'x0' with diffusion.ddpm.zero_terminal_snr",
+    )
 
 
 def _check_size(config, key, num_frames, height, width):

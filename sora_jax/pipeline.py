@@ -1,4 +1,4 @@
-"""Text-to-video sampling: text encoder -> DiT (rectified-flow Euler + CFG) -> VAE decode."""
+"""Text-to-video sampling: text encoder -> DiT (any objective, sampler and CFG) -> VAE decode."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 
 from sora_jax import config as config_lib
 from sora_jax.data import packing, video_io
-from sora_jax.diffusion import rectified_flow as rf
+from sora_jax.diffusion import guidance, objectives, samplers
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.training import dit_trainer, vae_trainer
 
@@ -50,6 +50,67 @@ def _tuples(x):
     return x
 
 
+# Sampling options of `Pipeline.generate` -> their config.diffusion keys.
+SAMPLING_OPTIONS = {
+    "sampler": "sampler",
+    "steps": "sample_steps",
+    "spacing": "spacing",
+    "time_shift": "time_shift",
+    "eta": "ddim_eta",
+    "guidance_scale": "guidance_scale",
+    "guidance_interval": "guidance_interval",
+    "guidance_rescale": "guidance_rescale",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSettings:
+    """Everything that fixes the sampling program (hashable: a static jit argument)."""
+
+    objective: objectives.RectifiedFlow | objectives.DDPM
+    sampler: str
+    steps: int
+    spacing: str
+    eta: float
+    karras: tuple[float, float, float]  # (rho, sigma_min, sigma_max)
+    guidance_scale: float
+    guidance_interval: tuple[float, float]
+    guidance_rescale: float
+
+    @classmethod
+    def from_config(cls, config, **overrides) -> SamplerSettings:
+        """config.diffusion with `overrides` (SAMPLING_OPTIONS names; None keeps the config's),
+        validated like the config: a bad value names its config key."""
+        unknown = set(overrides) - set(SAMPLING_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown sampling options {sorted(unknown)}")
+        c = config.copy_and_resolve_references()
+        for name, value in overrides.items():
+            if value is not None:
+                key = SAMPLING_OPTIONS[name]
+                c.diffusion[key] = tuple(value) if key == "guidance_interval" else value
+        f = config_lib.validate(c).diffusion
+        return cls(
+            objective=objectives.from_config(c),
+            sampler=f.sampler,
+            steps=int(f.sample_steps),
+            spacing=f.spacing,
+            eta=float(f.ddim_eta),
+            karras=(float(f.karras_rho), float(f.karras_sigma_min), float(f.karras_sigma_max)),
+            guidance_scale=float(f.guidance_scale),
+            guidance_interval=tuple(float(v) for v in f.guidance_interval),
+            guidance_rescale=float(f.guidance_rescale),
+        )
+
+    def time_grid(self, num_tokens: int) -> jax.Array:
+        """f32[steps + 1] from 1 to 0 for a video of `num_tokens` latent tokens."""
+        rho, sigma_min, sigma_max = self.karras
+        shift = self.objective.time.shift(num_tokens)
+        return samplers.time_grid(
+            self.objective, self.steps, self.spacing, shift, rho, sigma_min, sigma_max
+        )
+
+
 @dataclasses.dataclass(eq=False)
 class Pipeline:
     """A ready-to-sample text-to-video model; params are pytrees, calls are jitted."""
@@ -71,12 +132,13 @@ class Pipeline:
         height: int,
         width: int,
         seed: int = 0,
-        steps: int | None = None,
-        guidance_scale: float | None = None,
         negative_prompt: str = "",
+        **sampling,
     ) -> np.ndarray:
         """uint8[n t h w 3] videos, one per prompt; the same seed gives the same videos.
 
+        `sampling` overrides config.diffusion for this call: sampler, steps, spacing,
+        time_shift, eta, guidance_scale, guidance_interval, guidance_rescale (None: config).
         `num_frames` that the causal VAE cannot produce (not 1 + k*compression) is
         rounded up to the next supported count and the extra frames are cut off.
         """
@@ -89,8 +151,7 @@ class Pipeline:
             raise ValueError(f"num_frames={num_frames}: must be at least 1")
         gen_frames = 1 + -(-(num_frames - 1) // ct) * ct
         grid = config_lib.latent_grid(c, gen_frames, height, width)
-        steps = steps or c.diffusion.sample_steps
-        scale = c.diffusion.guidance_scale if guidance_scale is None else guidance_scale
+        settings = SamplerSettings.from_config(c, **sampling)
         ids, mask = self.text_encoder.tokenize(prompts)
         nids, nmask = self.text_encoder.tokenize([negative_prompt] * len(prompts))
         videos = _sample(
@@ -99,9 +160,7 @@ class Pipeline:
             self.text_encoder,
             tuple(c.dit.patch),
             grid,
-            steps,
-            float(scale),
-            float(c.diffusion.time_shift),
+            settings,
             self.params,
             self.vae_params,
             self.latent_mean,
@@ -115,16 +174,14 @@ class Pipeline:
         return vae_trainer.to_uint8(videos)[:, :num_frames]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6, 7))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
 def _sample(
     vae,
     dit,
     text_encoder,
     patch,
     grid,
-    steps,
-    scale,
-    time_shift,
+    settings: SamplerSettings,
     params,
     vae_params,
     latent_mean,
@@ -150,8 +207,9 @@ def _sample(
     seg = jnp.ones((2 * n, num_tok), jnp.int32)
     pos = jnp.broadcast_to(positions, (2 * n, num_tok, 3))
 
-    def velocity(x, time):
-        v = dit.apply(
+    def model_fn(x, time):
+        """Guided model output f32[n l d] at x f32[n l d], scalar time."""
+        out = dit.apply(
             {"params": params["dit"]},
             jnp.concatenate([x, x]),
             jnp.full((2 * n, 1), time),
@@ -160,10 +218,25 @@ def _sample(
             text,
             all_mask[:, None],
         )
-        return rf.apply_guidance(v[:n], v[n:], scale)
+        return guidance.guide(
+            out[:n],
+            out[n:],
+            time,
+            settings.guidance_scale,
+            settings.guidance_interval,
+            settings.guidance_rescale,
+        )
 
     noise = jax.random.normal(key, (n, num_tok, dit.patch_dim))
-    tokens = rf.euler_sample(velocity, noise, steps, time_shift)
+    tokens = samplers.sample(
+        settings.sampler,
+        model_fn,
+        settings.objective,
+        noise,
+        settings.time_grid(num_tok),
+        eta=settings.eta,
+        rng=jax.random.fold_in(key, 1),
+    )
     latents = packing.unpatchify(tokens, (gt, gh, gw), patch, dit.patch_dim // (pt * ph * pw))
     latents = latents * latent_std + latent_mean
     return vae.apply({"params": vae_params}, latents, method="decode")

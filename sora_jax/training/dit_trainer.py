@@ -1,4 +1,4 @@
-"""Stage 2: train the DiT with rectified flow on patch-n'-packed VAE latents.
+"""Stage 2: train the DiT (rectified flow or DDPM) on patch-n'-packed VAE latents.
 
 The frozen VAE encodes a cache of moving-shapes videos once (so the VAE costs
 nothing per step); each step packs a random draw of cached latents, of mixed
@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from sora_jax.data import packing, shapes
-from sora_jax.diffusion import rectified_flow as rf
+from sora_jax.diffusion import objectives
 from sora_jax.models import dit as dit_lib
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.text import encoders
@@ -169,25 +169,22 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
     With a trainable text encoder its params are state.params['text']; a frozen
     one's are passed in and closed over (they are not trained or checkpointed).
     """
-    f = config.diffusion
+    objective = objectives.from_config(config)
+    num_seg = config.dit.max_segments
 
     def loss_fn(params, batch, rng):
         text_params = params["text"] if text_encoder.trainable else frozen_text_params
         text = text_features(text_encoder, text_params, batch["caption_ids"], batch["caption_mask"])
         x0, seg = batch["tokens"], batch["segment_ids"]
         rng_t, rng_n = jax.random.split(rng)
-        t = rf.sample_timesteps(
-            rng_t,
-            seg.shape[:1] + (config.dit.max_segments,),
-            f.timestep_sampling,
-            f.logit_mean,
-            f.logit_std,
-        )
+        # Tokens per segment f32[b s]: the token-dependent time shift of each video.
+        counts = jnp.sum(seg[:, :, None] == jnp.arange(1, num_seg + 1), axis=1)
+        t = objective.sample_t(rng_t, seg.shape[:1] + (num_seg,), counts.astype(jnp.float32))
         t_tok = jnp.take_along_axis(t, jnp.maximum(seg - 1, 0), axis=1)[..., None]
         noise = jax.random.normal(rng_n, x0.shape, x0.dtype)
-        v = dit.apply(
+        out = dit.apply(
             {"params": params["dit"]},
-            rf.interpolate(x0, noise, t_tok),
+            objective.corrupt(x0, noise, t_tok),
             t,
             seg,
             batch["positions"],
@@ -195,7 +192,8 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
             batch["caption_mask"],
         )
         valid = (seg > 0)[..., None].astype(jnp.float32)
-        err = (v - rf.velocity_target(x0, noise)) ** 2 * valid
+        weight = valid * objective.loss_weight(t_tok)
+        err = (out - objective.target(x0, noise, t_tok)) ** 2 * weight
         loss = jnp.sum(err) / (jnp.sum(valid) * x0.shape[-1])
         return loss, {"padding_fraction": 1.0 - jnp.mean(valid)}
 

@@ -1,0 +1,181 @@
+"""Samplers for any objective of `sora_jax.diffusion.objectives`: pure functions over a model.
+
+`model_fn(x, t) -> out` is the model's native output (velocity, eps, x0 or v) for the state
+`x f32[...]` at the scalar time `t f32[]`; guidance, text and any conditioning (e.g. a
+per-token mask with clean conditioning latents) live in that closure. Each sampler walks a
+time grid `ts f32[n+1]` from 1 (noise) down to 0 (data) with `lax.scan`, one model call per
+step (Heun: two, except into t = 0), and returns x at t = 0 with `noise`'s shape.
+
+- euler / heun: the probability-flow ODE of the path rescaled into a flow
+  (x_t = c_t y, y = (1 - tau) x0 + tau eps, dy/dtau = eps - x0), first / second order.
+- ddim: x_next = alpha' x0 + sqrt(sigma'^2 - c^2) eps + c z with c = eta * the DDPM posterior
+  std; eta = 0 is the deterministic DDIM (= Euler on the flow), eta = 1 is ancestral DDPM.
+- dpmpp_2m: DPM-Solver++(2M) (Lu et al. 2022), the data-prediction multistep solver in
+  lambda = log(alpha / sigma), second order from the previous step's x0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sora_jax.diffusion import rectified_flow as rf
+
+SAMPLERS = ("euler", "heun", "ddim", "dpmpp_2m")
+SPACINGS = ("uniform", "shifted", "karras")
+
+ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def time_grid(
+    objective,
+    num_steps: int,
+    spacing: str = "shifted",
+    shift: float = 1.0,
+    rho: float = 7.0,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+) -> jax.Array:
+    """f32[num_steps + 1] times from 1 down to 0.
+
+    uniform: evenly spaced ("trailing": it starts at t = 1 exactly).
+    shifted: uniform then t -> s t / (1 + (s - 1) t) (more steps at high noise for s > 1).
+    karras: noise ratios sigma / alpha spaced as in Karras et al. 2022 (rho; dense near
+      sigma_min), mapped to t by the objective; the first point is replaced by t = 1 so that
+      sampling starts from pure noise like the others.
+    """
+    if spacing == "uniform":
+        return rf.time_grid(num_steps, 1.0)
+    if spacing == "shifted":
+        return rf.time_grid(num_steps, shift)
+    if spacing == "karras":
+        ramp = np.linspace(0.0, 1.0, num_steps)
+        # Within the noise ratios the objective can reach (a DDPM table has a finite range).
+        r_min, r_max = objective.noise_ratio_range()
+        sigma_min, sigma_max = max(sigma_min, r_min), min(sigma_max, r_max)
+        lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+        ratios = (hi + ramp * (lo - hi)) ** rho
+        ts = np.asarray(objective.t_from_noise_ratio(ratios), np.float64)
+        ts = np.concatenate([[1.0], ts[1:], [0.0]])
+        return jnp.asarray(ts, jnp.float32)
+    raise ValueError(f"unknown time spacing {spacing!r}: use one of {SPACINGS}")
+
+
+def euler(model_fn: ModelFn, objective, noise: jax.Array, ts: jax.Array) -> jax.Array:
+    def step(x, i):
+        t, t_next = ts[i], ts[i + 1]
+        (c, tau), (c_next, tau_next) = objective.flow_time(t), objective.flow_time(t_next)
+        d = objective.flow_velocity(model_fn(x, t), x, t)
+        return c_next * (x / c + (tau_next - tau) * d), None
+
+    x, _ = jax.lax.scan(step, noise, jnp.arange(ts.shape[0] - 1))
+    return x
+
+
+def heun(model_fn: ModelFn, objective, noise: jax.Array, ts: jax.Array) -> jax.Array:
+    """Heun's trapezoidal corrector on the flow ODE; the step into t = 0 stays Euler (the
+    model is not trained at t = 0, and an eps-model's x0 there is undefined)."""
+
+    def step(x, i):
+        t, t_next = ts[i], ts[i + 1]
+        (c, tau), (c_next, tau_next) = objective.flow_time(t), objective.flow_time(t_next)
+        h = tau_next - tau
+        y = x / c
+        d = objective.flow_velocity(model_fn(x, t), x, t)
+        y_euler = y + h * d
+
+        def correct(_):
+            x_euler = c_next * y_euler
+            d_next = objective.flow_velocity(model_fn(x_euler, t_next), x_euler, t_next)
+            return y + h * 0.5 * (d + d_next)
+
+        y_next = jax.lax.cond(t_next > 0, correct, lambda _: y_euler, None)
+        return c_next * y_next, None
+
+    x, _ = jax.lax.scan(step, noise, jnp.arange(ts.shape[0] - 1))
+    return x
+
+
+def ddim(
+    model_fn: ModelFn,
+    objective,
+    noise: jax.Array,
+    ts: jax.Array,
+    eta: float = 0.0,
+    rng: jax.Array | None = None,
+) -> jax.Array:
+    """`rng` draws the fresh noise of eta > 0 (step i uses fold_in(rng, i))."""
+    if eta > 0 and rng is None:
+        raise ValueError("ddim with eta > 0 needs an rng")
+
+    def step(x, i):
+        t, t_next = ts[i], ts[i + 1]
+        a, s = objective.alpha_sigma(t)
+        a_next, s_next = objective.alpha_sigma(t_next)
+        x0, eps = objective.to_x0_eps(model_fn(x, t), x, t)
+        if eta == 0:
+            return a_next * x0 + s_next * eps, None
+        # Posterior std of x_next given (x_t, x0) on this path: s' sqrt(1 - (a s' / (a' s))^2).
+        ratio = (a * s_next) / (a_next * s)
+        c2 = eta**2 * s_next**2 * jnp.clip(1.0 - ratio**2, 0.0, 1.0)
+        z = jax.random.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
+        x_next = a_next * x0 + jnp.sqrt(jnp.maximum(s_next**2 - c2, 0.0)) * eps
+        return x_next + jnp.sqrt(c2) * z, None
+
+    x, _ = jax.lax.scan(step, noise, jnp.arange(ts.shape[0] - 1))
+    return x
+
+
+def _log_snr_half(a, s):
+    """lambda = log(alpha / sigma), with +-inf at the pure-noise and clean ends."""
+    return jnp.log(a) - jnp.log(s)
+
+
+def dpmpp_2m(model_fn: ModelFn, objective, noise: jax.Array, ts: jax.Array) -> jax.Array:
+    """First order on the first step and into t = 0 (where the step in lambda is infinite)."""
+
+    def step(carry, i):
+        x, x0_prev, h_prev = carry
+        t, t_next = ts[i], ts[i + 1]
+        a, s = objective.alpha_sigma(t)
+        a_next, s_next = objective.alpha_sigma(t_next)
+        x0, _ = objective.to_x0_eps(model_fn(x, t), x, t)
+        h = _log_snr_half(a_next, s_next) - _log_snr_half(a, s)
+        # Second order needs a previous x0 and finite, non-zero steps (repeated grid points
+        # give h = 0; the steps out of pure noise and into t = 0 are infinite).
+        second = (i > 0) & (s_next > 0) & (h > 0) & (h_prev > 0)
+        r = jnp.where(second, h_prev / jnp.where(second, h, 1.0), 1.0)
+        d = jnp.where(second, (1.0 + 0.5 / r) * x0 - (0.5 / r) * x0_prev, x0)
+        # x' = (s'/s) x + a' (1 - e^-h) D with e^-h = a s' / (a' s), exact at both ends.
+        decay = (a * s_next) / (a_next * s)
+        x_next = (s_next / s) * x + a_next * (1.0 - decay) * d
+        return (x_next, x0, h), None
+
+    carry = (noise, jnp.zeros_like(noise), jnp.ones((), noise.dtype))
+    (x, _, _), _ = jax.lax.scan(step, carry, jnp.arange(ts.shape[0] - 1))
+    return x
+
+
+def sample(
+    sampler: str,
+    model_fn: ModelFn,
+    objective,
+    noise: jax.Array,
+    ts: jax.Array,
+    *,
+    eta: float = 0.0,
+    rng: jax.Array | None = None,
+) -> jax.Array:
+    """Runs the named sampler; `eta` and `rng` are used by 'ddim' only."""
+    if sampler == "euler":
+        return euler(model_fn, objective, noise, ts)
+    if sampler == "heun":
+        return heun(model_fn, objective, noise, ts)
+    if sampler == "ddim":
+        return ddim(model_fn, objective, noise, ts, eta, rng)
+    if sampler == "dpmpp_2m":
+        return dpmpp_2m(model_fn, objective, noise, ts)
+    raise ValueError(f"unknown sampler {sampler!r}: use one of {SAMPLERS}")
