@@ -154,49 +154,32 @@ class Pipeline:
         settings = SamplerSettings.from_config(c, **sampling)
         ids, mask = self.text_encoder.tokenize(prompts)
         nids, nmask = self.text_encoder.tokenize([negative_prompt] * len(prompts))
-        videos = _sample(
-            self.vae,
+        patch = tuple(c.dit.patch)
+        tokens = _sample_tokens(
             self.dit,
             self.text_encoder,
-            tuple(c.dit.patch),
+            patch,
             grid,
             settings,
             self.params,
-            self.vae_params,
-            self.latent_mean,
-            self.latent_std,
             ids,
             mask,
             nids,
             nmask,
             jax.random.PRNGKey(seed),
         )
+        videos = _decode(
+            self.vae, patch, grid, self.vae_params, tokens, self.latent_mean, self.latent_std
+        )
         return vae_trainer.to_uint8(videos)[:, :num_frames]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
-def _sample(
-    vae,
-    dit,
-    text_encoder,
-    patch,
-    grid,
-    settings: SamplerSettings,
-    params,
-    vae_params,
-    latent_mean,
-    latent_std,
-    ids,
-    mask,
-    nids,
-    nmask,
-    key,
-):
-    """Params are traced arguments (not constants baked into the program)."""
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _sample_tokens(dit, text_encoder, patch, grid, settings: SamplerSettings, params, *args):
+    """Sampled latent tokens f32[n l d] (normalised); params are traced, not baked in."""
+    ids, mask, nids, nmask, key = args
     n = ids.shape[0]
-    pt, ph, pw = patch
-    t, h, w = grid
-    gt, gh, gw = t // pt, h // ph, w // pw
+    gt, gh, gw = (g // p for g, p in zip(grid, patch))
     num_tok = gt * gh * gw
     positions = jnp.asarray(packing.grid_positions((gt, gh, gw)))
     # Conditional and unconditional rows in one batch: one segment per row.
@@ -228,7 +211,7 @@ def _sample(
         )
 
     noise = jax.random.normal(key, (n, num_tok, dit.patch_dim))
-    tokens = samplers.sample(
+    return samplers.sample(
         settings.sampler,
         model_fn,
         settings.objective,
@@ -237,7 +220,14 @@ def _sample(
         eta=settings.eta,
         rng=jax.random.fold_in(key, 1),
     )
-    latents = packing.unpatchify(tokens, (gt, gh, gw), patch, dit.patch_dim // (pt * ph * pw))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _decode(vae, patch, grid, vae_params, tokens, latent_mean, latent_std):
+    """Videos f32[n t h w 3] in [-1, 1] (about) from normalised latent tokens f32[n l d]."""
+    gt, gh, gw = (g // p for g, p in zip(grid, patch))
+    channels = tokens.shape[-1] // (patch[0] * patch[1] * patch[2])
+    latents = packing.unpatchify(tokens, (gt, gh, gw), patch, channels)
     latents = latents * latent_std + latent_mean
     return vae.apply({"params": vae_params}, latents, method="decode")
 
