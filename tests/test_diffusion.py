@@ -29,14 +29,7 @@ def _gaussian():
     return analytic.GaussianMixture(np.array([1.0]), np.array([[1.0, -0.5, 0.3, 2.0]]), cov[None])
 
 
-def _mixture():
-    b = np.random.default_rng(1).normal(size=(2, D, D)) * 0.3
-    covs = np.einsum("kij,klj->kil", b, b) + 0.05 * np.eye(D)
-    means = np.array([[2.0, 1.0, 0.0, -1.0], [-1.0, -0.5, 0.5, 1.0]])
-    return analytic.GaussianMixture(np.array([0.3, 0.7]), means, covs)
-
-
-TARGETS = {"gaussian": _gaussian(), "mixture": _mixture()}
+TARGETS = {"gaussian": _gaussian(), "mixture": analytic.two_gaussians()}
 FLOW = obj.RectifiedFlow()
 DDPM_VARIANTS = {
     "eps-linear": obj.DDPM(prediction="eps"),

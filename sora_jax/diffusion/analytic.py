@@ -68,6 +68,15 @@ class GaussianMixture:
         return fn
 
 
+def two_gaussians(seed: int = 1) -> GaussianMixture:
+    """The 4-d, two-component (weights 0.3 / 0.7), anisotropic mixture of the tests and of
+    benchmarks/sampler_accuracy.py."""
+    b = np.random.default_rng(seed).normal(size=(2, 4, 4)) * 0.3
+    covs = np.einsum("kij,klj->kil", b, b) + 0.05 * np.eye(4)
+    means = np.array([[2.0, 1.0, 0.0, -1.0], [-1.0, -0.5, 0.5, 1.0]])
+    return GaussianMixture(np.array([0.3, 0.7]), means, covs)
+
+
 def moment_error(samples: np.ndarray, target: GaussianMixture) -> float:
     """|mean - target mean| + |cov - target cov|_F (covariance error dominates when bad)."""
     samples = np.asarray(samples, np.float64)
