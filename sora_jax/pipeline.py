@@ -17,6 +17,7 @@ import numpy as np
 from sora_jax import config as config_lib
 from sora_jax.data import packing, video_io
 from sora_jax.diffusion import rectified_flow as rf
+from sora_jax.models import vae_inference
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.training import dit_trainer, vae_trainer
 
@@ -95,6 +96,7 @@ class Pipeline:
         nids, nmask = self.text_encoder.tokenize([negative_prompt] * len(prompts))
         videos = _sample(
             self.vae,
+            vae_inference.from_config(c),
             self.dit,
             self.text_encoder,
             tuple(c.dit.patch),
@@ -115,9 +117,10 @@ class Pipeline:
         return vae_trainer.to_uint8(videos)[:, :num_frames]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6, 7))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6, 7, 8))
 def _sample(
     vae,
+    vae_inference_cfg,
     dit,
     text_encoder,
     patch,
@@ -135,7 +138,8 @@ def _sample(
     nmask,
     key,
 ):
-    """Params are traced arguments (not constants baked into the program)."""
+    """Params are traced arguments (not constants baked into the program). Long videos are
+    decoded chunk by chunk (and large frames tile by tile) as config.vae.inference says."""
     n = ids.shape[0]
     pt, ph, pw = patch
     t, h, w = grid
@@ -166,7 +170,7 @@ def _sample(
     tokens = rf.euler_sample(velocity, noise, steps, time_shift)
     latents = packing.unpatchify(tokens, (gt, gh, gw), patch, dit.patch_dim // (pt * ph * pw))
     latents = latents * latent_std + latent_mean
-    return vae.apply({"params": vae_params}, latents, method="decode")
+    return vae_inference.decode(vae, vae_params, latents, vae_inference_cfg)
 
 
 def load_pipeline(workdir: str, mesh=None) -> Pipeline:

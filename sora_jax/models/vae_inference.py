@@ -54,7 +54,8 @@ __all__ = [
 class InferenceConfig:
     """How to run the VAE on large inputs (``config.vae.inference``); hashable, so static.
 
-    chunked: time chunks with a causal cache (exact).
+    chunked: time chunks with a causal cache (exact), for inputs longer than one chunk
+        (``1 + chunk_latent_frames`` latent frames); shorter ones run whole (one program).
     chunk_latent_frames: latent frames per chunk after the first (``r_t`` x video frames).
     tiled: overlapping spatial tiles (approximate) for frames larger than one tile.
     tile_latent_size, tile_latent_overlap: tile side and overlap in latent pixels.
@@ -241,7 +242,7 @@ def encode(
     model.latent_shape(*x.shape[1:4])
 
     def one(v):
-        if cfg.chunked:
+        if cfg.chunked and v.shape[1] > 1 + model.temporal_compression * cfg.chunk_latent_frames:
             return chunked_encode(model, params, v, cfg.chunk_latent_frames)
         return model.apply({"params": params}, v, method=model.encode)
 
@@ -268,7 +269,7 @@ def decode(model: vae_lib.CausalVAE, params, z: jax.Array, cfg: InferenceConfig)
         )
 
     def one(v):
-        if cfg.chunked:
+        if cfg.chunked and v.shape[1] > 1 + cfg.chunk_latent_frames:
             return chunked_decode(model, params, v, cfg.chunk_latent_frames)
         return model.apply({"params": params}, v, method=model.decode)
 
