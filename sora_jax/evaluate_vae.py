@@ -14,7 +14,6 @@ config.vae.inference says. LPIPS is not implemented (no perceptual network weigh
 from __future__ import annotations
 
 import json
-import os
 
 from absl import app, flags
 
@@ -29,55 +28,15 @@ _WRITE = flags.DEFINE_integer("num_write", 4, "Side-by-side videos to write.")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Videos per VAE call.")
 
 
-def evaluate(
-    workdir: str,
-    num_videos: int,
-    seed=None,
-    frames=None,
-    height=None,
-    width=None,
-    out=None,
-    num_write: int = 4,
-    batch_size: int = 8,
-) -> dict:
-    """Runs the evaluation (see the module docstring); returns the metrics dict."""
-    from sora_jax import pipeline  # noqa: PLC0415 (jax only once the flags are fine)
-    from sora_jax.evaluation import vae_eval  # noqa: PLC0415
-    from sora_jax.models import vae_inference  # noqa: PLC0415
-    from sora_jax.parallel import mesh as mesh_lib  # noqa: PLC0415
-    from sora_jax.training import vae_trainer  # noqa: PLC0415
-
-    config = pipeline.load_config(workdir)
-    seed = config.eval.seed if seed is None else seed
-    if seed == config.data.seed:
-        raise ValueError(
-            f"--seed={seed} is the training data seed (config.data.seed): not held out"
-        )
-    if num_videos < 1:
-        raise ValueError(f"--num_videos={num_videos}: must be >= 1")
-    s = config.sample
-    frames, height, width = frames or s.num_frames, height or s.height, width or s.width
-    model, params = vae_trainer.load(config, workdir, mesh_lib.create_mesh(1))
-    videos = vae_eval.held_out_videos(seed, num_videos, frames, height, width)
-    cfg = vae_inference.from_config(config)
-    recon = vae_eval.reconstruct_videos(model, params, videos, cfg, batch_size)
-    result = {"workdir": workdir, "seed": seed, **vae_eval.metrics(videos, recon)}
-    out = out or os.path.join(workdir, "vae_eval")
-    result["videos"] = vae_eval.write_side_by_side(
-        out, videos, recon, fps=config.data.fps, n=num_write
-    )
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    return result
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required")
     try:
-        result = evaluate(
+        from sora_jax.evaluation import vae_eval  # noqa: PLC0415 (jax once the flags are fine)
+
+        result = vae_eval.evaluate_workdir(
             _WORKDIR.value,
             _NUM.value,
             _SEED.value,

@@ -133,11 +133,13 @@ def test_long_video_sampling_goes_through_chunked_decode(trained):
 
 
 def test_evaluate_vae_writes_metrics_and_videos(trained, tmp_path):
-    from sora_jax import evaluate_vae
+    from sora_jax.evaluation import vae_eval
 
     workdir, _ = trained
     out = str(tmp_path / "vae_eval")
-    result = evaluate_vae.evaluate(workdir, 2, frames=5, height=16, width=24, out=out, num_write=1)
+    result = vae_eval.evaluate_workdir(
+        workdir, 2, frames=5, height=16, width=24, out=out, num_write=1
+    )
     with open(os.path.join(out, "metrics.json")) as f:
         saved = json.load(f)
     assert saved["psnr"] == pytest.approx(result["psnr"]) and saved["num_videos"] == 2
@@ -147,7 +149,7 @@ def test_evaluate_vae_writes_metrics_and_videos(trained, tmp_path):
         "00_input_vs_recon.mp4",
     ]
     with pytest.raises(ValueError, match="training data seed"):
-        evaluate_vae.evaluate(workdir, 2, seed=0)
+        vae_eval.evaluate_workdir(workdir, 2, seed=0)
 
 
 def test_missing_checkpoint_errors(tmp_path):

@@ -7,6 +7,7 @@ and ``config.vae.inference`` (chunked / tiled), padding sizes the VAE cannot tak
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -15,8 +16,15 @@ import numpy as np
 from sora_jax.data import shapes, video_io
 from sora_jax.evaluation import reconstruction as rec
 from sora_jax.models import vae_inference
+from sora_jax.parallel import mesh as mesh_lib
 
-__all__ = ["held_out_videos", "reconstruct_videos", "metrics", "write_side_by_side"]
+__all__ = [
+    "held_out_videos",
+    "reconstruct_videos",
+    "metrics",
+    "write_side_by_side",
+    "evaluate_workdir",
+]
 
 
 def held_out_videos(seed: int, n: int, frames: int, height: int, width: int) -> np.ndarray:
@@ -80,3 +88,41 @@ def write_side_by_side(
             video_io.write_video(path, both, fps=fps, metadata=meta)
             paths.append(path)
     return paths
+
+
+def evaluate_workdir(
+    workdir: str,
+    num_videos: int,
+    seed=None,
+    frames=None,
+    height=None,
+    width=None,
+    out=None,
+    num_write: int = 4,
+    batch_size: int = 8,
+) -> dict:
+    """``python -m sora_jax.evaluate_vae`` (see there): the workdir's VAE on held-out videos;
+    writes ``metrics.json`` and side-by-side videos to ``out``; returns the metrics dict."""
+    from sora_jax import pipeline  # noqa: PLC0415 (pipeline imports the trainers)
+    from sora_jax.training import vae_trainer  # noqa: PLC0415
+
+    config = pipeline.load_config(workdir)
+    seed = config.eval.seed if seed is None else seed
+    if seed == config.data.seed:
+        raise ValueError(
+            f"--seed={seed} is the training data seed (config.data.seed): not held out"
+        )
+    if num_videos < 1:
+        raise ValueError(f"--num_videos={num_videos}: must be >= 1")
+    s = config.sample
+    frames, height, width = frames or s.num_frames, height or s.height, width or s.width
+    model, params = vae_trainer.load(config, workdir, mesh_lib.create_mesh(1))
+    videos = held_out_videos(seed, num_videos, frames, height, width)
+    cfg = vae_inference.from_config(config)
+    recon = reconstruct_videos(model, params, videos, cfg, batch_size)
+    result = {"workdir": workdir, "seed": seed, **metrics(videos, recon)}
+    out = out or os.path.join(workdir, "vae_eval")
+    result["videos"] = write_side_by_side(out, videos, recon, fps=config.data.fps, n=num_write)
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
