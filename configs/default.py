@@ -47,6 +47,18 @@ def get_config() -> ml_collections.ConfigDict:
     # latents' per-channel std: a decoder that tolerates small latent errors turns the DiT's
     # imperfect samples into clean videos (without it, 10 % noise ruins the decode).
     c.vae.latent_noise = 0.0
+    # Inference on long or large videos (sampling, the DiT's latent cache, evaluate_vae); see
+    # sora_jax/models/vae_inference.py.
+    c.vae.inference = ml_collections.ConfigDict()
+    # Time chunks with a causal cache: the same result as all at once, memory flat in length.
+    # Used for videos longer than one chunk (1 + chunk_latent_frames latent frames).
+    c.vae.inference.chunked = True
+    c.vae.inference.chunk_latent_frames = 4  # x temporal compression = video frames per chunk
+    # Overlapping spatial tiles blended linearly (close to, not equal to, untiled; for frames
+    # larger than one tile). Sizes in latent pixels (x spatial compression = video pixels).
+    c.vae.inference.tiled = False
+    c.vae.inference.tile_latent_size = 32
+    c.vae.inference.tile_latent_overlap = 8
     c.vae.train = _train_config(steps=20_000, learning_rate=1e-4, warmup_steps=500)
     c.vae.train.batch_size = 16  # videos per step, all of one (frames, height, width) bucket
     # The VAE is convolutional, so a few buckets teach every size; the causal first

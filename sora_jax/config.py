@@ -50,6 +50,12 @@ ADDED_KEYS = {
     "diffusion.karras_sigma_max": 80.0,
     "diffusion.guidance_interval": (0.0, 1.0),
     "diffusion.guidance_rescale": 0.0,
+    # Before chunked/tiled inference the VAE always ran on the whole video at once.
+    "vae.inference.chunked": False,
+    "vae.inference.chunk_latent_frames": 4,
+    "vae.inference.tiled": False,
+    "vae.inference.tile_latent_size": 32,
+    "vae.inference.tile_latent_overlap": 8,
 }
 
 
@@ -180,6 +186,14 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             m.norm_groups,
             f"must divide every level's channels ({m.base_channels * mult})",
         )
+    inf = config.vae.inference
+    _positive(config, "vae.inference.chunk_latent_frames", "vae.inference.tile_latent_size")
+    _check(
+        0 <= inf.tile_latent_overlap <= inf.tile_latent_size // 2,
+        "vae.inference.tile_latent_overlap",
+        inf.tile_latent_overlap,
+        f"must be in [0, tile_latent_size // 2 = {inf.tile_latent_size // 2}]",
+    )
     for key in ("mse_weight", "kl_weight", "latent_noise"):
         _check(config.vae[key] >= 0, f"vae.{key}", config.vae[key], "must be >= 0")
 

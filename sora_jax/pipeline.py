@@ -17,6 +17,7 @@ import numpy as np
 from sora_jax import config as config_lib
 from sora_jax.data import packing, video_io
 from sora_jax.diffusion import guidance, objectives, samplers
+from sora_jax.models import vae_inference
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.training import dit_trainer, vae_trainer
 
@@ -169,7 +170,14 @@ class Pipeline:
             jax.random.PRNGKey(seed),
         )
         videos = _decode(
-            self.vae, patch, grid, self.vae_params, tokens, self.latent_mean, self.latent_std
+            self.vae,
+            vae_inference.from_config(c),
+            patch,
+            grid,
+            self.vae_params,
+            tokens,
+            self.latent_mean,
+            self.latent_std,
         )
         return vae_trainer.to_uint8(videos)[:, :num_frames]
 
@@ -222,14 +230,16 @@ def _sample_tokens(dit, text_encoder, patch, grid, settings: SamplerSettings, pa
     )
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _decode(vae, patch, grid, vae_params, tokens, latent_mean, latent_std):
-    """Videos f32[n t h w 3] in [-1, 1] (about) from normalised latent tokens f32[n l d]."""
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _decode(vae, inference_cfg, patch, grid, vae_params, tokens, latent_mean, latent_std):
+    """Videos f32[n t h w 3] in [-1, 1] (about) from normalised latent tokens f32[n l d].
+    Long videos are decoded chunk by chunk (large frames tile by tile) as
+    config.vae.inference says."""
     gt, gh, gw = (g // p for g, p in zip(grid, patch))
     channels = tokens.shape[-1] // (patch[0] * patch[1] * patch[2])
     latents = packing.unpatchify(tokens, (gt, gh, gw), patch, channels)
     latents = latents * latent_std + latent_mean
-    return vae.apply({"params": vae_params}, latents, method="decode")
+    return vae_inference.decode(vae, vae_params, latents, inference_cfg)
 
 
 def load_pipeline(workdir: str, mesh=None) -> Pipeline:

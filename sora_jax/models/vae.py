@@ -17,6 +17,14 @@ Hence with temporal compression ``r`` latent frame ``j`` depends on input frames
 and decoded frame ``i`` on latent frames ``<= ceil(i / r)`` only, and encoding the first frame
 as an image gives exactly the video's latent frame 0.
 
+Streaming: because of the above, a long video can be processed chunk by chunk along time
+(``CausalVAE.encode_chunk`` / ``decode_chunk``) with the same result as all at once. Every
+module takes ``(x, cache, stream=True)`` and returns ``(y, new_cache)``: each causal conv carries
+its last ``k_t - 1`` input frames to the next chunk, and ``cache=None`` marks the first chunk
+(replicated frame 0; the temporal down/upsampling's special frame 0). Chunks follow the
+``1 + r_t*k`` structure: the first chunk has ``1 + r_t*k`` frames, later ones ``r_t*k``.
+Without ``stream`` the modules return ``y`` only (the full-video path, same parameters).
+
 Trainability: with ``shortcuts`` (default) every down/upsampling and width change also adds a
 parameter-free path (``channel_shortcut``: channel-group averages down, channel copies up, as in
 DC-AE), so the untrained model already passes block-averaged pixels to the latent and back.
@@ -47,9 +55,14 @@ __all__ = [
     "space_to_depth",
     "posterior_sample",
     "kl_divergence",
+    "Cache",
 ]
 
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
+
+# Streaming state of a module: an array (a causal conv's last input frames), a dict of them by
+# submodule name, or None (the first chunk: nothing before it).
+Cache = jax.Array | dict | None
 
 
 def _flat_lecun_normal(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
@@ -114,17 +127,35 @@ class CausalConv3d(nn.Module):
     im2col_max_inputs: int = 128
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, cache: Cache = None, *, stream: bool = False):
+        """``y`` or, with ``stream``, ``(y, new_cache)``.
+
+        ``cache`` (streaming only): ``f32[b kt-1 h w ci]``, the last ``kt - 1`` frames in front
+        of ``x`` (the previous chunk's, or the replicated frame 0 for the first chunk, which is
+        what ``cache=None`` means). ``new_cache`` is the same for the frames after ``x``.
+        ``None`` for ``kt == 1``.
+        """
         b, t, h, w, ci = x.shape
         kt, kh, kw = self.kernel_size
         kernel = self.param(
             "kernel", _flat_lecun_normal, (kt, kh, kw, ci, self.features), jnp.float32
         )
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        if cache is not None and not stream:
+            raise ValueError("CausalConv3d: a cache is only used with stream=True")
         x = x.astype(self.dtype)
+        new_cache = None
         if kt > 1:
-            front = jnp.repeat(x[:, :1], kt - 1, axis=1)  # replicate the first frame
+            if cache is None:
+                front = jnp.repeat(x[:, :1], kt - 1, axis=1)  # replicate the first frame
+            else:
+                if cache.shape != (b, kt - 1, h, w, ci):
+                    raise ValueError(
+                        f"CausalConv3d: cache shape {cache.shape} != {(b, kt - 1, h, w, ci)}"
+                    )
+                front = cache.astype(self.dtype)
             x = jnp.concatenate([front, x], axis=1)
+            new_cache = x[:, -(kt - 1) :]
         x = jnp.pad(x, ((0, 0), (0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
         kernel = kernel.astype(self.dtype)
         if kt * kh * kw * ci <= self.im2col_max_inputs:
@@ -153,7 +184,8 @@ class CausalConv3d(nn.Module):
                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
                 )
             y = einops.rearrange(y, "(b t) h w c -> b t h w c", b=b)
-        return y + bias.astype(self.dtype)
+        y = y + bias.astype(self.dtype)
+        return (y, new_cache) if stream else y
 
 
 class ResBlock3d(nn.Module):
@@ -165,15 +197,22 @@ class ResBlock3d(nn.Module):
     shortcut: bool = False  # add channel_shortcut to the learned skip when the width changes
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, cache: Cache = None, *, stream: bool = False):
+        """``y`` or, with ``stream``, ``(y, new_cache)``; the cache is ``{conv1, conv2}``."""
+        cache = cache or {}
         h = nn.silu(PerFrameGroupNorm(self.norm_groups, dtype=self.dtype, name="norm1")(x))
-        h = CausalConv3d(self.features, dtype=self.dtype, name="conv1")(h)
+        h, c1 = CausalConv3d(self.features, dtype=self.dtype, name="conv1")(
+            h, cache.get("conv1"), stream=True
+        )
         h = nn.silu(PerFrameGroupNorm(self.norm_groups, dtype=self.dtype, name="norm2")(h))
-        h = CausalConv3d(self.features, dtype=self.dtype, name="conv2")(h)
+        h, c2 = CausalConv3d(self.features, dtype=self.dtype, name="conv2")(
+            h, cache.get("conv2"), stream=True
+        )
         if x.shape[-1] != self.features:
             skip = CausalConv3d(self.features, kernel_size=(1, 1, 1), dtype=self.dtype, name="skip")
             x = skip(x) + channel_shortcut(x, self.features) if self.shortcut else skip(x)
-        return x + h
+        y = x + h
+        return (y, {"conv1": c1, "conv2": c2}) if stream else y
 
 
 class Downsample3d(nn.Module):
@@ -195,16 +234,31 @@ class Downsample3d(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, cache: Cache = None, *, stream: bool = False):
+        """``y`` or, with ``stream``, ``(y, new_cache)``; the cache is ``{conv}``.
+
+        Streaming: the first chunk (``cache=None``) has ``1 + 2m`` frames, later ones ``2m``;
+        a later chunk starts at an odd global frame, so its consecutive pairs are exactly the
+        full video's pairs ``(2j - 1, 2j)`` and frame 0 is not replicated again.
+        """
+        first = cache is None
         if self.temporal:
-            x = jnp.concatenate([x[:, :1], x], axis=1)  # 1 + 2m -> 2 + 2m frames
+            if first:
+                x = jnp.concatenate([x[:, :1], x], axis=1)  # 1 + 2m -> 2 + 2m frames
+            if x.shape[1] % 2:
+                raise ValueError(
+                    f"Downsample3d: {x.shape[1]} frames cannot be paired (a first chunk needs "
+                    "1 + 2m frames, a later one 2m)"
+                )
             x = einops.rearrange(x, "b (t a) (h p) (w q) c -> b t h w (a p q c)", a=2, p=2, q=2)
             kernel = (2, 3, 3)
         else:
             x = space_to_depth(x, 2)
             kernel = (3, 3, 3)
-        y = CausalConv3d(self.features, kernel_size=kernel, dtype=self.dtype, name="conv")(x)
-        return y + channel_shortcut(x, self.features) if self.shortcut else y
+        conv = CausalConv3d(self.features, kernel_size=kernel, dtype=self.dtype, name="conv")
+        y, c = conv(x, None if first else cache["conv"], stream=True)
+        y = y + channel_shortcut(x, self.features) if self.shortcut else y
+        return (y, {"conv": c}) if stream else y
 
 
 class Upsample3d(nn.Module):
@@ -217,14 +271,23 @@ class Upsample3d(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, cache: Cache = None, *, stream: bool = False):
+        """``y`` or, with ``stream``, ``(y, new_cache)``; the cache is ``{conv}``.
+
+        Streaming: only the first chunk (``cache=None``) drops the first copy, so a later chunk
+        of ``m`` frames gives ``2m`` frames, continuing the full video's sequence.
+        """
+        first = cache is None
         if self.temporal:
             # [z0 z0 z1 z1 ...] minus the first copy: output frame i is input frame ceil(i/2),
             # so nothing ever depends on a later latent frame.
-            x = jnp.repeat(x, 2, axis=1)[:, 1:]
+            x = jnp.repeat(x, 2, axis=1)
+            x = x[:, 1:] if first else x
         x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
-        y = CausalConv3d(self.features, dtype=self.dtype, name="conv")(x)
-        return y + channel_shortcut(x, self.features) if self.shortcut else y
+        conv = CausalConv3d(self.features, dtype=self.dtype, name="conv")
+        y, c = conv(x, None if first else cache["conv"], stream=True)
+        y = y + channel_shortcut(x, self.features) if self.shortcut else y
+        return (y, {"conv": c}) if stream else y
 
 
 def channel_shortcut(x: jax.Array, features: int) -> jax.Array:
@@ -254,7 +317,12 @@ def space_to_depth(x: jax.Array, p: int) -> jax.Array:
 
 
 class Encoder(nn.Module):
-    """``f32[b t h w 3] -> f32[b t' h' w' 2*latent_channels]`` (mean and logvar stacked)."""
+    """``f32[b t h w 3] -> f32[b t' h' w' 2*latent_channels]`` (mean and logvar stacked).
+
+    With ``stream`` returns ``(moments, new_cache)``: the cache is a dict by submodule name of
+    each causal conv's last input frames (see ``CausalConv3d``); ``cache=None`` is the first
+    chunk (``1 + r_t*k`` frames), later chunks have ``r_t*k`` frames.
+    """
 
     base_channels: int
     channel_mults: Sequence[int]
@@ -267,36 +335,49 @@ class Encoder(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, cache: Cache = None, *, stream: bool = False):
+        cache, new = cache or {}, {}
+
+        def run(module, h):
+            y, new[module.name] = module(h, cache.get(module.name), stream=True)
+            return y
+
         ch = [self.base_channels * m for m in self.channel_mults]
         x = space_to_depth(x, self.patch_size)
-        h = CausalConv3d(ch[0], dtype=self.dtype, name="conv_in")(x)
+        h = run(CausalConv3d(ch[0], dtype=self.dtype, name="conv_in"), x)
         if self.shortcuts:
             h = h + channel_shortcut(x, ch[0])
         for level, c in enumerate(ch):
             for i in range(self.num_res_blocks):
-                h = ResBlock3d(
+                block = ResBlock3d(
                     c, self.norm_groups, self.dtype, self.shortcuts, name=f"down{level}_res{i}"
-                )(h)
+                )
+                h = run(block, h)
             if level < len(ch) - 1:
-                h = Downsample3d(
+                down = Downsample3d(
                     c,
                     bool(self.temporal_downsample[level]),
                     self.shortcuts,
                     self.dtype,
                     name=f"down{level}_sample",
-                )(h)
-        h = ResBlock3d(ch[-1], self.norm_groups, self.dtype, name="mid_res")(h)
+                )
+                h = run(down, h)
+        h = run(ResBlock3d(ch[-1], self.norm_groups, self.dtype, name="mid_res"), h)
         out = nn.silu(PerFrameGroupNorm(self.norm_groups, dtype=self.dtype, name="norm_out")(h))
-        out = CausalConv3d(2 * self.latent_channels, dtype=self.dtype, name="conv_out")(out)
+        out = run(CausalConv3d(2 * self.latent_channels, dtype=self.dtype, name="conv_out"), out)
         if self.shortcuts:  # into the mean only, not the log-variance
             mean = channel_shortcut(h, self.latent_channels)
             out = out + jnp.concatenate([mean, jnp.zeros_like(mean)], axis=-1)
-        return out
+        return (out, new) if stream else out
 
 
 class Decoder(nn.Module):
-    """``f32[b t' h' w' latent_channels] -> f32[b t h w 3]``, mirroring the encoder."""
+    """``f32[b t' h' w' latent_channels] -> f32[b t h w 3]``, mirroring the encoder.
+
+    With ``stream`` returns ``(video, new_cache)`` (as ``Encoder``): the first chunk
+    (``cache=None``) of ``1 + k`` latent frames gives ``1 + r_t*k`` frames, later chunks of
+    ``k`` latent frames give ``r_t*k``.
+    """
 
     base_channels: int
     channel_mults: Sequence[int]
@@ -309,31 +390,43 @@ class Decoder(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, z: jax.Array) -> jax.Array:
+    def __call__(self, z: jax.Array, cache: Cache = None, *, stream: bool = False):
+        cache, new = cache or {}, {}
+
+        def run(module, h):
+            y, new[module.name] = module(h, cache.get(module.name), stream=True)
+            return y
+
         ch = [self.base_channels * m for m in self.channel_mults]
-        h = CausalConv3d(ch[-1], dtype=self.dtype, name="conv_in")(z)
+        h = run(CausalConv3d(ch[-1], dtype=self.dtype, name="conv_in"), z)
         if self.shortcuts:
             h = h + channel_shortcut(z, ch[-1])
-        h = ResBlock3d(ch[-1], self.norm_groups, self.dtype, name="mid_res")(h)
+        h = run(ResBlock3d(ch[-1], self.norm_groups, self.dtype, name="mid_res"), h)
         for level in reversed(range(len(ch))):
             for i in range(self.num_res_blocks):
-                h = ResBlock3d(ch[level], self.norm_groups, self.dtype, name=f"up{level}_res{i}")(h)
+                block = ResBlock3d(
+                    ch[level], self.norm_groups, self.dtype, name=f"up{level}_res{i}"
+                )
+                h = run(block, h)
             if level > 0:
                 # Upsample straight to the finer level's width: the conv then runs at the
                 # higher resolution with fewer channels (the dominant cost on CPU).
-                h = Upsample3d(
+                up = Upsample3d(
                     ch[level - 1],
                     bool(self.temporal_downsample[level - 1]),
                     self.shortcuts,
                     self.dtype,
                     name=f"up{level}_sample",
-                )(h)
+                )
+                h = run(up, h)
         p = self.patch_size
         out = nn.silu(PerFrameGroupNorm(self.norm_groups, dtype=self.dtype, name="norm_out")(h))
-        out = CausalConv3d(self.out_channels * p * p, dtype=self.dtype, name="conv_out")(out)
+        conv_out = CausalConv3d(self.out_channels * p * p, dtype=self.dtype, name="conv_out")
+        out = run(conv_out, out)
         if self.shortcuts:
             out = out + channel_shortcut(h, self.out_channels * p * p)
-        return einops.rearrange(out, "b t h w (p q c) -> b t (h p) (w q) c", p=p, q=p)
+        out = einops.rearrange(out, "b t h w (p q c) -> b t (h p) (w q) c", p=p, q=p)
+        return (out, new) if stream else out
 
 
 class CausalVAE(nn.Module):
@@ -440,6 +533,48 @@ class CausalVAE(nn.Module):
                 f"decode expects f32[b t' h' w' {self.latent_channels}], got shape {z.shape}"
             )
         return self.decoder(z).astype(jnp.float32)
+
+    # ---- streaming (chunk by chunk along time; see sora_jax.models.vae_inference) ---------
+    def _check_chunk(self, what: str, frames: int, first: bool, step: int) -> None:
+        ok = (
+            frames >= 1 and (frames - 1) % step == 0
+            if first
+            else frames >= step and not frames % step
+        )
+        if not ok:
+            need = f"1 + {step}*k frames" if first else f"{step}*k frames, k >= 1"
+            which = "the first chunk (cache=None)" if first else "a later chunk"
+            raise ValueError(f"{what}: {which} needs {need}, got {frames}")
+
+    def encode_chunk(self, x: jax.Array, cache: Cache = None):
+        """One time chunk of a video: ``f32[b t h w 3] -> (mean, logvar, new_cache)``.
+
+        ``cache=None`` starts a video: ``t = 1 + r_t*k``; later chunks pass the returned cache
+        and have ``t = r_t*k`` (k >= 1). Concatenating the chunks' means along time gives exactly
+        ``encode`` of the whole video (every layer is causal and per-frame). The cache is a
+        pytree of arrays whose shapes do not depend on ``t`` (a ``lax.scan`` carry).
+        """
+        if x.ndim != 5 or x.shape[-1] != 3:
+            raise ValueError(f"encode_chunk expects f32[b t h w 3], got shape {x.shape}")
+        _, t, h, w, _ = x.shape
+        self.latent_shape(1, h, w)  # validates the spatial geometry
+        self._check_chunk("encode_chunk", t, cache is None, self.temporal_compression)
+        moments, cache = self.encoder(x, cache, stream=True)
+        mean, logvar = jnp.split(moments.astype(jnp.float32), 2, axis=-1)
+        return mean, jnp.clip(logvar, LOGVAR_MIN, LOGVAR_MAX), cache
+
+    def decode_chunk(self, z: jax.Array, cache: Cache = None):
+        """One time chunk of latents: ``f32[b t' h' w' c] -> (video, new_cache)``.
+
+        ``cache=None`` starts a video (``1 + r_t*(t' - 1)`` frames out); later chunks give
+        ``r_t*t'`` frames each, continuing ``decode`` of the whole latent video exactly.
+        """
+        if z.ndim != 5 or z.shape[-1] != self.latent_channels:
+            raise ValueError(
+                f"decode_chunk expects f32[b t' h' w' {self.latent_channels}], got shape {z.shape}"
+            )
+        video, cache = self.decoder(z, cache, stream=True)
+        return video.astype(jnp.float32), cache
 
     def __call__(
         self, x: jax.Array, sample_posterior: bool = True

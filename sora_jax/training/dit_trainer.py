@@ -20,6 +20,7 @@ from absl import logging
 from sora_jax.data import packing, shapes
 from sora_jax.diffusion import objectives
 from sora_jax.models import dit as dit_lib
+from sora_jax.models import vae_inference
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.text import encoders
 from sora_jax.training import checkpoint, loop, vae_trainer
@@ -67,9 +68,16 @@ class LatentCache:
     latent_std: np.ndarray  # f32[c]
 
 
-def encode_videos(vae_model, vae_params, videos: list[np.ndarray], batch_size: int = 32):
-    """Posterior means f32[t' h' w' c] for uint8 videos of any (mixed) sizes."""
-    encode = jax.jit(lambda p, x: vae_model.apply({"params": p}, x, method="encode")[0])
+def encode_videos(
+    vae_model,
+    vae_params,
+    videos: list[np.ndarray],
+    batch_size: int = 32,
+    inference: vae_inference.InferenceConfig = vae_inference.InferenceConfig(),
+):
+    """Posterior means f32[t' h' w' c] for uint8 videos of any (mixed) sizes; long or large
+    videos chunked / tiled as `inference` (config.vae.inference) says."""
+    encode = jax.jit(lambda p, x: vae_inference.encode(vae_model, p, x, inference)[0])
     by_shape = collections.defaultdict(list)
     for i, v in enumerate(videos):
         by_shape[v.shape].append(i)
@@ -97,7 +105,12 @@ def build_latent_cache(config, vae_model, vae_params, text_encoder) -> LatentCac
     )
     n = min(config.dit.latent_cache_size, len(source))
     examples = [source[i] for i in range(n)]
-    latents = encode_videos(vae_model, vae_params, [e["video"] for e in examples])
+    latents = encode_videos(
+        vae_model,
+        vae_params,
+        [e["video"] for e in examples],
+        inference=vae_inference.from_config(config),
+    )
     flat = np.concatenate([l.reshape(-1, l.shape[-1]) for l in latents])
     mean, std = flat.mean(0), flat.std(0) + 1e-6
     tokens, positions = [], []
