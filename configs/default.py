@@ -85,6 +85,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.dit.model.mlp_ratio = 4.0
     c.dit.model.rope_theta = 10_000.0
     c.dit.model.abs_positions = False  # absolute (frame, centred h, w) embeddings next to RoPE
+    c.dit.model.text_pool_queries = 0  # adaLN text summary: 0 = mean, n = attention pooling
     c.dit.patch = (1, 2, 2)
     c.dit.seq_len = 1024
     c.dit.rows = 8  # packed sequences per batch

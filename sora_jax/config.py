@@ -28,6 +28,7 @@ ADDED_KEYS = {
     "vae.model.shortcuts": False,
     "vae.latent_noise": 0.0,
     "dit.model.abs_positions": False,
+    "dit.model.text_pool_queries": 0,
     "diffusion.objective": "rectified_flow",
     "diffusion.mode_scale": 1.29,
     "diffusion.shift_mode": "fixed",
@@ -209,9 +210,17 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         config.text.path,
         "text.kind='bert' needs the path of a local Hugging Face model folder",
     )
-    _positive(config, "text.max_length", "text.width", "text.depth", "text.num_heads")
+    _positive(config, "text.max_length", "text.width", "text.num_heads")
+    # depth 0: word + position embeddings only (no mixing between words).
+    _check(config.text.depth >= 0, "text.depth", config.text.depth, "must be >= 0")
 
     dm = config.dit.model
+    _check(
+        dm.text_pool_queries >= 0,
+        "dit.model.text_pool_queries",
+        dm.text_pool_queries,
+        "must be >= 0",
+    )
     _positive(
         config,
         "dit.model.hidden",
