@@ -237,34 +237,19 @@ class Pipeline:
 
     def _condition(self, n, grid, height, width, start_frames, end_frames):
         """(clean tokens f32[n l d], token mask bool[n l]) of the given start / end frames."""
-        ct, _ = config_lib.vae_compression(self.config)
         gt = grid[0]
         parts = []  # (uint8[n k h w 3], at the start?, latent frames)
         if start_frames is not None:
-            start = _per_prompt(start_frames, n, "start_frames")
-            k = start.shape[1]
-            if (k - 1) % ct:
-                raise ValueError(
-                    f"{k} frames given at the start: must be 1 + {ct}*j (the causal VAE encodes "
-                    f"the first frame alone, then {ct} frames per latent frame)"
-                )
-            parts.append((start, True, 1 + (k - 1) // ct))
+            parts.append((_per_prompt(start_frames, n, "start_frames"), True))
         if end_frames is not None:
-            end = _per_prompt(end_frames, n, "end_frames")
-            k = end.shape[1]
-            if k % ct:
-                raise ValueError(
-                    f"{k} frames given at the end: must be a multiple of {ct} (one latent frame "
-                    f"per {ct} frames)"
-                )
-            parts.append((end, False, k // ct))
-        given = sum(k for _, _, k in parts)
-        if given >= gt:
-            raise ValueError(
-                f"too many given frames: they fill {given} of the {gt} latent frames of a "
-                f"{1 + (gt - 1) * ct}-frame video and leave none to generate; give fewer "
-                f"frames or ask for more (num_frames)"
-            )
+            parts.append((_per_prompt(end_frames, n, "end_frames"), False))
+        ks, ke = given_latent_frames(
+            self.config,
+            1 + (gt - 1) * config_lib.vae_compression(self.config)[0],
+            parts[0][0].shape[1] if start_frames is not None else 0,
+            parts[-1][0].shape[1] if end_frames is not None else 0,
+        )
+        parts = [(v, first, ks if first else ke) for v, first in parts]
         latents = np.zeros((n, gt, grid[1], grid[2], self.config.vae.model.latent_channels))
         frame_mask = np.zeros(gt, bool)
         for video, first, k in parts:
@@ -314,6 +299,32 @@ class Pipeline:
     def edit(self, prompts, video, strength: float, **kw):
         """SDEdit: `video` noised to time `strength` and denoised under `prompts`."""
         return self.generate(prompts, edit_video=video, edit_strength=strength, **kw)
+
+
+def given_latent_frames(config, num_frames: int, start: int, end: int) -> tuple[int, int]:
+    """Latent frames filled by `start` frames given at the start and `end` at the end of a
+    `num_frames` video; ValueError for counts the causal VAE cannot place or that leave no
+    latent frame to generate."""
+    ct, _ = config_lib.vae_compression(config)
+    gt = 1 + -(-(num_frames - 1) // ct)
+    if start and (start - 1) % ct:
+        raise ValueError(
+            f"{start} frames given at the start: must be 1 + {ct}*j (the causal VAE encodes "
+            f"the first frame alone, then {ct} frames per latent frame)"
+        )
+    if end % ct:
+        raise ValueError(
+            f"{end} frames given at the end: must be a multiple of {ct} (one latent frame per "
+            f"{ct} frames)"
+        )
+    ks, ke = (1 + (start - 1) // ct if start else 0), end // ct
+    if ks + ke >= gt:
+        raise ValueError(
+            f"too many given frames ({start} at the start, {end} at the end): they fill "
+            f"{ks + ke} of the {gt} latent frames of a {1 + (gt - 1) * ct}-frame video and "
+            f"leave none to generate; give fewer frames or ask for more (num_frames)"
+        )
+    return ks, ke
 
 
 def default_context_frames(config, num_frames: int, mode: str) -> tuple[int, int]:
@@ -367,7 +378,7 @@ def _per_prompt(frames, n: int, name: str) -> np.ndarray:
         frames = frames[None]
     if frames.ndim == 4:
         frames = frames[None]
-    if frames.ndim != 5 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+    if frames.ndim != 5 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not frames.size:
         raise ValueError(
             f"{name} must be uint8 frames [k h w 3] or [n k h w 3], got {frames.dtype} "
             f"{frames.shape}"
