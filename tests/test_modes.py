@@ -19,14 +19,13 @@ from test_train import ROOT, _fixed_dit_batch, micro_config
 
 from sora_jax import config as config_lib
 from sora_jax import pipeline as pipeline_lib
-from sora_jax import train
 from sora_jax.data import shapes, video_io
 from sora_jax.diffusion import conditioning, samplers
 from sora_jax.diffusion import objectives as obj
 from sora_jax.evaluation import prompt_eval
 from sora_jax.models.dit import DiT
 from sora_jax.parallel import mesh as mesh_lib
-from sora_jax.training import dit_trainer
+from sora_jax.training import checkpoint, dit_trainer, vae_trainer
 from sora_jax.training import train_state as ts
 
 # ------------------------------------------------------------------------------ the DiT
@@ -392,11 +391,27 @@ def test_image_to_video_evaluation_runs(pipe):
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
+    """A workdir with freshly initialised VAE and DiT checkpoints (no training needed)."""
     path = str(tmp_path_factory.mktemp("modes"))
-    c = micro_config(vae_steps=1, dit_steps=1)
-    c.dit.condition.rate = 0.5
-    c.eval.at_end = False
-    train.train_and_evaluate(c, path)
+    c = micro_config()
+    pipeline_lib.save_config(c, path)
+    mesh = mesh_lib.create_mesh(1)
+    vae = vae_trainer.build_vae(c)
+    states = {"vae": vae_trainer.init_state(c, vae, ts.make_optimizer(c.vae.train), mesh)}
+    text = dit_trainer.build_text_encoder(c)
+    ch = c.vae.model.latent_channels
+    states["dit"] = dit_trainer.init_state(
+        c,
+        dit_trainer.build_dit(c, text.dim),
+        text,
+        ts.make_optimizer(c.dit.train),
+        mesh,
+        dit_trainer._extras(np.zeros(ch, np.float32), np.ones(ch, np.float32)),
+    )
+    for stage, state in states.items():
+        ckpt = checkpoint.for_stage(c, path, stage)
+        ckpt.save(1, state, force=True)
+        ckpt.close()
     return path
 
 
