@@ -86,12 +86,23 @@ def get_config() -> ml_collections.ConfigDict:
     c.dit.model.rope_theta = 10_000.0
     c.dit.model.abs_positions = False  # absolute (frame, centred h, w) embeddings next to RoPE
     c.dit.model.text_pool_queries = 0  # adaLN text summary: 0 = mean, n = attention pooling
+    # Learned "is-condition" vector added to the tokens of given frames (besides their t = 0).
+    c.dit.model.cond_embedding = False
     c.dit.patch = (1, 2, 2)
     c.dit.seq_len = 1024
     c.dit.rows = 8  # packed sequences per batch
     c.dit.max_segments = 16  # videos per packed sequence at most
     c.dit.latent_cache_size = 16_384  # examples encoded once by the frozen VAE
     c.dit.text_dropout = 0.1  # caption replaced by the empty one, for CFG
+    # Frame conditioning (image->video, extend, connect; sora_jax/diffusion/conditioning.py):
+    # with probability `rate` a packed video's mask of given latent frames is drawn from
+    # `mask_types` (relative weights); given frames enter clean at t = 0 and leave the loss.
+    c.dit.condition = ml_collections.ConfigDict()
+    c.dit.condition.rate = 0.0
+    c.dit.condition.mask_types = ml_collections.ConfigDict(
+        dict(first=0.4, first_k=0.2, last_k=0.15, both_ends=0.15, random=0.1)
+    )
+    c.dit.condition.random_frame_prob = 0.5  # per-frame probability of the 'random' type
     c.dit.train = _train_config(steps=100_000, learning_rate=3e-4, warmup_steps=1000)
 
     # Diffusion objective (the same DiT learns either) and sampler; see README "Objectives and

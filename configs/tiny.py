@@ -51,6 +51,8 @@ def get_config():
     c.dit.rows = 4
     c.dit.max_segments = 8
     c.dit.latent_cache_size = 2048
+    # A quarter of the videos learn to continue given frames (image->video, extend, connect).
+    c.dit.condition.rate = 0.25
     c.dit.train.steps = 1500
     c.dit.train.learning_rate = 1e-3
     c.dit.train.warmup_steps = 100

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from sora_jax.diffusion import ddpm, objectives, samplers
+from sora_jax.diffusion import conditioning, ddpm, objectives, samplers
 from sora_jax.diffusion import rectified_flow as rf
 from sora_jax.models import vae as vae_lib
 
@@ -29,6 +29,14 @@ ADDED_KEYS = {
     "vae.latent_noise": 0.0,
     "dit.model.abs_positions": False,
     "dit.model.text_pool_queries": 0,
+    "dit.model.cond_embedding": False,
+    "dit.condition.rate": 0.0,
+    "dit.condition.mask_types.first": 0.4,
+    "dit.condition.mask_types.first_k": 0.2,
+    "dit.condition.mask_types.last_k": 0.15,
+    "dit.condition.mask_types.both_ends": 0.15,
+    "dit.condition.mask_types.random": 0.1,
+    "dit.condition.random_frame_prob": 0.5,
     "diffusion.objective": "rectified_flow",
     "diffusion.mode_scale": 1.29,
     "diffusion.shift_mode": "fixed",
@@ -250,6 +258,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         config.dit.text_dropout,
         "must be in [0, 1)",
     )
+    _validate_condition(config)
     longest = max(num_tokens(config, f, *r) for f in d.frame_choices for r in d.resolutions)
     _check(
         longest <= config.dit.seq_len,
@@ -303,6 +312,30 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def _one_of(config, key: str, options: Sequence[str]):
     value = config[key]
     _check(value in options, key, value, f"must be one of {options}")
+
+
+def _validate_condition(config):
+    k = config.dit.condition
+    _check(0.0 <= k.rate <= 1.0, "dit.condition.rate", k.rate, "must be in [0, 1]")
+    types = dict(k.mask_types)
+    _check(
+        set(types) <= set(conditioning.MASK_TYPES),
+        "dit.condition.mask_types",
+        sorted(types),
+        f"keys must be among {conditioning.MASK_TYPES}",
+    )
+    _check(
+        all(w >= 0 for w in types.values()) and sum(types.values()) > 0,
+        "dit.condition.mask_types",
+        types,
+        "weights must be >= 0 with a positive sum",
+    )
+    _check(
+        0.0 < k.random_frame_prob < 1.0,
+        "dit.condition.random_frame_prob",
+        k.random_frame_prob,
+        "must be in (0, 1)",
+    )
 
 
 def _validate_diffusion(config):

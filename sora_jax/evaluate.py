@@ -1,6 +1,7 @@
 """Prompt-following evaluation: generate from moving-shapes prompts, measure from pixels.
 
   python -m sora_jax.evaluate --workdir=runs/tiny [--num_prompts=32 --seed=10000]
+  python -m sora_jax.evaluate --workdir=runs/tiny --mode=i2v  # first frame given
   python -m sora_jax.evaluate --real [--num_prompts=32]   # the data itself (~100%)
   python -m sora_jax.evaluate --noise                     # random pixels (chance)
 
@@ -27,6 +28,14 @@ _NOISE = flags.DEFINE_boolean("noise", False, "Score uniform random noise videos
 _FRAMES = flags.DEFINE_integer("frames", 9, "Frames per video (--real/--noise).")
 _HEIGHT = flags.DEFINE_integer("height", 32, "Height (--real/--noise).")
 _WIDTH = flags.DEFINE_integer("width", 48, "Width (--real/--noise).")
+_MODE = flags.DEFINE_enum(
+    "mode",
+    "t2v",
+    ["t2v", "i2v"],
+    "t2v: text->video; i2v: image->video, conditioned on each held-out video's first frame.",
+)
+_SAMPLER = flags.DEFINE_string("sampler", None, "Sampler (default: config.diffusion).")
+_STEPS = flags.DEFINE_integer("steps", None, "Sampling steps (default: config.diffusion).")
 
 
 def main(argv):
@@ -59,9 +68,21 @@ def main(argv):
         except (FileNotFoundError, ValueError) as e:
             raise app.UsageError(str(e)) from None
         e = pipe.config.eval
-        result = prompt_eval.evaluate_pipeline(
-            pipe, _NUM.value or e.num_prompts, e.seed if _SEED.value is None else _SEED.value
-        )
+        evaluate = {
+            "t2v": prompt_eval.evaluate_pipeline,
+            "i2v": prompt_eval.evaluate_image_to_video,
+        }[_MODE.value]
+        try:
+            result = evaluate(
+                pipe,
+                _NUM.value or e.num_prompts,
+                e.seed if _SEED.value is None else _SEED.value,
+                sampler=_SAMPLER.value,
+                steps=_STEPS.value,
+            )
+        except ValueError as err:
+            raise app.UsageError(str(err)) from None
+        result["mode"] = _MODE.value
     print(json.dumps(result, indent=2))
 
 

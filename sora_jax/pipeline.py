@@ -1,4 +1,17 @@
-"""Text-to-video sampling: text encoder -> DiT (any objective, sampler and CFG) -> VAE decode."""
+"""Sampling: text encoder -> DiT (any objective, sampler and CFG) -> VAE decode, in every mode.
+
+Modes, all through `Pipeline.generate` (the other methods only choose its inputs):
+  text->video / text->image     nothing given (num_frames=1 for an image);
+  image->video                  `start_frames` = the image;
+  continuation forward          `start_frames` = the last frames of a video;
+  extension backward            `end_frames` = the first frames of a video;
+  connecting two clips          `start_frames` from clip a and `end_frames` from clip b;
+  editing (SDEdit)              `edit_video` noised to time `edit_strength`, then denoised.
+Given frames are encoded by the VAE (start frames as a clip: its first frame alone, as the
+causal VAE does; end frames after a copy of their first frame), their latent tokens enter the
+DiT clean at time 0 (per-token time) and are re-set at every sampler step, so the output keeps
+them exactly in latent space (sora_jax/diffusion/conditioning.py).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +22,7 @@ import os
 import re
 from collections.abc import Sequence
 
+import einops
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -16,7 +30,7 @@ import numpy as np
 
 from sora_jax import config as config_lib
 from sora_jax.data import packing, video_io
-from sora_jax.diffusion import guidance, objectives, samplers
+from sora_jax.diffusion import conditioning, guidance, objectives, samplers
 from sora_jax.models import vae_inference
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.training import dit_trainer, vae_trainer
@@ -77,6 +91,7 @@ class SamplerSettings:
     guidance_scale: float
     guidance_interval: tuple[float, float]
     guidance_rescale: float
+    t_start: float = 1.0  # < 1: start from a noised input at this time (SDEdit)
 
     @classmethod
     def from_config(cls, config, **overrides) -> SamplerSettings:
@@ -104,11 +119,11 @@ class SamplerSettings:
         )
 
     def time_grid(self, num_tokens: int) -> jax.Array:
-        """f32[steps + 1] from 1 to 0 for a video of `num_tokens` latent tokens."""
+        """f32[steps + 1] from 1 (or t_start) to 0 for a video of `num_tokens` latent tokens."""
         rho, sigma_min, sigma_max = self.karras
         shift = self.objective.time.shift(num_tokens)
         return samplers.time_grid(
-            self.objective, self.steps, self.spacing, shift, rho, sigma_min, sigma_max
+            self.objective, self.steps, self.spacing, shift, rho, sigma_min, sigma_max, self.t_start
         )
 
 
@@ -134,6 +149,10 @@ class Pipeline:
         width: int,
         seed: int = 0,
         negative_prompt: str = "",
+        start_frames: np.ndarray | None = None,
+        end_frames: np.ndarray | None = None,
+        edit_video: np.ndarray | None = None,
+        edit_strength: float = 1.0,
         **sampling,
     ) -> np.ndarray:
         """uint8[n t h w 3] videos, one per prompt; the same seed gives the same videos.
@@ -142,6 +161,13 @@ class Pipeline:
         time_shift, eta, guidance_scale, guidance_interval, guidance_rescale (None: config).
         `num_frames` that the causal VAE cannot produce (not 1 + k*compression) is
         rounded up to the next supported count and the extra frames are cut off.
+
+        Conditioning (uint8 frames of any size, resized to height x width; [k h w 3] for
+        every prompt or [n k h w 3] one per prompt): `start_frames` (1 + k*compression frames)
+        become the first frames, `end_frames` (k*compression frames) the last ones; at least
+        one latent frame must be left to generate. `edit_video` (at least num_frames frames;
+        the first are used) is noised to time `edit_strength` in [0, 1] on the objective's
+        path and denoised under the prompts: 0 returns its VAE round trip, 1 ignores it.
         """
         prompts = list(prompts)
         if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
@@ -151,8 +177,28 @@ class Pipeline:
         if num_frames < 1:
             raise ValueError(f"num_frames={num_frames}: must be at least 1")
         gen_frames = 1 + -(-(num_frames - 1) // ct) * ct
+        if end_frames is not None and gen_frames != num_frames:
+            raise ValueError(
+                f"num_frames={num_frames}: with frames given at the end the video must have "
+                f"1 + {ct}*k frames (e.g. {gen_frames}), so that none are cut off"
+            )
         grid = config_lib.latent_grid(c, gen_frames, height, width)
         settings = SamplerSettings.from_config(c, **sampling)
+        n = len(prompts)
+        cond = None
+        if start_frames is not None or end_frames is not None:
+            cond = self._condition(n, grid, height, width, start_frames, end_frames)
+        edit = None
+        if edit_video is not None:
+            if not 0.0 <= edit_strength <= 1.0:
+                raise ValueError(f"edit strength {edit_strength}: must be in [0, 1]")
+            video = _per_prompt(edit_video, n, "edit_video")
+            if video.shape[1] < gen_frames:
+                raise ValueError(
+                    f"the video to edit has {video.shape[1]} frames; {gen_frames} are needed"
+                )
+            edit = self._tokens(self._encode(video[:, :gen_frames], height, width))
+            settings = dataclasses.replace(settings, t_start=float(edit_strength))
         ids, mask = self.text_encoder.tokenize(prompts)
         nids, nmask = self.text_encoder.tokenize([negative_prompt] * len(prompts))
         patch = tuple(c.dit.patch)
@@ -168,6 +214,8 @@ class Pipeline:
             nids,
             nmask,
             jax.random.PRNGKey(seed),
+            cond,
+            edit,
         )
         videos = _decode(
             self.vae,
@@ -181,11 +229,186 @@ class Pipeline:
         )
         return vae_trainer.to_uint8(videos)[:, :num_frames]
 
+    def _encode(self, video: np.ndarray, height: int, width: int) -> np.ndarray:
+        """Normalised latents f32[n t' h' w' c] of uint8[n t h w 3] (t = 1 + k*compression),
+        resized to height x width first."""
+        video = np.stack([video_io.resize(v, height, width) for v in video])
+        latents = _encode(
+            self.vae,
+            vae_inference.from_config(self.config),
+            self.vae_params,
+            vae_trainer.to_model_range(video),
+        )
+        return (np.asarray(latents) - self.latent_mean) / self.latent_std
+
+    def _tokens(self, latents: np.ndarray) -> np.ndarray:
+        """f32[n t h w c] latents -> f32[n l d] tokens (the order of `packing.patchify`)."""
+        pt, ph, pw = self.config.dit.patch
+        return einops.rearrange(
+            latents, "n (t pt) (h ph) (w pw) c -> n (t h w) (pt ph pw c)", pt=pt, ph=ph, pw=pw
+        )
+
+    def _condition(self, n, grid, height, width, start_frames, end_frames):
+        """(clean tokens f32[n l d], token mask bool[n l]) of the given start / end frames."""
+        gt = grid[0]
+        parts = []  # (uint8[n k h w 3], at the start?, latent frames)
+        if start_frames is not None:
+            parts.append((_per_prompt(start_frames, n, "start_frames"), True))
+        if end_frames is not None:
+            parts.append((_per_prompt(end_frames, n, "end_frames"), False))
+        ks, ke = given_latent_frames(
+            self.config,
+            1 + (gt - 1) * config_lib.vae_compression(self.config)[0],
+            parts[0][0].shape[1] if start_frames is not None else 0,
+            parts[-1][0].shape[1] if end_frames is not None else 0,
+        )
+        parts = [(v, first, ks if first else ke) for v, first in parts]
+        latents = np.zeros((n, gt, grid[1], grid[2], self.config.vae.model.latent_channels))
+        frame_mask = np.zeros(gt, bool)
+        for video, first, k in parts:
+            if first:
+                latents[:, :k], frame_mask[:k] = self._encode(video, height, width), True
+            else:  # behind a copy of their first frame, which plays the causal VAE's image
+                video = np.concatenate([video[:, :1], video], axis=1)
+                latents[:, gt - k :] = self._encode(video, height, width)[:, 1:]
+                frame_mask[gt - k :] = True
+        pt, ph, pw = self.config.dit.patch
+        by_patch = frame_mask.reshape(-1, pt)
+        if np.any(by_patch != by_patch[:, :1]):
+            raise ValueError(
+                f"given latent frames {np.nonzero(frame_mask)[0].tolist()} do not fill whole "
+                f"temporal patches of {pt} latent frames"
+            )
+        pos = packing.grid_positions((gt // pt, grid[1] // ph, grid[2] // pw))
+        mask = conditioning.token_mask(by_patch[:, 0], pos)
+        tokens = self._tokens(latents.astype(np.float32))
+        return tokens, np.broadcast_to(mask, tokens.shape[:2]).copy()
+
+    # Modes: each picks the given frames / video and calls `generate` (same keywords).
+
+    def image_to_video(self, prompts, image: np.ndarray, **kw) -> np.ndarray:
+        """Videos whose first frame is `image` uint8[h w 3] (or [n h w 3], one per prompt)."""
+        image = np.asarray(image)
+        return self.generate(prompts, start_frames=image[..., None, :, :, :], **kw)
+
+    def extend(self, prompts, video, direction: str = "forward", context_frames=None, **kw):
+        """`forward`: the last `context_frames` frames of `video` uint8[t h w 3] become the
+        first frames of the new video; `backward`: its first frames become the last ones."""
+        return self.generate(
+            prompts,
+            **extend_inputs(self.config, video, direction, kw["num_frames"], context_frames),
+            **kw,
+        )
+
+    def connect(self, prompts, video_a, video_b, context_frames=None, **kw):
+        """The end of `video_a` at the start, the start of `video_b` at the end; the model
+        fills the middle. `context_frames` = (frames of a, frames of b)."""
+        return self.generate(
+            prompts,
+            **connect_inputs(self.config, video_a, video_b, kw["num_frames"], context_frames),
+            **kw,
+        )
+
+    def edit(self, prompts, video, strength: float, **kw):
+        """SDEdit: `video` noised to time `strength` and denoised under `prompts`."""
+        return self.generate(prompts, edit_video=video, edit_strength=strength, **kw)
+
+
+def given_latent_frames(config, num_frames: int, start: int, end: int) -> tuple[int, int]:
+    """Latent frames filled by `start` frames given at the start and `end` at the end of a
+    `num_frames` video; ValueError for counts the causal VAE cannot place or that leave no
+    latent frame to generate."""
+    ct, _ = config_lib.vae_compression(config)
+    gt = 1 + -(-(num_frames - 1) // ct)
+    if start and (start - 1) % ct:
+        raise ValueError(
+            f"{start} frames given at the start: must be 1 + {ct}*j (the causal VAE encodes "
+            f"the first frame alone, then {ct} frames per latent frame)"
+        )
+    if end % ct:
+        raise ValueError(
+            f"{end} frames given at the end: must be a multiple of {ct} (one latent frame per "
+            f"{ct} frames)"
+        )
+    ks, ke = (1 + (start - 1) // ct if start else 0), end // ct
+    if ks + ke >= gt:
+        raise ValueError(
+            f"too many given frames ({start} at the start, {end} at the end): they fill "
+            f"{ks + ke} of the {gt} latent frames of a {1 + (gt - 1) * ct}-frame video and "
+            f"leave none to generate; give fewer frames or ask for more (num_frames)"
+        )
+    return ks, ke
+
+
+def default_context_frames(config, num_frames: int, mode: str) -> tuple[int, int]:
+    """(frames at the start, frames at the end) given by default: 'forward' about half of
+    the latent frames at the start, 'backward' at the end, 'connect' about a quarter each."""
+    ct, _ = config_lib.vae_compression(config)
+    gt = 1 + -(-(num_frames - 1) // ct)  # latent frames
+    half, quarter = (gt - 1) // 2, (gt - 1) // 4
+    if mode == "forward":
+        return 1 + ct * half, 0
+    if mode == "backward":
+        return 0, ct * max(1, half)
+    if mode == "connect":
+        return 1 + ct * quarter, ct * max(1, quarter)
+    raise ValueError(f"unknown mode {mode!r}")
+
+
+def _frames_needed(video, k: int, name: str) -> np.ndarray:
+    video = np.asarray(video)
+    if video.ndim != 4 or video.shape[0] < k:
+        raise ValueError(
+            f"{name} has {video.shape[0] if video.ndim == 4 else 0} frames, {k} are needed"
+        )
+    return video
+
+
+def extend_inputs(config, video, direction, num_frames, context_frames=None) -> dict:
+    """`generate` keywords of an extension: the last frames of `video` uint8[t h w 3] at the
+    start ('forward') or its first frames at the end ('backward')."""
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"extend direction {direction!r}: use 'forward' or 'backward'")
+    k = context_frames or sum(default_context_frames(config, num_frames, direction))
+    video = _frames_needed(video, k, "the video to extend")
+    if direction == "forward":
+        return {"start_frames": video[len(video) - k :]}
+    return {"end_frames": video[:k]}
+
+
+def connect_inputs(config, video_a, video_b, num_frames, context_frames=None) -> dict:
+    """`generate` keywords connecting the end of `video_a` to the start of `video_b`."""
+    ka, kb = context_frames or default_context_frames(config, num_frames, "connect")
+    video_a = _frames_needed(video_a, ka, "the first video")
+    video_b = _frames_needed(video_b, kb, "the second video")
+    return {"start_frames": video_a[len(video_a) - ka :], "end_frames": video_b[:kb]}
+
+
+def _per_prompt(frames, n: int, name: str) -> np.ndarray:
+    """uint8[n k h w 3] from [h w 3], [k h w 3] (the same for every prompt) or [n k h w 3]."""
+    frames = np.asarray(frames)
+    if frames.ndim == 3:
+        frames = frames[None]
+    if frames.ndim == 4:
+        frames = frames[None]
+    if frames.ndim != 5 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not frames.size:
+        raise ValueError(
+            f"{name} must be uint8 frames [k h w 3] or [n k h w 3], got {frames.dtype} "
+            f"{frames.shape}"
+        )
+    if frames.shape[0] not in (1, n):
+        raise ValueError(f"{name} has {frames.shape[0]} videos for {n} prompts")
+    return np.broadcast_to(frames, (n,) + frames.shape[1:])
+
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
 def _sample_tokens(dit, text_encoder, patch, grid, settings: SamplerSettings, params, *args):
-    """Sampled latent tokens f32[n l d] (normalised); params are traced, not baked in."""
-    ids, mask, nids, nmask, key = args
+    """Sampled latent tokens f32[n l d] (normalised); params are traced, not baked in.
+
+    `cond` = (clean tokens f32[n l d], mask bool[n l]) of given frames or None; `edit` =
+    tokens f32[n l d] of a video to noise to settings.t_start (SDEdit) or None.
+    """
+    ids, mask, nids, nmask, key, cond, edit = args
     n = ids.shape[0]
     gt, gh, gw = (g // p for g, p in zip(grid, patch))
     num_tok = gt * gh * gw
@@ -198,8 +421,19 @@ def _sample_tokens(dit, text_encoder, patch, grid, settings: SamplerSettings, pa
     seg = jnp.ones((2 * n, num_tok), jnp.int32)
     pos = jnp.broadcast_to(positions, (2 * n, num_tok, 3))
 
+    def impose(x):
+        """Given frames' clean tokens in place of the sampler's state."""
+        return x if cond is None else jnp.where(cond[1][..., None], cond[0], x)
+
     def model_fn(x, time):
         """Guided model output f32[n l d] at x f32[n l d], scalar time."""
+        kw = {}
+        if cond is not None:
+            # Given tokens are clean, at their own time 0 (the unconditional rows too: CFG
+            # only guides the text).
+            t_tok = jnp.where(cond[1], 0.0, time)
+            kw = dict(t_tok=jnp.concatenate([t_tok, t_tok]), cond_mask=jnp.tile(cond[1], (2, 1)))
+        x = impose(x)
         out = dit.apply(
             {"params": params["dit"]},
             jnp.concatenate([x, x]),
@@ -208,6 +442,7 @@ def _sample_tokens(dit, text_encoder, patch, grid, settings: SamplerSettings, pa
             pos,
             text,
             all_mask[:, None],
+            **kw,
         )
         return guidance.guide(
             out[:n],
@@ -219,7 +454,9 @@ def _sample_tokens(dit, text_encoder, patch, grid, settings: SamplerSettings, pa
         )
 
     noise = jax.random.normal(key, (n, num_tok, dit.patch_dim))
-    return samplers.sample(
+    if edit is not None:
+        noise = samplers.start_state(settings.objective, edit, noise, settings.t_start)
+    x = samplers.sample(
         settings.sampler,
         model_fn,
         settings.objective,
@@ -228,6 +465,14 @@ def _sample_tokens(dit, text_encoder, patch, grid, settings: SamplerSettings, pa
         eta=settings.eta,
         rng=jax.random.fold_in(key, 1),
     )
+    return impose(x)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _encode(vae, inference_cfg, vae_params, video):
+    """Posterior means f32[n t' h' w' c] of videos f32[n t h w 3] in [-1, 1] (chunked / tiled
+    as config.vae.inference says)."""
+    return vae_inference.encode(vae, vae_params, video, inference_cfg)[0]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))

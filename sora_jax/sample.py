@@ -8,6 +8,19 @@
 
 Sampling flags left out take their value from the workdir's config.diffusion.
 
+Generation modes (given frames are resized to --height x --width and kept in the output):
+
+  --image first.png                          image->video (the image is the first frame)
+  --video a.mp4 --extend forward             the last frames of a.mp4 start the new video
+  --video a.mp4 --extend backward            the first frames of a.mp4 end the new video
+  --connect a.mp4 b.mp4                      the end of a, then the model, then the start of b
+  --video a.mp4 --edit 0.6                   SDEdit: a.mp4 noised to t = 0.6, re-denoised
+                                             under --prompt (0: a's VAE round trip, 1: ignored)
+
+--context_frames sets how many frames are given (extend: one number, 1 + 4k forward and 4k
+backward for a 4x temporal VAE; connect: two numbers a,b); by default about half the video
+(extend) or a quarter at each end (connect).
+
 Any duration, resolution and aspect ratio the model supports: height and width
 must be multiples of the VAE's spatial compression times the patch size; frame
 counts the causal VAE cannot produce are rounded up and trimmed.
@@ -20,6 +33,7 @@ import os
 from absl import app, flags
 
 from sora_jax import pipeline as pipeline_lib
+from sora_jax.data import video_io
 from sora_jax.diffusion import samplers
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (config + checkpoints).")
@@ -45,11 +59,72 @@ _INTERVAL = flags.DEFINE_list(
 )
 _RESCALE = flags.DEFINE_float("guidance_rescale", None, "CFG std rescale phi in [0, 1].")
 _OUT = flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/cli_samples).")
+_IMAGE = flags.DEFINE_string("image", None, "Image->video: the first frame (.png, .jpg, ...).")
+_VIDEO = flags.DEFINE_string("video", None, "Video to --extend or to --edit (.mp4, .gif).")
+_EXTEND = flags.DEFINE_enum(
+    "extend", None, ["forward", "backward"], "Extend --video forward or backward in time."
+)
+_CONNECT = flags.DEFINE_list("connect", None, "Two videos a,b (or `--connect a b`) to connect.")
+_EDIT = flags.DEFINE_float("edit", None, "SDEdit strength in [0, 1] for --video.")
+_CONTEXT = flags.DEFINE_list(
+    "context_frames", None, "Given frames: N (--extend) or Na,Nb (--connect); default: auto."
+)
+
+
+def _mode_inputs(config, argv_rest: list[str], num_frames: int) -> dict:
+    """`generate` keywords of the chosen mode, from the flags (files read here)."""
+    connect = list(_CONNECT.value or [])
+    if len(connect) == 1 and len(argv_rest) == 1:  # `--connect a.mp4 b.mp4`
+        connect.append(argv_rest.pop())
+    if argv_rest:
+        raise app.UsageError(f"unexpected arguments: {argv_rest}")
+    chosen = [
+        name
+        for name, on in (
+            ("--image", _IMAGE.value),
+            ("--extend", _EXTEND.value),
+            ("--connect", connect),
+            ("--edit", _EDIT.value is not None),
+        )
+        if on
+    ]
+    if len(chosen) > 1:
+        raise app.UsageError(f"choose one mode, got {' and '.join(chosen)}")
+    if (_EXTEND.value or _EDIT.value is not None) and not _VIDEO.value:
+        raise app.UsageError(f"{chosen[0]} needs --video")
+    if _VIDEO.value and not (_EXTEND.value or _EDIT.value is not None):
+        raise app.UsageError("--video needs --extend forward|backward or --edit STRENGTH")
+    if connect and len(connect) != 2:
+        raise app.UsageError(f"--connect needs two videos a.mp4 b.mp4, got {connect}")
+    try:
+        context = tuple(int(v) for v in _CONTEXT.value) if _CONTEXT.value else None
+    except ValueError:
+        raise app.UsageError(f"--context_frames must be integers, got {_CONTEXT.value}") from None
+    if context is not None and len(context) != (2 if connect else 1):
+        raise app.UsageError("--context_frames: one number for --extend, two (a,b) for --connect")
+    if _IMAGE.value:
+        return {"start_frames": video_io.read_frames(_IMAGE.value)[:1]}
+    if _EXTEND.value:
+        video = video_io.read_frames(_VIDEO.value)
+        k = context[0] if context else None
+        return pipeline_lib.extend_inputs(config, video, _EXTEND.value, num_frames, k)
+    if connect:
+        a, b = (video_io.read_frames(p) for p in connect)
+        return pipeline_lib.connect_inputs(config, a, b, num_frames, context)
+    if _EDIT.value is not None:
+        return {"edit_video": video_io.read_frames(_VIDEO.value), "edit_strength": _EDIT.value}
+    return {}
+
+
+def _check_counts(config, mode: dict, num_frames: int) -> None:
+    count = lambda key: len(mode[key]) if key in mode else 0  # noqa: E731
+    if count("start_frames") or count("end_frames"):
+        pipeline_lib.given_latent_frames(
+            config, num_frames, count("start_frames"), count("end_frames")
+        )
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required: the folder `python -m sora_jax.train` wrote")
     if not os.path.isdir(_WORKDIR.value):
@@ -66,13 +141,18 @@ def main(argv):
         if interval is None or len(interval) != 2:
             raise app.UsageError("--guidance_interval must be two numbers: t_lo,t_hi")
     try:
+        # Inputs first: a bad file or frame count fails before the checkpoints load.
+        config = pipeline_lib.load_config(_WORKDIR.value)
+        num_frames = _FRAMES.value or config.sample.num_frames
+        mode = _mode_inputs(config, list(argv[1:]), num_frames)
+        _check_counts(config, mode, num_frames)
         pipe = pipeline_lib.load_pipeline(_WORKDIR.value)
         s = pipe.config.sample
         paths = pipeline_lib.write_samples(
             pipe,
             prompts,
             _OUT.value or os.path.join(_WORKDIR.value, "cli_samples"),
-            num_frames=_FRAMES.value or s.num_frames,
+            num_frames=num_frames,
             height=_HEIGHT.value or s.height,
             width=_WIDTH.value or s.width,
             seed=_SEED.value,
@@ -85,6 +165,7 @@ def main(argv):
             guidance_scale=_GUIDANCE.value,
             guidance_interval=interval,
             guidance_rescale=_RESCALE.value,
+            **mode,
         )
     except (FileNotFoundError, ValueError) as e:
         raise app.UsageError(str(e)) from None

@@ -5,6 +5,9 @@ Formats by suffix:
         must be even; odd sizes raise ValueError rather than silently padding/scaling, so a
         file always round-trips to exactly the shape that was written.
   .gif  GIF with pix_fmt rgb8 (fixed 3-3-2 bit palette: coarse colours, any size).
+
+Still images (.png, .jpg, .jpeg, .bmp, .webp) are read as 1-frame videos (`read_frames`), and
+`resize` scales frames with swscale; both through PyAV, so no image library is needed.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import av
 import numpy as np
 
 _SUFFIXES = (".mp4", ".gif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 def check_video(video) -> np.ndarray:
@@ -103,3 +107,44 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         return dict(container.metadata)
     finally:
         container.close()
+
+
+def read_frames(path: str | os.PathLike) -> np.ndarray:
+    """uint8[t h w 3] frames of a video, or uint8[1 h w 3] of a still image (by suffix).
+
+    FileNotFoundError for a missing file, ValueError (naming the path) for an unreadable one."""
+    frames = read_video(path)
+    if Path(path).suffix.lower() in IMAGE_SUFFIXES:
+        frames = frames[:1]
+    return frames
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write uint8[h w 3] as a PNG."""
+    image = check_video(np.asarray(image)[None])[0]
+    with av.open(str(path), mode="w", format="image2") as container:
+        stream = container.add_stream("png")
+        stream.width, stream.height, stream.pix_fmt = image.shape[1], image.shape[0], "rgb24"
+        container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode(None))
+
+
+def resize(video: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8[t h w 3] scaled to uint8[t height width 3] (area averaging when shrinking,
+    bicubic when growing); returned unchanged when the size already matches."""
+    video = check_video(video)
+    if video.shape[1:3] == (height, width):
+        return video
+    shrink = height <= video.shape[1] and width <= video.shape[2]
+    out = [
+        av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+        .reformat(
+            width=width,
+            height=height,
+            format="rgb24",
+            interpolation="AREA" if shrink else "BICUBIC",
+        )
+        .to_ndarray()
+        for f in video
+    ]
+    return np.stack(out)

@@ -4,7 +4,9 @@
 `x f32[...]` at the scalar time `t f32[]`; guidance, text and any conditioning (e.g. a
 per-token mask with clean conditioning latents) live in that closure. Each sampler walks a
 time grid `ts f32[n+1]` from 1 (noise) down to 0 (data) with `lax.scan`, one model call per
-step (Heun: two, except into t = 0), and returns x at t = 0 with `noise`'s shape.
+step (Heun: two, except into t = 0), and returns x at t = 0 with `noise`'s shape. A grid that
+starts at t_start < 1 (`time_grid(..., t_start=)`) starts every sampler from a partly noised
+state x_{t_start} given as `noise` (SDEdit); with t_start = 0 the grid is [0] and x is returned.
 
 - euler / heun: the probability-flow ODE of the path rescaled into a flow
   (x_t = c_t y, y = (1 - tau) x0 + tau eps, dy/dtau = eps - x0), first / second order.
@@ -38,15 +40,40 @@ def time_grid(
     rho: float = 7.0,
     sigma_min: float = 0.002,
     sigma_max: float = 80.0,
+    t_start: float = 1.0,
 ) -> jax.Array:
-    """f32[num_steps + 1] times from 1 down to 0.
+    """f32[num_steps + 1] times from 1 down to 0; with t_start < 1, f32[k + 1] from t_start.
 
     uniform: evenly spaced ("trailing": it starts at t = 1 exactly).
     shifted: uniform then t -> s t / (1 + (s - 1) t) (more steps at high noise for s > 1).
     karras: noise ratios sigma / alpha spaced as in Karras et al. 2022 (rho; dense near
       sigma_min), mapped to t by the objective; the first point is replaced by t = 1 so that
       sampling starts from pure noise like the others.
+    t_start: the tail of the full grid below t_start, led by t_start itself (as in SDEdit
+      with a truncated schedule: the remaining steps keep their sizes; t_start = 1 is the full
+      grid, t_start = 0 the single point [0], i.e. no step).
     """
+    if not 0.0 <= t_start <= 1.0:
+        raise ValueError(f"t_start={t_start}: must be in [0, 1]")
+    args = (objective, num_steps, spacing, shift, rho, sigma_min, sigma_max)
+    if t_start >= 1.0:
+        return _full_grid(*args)
+    # The grid's length depends on its values: computed now, even when called under jit.
+    with jax.ensure_compile_time_eval():
+        full = np.asarray(_full_grid(*args))
+    tail = full[full < t_start]
+    return jnp.asarray(np.concatenate([[t_start], tail]), jnp.float32)
+
+
+def start_state(objective, x0: jax.Array, noise: jax.Array, t_start: float) -> jax.Array:
+    """x at t_start on the objective's path from data x0 (SDEdit's start): pure `noise` at
+    t_start = 1, as when sampling from scratch, so strength 1 ignores x0 exactly."""
+    if t_start >= 1.0:
+        return noise
+    return objective.corrupt(x0, noise, jnp.asarray(t_start, jnp.float32))
+
+
+def _full_grid(objective, num_steps, spacing, shift, rho, sigma_min, sigma_max) -> jax.Array:
     if spacing == "uniform":
         return rf.time_grid(num_steps, 1.0)
     if spacing == "shifted":

@@ -8,6 +8,12 @@ per segment and gathered per token for adaLN-Zero modulation. Positions enter vi
 (relative) and optionally absolute embeddings of the frame index and the offset from the
 segment's centre, so any duration / resolution / aspect ratio is handled without change.
 Padding tokens (segment 0) are inert and their outputs are zero.
+
+Conditioning on given frames (image->video, extension, connecting clips) uses per-token
+diffusion time: the tokens of given latent frames enter clean with their own time t = 0
+(``t_tok``), optionally tagged by a learned "is-condition" embedding (``cond_mask``), while
+the others are noised to the segment's time. Without ``t_tok`` the model is exactly the
+per-segment one, so checkpoints trained before conditioning existed load and behave as before.
 """
 
 from __future__ import annotations
@@ -110,10 +116,13 @@ class DiT(nn.Module):
     """Diffusion Transformer on packed token rows (predicts e.g. the flow velocity).
 
     ``__call__(x f32[b l patch_dim], t f32[b s], segment_ids i32[b l], positions i32[b l 3],
-    text f32[b s lt text_dim], text_mask bool[b s lt]) -> f32[b l patch_dim]``
+    text f32[b s lt text_dim], text_mask bool[b s lt], t_tok f32[b l] | None,
+    cond_mask bool[b l] | None) -> f32[b l patch_dim]``
 
     ``t[:, j]`` (in [0, 1]) and ``text[:, j]`` belong to segment ``j + 1``; segment ids must
-    be in ``[0, s]`` (0 = padding). Outputs on padding tokens are exactly zero.
+    be in ``[0, s]`` (0 = padding). Outputs on padding tokens are exactly zero. ``t_tok``
+    (optional) replaces ``t`` by a time per token (0 on clean conditioning tokens);
+    ``cond_mask`` marks the conditioning tokens for the ``cond_embedding`` (if enabled).
     """
 
     patch_dim: int
@@ -133,9 +142,12 @@ class DiT(nn.Module):
     # Text summary for adaLN: 0 = mean of the caption's tokens; n > 0 = n learned queries
     # attention-pool it, so each word can steer the modulation without being averaged away.
     text_pool_queries: int = 0
+    # A learned vector added to the tokens of given (clean, t = 0) frames, on top of their
+    # time: an explicit "this is a condition" flag. Zero-initialised.
+    cond_embedding: bool = False
 
     @nn.compact
-    def __call__(self, x, t, segment_ids, positions, text, text_mask):
+    def __call__(self, x, t, segment_ids, positions, text, text_mask, t_tok=None, cond_mask=None):
         b, l, _ = x.shape
         s, lt = text.shape[1], text.shape[2]
         if self.hidden % self.num_heads:
@@ -154,15 +166,25 @@ class DiT(nn.Module):
                 f"DiT: segment_ids {segment_ids.shape} / positions {positions.shape} "
                 f"do not match tokens {x.shape}"
             )
+        for name, a in (("t_tok", t_tok), ("cond_mask", cond_mask)):
+            if a is not None and a.shape != (b, l):
+                raise ValueError(f"DiT: {name} {a.shape} does not match tokens {x.shape[:2]}")
         dense = lambda n, name, **kw: nn.Dense(n, dtype=self.dtype, name=name, **kw)
         text = text.astype(self.dtype)
 
-        # Per-segment conditioning c[b s hidden]: diffusion time + pooled text.
-        te = timestep_embedding(t * 1000.0, self.time_freq_dim)
-        c = dense(self.hidden, "time_mlp_out")(nn.silu(dense(self.hidden, "time_mlp_in")(te)))
-        c = c + dense(self.hidden, "text_pool_proj")(self._pool_text(text, text_mask))
+        # Conditioning: diffusion time + pooled text of the token's segment, c_tok[b l hidden].
+        time_in = dense(self.hidden, "time_mlp_in")
+        time_out = dense(self.hidden, "time_mlp_out")
+        time_mlp = lambda tt: time_out(
+            nn.silu(time_in(timestep_embedding(tt * 1000.0, self.time_freq_dim)))
+        )
+        c = dense(self.hidden, "text_pool_proj")(self._pool_text(text, text_mask))  # [b s hidden]
+        if t_tok is None:
+            c = time_mlp(t) + c
         # Gather per token; padding takes segment 1's (its outputs are zeroed anyway).
         c_tok = jnp.take_along_axis(c, jnp.clip(segment_ids - 1, 0, s - 1)[..., None], axis=1)
+        if t_tok is not None:
+            c_tok = time_mlp(t_tok) + c_tok
 
         # Text keys of segment j+1 carry id j+1, so a token only sees its own caption.
         text_kv = dense(self.hidden, "text_proj")(text).reshape(b, s * lt, self.hidden)
@@ -175,6 +197,11 @@ class DiT(nn.Module):
             h = h + dense(self.hidden, "pos_embed")(
                 absolute_position_features(segment_ids, positions)
             )
+        if self.cond_embedding:
+            # Created even without a mask, so that init makes it and every call finds it.
+            flag = self.param("cond_embed", nn.initializers.zeros, (self.hidden,), jnp.float32)
+            if cond_mask is not None:
+                h = h + cond_mask[..., None].astype(self.dtype) * flag.astype(self.dtype)
         for i in range(self.depth):
             h = DiTBlock(
                 self.hidden,

@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from sora_jax.data import packing, shapes
-from sora_jax.diffusion import objectives
+from sora_jax.diffusion import conditioning, objectives
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import vae_inference
 from sora_jax.parallel import mesh as mesh_lib
@@ -54,6 +54,7 @@ def build_dit(config, text_dim: int) -> dit_lib.DiT:
         rope_theta=m.rope_theta,
         abs_positions=m.abs_positions,
         text_pool_queries=m.text_pool_queries,
+        cond_embedding=m.cond_embedding,
     )
 
 
@@ -144,6 +145,8 @@ def dit_batch(
     Draws `rows * max_segments` cached videos at random, packs them first-fit
     into `rows` sequences of `seq_len` tokens (those that do not fit are left
     out), and replaces captions by the empty one at rate `text_dropout` (CFG).
+    With `dit.condition.rate > 0` it adds 'cond_mask' bool[rows seq_len]: the tokens of
+    the latent frames given to each conditioned video (see `conditioning`).
     """
     dc = config.dit
     rng = np.random.default_rng([config.data.seed, 2, step])
@@ -161,13 +164,30 @@ def dit_batch(
             continue
         ids[p.row, p.segment - 1] = null_ids if dropped else cache.caption_ids[i]
         mask[p.row, p.segment - 1] = null_mask if dropped else cache.caption_mask[i]
-    return {
+    out = {
         "tokens": batch["tokens"],
         "segment_ids": batch["segment_ids"],
         "positions": batch["positions"],
         "caption_ids": ids,
         "caption_mask": mask,
     }
+    cond = dc.condition
+    if cond.rate > 0:
+        # A stream of its own: the draws above (and so old runs' batches) stay as they were.
+        crng = np.random.default_rng([config.data.seed, 4, step])
+        cond_mask = np.zeros(batch["segment_ids"].shape, bool)
+        for i, p in zip(draw, placements):
+            if p is None or crng.random() >= cond.rate:
+                continue
+            drawn = conditioning.sample_frame_mask(
+                crng, p.grid[0], dict(cond.mask_types), cond.random_frame_prob
+            )
+            if drawn is not None:
+                cond_mask[p.row, p.start : p.start + p.length] = conditioning.token_mask(
+                    drawn[1], cache.positions[i]
+                )
+        out["cond_mask"] = cond_mask
+    return out
 
 
 def text_features(text_encoder, text_params, ids, mask):
@@ -196,20 +216,32 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
         t = objective.sample_t(rng_t, seg.shape[:1] + (num_seg,), counts.astype(jnp.float32))
         t_tok = jnp.take_along_axis(t, jnp.maximum(seg - 1, 0), axis=1)[..., None]
         noise = jax.random.normal(rng_n, x0.shape, x0.dtype)
+        x_t = objective.corrupt(x0, noise, t_tok)
+        valid = seg > 0
+        aux = {}
+        if "cond_mask" in batch:
+            # Given frames: clean latents at their own time 0, and no loss on them.
+            cond = batch["cond_mask"] & valid
+            x_t = jnp.where(cond[..., None], x0, x_t)
+            kw = dict(t_tok=jnp.where(cond, 0.0, t_tok[..., 0]), cond_mask=cond)
+            valid = valid & ~cond
+            aux["cond_fraction"] = jnp.sum(cond) / jnp.maximum(jnp.sum(seg > 0), 1)
+        else:
+            kw = {}
         out = dit.apply(
             {"params": params["dit"]},
-            objective.corrupt(x0, noise, t_tok),
+            x_t,
             t,
             seg,
             batch["positions"],
             text,
             batch["caption_mask"],
+            **kw,
         )
-        valid = (seg > 0)[..., None].astype(jnp.float32)
-        weight = valid * objective.loss_weight(t_tok)
+        weight = valid[..., None] * objective.loss_weight(t_tok)
         err = (out - objective.target(x0, noise, t_tok)) ** 2 * weight
         loss = jnp.sum(err) / (jnp.sum(valid) * x0.shape[-1])
-        return loss, {"padding_fraction": 1.0 - jnp.mean(valid)}
+        return loss, {"padding_fraction": 1.0 - jnp.mean(seg > 0), **aux}
 
     def train_step(state: ts.TrainState, batch, rng):
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
