@@ -85,7 +85,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.dit.model.mlp_ratio = 4.0
     c.dit.model.rope_theta = 10_000.0
     c.dit.model.abs_positions = False  # absolute (frame, centred h, w) embeddings next to RoPE
-    c.dit.model.text_pool_queries = 0  # adaLN text summary: 0 = mean, n = attention pooling
     # Learned "is-condition" vector added to the tokens of given frames (besides their t = 0).
     c.dit.model.cond_embedding = False
     c.dit.patch = (1, 2, 2)

@@ -28,7 +28,6 @@ ADDED_KEYS = {
     "vae.model.shortcuts": False,
     "vae.latent_noise": 0.0,
     "dit.model.abs_positions": False,
-    "dit.model.text_pool_queries": 0,
     "dit.model.cond_embedding": False,
     "dit.condition.rate": 0.0,
     "dit.condition.mask_types.first": 0.4,
@@ -223,12 +222,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check(config.text.depth >= 0, "text.depth", config.text.depth, "must be >= 0")
 
     dm = config.dit.model
-    _check(
-        dm.text_pool_queries >= 0,
-        "dit.model.text_pool_queries",
-        dm.text_pool_queries,
-        "must be >= 0",
-    )
     _positive(
         config,
         "dit.model.hidden",

@@ -336,9 +336,9 @@ def test_pipeline_samples_with_each_sampler(objective, monkeypatch):
     real = pipeline_lib._decode
     finite = []
 
-    def decode(*args):
-        finite.append(bool(jnp.all(jnp.isfinite(args[4]))))  # the sampled latent tokens
-        return real(*args)
+    def decode(vae, inference_cfg, patch, grid, vae_params, tokens, *stats):
+        finite.append(bool(jnp.all(jnp.isfinite(tokens))))
+        return real(vae, inference_cfg, patch, grid, vae_params, tokens, *stats)
 
     monkeypatch.setattr(pipeline_lib, "_decode", decode)
     prompts = ["a small blue square moves up quickly on a black background"] * 2

@@ -97,21 +97,15 @@ def test_absolute_position_features_are_per_segment_and_centred():
         np.testing.assert_allclose(got[0, start : start + len(p)], want, atol=1e-6)
 
 
-@pytest.fixture(
-    scope="module",
-    params=[(False, 0), (True, 0), (True, 2)],
-    ids=["rope", "rope+abs", "rope+abs+text_pool"],
-)
+@pytest.fixture(scope="module", params=[False, True], ids=["rope", "rope+abs"])
 def dit_setup(request):
-    abs_positions, text_pool_queries = request.param
     model = DiT(
         patch_dim=PATCH_DIM,
         hidden=32,
         depth=2,
         num_heads=4,
         text_dim=TEXT_DIM,
-        abs_positions=abs_positions,
-        text_pool_queries=text_pool_queries,
+        abs_positions=request.param,
     )
     rng = np.random.default_rng(0)
     lat_a = rng.standard_normal((2, 4, 6, C)).astype(np.float32)  # video: 2x2x3 = 12 tokens

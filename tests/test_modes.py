@@ -279,7 +279,7 @@ def _capture(monkeypatch):
     real, got = pipeline_lib._decode, []
 
     def decode(*args):
-        got.append(np.asarray(args[4]))
+        got.append(np.asarray(args[5]))
         return real(*args)
 
     monkeypatch.setattr(pipeline_lib, "_decode", decode)
@@ -291,6 +291,7 @@ def _round_trip(pipe, video):
     grid = (lat.shape[1], H // 4, W // 4)
     out = pipeline_lib._decode(
         pipe.vae,
+        pipeline_lib.vae_inference.from_config(pipe.config),
         (1, 2, 2),
         grid,
         pipe.vae_params,

@@ -284,7 +284,6 @@ def test_config_overrides_and_errors():
         "vae.latent_noise": (-0.1, "config.vae.latent_noise=-0.1"),
         "vae.model.patch_size": (0, "config.vae.model.patch_size=0"),
         "text.depth": (-1, "config.text.depth=-1"),
-        "dit.model.text_pool_queries": (-2, "config.dit.model.text_pool_queries=-2"),
     }
     for key, (value, message) in bad.items():
         c = config_lib.load(TINY)

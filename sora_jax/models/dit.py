@@ -139,9 +139,6 @@ class DiT(nn.Module):
     # the (h, w) offset from the segment's centre (so any size / aspect works). Lets the model
     # learn where things are in the frame, not only relative to each other.
     abs_positions: bool = False
-    # Text summary for adaLN: 0 = mean of the caption's tokens; n > 0 = n learned queries
-    # attention-pool it, so each word can steer the modulation without being averaged away.
-    text_pool_queries: int = 0
     # A learned vector added to the tokens of given (clean, t = 0) frames, on top of their
     # time: an explicit "this is a condition" flag. Zero-initialised.
     cond_embedding: bool = False
@@ -178,7 +175,9 @@ class DiT(nn.Module):
         time_mlp = lambda tt: time_out(
             nn.silu(time_in(timestep_embedding(tt * 1000.0, self.time_freq_dim)))
         )
-        c = dense(self.hidden, "text_pool_proj")(self._pool_text(text, text_mask))  # [b s hidden]
+        m = text_mask.astype(jnp.float32)[..., None]
+        pooled = jnp.sum(text * m, axis=2) / jnp.maximum(jnp.sum(m, axis=2), 1.0)  # [b s text_dim]
+        c = dense(self.hidden, "text_pool_proj")(pooled)  # [b s hidden]
         if t_tok is None:
             c = time_mlp(t) + c
         # Gather per token; padding takes segment 1's (its outputs are zeroed anyway).
@@ -226,20 +225,3 @@ class DiT(nn.Module):
         )
         out = dense(self.patch_dim, "final_out", kernel_init=nn.initializers.zeros)(h)
         return out.astype(jnp.float32) * (segment_ids > 0)[..., None]
-
-    def _pool_text(self, text, text_mask):
-        """``f[b s lt text_dim]``, ``bool[b s lt]`` -> ``f[b s text_dim * max(1, queries)]``."""
-        m = text_mask.astype(jnp.float32)[..., None]
-        if not self.text_pool_queries:
-            return jnp.sum(text * m, axis=2) / jnp.maximum(jnp.sum(m, axis=2), 1.0)
-        queries = self.param(
-            "text_pool_queries",
-            nn.initializers.normal(1.0),
-            (self.text_pool_queries, self.text_dim),
-        )
-        logits = jnp.einsum("bsld,qd->bsql", text, queries.astype(text.dtype))
-        logits = logits / math.sqrt(self.text_dim)
-        logits = jnp.where(text_mask[:, :, None, :], logits, -1e9)
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(text.dtype)
-        pooled = jnp.einsum("bsql,bsld->bsqd", weights, text)
-        return pooled.reshape(*pooled.shape[:2], -1)

@@ -53,7 +53,6 @@ def build_dit(config, text_dim: int) -> dit_lib.DiT:
         text_dim=text_dim,
         rope_theta=m.rope_theta,
         abs_positions=m.abs_positions,
-        text_pool_queries=m.text_pool_queries,
         cond_embedding=m.cond_embedding,
     )
 
