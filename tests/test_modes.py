@@ -7,15 +7,13 @@ frames is the old DiT; given tokens leave the loss; the training masks follow th
 """
 
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_diffusion import CONVERGED, TARGETS, _random_pipeline, err
-from test_train import ROOT, _fixed_dit_batch, micro_config
+from test_train import _fixed_dit_batch, micro_config, run_cli
 
 from sora_jax import config as config_lib
 from sora_jax import pipeline as pipeline_lib
@@ -416,16 +414,6 @@ def workdir(tmp_path_factory):
     return path
 
 
-def _cli(module, *args):
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-        cwd=ROOT,
-    )
-
-
 def test_cli_modes_and_errors(workdir, clip, tmp_path):
     prompt, video = clip
     a, b, image = tmp_path / "a.mp4", tmp_path / "b.mp4", tmp_path / "first.png"
@@ -434,17 +422,17 @@ def test_cli_modes_and_errors(workdir, clip, tmp_path):
     video_io.write_image(image, video[0])
     base = [f"--workdir={workdir}", f"--prompt={prompt}", "--frames=9", "--height=16", "--width=16"]
     out = tmp_path / "out"
-    r = _cli("sora_jax.sample", *base, f"--out={out}", "--connect", str(a), str(b), "--steps=2")
+    r = run_cli("sora_jax.sample", *base, f"--out={out}", "--connect", str(a), str(b), "--steps=2")
     assert r.returncode == 0, r.stderr
     files = sorted(os.listdir(out))
     assert len(files) == 2 and video_io.read_video(out / files[1]).shape == (9, 16, 16, 3)
-    r = _cli("sora_jax.sample", *base, f"--image={tmp_path}/missing.png")
+    r = run_cli("sora_jax.sample", *base, f"--image={tmp_path}/missing.png")
     assert r.returncode != 0 and "not found" in r.stderr and "missing.png" in r.stderr
-    r = _cli("sora_jax.sample", *base, f"--video={a}", "--extend=forward", "--context_frames=9")
+    r = run_cli("sora_jax.sample", *base, f"--video={a}", "--extend=forward", "--context_frames=9")
     assert r.returncode != 0 and "too many given frames" in r.stderr
-    r = _cli("sora_jax.sample", *base, f"--image={image}", "--extend=forward")
+    r = run_cli("sora_jax.sample", *base, f"--image={image}", "--extend=forward")
     assert r.returncode != 0 and "choose one mode" in r.stderr
-    r = _cli(
+    r = run_cli(
         "sora_jax.evaluate", f"--workdir={workdir}", "--mode=i2v", "--num_prompts=2", "--steps=2"
     )
     assert r.returncode == 0, r.stderr

@@ -310,21 +310,23 @@ def test_workdir_configs_saved_before_added_keys_still_load(tmp_path):
     assert old.dit.train.steps == c.dit.train.steps  # the rest is as saved
 
 
-def test_cli_errors_are_clear(tmp_path):
-    def cli(module, *args):
-        return subprocess.run(
-            [sys.executable, "-m", module, *args],
-            capture_output=True,
-            text=True,
-            env=dict(os.environ, JAX_PLATFORMS="cpu"),
-            cwd=ROOT,
-        )
+def run_cli(module, *args):
+    """`python -m module args...` from the repository root on CPU; the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        cwd=ROOT,
+    )
 
-    r = cli("sora_jax.sample", f"--workdir={tmp_path}/none", "--prompt=a red circle")
+
+def test_cli_errors_are_clear(tmp_path):
+    r = run_cli("sora_jax.sample", f"--workdir={tmp_path}/none", "--prompt=a red circle")
     assert r.returncode != 0 and "does not exist" in r.stderr
-    r = cli("sora_jax.sample", f"--workdir={tmp_path}", "--prompt=a red circle")
+    r = run_cli("sora_jax.sample", f"--workdir={tmp_path}", "--prompt=a red circle")
     assert r.returncode != 0 and "config.json not found" in r.stderr
-    r = cli(
+    r = run_cli(
         "sora_jax.train",
         f"--config={TINY}",
         f"--workdir={tmp_path}/w",

@@ -22,6 +22,12 @@ def evaluate_videos(videos, attributes) -> dict:
     return prompt_following.score([np.asarray(v) for v in videos], attributes)
 
 
+def _sizes(pipe, num_frames, height, width) -> tuple[int, int, int]:
+    """The given (frames, height, width), each defaulting to config.sample's."""
+    s = pipe.config.sample
+    return num_frames or s.num_frames, height or s.height, width or s.width
+
+
 def evaluate_pipeline(
     pipe,
     num_prompts: int,
@@ -33,8 +39,7 @@ def evaluate_pipeline(
 ) -> dict:
     """Samples one video per prompt (noise seed `seed`) and scores it; `sampling` as in
     `Pipeline.generate` (e.g. sampler, steps)."""
-    s = pipe.config.sample
-    num_frames, height, width = num_frames or s.num_frames, height or s.height, width or s.width
+    num_frames, height, width = _sizes(pipe, num_frames, height, width)
     attrs = eval_prompts(num_prompts, seed, num_frames, height, width)
     videos = pipe.generate(
         [shapes.caption(a) for a in attrs],
@@ -70,8 +75,7 @@ def evaluate_image_to_video(
     continuation scored. Direction accuracy is the motion the model adds to a still frame
     (a frame alone does not show it; only the prompt does); colour / shape check that the
     given frame's content is kept. `sampling` as in `Pipeline.generate`."""
-    s = pipe.config.sample
-    num_frames, height, width = num_frames or s.num_frames, height or s.height, width or s.width
+    num_frames, height, width = _sizes(pipe, num_frames, height, width)
     if num_frames < 2:
         raise ValueError(f"image->video needs num_frames > 1, got {num_frames}")
     attrs = eval_prompts(num_prompts, seed, num_frames, height, width)
