@@ -87,12 +87,38 @@ def get_config() -> ml_collections.ConfigDict:
     c.dit.model.abs_positions = False  # absolute (frame, centred h, w) embeddings next to RoPE
     # Learned "is-condition" vector added to the tokens of given frames (besides their t = 0).
     c.dit.model.cond_embedding = False
+    # Backbone options (sora_jax/models/dit.py). MLP: 'gelu' or 'swiglu' (2/3 the width, same
+    # parameters). Text: 'cross' (cross-attention to the caption) or 'joint' (MMDiT: a text
+    # stream with its own weights, video and text attend jointly). Self-attention: 'full' 3D
+    # or 'factorised' (blocks alternate spatial and temporal attention; a mask, same FLOPs on
+    # dense kernels).
+    c.dit.model.mlp = "gelu"
+    c.dit.model.text_attention = "cross"
+    c.dit.model.attention_layout = "full"
+    # Compute dtype of activations ('float32' | 'bfloat16'); parameters and optimizer state
+    # stay float32, outputs and the loss are float32.
+    c.dit.model.dtype = "float32"
+    # Rematerialisation of each block in the backward pass: 'none' or a
+    # jax.checkpoint_policies name ('nothing_saveable' = full remat, 'dots_saveable', ...).
+    c.dit.model.remat_policy = "none"
     c.dit.patch = (1, 2, 2)
     c.dit.seq_len = 1024
     c.dit.rows = 8  # packed sequences per batch
     c.dit.max_segments = 16  # videos per packed sequence at most
     c.dit.latent_cache_size = 16_384  # examples encoded once by the frozen VAE
     c.dit.text_dropout = 0.1  # caption replaced by the empty one, for CFG
+    # Token dropping (NaViT): before packing, each video keeps a random subset of its tokens
+    # (at their true positions), so more videos fit per row; the dropped ones are in neither
+    # the attention nor the loss. Rate at step s: 'constant' = rate; 'linear' = start_rate ->
+    # rate over schedule_steps. Per video: 'fixed' = that rate; 'uniform' = drawn in
+    # [0, 2 * rate] (mean rate), capped at max_rate. 0 disables dropping.
+    c.dit.token_drop = ml_collections.ConfigDict()
+    c.dit.token_drop.rate = 0.0
+    c.dit.token_drop.schedule = "constant"
+    c.dit.token_drop.start_rate = 0.0
+    c.dit.token_drop.schedule_steps = 10_000
+    c.dit.token_drop.per_example = "fixed"
+    c.dit.token_drop.max_rate = 0.9
     # Frame conditioning (image->video, extend, connect; sora_jax/diffusion/conditioning.py):
     # with probability `rate` a packed video's mask of given latent frames is drawn from
     # `mask_types` (relative weights); given frames enter clean at t = 0 and leave the loss.

@@ -15,6 +15,8 @@ import ml_collections
 
 from sora_jax.diffusion import conditioning, ddpm, objectives, samplers
 from sora_jax.diffusion import rectified_flow as rf
+from sora_jax.data import packing
+from sora_jax.models import dit as dit_lib
 from sora_jax.models import vae as vae_lib
 
 STAGES = ("vae", "dit")
@@ -30,6 +32,17 @@ ADDED_KEYS = {
     "dit.model.abs_positions": False,
     "dit.model.cond_embedding": False,
     "dit.condition.rate": 0.0,
+    "dit.model.mlp": "gelu",
+    "dit.model.text_attention": "cross",
+    "dit.model.attention_layout": "full",
+    "dit.model.dtype": "float32",
+    "dit.model.remat_policy": "none",
+    "dit.token_drop.rate": 0.0,
+    "dit.token_drop.schedule": "constant",
+    "dit.token_drop.start_rate": 0.0,
+    "dit.token_drop.schedule_steps": 10_000,
+    "dit.token_drop.per_example": "fixed",
+    "dit.token_drop.max_rate": 0.9,
     "dit.condition.mask_types.first": 0.4,
     "dit.condition.mask_types.first_k": 0.2,
     "dit.condition.mask_types.last_k": 0.15,
@@ -252,6 +265,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "must be in [0, 1)",
     )
     _validate_condition(config)
+    _validate_dit_options(config)
     longest = max(num_tokens(config, f, *r) for f in d.frame_choices for r in d.resolutions)
     _check(
         longest <= config.dit.seq_len,
@@ -329,6 +343,26 @@ def _validate_condition(config):
         k.random_frame_prob,
         "must be in (0, 1)",
     )
+
+
+def _validate_dit_options(config):
+    _one_of(config, "dit.model.mlp", dit_lib.MLPS)
+    _one_of(config, "dit.model.text_attention", dit_lib.TEXT_ATTENTIONS)
+    _one_of(config, "dit.model.attention_layout", dit_lib.ATTENTION_LAYOUTS)
+    _one_of(config, "dit.model.dtype", tuple(dit_lib.DTYPES))
+    _one_of(config, "dit.model.remat_policy", dit_lib.REMAT_POLICIES)
+    d = config.dit.token_drop
+    _one_of(config, "dit.token_drop.schedule", packing.DROP_SCHEDULES)
+    _one_of(config, "dit.token_drop.per_example", packing.DROP_DISTRIBUTIONS)
+    _check(0.0 < d.max_rate < 1.0, "dit.token_drop.max_rate", d.max_rate, "must be in (0, 1)")
+    for key in ("rate", "start_rate"):
+        _check(
+            0.0 <= d[key] <= d.max_rate,
+            f"dit.token_drop.{key}",
+            d[key],
+            f"must be in [0, dit.token_drop.max_rate={d.max_rate}]",
+        )
+    _positive(config, "dit.token_drop.schedule_steps")
 
 
 def _validate_diffusion(config):

@@ -11,6 +11,10 @@ Invariants of every packed batch: inside a row the segments are contiguous, numb
 1, 2, ... in placement order, and padding (segment 0, zero tokens, zero positions) only
 occurs at the tail of the row.
 
+Token dropping (NaViT): ``drop_tokens`` keeps a random subset of an item's tokens, with
+their true positions, before packing; ``drop_rate`` schedules the rate over training and
+``example_drop_rates`` draws one rate per example.
+
 Two ways to pack:
   * ``pack(items, seq_len, num_rows, max_segments)``: one batch from a list, first-fit in
     the given order; what does not fit is reported (placement ``None``), not packed.
@@ -34,7 +38,15 @@ __all__ = [
     "padding_fraction",
     "PackedBatch",
     "Packer",
+    "DROP_SCHEDULES",
+    "DROP_DISTRIBUTIONS",
+    "drop_rate",
+    "example_drop_rates",
+    "drop_tokens",
 ]
+
+DROP_SCHEDULES = ("constant", "linear")
+DROP_DISTRIBUTIONS = ("fixed", "uniform")
 
 
 def _check_patch(patch) -> tuple[int, int, int]:
@@ -99,6 +111,52 @@ def unpatchify(
         pw=pw,
         c=channels,
     )
+
+
+def drop_rate(
+    step: int, rate: float, schedule: str = "constant", start_rate: float = 0.0, steps: int = 1
+) -> float:
+    """Token drop rate at training step ``step``: ``'constant'`` is ``rate``; ``'linear'``
+    goes from ``start_rate`` at step 0 to ``rate`` at step ``steps`` and stays there."""
+    if schedule == "constant":
+        return float(rate)
+    if schedule == "linear":
+        frac = min(max(step, 0) / max(steps, 1), 1.0)
+        return float(start_rate + (rate - start_rate) * frac)
+    raise ValueError(f"unknown token drop schedule {schedule!r}; use one of {DROP_SCHEDULES}")
+
+
+def example_drop_rates(
+    rng: np.random.Generator, n: int, rate: float, distribution: str = "fixed", max_rate=0.9
+) -> np.ndarray:
+    """``f64[n]`` drop rates, one per example: all ``rate`` (``'fixed'``) or uniform in
+    ``[0, 2 rate]`` (``'uniform'``, mean ``rate``), capped at ``max_rate``."""
+    if distribution == "fixed":
+        rates = np.full(n, float(rate))
+    elif distribution == "uniform":
+        rates = rng.uniform(0.0, 2.0 * rate, size=n)
+    else:
+        raise ValueError(
+            f"unknown token drop distribution {distribution!r}; use one of {DROP_DISTRIBUTIONS}"
+        )
+    return np.minimum(rates, max_rate)
+
+
+def drop_tokens(
+    rng: np.random.Generator, tokens: np.ndarray, positions: np.ndarray, rate: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keeps ``round(n (1 - rate))`` (at least one) random tokens of an item, in order.
+
+    ``tokens f32[n d]``, ``positions i32[n 3]`` -> ``(tokens f32[k d], positions i32[k 3],
+    kept i64[k])`` where ``kept`` are the kept indices (sorted). Positions stay the tokens'
+    true grid positions, so RoPE sees the real geometry of the thinned video.
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"drop_tokens: rate must be in [0, 1), got {rate}")
+    n = tokens.shape[0]
+    k = max(1, int(round(n * (1.0 - rate))))
+    kept = np.arange(n) if k >= n else np.sort(rng.choice(n, size=k, replace=False))
+    return tokens[kept], positions[kept], kept
 
 
 @dataclasses.dataclass

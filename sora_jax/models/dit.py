@@ -2,12 +2,26 @@
 
 Input rows hold several videos ("segments") packed one after the other (see
 ``sora_jax.data.packing``). Everything is per segment, so packing is invisible to each
-video: self-attention is masked to the token's own segment, cross-attention sees only the
-text of its own segment, and the conditioning (diffusion time + pooled text) is computed
-per segment and gathered per token for adaLN-Zero modulation. Positions enter via 3D RoPE
+video: self-attention is masked to the token's own segment, text is seen only by the tokens
+of its own segment, and the conditioning (diffusion time + pooled text) is computed per
+segment and gathered per token for adaLN-Zero modulation. Positions enter via 3D RoPE
 (relative) and optionally absolute embeddings of the frame index and the offset from the
 segment's centre, so any duration / resolution / aspect ratio is handled without change.
 Padding tokens (segment 0) are inert and their outputs are zero.
+
+Options (all per block, selected in config; defaults reproduce the original model):
+  * text conditioning: ``'cross'`` (cross-attention to the segment's caption) or ``'joint'``
+    (MMDiT style: a text stream with its own weights, video and text tokens of a segment
+    attend jointly; RoPE rotates the video tokens only);
+  * ``'full'`` 3D self-attention, or ``'factorised'``: blocks alternate spatial attention
+    (same frame) and temporal attention (same (h, w)). Done with masks, so on dense
+    attention kernels it changes the receptive field, not the FLOPs;
+  * GELU or SwiGLU MLP; compute ``dtype`` (e.g. bfloat16) over ``param_dtype`` (float32)
+    parameters; rematerialisation of each block with a ``jax.checkpoint_policies`` policy.
+
+Every parameter carries logical axis names (``nn.with_logical_partitioning``) and block
+boundaries / q, k, v carry logical constraints, for sharding by rules; without rules in
+context they do nothing. Initialised variables are boxed: ``nn.unbox`` them for plain arrays.
 
 Conditioning on given frames (image->video, extension, connecting clips) uses per-token
 diffusion time: the tokens of given latent frames enter clean with their own time t = 0
@@ -27,7 +41,44 @@ import jax.numpy as jnp
 from sora_jax.models.attention import attention, segment_mask
 from sora_jax.models.rope import rope_3d
 
-__all__ = ["timestep_embedding", "absolute_position_features", "DiTBlock", "DiT"]
+__all__ = [
+    "timestep_embedding",
+    "absolute_position_features",
+    "swiglu_hidden",
+    "DiTBlock",
+    "DiT",
+    "SIZES",
+    "MLPS",
+    "TEXT_ATTENTIONS",
+    "ATTENTION_LAYOUTS",
+    "REMAT_POLICIES",
+    "DTYPES",
+]
+
+# Standard DiT sizes (Peebles & Xie): (hidden, depth, num_heads).
+SIZES = {
+    "S": (384, 12, 6),
+    "B": (768, 12, 12),
+    "L": (1024, 24, 16),
+    "XL": (1152, 28, 16),
+}
+MLPS = ("gelu", "swiglu")
+TEXT_ATTENTIONS = ("cross", "joint")
+ATTENTION_LAYOUTS = ("full", "factorised")
+# 'none': no rematerialisation; the others name jax.checkpoint_policies ('nothing_saveable'
+# recomputes the whole block in the backward pass, 'dots_saveable' keeps matmul outputs).
+REMAT_POLICIES = (
+    "none",
+    "nothing_saveable",
+    "everything_saveable",
+    "dots_saveable",
+    "dots_with_no_batch_dims_saveable",
+)
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+# Logical axis names of activations (rules in the sharding code map them to mesh axes).
+TOKENS = ("batch", "length", "embed")
+HEADS = ("batch", "length", "heads", "kv")
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
@@ -55,16 +106,80 @@ def absolute_position_features(segment_ids, positions, dim: int = 32) -> jax.Arr
     return jnp.concatenate([timestep_embedding(x, dim, max_period=100.0) for x in coords], -1)
 
 
+def swiglu_hidden(hidden: int, mlp_ratio: float) -> int:
+    """SwiGLU width: 2/3 of the GELU MLP's (same parameter count), rounded up to 8."""
+    return 8 * math.ceil(2 * hidden * mlp_ratio / 3 / 8)
+
+
+def self_attention_mask(segment_ids, positions, layout: str = "thw") -> jax.Array:
+    """``bool[b 1 l l]``: same segment, and for ``'hw'`` (spatial) the same frame, for
+    ``'t'`` (temporal) the same (h, w); ``'thw'`` is full 3D attention."""
+    m = segment_mask(segment_ids, segment_ids)
+    same = {"thw": (), "hw": (0,), "t": (1, 2)}[layout]
+    for a in same:
+        p = positions[..., a]
+        m = m & (p[:, :, None] == p[:, None, :])[:, None]
+    return m
+
+
 def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
     return x * (1.0 + scale) + shift
 
 
+class _Layers:
+    """Dense / norm factories that name the logical axes of their parameters."""
+
+    def __init__(self, dtype, param_dtype):
+        self.dtype, self.param_dtype = dtype, param_dtype
+
+    def dense(self, n, name, axes, kernel_init=nn.initializers.lecun_normal()):
+        return nn.Dense(
+            n,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
+            kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[1:]),
+        )
+
+    def plain_norm(self, name):
+        """LayerNorm without parameters (adaLN supplies scale and shift)."""
+        return nn.LayerNorm(
+            epsilon=1e-6,
+            use_bias=False,
+            use_scale=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
+        )
+
+    def layer_norm(self, name):
+        return nn.LayerNorm(
+            epsilon=1e-6,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
+            scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
+        )
+
+    def rms_norm(self, name):
+        return nn.RMSNorm(
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
+            scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+        )
+
+
 class DiTBlock(nn.Module):
-    """adaLN-Zero block: self-attention (QK-norm, 3D RoPE), cross-attention to text, MLP.
+    """adaLN-Zero block: self-attention (QK-norm, 3D RoPE), text conditioning, MLP.
 
     ``x f[b l hidden]``, ``c f[b l hidden]`` (per-token conditioning), ``positions
-    i32[b l 3]``, ``self_mask bool[b 1 l l]``, ``text f[b m hidden]``, ``cross_mask
-    bool[b 1 l m]`` -> ``f[b l hidden]``.
+    i32[b l 3]``, ``text f[b m hidden]``, ``text_c f[b m hidden]`` (conditioning of each text
+    token, used by 'joint' only) and the masks ``self_mask bool[b 1 l l]`` ('cross') or
+    ``bool[b 1 l+m l+m]`` (video then text tokens, 'joint'), ``cross_mask bool[b 1 l m]``
+    -> ``(x f[b l hidden], text f[b m hidden])`` (text unchanged by 'cross' blocks).
     """
 
     hidden: int
@@ -73,43 +188,91 @@ class DiTBlock(nn.Module):
     rope_theta: float = 10000.0
     dtype: jnp.dtype = jnp.float32
     attention_impl: str = "xla"
+    param_dtype: jnp.dtype = jnp.float32
+    mlp: str = "gelu"
+    text_attention: str = "cross"
+
+    def _mlp(self, layers, y, prefix=""):
+        if self.mlp == "gelu":
+            y = layers.dense(
+                int(self.hidden * self.mlp_ratio), prefix + "mlp_in", ("embed", "mlp")
+            )(y)
+            y = nn.gelu(y)
+        else:
+            gate, up = jnp.split(
+                layers.dense(
+                    2 * swiglu_hidden(self.hidden, self.mlp_ratio),
+                    prefix + "mlp_in",
+                    ("embed", "mlp"),
+                )(y),
+                2,
+                axis=-1,
+            )
+            y = nn.silu(gate) * up
+        return layers.dense(self.hidden, prefix + "mlp_out", ("mlp", "embed"))(y)
+
+    def _qkv(self, layers, y, prefix=""):
+        """``f[b n hidden] -> 3 x f[b n heads d]``, q and k RMS-normalised (QK-norm)."""
+        h, d = self.num_heads, self.hidden // self.num_heads
+        qkv = layers.dense(3 * self.hidden, prefix + "qkv", ("embed", "heads"))(y)
+        q, k, v = (x[:, :, 0] for x in jnp.split(qkv.reshape(*y.shape[:2], 3, h, d), 3, axis=2))
+        # QK-norm keeps attention logits bounded (stable training at any length).
+        q = layers.rms_norm(prefix + "q_norm")(q)
+        k = layers.rms_norm(prefix + "k_norm")(k)
+        return tuple(nn.with_logical_constraint(a, HEADS) for a in (q, k, v))
 
     @nn.compact
-    def __call__(self, x, c, positions, self_mask, text, cross_mask):
-        h, d = self.num_heads, self.hidden // self.num_heads
-        dense = lambda n, name, **kw: nn.Dense(n, dtype=self.dtype, name=name, **kw)
-        norm = lambda name: nn.LayerNorm(
-            epsilon=1e-6, use_bias=False, use_scale=False, dtype=self.dtype, name=name
+    def __call__(self, x, c, positions, self_mask, text, cross_mask, text_c=None):
+        layers = _Layers(self.dtype, self.param_dtype)
+        b, l, _ = x.shape
+        mod = layers.dense(6 * self.hidden, "adaln", ("embed", "mlp"), nn.initializers.zeros)(
+            nn.silu(c)
         )
-        mod = dense(6 * self.hidden, "adaln", kernel_init=nn.initializers.zeros)(nn.silu(c))
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, axis=-1)
 
-        # Self-attention within the segment.
-        y = _modulate(norm("norm_attn")(x), shift_a, scale_a)
-        qkv = dense(3 * self.hidden, "qkv")(y).reshape(*y.shape[:2], 3, h, d)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        # QK-norm keeps attention logits bounded (stable training at any length).
-        q = nn.RMSNorm(dtype=self.dtype, name="q_norm")(q)
-        k = nn.RMSNorm(dtype=self.dtype, name="k_norm")(k)
+        y = _modulate(layers.plain_norm("norm_attn")(x), shift_a, scale_a)
+        q, k, v = self._qkv(layers, y)
         q, k = rope_3d(q, positions, self.rope_theta), rope_3d(k, positions, self.rope_theta)
-        a = attention(q, k, v, self_mask, self.attention_impl).reshape(*x.shape[:2], self.hidden)
-        x = x + gate_a * dense(self.hidden, "attn_out")(a)
+        if self.text_attention == "joint":
+            # MMDiT: the text stream has its own weights; both attend over video + text.
+            tmod = layers.dense(
+                6 * self.hidden, "text_adaln", ("embed", "mlp"), nn.initializers.zeros
+            )(nn.silu(text_c))
+            t_shift_a, t_scale_a, t_gate_a, t_shift_m, t_scale_m, t_gate_m = jnp.split(
+                tmod, 6, axis=-1
+            )
+            yt = _modulate(layers.plain_norm("text_norm_attn")(text), t_shift_a, t_scale_a)
+            tq, tk, tv = self._qkv(layers, yt, "text_")
+            cat = lambda u, w: jnp.concatenate([u, w], axis=1)
+            a = attention(cat(q, tq), cat(k, tk), cat(v, tv), self_mask, self.attention_impl)
+            a = a.reshape(b, -1, self.hidden)
+            a, at = a[:, :l], a[:, l:]
+            text = text + t_gate_a * layers.dense(self.hidden, "text_attn_out", ("heads", "embed"))(
+                at
+            )
+            yt = _modulate(layers.plain_norm("text_norm_mlp")(text), t_shift_m, t_scale_m)
+            text = text + t_gate_m * self._mlp(layers, yt, "text_")
+        else:
+            a = attention(q, k, v, self_mask, self.attention_impl).reshape(b, l, self.hidden)
+        x = x + gate_a * layers.dense(self.hidden, "attn_out", ("heads", "embed"))(a)
+        x = nn.with_logical_constraint(x, TOKENS)
 
-        # Cross-attention to the segment's own text (plain pre-norm residual).
-        y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm_cross")(x)
-        q = dense(self.hidden, "cross_q")(y).reshape(*y.shape[:2], h, d)
-        kv = dense(2 * self.hidden, "cross_kv")(text).reshape(*text.shape[:2], 2, h, d)
-        k, v = kv[:, :, 0], kv[:, :, 1]
-        q = nn.RMSNorm(dtype=self.dtype, name="cross_q_norm")(q)
-        k = nn.RMSNorm(dtype=self.dtype, name="cross_k_norm")(k)
-        a = attention(q, k, v, cross_mask, self.attention_impl).reshape(*x.shape[:2], self.hidden)
-        x = x + dense(self.hidden, "cross_out")(a)
+        if self.text_attention == "cross":
+            # Cross-attention to the segment's own text (plain pre-norm residual).
+            h, d = self.num_heads, self.hidden // self.num_heads
+            y = layers.layer_norm("norm_cross")(x)
+            q = layers.dense(self.hidden, "cross_q", ("embed", "heads"))(y).reshape(b, l, h, d)
+            kv = layers.dense(2 * self.hidden, "cross_kv", ("embed", "heads"))(text)
+            k, v = (u[:, :, 0] for u in jnp.split(kv.reshape(*text.shape[:2], 2, h, d), 2, 2))
+            q = layers.rms_norm("cross_q_norm")(q)
+            k = layers.rms_norm("cross_k_norm")(k)
+            q, k, v = (nn.with_logical_constraint(u, HEADS) for u in (q, k, v))
+            a = attention(q, k, v, cross_mask, self.attention_impl).reshape(b, l, self.hidden)
+            x = x + layers.dense(self.hidden, "cross_out", ("heads", "embed"))(a)
 
-        # MLP.
-        y = _modulate(norm("norm_mlp")(x), shift_m, scale_m)
-        y = dense(int(self.hidden * self.mlp_ratio), "mlp_in")(y)
-        y = dense(self.hidden, "mlp_out")(nn.gelu(y))
-        return x + gate_m * y
+        y = _modulate(layers.plain_norm("norm_mlp")(x), shift_m, scale_m)
+        x = nn.with_logical_constraint(x + gate_m * self._mlp(layers, y), TOKENS)
+        return x, text
 
 
 class DiT(nn.Module):
@@ -132,7 +295,7 @@ class DiT(nn.Module):
     text_dim: int
     mlp_ratio: float = 4.0
     rope_theta: float = 10000.0
-    dtype: jnp.dtype = jnp.float32
+    dtype: jnp.dtype = jnp.float32  # compute dtype (activations); outputs are float32
     attention_impl: str = "xla"
     time_freq_dim: int = 256
     # Absolute positions added to the tokens on top of the relative RoPE: the frame index and
@@ -142,15 +305,43 @@ class DiT(nn.Module):
     # A learned vector added to the tokens of given (clean, t = 0) frames, on top of their
     # time: an explicit "this is a condition" flag. Zero-initialised.
     cond_embedding: bool = False
+    param_dtype: jnp.dtype = jnp.float32
+    mlp: str = "gelu"  # MLPS
+    text_attention: str = "cross"  # TEXT_ATTENTIONS
+    attention_layout: str = "full"  # ATTENTION_LAYOUTS
+    remat_policy: str = "none"  # REMAT_POLICIES
+
+    def _check_options(self):
+        for name, value, options in (
+            ("mlp", self.mlp, MLPS),
+            ("text_attention", self.text_attention, TEXT_ATTENTIONS),
+            ("attention_layout", self.attention_layout, ATTENTION_LAYOUTS),
+            ("remat_policy", self.remat_policy, REMAT_POLICIES),
+        ):
+            if value not in options:
+                raise ValueError(f"DiT: {name}={value!r}; choose one of {options}")
+        if self.hidden % self.num_heads:
+            raise ValueError(
+                f"DiT: hidden {self.hidden} not divisible by num_heads {self.num_heads}"
+            )
+
+    def _block_class(self):
+        if self.remat_policy == "none":
+            return DiTBlock
+        policy = getattr(jax.checkpoint_policies, self.remat_policy)
+        return nn.remat(DiTBlock, policy=policy)
+
+    def _layouts(self) -> list[str]:
+        """Per block: 'thw' (full 3D), or alternating 'hw' (spatial) / 't' (temporal)."""
+        if self.attention_layout == "full":
+            return ["thw"] * self.depth
+        return ["hw" if i % 2 == 0 else "t" for i in range(self.depth)]
 
     @nn.compact
     def __call__(self, x, t, segment_ids, positions, text, text_mask, t_tok=None, cond_mask=None):
         b, l, _ = x.shape
         s, lt = text.shape[1], text.shape[2]
-        if self.hidden % self.num_heads:
-            raise ValueError(
-                f"DiT: hidden {self.hidden} not divisible by num_heads {self.num_heads}"
-            )
+        self._check_options()
         if x.shape[-1] != self.patch_dim:
             raise ValueError(f"DiT: token dim {x.shape[-1]} != patch_dim {self.patch_dim}")
         if t.shape != (b, s) or text_mask.shape != (b, s, lt) or text.shape[-1] != self.text_dim:
@@ -166,62 +357,83 @@ class DiT(nn.Module):
         for name, a in (("t_tok", t_tok), ("cond_mask", cond_mask)):
             if a is not None and a.shape != (b, l):
                 raise ValueError(f"DiT: {name} {a.shape} does not match tokens {x.shape[:2]}")
-        dense = lambda n, name, **kw: nn.Dense(n, dtype=self.dtype, name=name, **kw)
+        layers = _Layers(self.dtype, self.param_dtype)
         text = text.astype(self.dtype)
 
         # Conditioning: diffusion time + pooled text of the token's segment, c_tok[b l hidden].
-        time_in = dense(self.hidden, "time_mlp_in")
-        time_out = dense(self.hidden, "time_mlp_out")
+        time_in = layers.dense(self.hidden, "time_mlp_in", (None, "mlp"))
+        time_out = layers.dense(self.hidden, "time_mlp_out", ("mlp", "embed"))
         time_mlp = lambda tt: time_out(
             nn.silu(time_in(timestep_embedding(tt * 1000.0, self.time_freq_dim)))
         )
         m = text_mask.astype(jnp.float32)[..., None]
         pooled = jnp.sum(text * m, axis=2) / jnp.maximum(jnp.sum(m, axis=2), 1.0)  # [b s text_dim]
-        c = dense(self.hidden, "text_pool_proj")(pooled)  # [b s hidden]
-        if t_tok is None:
-            c = time_mlp(t) + c
+        c_pool = layers.dense(self.hidden, "text_pool_proj", ("text_embed", "embed"))(pooled)
+        c_seg = time_mlp(t) + c_pool  # [b s hidden]
         # Gather per token; padding takes segment 1's (its outputs are zeroed anyway).
-        c_tok = jnp.take_along_axis(c, jnp.clip(segment_ids - 1, 0, s - 1)[..., None], axis=1)
-        if t_tok is not None:
-            c_tok = time_mlp(t_tok) + c_tok
+        seg_index = jnp.clip(segment_ids - 1, 0, s - 1)[..., None]
+        if t_tok is None:
+            c_tok = jnp.take_along_axis(c_seg, seg_index, axis=1)
+        else:
+            c_tok = time_mlp(t_tok) + jnp.take_along_axis(c_pool, seg_index, axis=1)
 
-        # Text keys of segment j+1 carry id j+1, so a token only sees its own caption.
-        text_kv = dense(self.hidden, "text_proj")(text).reshape(b, s * lt, self.hidden)
+        # Text tokens of segment j+1 carry id j+1, so a token only sees its own caption.
+        text_kv = layers.dense(self.hidden, "text_proj", ("text_embed", "embed"))(text)
+        text_kv = text_kv.reshape(b, s * lt, self.hidden)
         text_ids = jnp.where(text_mask, jnp.arange(1, s + 1, dtype=jnp.int32)[None, :, None], 0)
-        cross_mask = segment_mask(segment_ids, text_ids.reshape(b, s * lt))
-        self_mask = segment_mask(segment_ids, segment_ids)
+        text_ids = text_ids.reshape(b, s * lt)
+        cross_mask = segment_mask(segment_ids, text_ids)
+        masks = {}
+        for layout in set(self._layouts()):
+            video = self_attention_mask(segment_ids, positions, layout)
+            if self.text_attention == "joint":
+                top = jnp.concatenate([video, cross_mask], axis=-1)
+                bottom = jnp.concatenate(
+                    [jnp.swapaxes(cross_mask, -1, -2), segment_mask(text_ids, text_ids)], axis=-1
+                )
+                video = jnp.concatenate([top, bottom], axis=-2)
+            masks[layout] = video
+        text_c = None
+        if self.text_attention == "joint":
+            text_c = jnp.repeat(c_seg, lt, axis=1)  # [b s*lt hidden]
 
-        h = dense(self.hidden, "patch_embed")(x.astype(self.dtype))
+        h = layers.dense(self.hidden, "patch_embed", ("patch", "embed"))(x.astype(self.dtype))
         if self.abs_positions:
-            h = h + dense(self.hidden, "pos_embed")(
+            h = h + layers.dense(self.hidden, "pos_embed", (None, "embed"))(
                 absolute_position_features(segment_ids, positions)
             )
         if self.cond_embedding:
             # Created even without a mask, so that init makes it and every call finds it.
-            flag = self.param("cond_embed", nn.initializers.zeros, (self.hidden,), jnp.float32)
+            flag = self.param(
+                "cond_embed",
+                nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                (self.hidden,),
+                self.param_dtype,
+            )
             if cond_mask is not None:
                 h = h + cond_mask[..., None].astype(self.dtype) * flag.astype(self.dtype)
-        for i in range(self.depth):
-            h = DiTBlock(
+        h = nn.with_logical_constraint(h, TOKENS)
+        block = self._block_class()
+        for i, layout in enumerate(self._layouts()):
+            h, text_kv = block(
                 self.hidden,
                 self.num_heads,
                 self.mlp_ratio,
                 self.rope_theta,
                 self.dtype,
                 self.attention_impl,
+                self.param_dtype,
+                self.mlp,
+                self.text_attention,
                 name=f"block_{i}",
-            )(h, c_tok, positions, self_mask, text_kv, cross_mask)
+            )(h, c_tok, positions, masks[layout], text_kv, cross_mask, text_c)
 
-        mod = dense(2 * self.hidden, "final_adaln", kernel_init=nn.initializers.zeros)(
+        mod = layers.dense(2 * self.hidden, "final_adaln", ("embed", "mlp"), nn.initializers.zeros)(
             nn.silu(c_tok)
         )
         shift, scale = jnp.split(mod, 2, axis=-1)
-        h = _modulate(
-            nn.LayerNorm(
-                epsilon=1e-6, use_bias=False, use_scale=False, dtype=self.dtype, name="final_norm"
-            )(h),
-            shift,
-            scale,
+        h = _modulate(layers.plain_norm("final_norm")(h), shift, scale)
+        out = layers.dense(self.patch_dim, "final_out", ("embed", "patch"), nn.initializers.zeros)(
+            h
         )
-        out = dense(self.patch_dim, "final_out", kernel_init=nn.initializers.zeros)(h)
         return out.astype(jnp.float32) * (segment_ids > 0)[..., None]

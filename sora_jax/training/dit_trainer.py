@@ -11,6 +11,7 @@ import collections
 import dataclasses
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -54,6 +55,11 @@ def build_dit(config, text_dim: int) -> dit_lib.DiT:
         rope_theta=m.rope_theta,
         abs_positions=m.abs_positions,
         cond_embedding=m.cond_embedding,
+        dtype=dit_lib.DTYPES[m.dtype],
+        mlp=m.mlp,
+        text_attention=m.text_attention,
+        attention_layout=m.attention_layout,
+        remat_policy=m.remat_policy,
     )
 
 
@@ -151,9 +157,16 @@ def dit_batch(
     rng = np.random.default_rng([config.data.seed, 2, step])
     n = len(cache.tokens)
     draw = rng.choice(n, size=min(n, dc.rows * dc.max_segments), replace=False)
-    batch, placements = packing.pack(
-        [(cache.tokens[i], cache.positions[i]) for i in draw], dc.seq_len, dc.rows, dc.max_segments
-    )
+    items = [(cache.tokens[i], cache.positions[i]) for i in draw]
+    td = dc.token_drop
+    rate = packing.drop_rate(step, td.rate, td.schedule, td.start_rate, td.schedule_steps)
+    dropping = td.rate > 0 or td.start_rate > 0
+    if dropping:
+        # A stream of its own: without dropping, batches stay exactly as they were.
+        drng = np.random.default_rng([config.data.seed, 5, step])
+        rates = packing.example_drop_rates(drng, len(items), rate, td.per_example, td.max_rate)
+        items = [packing.drop_tokens(drng, t, p, r)[:2] for (t, p), r in zip(items, rates)]
+    batch, placements = packing.pack(items, dc.seq_len, dc.rows, dc.max_segments)
     lt = cache.caption_ids.shape[1]
     ids = np.zeros((dc.rows, dc.max_segments, lt), np.int32)
     mask = np.zeros((dc.rows, dc.max_segments, lt), bool)
@@ -170,20 +183,28 @@ def dit_batch(
         "caption_ids": ids,
         "caption_mask": mask,
     }
+    if dropping:
+        # Tokens of each whole video, for the resolution-dependent time shift.
+        num_tokens = np.zeros((dc.rows, dc.max_segments), np.float32)
+        for i, p in zip(draw, placements):
+            if p is not None:
+                num_tokens[p.row, p.segment - 1] = len(cache.tokens[i])
+        out["num_tokens"] = num_tokens
     cond = dc.condition
     if cond.rate > 0:
         # A stream of its own: the draws above (and so old runs' batches) stay as they were.
         crng = np.random.default_rng([config.data.seed, 4, step])
         cond_mask = np.zeros(batch["segment_ids"].shape, bool)
-        for i, p in zip(draw, placements):
+        for i, (_, pos), p in zip(draw, items, placements):
             if p is None or crng.random() >= cond.rate:
                 continue
+            num_frames = int(cache.positions[i][:, 0].max()) + 1  # before any token dropping
             drawn = conditioning.sample_frame_mask(
-                crng, p.grid[0], dict(cond.mask_types), cond.random_frame_prob
+                crng, num_frames, dict(cond.mask_types), cond.random_frame_prob
             )
             if drawn is not None:
                 cond_mask[p.row, p.start : p.start + p.length] = conditioning.token_mask(
-                    drawn[1], cache.positions[i]
+                    drawn[1], pos
                 )
         out["cond_mask"] = cond_mask
     return out
@@ -210,9 +231,11 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
         text = text_features(text_encoder, text_params, batch["caption_ids"], batch["caption_mask"])
         x0, seg = batch["tokens"], batch["segment_ids"]
         rng_t, rng_n = jax.random.split(rng)
-        # Tokens per segment f32[b s]: the token-dependent time shift of each video.
+        # Tokens per segment f32[b s]: the token-dependent time shift of each video (the whole
+        # video's count when tokens were dropped).
         counts = jnp.sum(seg[:, :, None] == jnp.arange(1, num_seg + 1), axis=1)
-        t = objective.sample_t(rng_t, seg.shape[:1] + (num_seg,), counts.astype(jnp.float32))
+        counts = batch.get("num_tokens", counts.astype(jnp.float32))
+        t = objective.sample_t(rng_t, seg.shape[:1] + (num_seg,), counts)
         t_tok = jnp.take_along_axis(t, jnp.maximum(seg - 1, 0), axis=1)[..., None]
         noise = jax.random.normal(rng_n, x0.shape, x0.dtype)
         x_t = objective.corrupt(x0, noise, t_tok)
@@ -250,10 +273,12 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
     return train_step
 
 
-def init_state(config, dit, text_encoder, tx, mesh, extras):
+def init_params_fn(config, dit, text_encoder, batch_size: int = 1):
+    """`init(key) -> params` ({'dit': ..., 'text': ... if trainable}), the DiT's params boxed
+    with their logical axis names (nn.Partitioned): `nn.unbox` them for plain arrays, or
+    `jax.eval_shape` + `nn.get_partition_spec` for shardings."""
     dc, lt = config.dit, config.text.max_length
-    pt, ph, pw = dc.patch
-    b = mesh.shape[mesh_lib.DATA]
+    b = batch_size
     x = jnp.zeros((b, dc.seq_len, dit.patch_dim), jnp.float32)
     seg = jnp.ones((b, dc.seq_len), jnp.int32)
     pos = jnp.zeros((b, dc.seq_len, 3), jnp.int32)
@@ -269,7 +294,21 @@ def init_state(config, dit, text_encoder, tx, mesh, extras):
             params["text"] = text_encoder.module.init(k_text, ids, jnp.ones((1, lt), bool))[
                 "params"
             ]
-        return ts.create(params, tx, extras)
+        return params
+
+    return init
+
+
+def abstract_params(config, dit, text_encoder):
+    """Shapes/dtypes of the (boxed) params, with no allocation."""
+    return jax.eval_shape(init_params_fn(config, dit, text_encoder), jax.random.PRNGKey(0))
+
+
+def init_state(config, dit, text_encoder, tx, mesh, extras):
+    init_params = init_params_fn(config, dit, text_encoder, mesh.shape[mesh_lib.DATA])
+
+    def init(key):
+        return ts.create(nn.unbox(init_params(key)), tx, extras)
 
     return jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(
         jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
