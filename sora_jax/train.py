@@ -2,6 +2,7 @@
 
   python -m sora_jax.train --config=configs/tiny.py --workdir=runs/tiny \
       [--config.dit.train.steps=100 ...]
+  python -m sora_jax.train --config=configs/dit.py:XL --dry_run   # size and FLOPs only
 
 Re-running the same command resumes from the latest checkpoints (finished
 stages are skipped), so a killed run loses at most `checkpoint_every` steps.
@@ -26,6 +27,28 @@ from sora_jax.training import dit_trainer, vae_trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "Print the DiT's parameter count and FLOPs per token, then exit."
+)
+
+
+def dry_run(config: ml_collections.ConfigDict) -> dict:
+    """Validates the config and prints the DiT's size and cost (nothing is allocated)."""
+    summary = dit_trainer.model_summary(config_lib.validate(config))
+    m = config.dit.model
+    print(
+        f"DiT hidden={m.hidden} depth={m.depth} heads={m.num_heads} mlp={m.mlp} "
+        f"text={m.text_attention} attention={m.attention_layout} dtype={m.dtype} "
+        f"remat={m.remat_policy}\n"
+        f"  parameters: DiT {summary['dit_params']:,}, text encoder (trained) "
+        f"{summary['text_params']:,}\n"
+        f"  FLOPs per token (matmuls, seq_len={config.dit.seq_len}): forward "
+        f"{summary['forward_flops_per_token'] / 1e9:.3f} GFLOP, train step "
+        f"{summary['train_flops_per_token'] / 1e9:.3f} GFLOP\n"
+        f"  tokens per step {summary['tokens_per_step']:,}: train step "
+        f"{summary['train_flops_per_token'] * summary['tokens_per_step'] / 1e12:.3f} TFLOP"
+    )
+    return summary
 
 
 def check_workdir_config(config: ml_collections.ConfigDict, workdir: str):
@@ -89,6 +112,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _DRY_RUN.value:
+        dry_run(_CONFIG.value)
+        return
     if _WORKDIR.value is None:
         raise app.UsageError("--workdir is required (checkpoints, logs and samples go there)")
     results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)

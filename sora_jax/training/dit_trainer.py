@@ -21,6 +21,7 @@ from absl import logging
 from sora_jax.data import packing, shapes
 from sora_jax.diffusion import conditioning, objectives
 from sora_jax.models import dit as dit_lib
+from sora_jax.models import flops as flops_lib
 from sora_jax.models import vae_inference
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.text import encoders
@@ -302,6 +303,22 @@ def init_params_fn(config, dit, text_encoder, batch_size: int = 1):
 def abstract_params(config, dit, text_encoder):
     """Shapes/dtypes of the (boxed) params, with no allocation."""
     return jax.eval_shape(init_params_fn(config, dit, text_encoder), jax.random.PRNGKey(0))
+
+
+def model_summary(config) -> dict[str, float]:
+    """Parameter counts and matmul FLOPs per token of the configured DiT (no allocation)."""
+    text_encoder = build_text_encoder(config)
+    dit = build_dit(config, text_encoder.dim)
+    params = abstract_params(config, dit, text_encoder)
+    dc = config.dit
+    flops = flops_lib.dit_flops_per_token(dit, dc.seq_len, dc.max_segments * config.text.max_length)
+    return {
+        "dit_params": flops_lib.param_count(params["dit"]),
+        "text_params": flops_lib.param_count(params.get("text", {})),
+        "forward_flops_per_token": flops["forward"],
+        "train_flops_per_token": flops["train"] + flops["remat"],
+        "tokens_per_step": dc.rows * dc.seq_len,
+    }
 
 
 def init_state(config, dit, text_encoder, tx, mesh, extras):
