@@ -1,0 +1,239 @@
+"""The DiT's options (SwiGLU, joint text attention, factorised attention, remat, bf16) keep
+packing invisible; logical axis names on every parameter; FLOPs counter; config checks."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sora_jax import config as config_lib
+from sora_jax.data.packing import pack, patchify
+from sora_jax.models import flops as flops_lib
+from sora_jax.models.dit import DiT, self_attention_mask
+
+PATCH, C = (1, 2, 2), 3
+PATCH_DIM, TEXT_DIM, LT, L, S = 12, 16, 4, 24, 2
+TOL = 1e-5
+
+
+def _model(**kw):
+    return DiT(
+        patch_dim=PATCH_DIM, hidden=32, depth=2, num_heads=4, text_dim=TEXT_DIM, mlp_ratio=2, **kw
+    )
+
+
+def _noisy_params(model, seed=0):
+    """Random non-zero params (zero-initialised adaLN / outputs would hide leaks), plain."""
+    args = _inputs([[0]], _examples())[0]
+    boxed = model.init(jax.random.PRNGKey(seed), *args)["params"]
+    params = nn.unbox(boxed)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(42), len(leaves))
+    return boxed, jax.tree_util.tree_unflatten(
+        treedef, [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+    )
+
+
+def _examples(seed=0):
+    """Two examples: a 2x2x3 video (12 tokens) and a 1x3x2 image (6 tokens), with text."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for shape, n_text in (((2, 4, 6, C), 3), ((1, 6, 4, C), 4)):
+        tok, pos = patchify(rng.standard_normal(shape).astype(np.float32), PATCH)
+        text = rng.standard_normal((LT, TEXT_DIM)).astype(np.float32)
+        out.append(dict(tok=tok, pos=pos, text=text, tmask=np.arange(LT) < n_text, t=0.3))
+    return out
+
+
+def _inputs(rows, examples, seq_len=L):
+    """DiT inputs for rows listing example indices, packed in that order."""
+    x = np.zeros((len(rows), seq_len, PATCH_DIM), np.float32)
+    seg = np.zeros((len(rows), seq_len), np.int32)
+    pos = np.zeros((len(rows), seq_len, 3), np.int32)
+    t = np.zeros((len(rows), S), np.float32)
+    text = np.zeros((len(rows), S, LT, TEXT_DIM), np.float32)
+    tmask = np.zeros((len(rows), S, LT), bool)
+    placements = []
+    for r, row in enumerate(rows):
+        b, pl = pack([(examples[i]["tok"], examples[i]["pos"]) for i in row], seq_len, 1, S)
+        x[r], seg[r], pos[r] = b["tokens"][0], b["segment_ids"][0], b["positions"][0]
+        for i, p in zip(row, pl):
+            e = examples[i]
+            t[r, p.segment - 1], text[r, p.segment - 1] = e["t"], e["text"]
+            tmask[r, p.segment - 1] = e["tmask"]
+        placements.append(pl)
+    return (x, t, seg, pos, text, tmask), placements
+
+
+OPTIONS = {
+    "swiglu+factorised": dict(mlp="swiglu", attention_layout="factorised"),
+    "joint+remat+abs": dict(
+        text_attention="joint", remat_policy="nothing_saveable", abs_positions=True
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=list(OPTIONS), ids=list(OPTIONS))
+def setup(request):
+    model = _model(**OPTIONS[request.param])
+    boxed, params = _noisy_params(model)
+    apply = jax.jit(lambda p, *a: model.apply({"params": p}, *a))
+    return dict(model=model, boxed=boxed, params=params, apply=apply)
+
+
+def test_segment_isolation_is_bitwise(setup):
+    ex = _examples()
+    args, _ = _inputs([[0, 1]], ex)
+    out = np.asarray(setup["apply"](setup["params"], *args))
+    # Perturb everything of example 1 (tokens, caption, time): example 0 bitwise unchanged.
+    other = _examples(seed=7)
+    ex2 = [ex[0], dict(other[1], t=0.9)]
+    out2 = np.asarray(setup["apply"](setup["params"], *_inputs([[0, 1]], ex2)[0]))
+    np.testing.assert_array_equal(out2[0, :12], out[0, :12])
+    assert np.abs(out2[0, 12:18] - out[0, 12:18]).max() > 1e-3
+
+
+def test_padding_is_inert(setup):
+    x, t, seg, pos, text, tmask = _inputs([[0, 1]], _examples())[0]
+    out = np.asarray(setup["apply"](setup["params"], x, t, seg, pos, text, tmask))
+    pad = seg == 0
+    assert pad.sum() == 6
+    rng = np.random.default_rng(3)
+    x2 = np.where(pad[..., None], rng.standard_normal(x.shape), x).astype(np.float32)
+    pos2 = np.where(pad[..., None], rng.integers(0, 9, pos.shape), pos).astype(np.int32)
+    text2 = np.where(tmask[..., None], text, 50.0).astype(np.float32)  # masked caption slots
+    out2 = np.asarray(setup["apply"](setup["params"], x2, t, seg, pos2, text2, tmask))
+    np.testing.assert_array_equal(out2, out)
+    np.testing.assert_array_equal(out[pad], 0.0)
+
+
+def test_packed_equals_one_at_a_time(setup):
+    ex = _examples()
+    packed = np.asarray(setup["apply"](setup["params"], *_inputs([[1, 0]], ex)[0]))
+    for i, (start, n) in ((0, (6, 12)), (1, (0, 6))):
+        alone = np.asarray(setup["apply"](setup["params"], *_inputs([[i]], ex, seq_len=n)[0]))
+        np.testing.assert_allclose(packed[0, start : start + n], alone[0], atol=TOL, rtol=TOL)
+
+
+def test_every_param_has_logical_axes(setup):
+    flat = jax.tree_util.tree_flatten_with_path(
+        setup["boxed"], is_leaf=lambda x: isinstance(x, nn.Partitioned)
+    )[0]
+    for path, leaf in flat:
+        name = jax.tree_util.keystr(path)
+        assert isinstance(leaf, nn.Partitioned), name
+        assert len(leaf.names) == leaf.value.ndim, name
+    specs = nn.get_partition_spec(setup["boxed"])
+    b0 = specs["block_0"]
+    assert tuple(b0["qkv"]["kernel"]) == ("embed", "heads")
+    assert tuple(b0["attn_out"]["kernel"]) == ("heads", "embed")
+    assert tuple(b0["mlp_in"]["kernel"]) == ("embed", "mlp")
+    assert tuple(b0["mlp_out"]["bias"]) == ("embed",)
+    assert tuple(b0["adaln"]["kernel"]) == ("embed", "mlp")
+    assert tuple(b0["q_norm"]["scale"]) == ("norm",)
+    assert tuple(specs["patch_embed"]["kernel"]) == ("patch", "embed")
+    assert tuple(specs["final_out"]["kernel"]) == ("embed", "patch")
+    assert tuple(specs["text_proj"]["kernel"]) == ("text_embed", "embed")
+
+
+def test_default_param_paths_are_unchanged():
+    """Checkpoints from before the options load: the default model's names are the old ones."""
+    boxed, _ = _noisy_params(_model())
+    block = set(boxed["block_0"])
+    assert block == {
+        "adaln", "qkv", "q_norm", "k_norm", "attn_out", "norm_cross", "cross_q", "cross_kv",
+        "cross_q_norm", "cross_k_norm", "cross_out", "mlp_in", "mlp_out",
+    }  # fmt: skip
+    assert set(boxed) == {
+        "time_mlp_in", "time_mlp_out", "text_pool_proj", "text_proj", "patch_embed",
+        "block_0", "block_1", "final_adaln", "final_out",
+    }  # fmt: skip
+    assert boxed["block_0"]["mlp_in"]["kernel"].value.shape == (32, 64)
+
+
+def test_factorised_masks_are_spatial_then_temporal():
+    seg = jnp.array([[1, 1, 1, 1, 2, 0]])
+    pos = jnp.array([[[0, 0, 0], [0, 0, 1], [1, 0, 0], [1, 0, 1], [0, 0, 0], [0, 0, 0]]])
+    spatial = np.asarray(self_attention_mask(seg, pos, "hw"))[0, 0]
+    temporal = np.asarray(self_attention_mask(seg, pos, "t"))[0, 0]
+    full = np.asarray(self_attention_mask(seg, pos, "thw"))[0, 0]
+    assert spatial[0].tolist() == [1, 1, 0, 0, 0, 0]  # same frame only
+    assert temporal[0].tolist() == [1, 0, 1, 0, 0, 0]  # same (h, w) only
+    assert full[0].tolist() == [1, 1, 1, 1, 0, 0]
+    assert not spatial[5].any() and not temporal[5].any()  # padding sees nothing
+
+
+def test_remat_gives_the_same_gradients():
+    ex = _examples()
+    args, _ = _inputs([[0, 1]], ex)
+    grads = []
+    for policy in ("none", "nothing_saveable"):
+        model = _model(remat_policy=policy)
+        _, params = _noisy_params(model)
+        loss = lambda p: jnp.sum(model.apply({"params": p}, *args) ** 2)
+        grads.append(jax.jit(jax.grad(loss))(params))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *grads)
+
+
+def test_bf16_compute_with_f32_params():
+    ex = _examples()
+    args, _ = _inputs([[0, 1]], ex)
+    f32, bf16 = _model(), _model(dtype=jnp.bfloat16)
+    boxed, params = _noisy_params(bf16)
+    assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(nn.unbox(boxed)))
+    ref = np.asarray(f32.apply({"params": params}, *args))
+    out = bf16.apply({"params": params}, *args)
+    assert out.dtype == jnp.float32
+    err = np.abs(np.asarray(out) - ref).max() / np.abs(ref).max()
+    assert 0 < err < 0.05, err  # bf16 rounding: close to, not equal to, float32
+    np.testing.assert_array_equal(np.asarray(out)[args[2] == 0], 0.0)
+
+
+def test_bad_options_are_rejected():
+    args, _ = _inputs([[0]], _examples())
+    with pytest.raises(ValueError, match="mlp='relu'"):
+        _model(mlp="relu").init(jax.random.PRNGKey(0), *args)
+    with pytest.raises(ValueError, match="remat_policy"):
+        _model(remat_policy="sometimes").init(jax.random.PRNGKey(0), *args)
+
+
+@pytest.mark.parametrize("kw", [{}, {"text_attention": "joint", "mlp": "swiglu"}])
+def test_flops_counter_matches_xla_cost_analysis(kw):
+    model = DiT(patch_dim=16, hidden=128, depth=2, num_heads=4, text_dim=32, **kw)
+    b, l, s, lt = 1, 128, 2, 8
+    args = (
+        jnp.zeros((b, l, 16)),
+        jnp.zeros((b, s)),
+        jnp.ones((b, l), jnp.int32),
+        jnp.zeros((b, l, 3), jnp.int32),
+        jnp.zeros((b, s, lt, 32)),
+        jnp.ones((b, s, lt), bool),
+    )
+    params = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.PRNGKey(0), *args)))
+    cost = jax.jit(model.apply).lower(params, *args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    xla = cost["flops"] / (b * l)
+    ours = flops_lib.dit_flops_per_token(model, l, s * lt)["forward"]
+    # Matmuls only: a little below XLA's count, which includes elementwise ops.
+    assert 0.9 * xla < ours <= xla, (ours, xla)
+    assert flops_lib.param_count(params) == sum(x.size for x in jax.tree.leaves(params))
+
+
+def test_config_rejects_bad_dit_options():
+    from test_train import micro_config
+
+    for key, value, match in (
+        ("model.mlp", "relu", "dit.model.mlp"),
+        ("model.dtype", "float16", "dit.model.dtype"),
+        ("model.remat_policy", "all", "dit.model.remat_policy"),
+        ("token_drop.rate", 0.95, "dit.token_drop.rate"),
+        ("token_drop.schedule", "cosine", "dit.token_drop.schedule"),
+    ):
+        c = micro_config()
+        node, leaf = c.dit, key.split(".")
+        for part in leaf[:-1]:
+            node = node[part]
+        node[leaf[-1]] = value
+        with pytest.raises(ValueError, match=match):
+            config_lib.validate(c)
