@@ -17,22 +17,31 @@ PATCH_DIM, TEXT_DIM, LT, L, S = 12, 16, 4, 24, 2
 TOL = 1e-5
 
 
-def _model(**kw):
+def _model(depth=2, **kw):
     return DiT(
-        patch_dim=PATCH_DIM, hidden=32, depth=2, num_heads=4, text_dim=TEXT_DIM, mlp_ratio=2, **kw
+        patch_dim=PATCH_DIM,
+        hidden=32,
+        depth=depth,
+        num_heads=4,
+        text_dim=TEXT_DIM,
+        mlp_ratio=2,
+        **kw,
     )
 
 
 def _noisy_params(model, seed=0):
     """Random non-zero params (zero-initialised adaLN / outputs would hide leaks), plain."""
     args = _inputs([[0]], _examples())[0]
-    boxed = model.init(jax.random.PRNGKey(seed), *args)["params"]
-    params = nn.unbox(boxed)
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(42), len(leaves))
-    return boxed, jax.tree_util.tree_unflatten(
-        treedef, [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
-    )
+
+    @jax.jit
+    def init():
+        boxed = model.init(jax.random.PRNGKey(seed), *args)["params"]
+        leaves, treedef = jax.tree_util.tree_flatten(nn.unbox(boxed))
+        keys = jax.random.split(jax.random.PRNGKey(42), len(leaves))
+        noisy = [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+        return boxed, jax.tree_util.tree_unflatten(treedef, noisy)
+
+    return init()
 
 
 def _examples(seed=0):
@@ -137,9 +146,16 @@ def test_every_param_has_logical_axes(setup):
     assert tuple(specs["text_proj"]["kernel"]) == ("text_embed", "embed")
 
 
-def test_default_param_paths_are_unchanged():
+@pytest.fixture(scope="module")
+def base():
+    """(boxed params, noisy plain params) of the default model: one init for the tests below
+    (remat, bf16 and the option-free model share the parameter tree)."""
+    return _noisy_params(_model())
+
+
+def test_default_param_paths_are_unchanged(base):
     """Checkpoints from before the options load: the default model's names are the old ones."""
-    boxed, _ = _noisy_params(_model())
+    boxed, _ = base
     block = set(boxed["block_0"])
     assert block == {
         "adaln", "qkv", "q_norm", "k_norm", "attn_out", "norm_cross", "cross_q", "cross_kv",
@@ -164,26 +180,27 @@ def test_factorised_masks_are_spatial_then_temporal():
     assert not spatial[5].any() and not temporal[5].any()  # padding sees nothing
 
 
-def test_remat_gives_the_same_gradients():
+def test_remat_gives_the_same_gradients(base):
     ex = _examples()
     args, _ = _inputs([[0, 1]], ex)
+    params = base[1]
     grads = []
-    for policy in ("none", "nothing_saveable"):
+    for policy in ("none", "dots_saveable"):
         model = _model(remat_policy=policy)
-        _, params = _noisy_params(model)
         loss = lambda p: jnp.sum(model.apply({"params": p}, *args) ** 2)
         grads.append(jax.jit(jax.grad(loss))(params))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *grads)
 
 
-def test_bf16_compute_with_f32_params():
+def test_bf16_compute_with_f32_params(base):
     ex = _examples()
     args, _ = _inputs([[0, 1]], ex)
     f32, bf16 = _model(), _model(dtype=jnp.bfloat16)
-    boxed, params = _noisy_params(bf16)
+    params = base[1]
+    boxed = jax.eval_shape(lambda: bf16.init(jax.random.PRNGKey(0), *args)["params"])
     assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(nn.unbox(boxed)))
-    ref = np.asarray(f32.apply({"params": params}, *args))
-    out = bf16.apply({"params": params}, *args)
+    ref = np.asarray(jax.jit(f32.apply)({"params": params}, *args))
+    out = jax.jit(bf16.apply)({"params": params}, *args)
     assert out.dtype == jnp.float32
     err = np.abs(np.asarray(out) - ref).max() / np.abs(ref).max()
     assert 0 < err < 0.05, err  # bf16 rounding: close to, not equal to, float32
