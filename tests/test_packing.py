@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sora_jax.data import packing
 from sora_jax.data.packing import Packer, Placement, pack, patchify, unpack, unpatchify
@@ -171,3 +173,78 @@ def test_packer_oldest_item_always_leaves():
     with pytest.raises(ValueError, match="length 11"):
         packer.add(4, *_item(11))
     assert packer.pending_keys == [2]
+
+
+# --------------------------------------------------------------------- property-based
+
+
+@st.composite
+def _videos(draw):
+    """Latents of random durations / sizes (images included) and a random patch size."""
+    patch = tuple(draw(st.integers(1, 2)) for _ in range(3))
+    n = draw(st.integers(1, 12))
+    shapes = [
+        tuple(p * draw(st.integers(1, 3)) for p in patch) + (draw(st.sampled_from([1, 3])),)
+        for _ in range(n)
+    ]
+    channels = shapes[0][3]
+    seed = draw(st.integers(0, 2**16))
+    return patch, [s[:3] + (channels,) for s in shapes], seed
+
+
+@settings(max_examples=40, deadline=None)
+@given(_videos(), st.integers(27, 64), st.integers(1, 3), st.integers(1, 4))
+def test_pack_unpack_round_trip_property(videos, seq_len, rows, max_segments):
+    patch, shapes, seed = videos
+    rng = np.random.default_rng(seed)
+    lats = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    items = [patchify(x, patch) for x in lats]
+    batch, placements = pack(items, seq_len, rows, max_segments)
+    outs = unpack(batch["tokens"], placements)
+    placed = 0
+    for lat, (tok, pos), p, o in zip(lats, items, placements, outs):
+        if p is None:
+            continue
+        placed += 1
+        np.testing.assert_array_equal(unpatchify(o, p.grid, patch, lat.shape[-1]), lat)
+        np.testing.assert_array_equal(batch["positions"][p.row, p.start : p.start + p.length], pos)
+        assert np.all(batch["segment_ids"][p.row, p.start : p.start + p.length] == p.segment)
+    # Every token of the batch belongs to exactly one placed item, padding is at the tails.
+    assert (batch["segment_ids"] > 0).sum() == sum(p.length for p in placements if p)
+    for row in batch["segment_ids"]:
+        nz = np.flatnonzero(row == 0)
+        assert nz.size == 0 or np.all(row[nz[0] :] == 0)
+    # First fit: the first item always lands (at most 27 tokens: it fits an empty row).
+    assert placements[0] is not None and placed >= 1
+
+
+# --------------------------------------------------------------------- token dropping
+
+
+def test_drop_tokens_keeps_a_sorted_subset_at_true_positions():
+    rng = np.random.default_rng(0)
+    tok, pos = patchify(_latent(rng, 2, 8, 10), PATCH)  # 40 tokens
+    kept_tok, kept_pos, kept = packing.drop_tokens(rng, tok, pos, 0.25)
+    assert len(kept) == 30 and np.all(np.diff(kept) > 0)
+    np.testing.assert_array_equal(kept_tok, tok[kept])
+    np.testing.assert_array_equal(kept_pos, pos[kept])
+    # Different draws keep different subsets; rate 0 keeps all; at least one token is kept.
+    assert not np.array_equal(packing.drop_tokens(rng, tok, pos, 0.25)[2], kept)
+    assert len(packing.drop_tokens(rng, tok, pos, 0.0)[2]) == 40
+    assert len(packing.drop_tokens(rng, tok[:1], pos[:1], 0.9)[2]) == 1
+    with pytest.raises(ValueError, match="rate"):
+        packing.drop_tokens(rng, tok, pos, 1.0)
+
+
+def test_drop_rate_schedules_and_per_example_rates():
+    assert packing.drop_rate(500, 0.5) == 0.5
+    assert packing.drop_rate(0, 0.5, "linear", 0.1, 100) == pytest.approx(0.1)
+    assert packing.drop_rate(50, 0.5, "linear", 0.1, 100) == pytest.approx(0.3)
+    assert packing.drop_rate(500, 0.5, "linear", 0.1, 100) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="schedule"):
+        packing.drop_rate(0, 0.5, "cosine")
+    rng = np.random.default_rng(0)
+    np.testing.assert_array_equal(packing.example_drop_rates(rng, 3, 0.4), [0.4] * 3)
+    r = packing.example_drop_rates(rng, 4000, 0.3, "uniform", max_rate=0.5)
+    assert r.min() >= 0 and r.max() == 0.5 and abs(np.mean(r) - 0.2917) < 0.01
+    assert np.std(r) > 0.1  # really per example
