@@ -254,3 +254,60 @@ def test_config_rejects_bad_dit_options():
         node[leaf[-1]] = value
         with pytest.raises(ValueError, match=match):
             config_lib.validate(c)
+
+
+def test_dropped_tokens_never_reach_the_batch_or_the_loss():
+    from test_train import micro_config
+
+    from sora_jax.parallel import mesh as mesh_lib
+    from sora_jax.training import dit_trainer
+    from sora_jax.training import train_state as ts
+
+    c = micro_config()
+    c.dit.token_drop.rate = 0.5
+    c.diffusion.shift_mode, c.diffusion.shift_in_training = "tokens", True
+    rng = np.random.default_rng(0)
+    tokens, positions = [], []
+    for i, (t, h, w) in enumerate([(2, 4, 6), (1, 4, 4), (2, 4, 4), (1, 6, 4)] * 4):
+        lat = rng.standard_normal((t, h, w, 4)).astype(np.float32)
+        lat[..., 0] = i  # feature 0 of every token: the item's id
+        tok, pos = patchify(lat, tuple(c.dit.patch))
+        tokens.append(tok)
+        positions.append(pos)
+    text = dit_trainer.build_text_encoder(c)
+    ids, mask = text.tokenize(["a small red circle on a grey background"] * len(tokens))
+    null = [a[0] for a in text.tokenize([""])]
+
+    def batch_for(toks):
+        cache = dit_trainer.LatentCache(toks, positions, ids, mask, np.zeros(4), np.ones(4))
+        return dit_trainer.dit_batch(c, cache, *null, 0)
+
+    batch = batch_for(tokens)
+    seg, pos = batch["segment_ids"], batch["positions"]
+    kept = [np.zeros(len(t), bool) for t in tokens]
+    for r, j in zip(*np.nonzero(batch["num_tokens"])):
+        where = seg[r] == j + 1
+        i = int(round(batch["tokens"][r, where][0, 0]))
+        grid = positions[i].max(0) + 1
+        flat = (pos[r, where] * [grid[1] * grid[2], grid[2], 1]).sum(-1)
+        kept[i][flat] = True
+        n = len(tokens[i])
+        assert batch["num_tokens"][r, j] == n and where.sum() == max(1, round(n * 0.5))
+        np.testing.assert_array_equal(batch["tokens"][r, where], tokens[i][flat])
+    assert sum(k.any() for k in kept) >= 8
+    # Changing every dropped token leaves the batch bitwise equal; changing a kept one does not.
+    perturbed = [np.where(k[:, None], t, t + 5.0).astype(np.float32) for k, t in zip(kept, tokens)]
+    b2 = batch_for(perturbed)
+    for key in batch:
+        np.testing.assert_array_equal(b2[key], batch[key], err_msg=key)
+    i = next(i for i, k in enumerate(kept) if k.sum() > 1)
+    one = [t.copy() for t in tokens]
+    one[i][np.flatnonzero(kept[i])[-1]] += 5.0
+    b3 = batch_for(one)
+    dit = dit_trainer.build_dit(c, text.dim)
+    tx = ts.make_optimizer(c.dit.train)
+    state = dit_trainer.init_state(c, dit, text, tx, mesh_lib.create_mesh(1), None)
+    step = jax.jit(dit_trainer.make_train_step(c, dit, text, tx))
+    loss = lambda b: float(step(state, b, jax.random.PRNGKey(0))[1]["loss"])
+    l1, l3 = loss(batch), loss(b3)
+    assert np.isfinite(l1) and l1 != l3
