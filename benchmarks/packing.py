@@ -1,0 +1,170 @@
+"""Patch-n'-pack on a realistic size mix: padding, packer speed, packed vs padded-to-bucket.
+
+  python benchmarks/packing.py [--steps=8] [--hidden=384] [--depth=1]
+
+The stream mixes images (20 %) and videos of 1-8 s at 240p / 360p / 480p / 720p, landscape
+16:9, portrait 9:16 and square, scaled down to run on a CPU: one latent frame per second
+(+1), and the short side in patches = short side in pixels / 120 (720p 8 s landscape = 9 x 6 x
+11 = 594 tokens). Random latents (throughput does not depend on values).
+
+1. Packer (host, numpy, this process): examples/s and tokens/s, padding per batch of a
+   `Packer(seq_len, rows, max_segments, buffer_size)` over the stream.
+2. DiT train steps (tiny DiT from configs/tiny.py, widened by --hidden): packed batches of
+   `rows x seq_len` vs padded-to-bucket batches with the same token budget (one video per row,
+   padded to the next of the power-of-two buckets up to seq_len, rows = budget / bucket).
+   Same stream, same process, the two arms' steps interleaved (the CPU is shared: timings
+   are noisy, interleaving exposes both arms to the same load). Reports useful (non-padding)
+   tokens/s of each and their ratio.
+"""
+
+import argparse
+import time
+
+import jax
+import numpy as np
+
+from sora_jax import config as config_lib
+from sora_jax.data import packing
+from sora_jax.parallel import mesh as mesh_lib
+from sora_jax.training import dit_trainer
+from sora_jax.training import train_state as ts
+
+SHORT_SIDES = {240: 2, 360: 3, 480: 4, 720: 6}  # pixels -> patches (scaled down)
+
+
+def realistic_sizes(rng, n, image_fraction=0.2):
+    """(t, h, w) patch grids of `n` examples of the mix described above."""
+    out = []
+    for _ in range(n):
+        short = SHORT_SIDES[int(rng.choice(list(SHORT_SIDES)))]
+        long = int(round(short * 16 / 9))
+        h, w = [(short, long), (long, short), (short, short)][int(rng.integers(3))]
+        t = 1 if rng.random() < image_fraction else 1 + int(rng.integers(1, 9))
+        out.append((t, h, w))
+    return out
+
+
+def stream(rng, sizes, dim):
+    for key, grid in enumerate(sizes):
+        n = int(np.prod(grid))
+        yield key, rng.standard_normal((n, dim)).astype(np.float32), packing.grid_positions(grid)
+
+
+def packer_throughput(sizes, dim, seq_len, rows, max_segments, buffer_size):
+    """Packs the whole stream; returns (examples/s, tokens/s, padding per batch)."""
+    items = list(stream(np.random.default_rng(1), sizes, dim))
+    packer = packing.Packer(seq_len, rows, max_segments, buffer_size)
+    t0 = time.perf_counter()
+    batches = [b for item in items if (b := packer.add(*item)) is not None]
+    dt = time.perf_counter() - t0
+    tokens = sum(len(t) for _, t, _ in items) - sum(len(t) for _, t, _ in packer._buffer)
+    examples = sum(len(b.keys) for b in batches)
+    return examples / dt, tokens / dt, [b.padding_fraction for b in batches]
+
+
+def bucketed(items, buckets, budget):
+    """Padded-to-bucket batches: one video per row, rows = budget / bucket, in stream order."""
+    pending = {b: [] for b in buckets}
+    for key, tok, pos in items:
+        b = min(x for x in buckets if x >= len(tok))
+        pending[b].append((tok, pos))
+        if len(pending[b]) == budget // b:
+            yield packing.pack(pending[b], b, budget // b, 1)[0]
+            pending[b] = []
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--config", default="configs/tiny.py")
+    p.add_argument("--steps", type=int, default=8, help="timed steps per arm")
+    p.add_argument("--hidden", type=int, default=384)
+    p.add_argument("--depth", type=int, default=1)
+    p.add_argument("--seq_len", type=int, default=640)
+    p.add_argument("--rows", type=int, default=4)
+    p.add_argument("--buffer_size", type=int, default=64)
+    args = p.parse_args()
+    c = config_lib.load(args.config)
+    c.dit.model.hidden, c.dit.model.depth = args.hidden, args.depth
+    c.dit.model.num_heads = args.hidden // 64
+    c.dit.seq_len, c.dit.rows, c.dit.max_segments = args.seq_len, args.rows, 16
+    c = config_lib.validate(c)
+    pt, ph, pw = c.dit.patch
+    dim = pt * ph * pw * c.vae.model.latent_channels
+    sizes = realistic_sizes(np.random.default_rng(0), 4000)
+    longest = max(int(np.prod(s)) for s in sizes)
+    assert longest <= args.seq_len, longest
+
+    ex_s, tok_s, fracs = packer_throughput(
+        sizes, dim, args.seq_len, args.rows, 16, args.buffer_size
+    )
+    print(
+        f"stream: {len(sizes)} examples, mean {np.mean([np.prod(s) for s in sizes]):.0f} "
+        f"tokens, longest {longest}; Packer(seq_len={args.seq_len}, rows={args.rows}, "
+        f"max_segments=16, buffer_size={args.buffer_size})"
+    )
+    print(
+        f"packer (1 core, numpy): {ex_s:,.0f} examples/s, {tok_s:,.0f} tokens/s; padding per "
+        f"batch mean {np.mean(fracs):.2%}, median {np.median(fracs):.2%}, max {np.max(fracs):.2%}"
+        f" over {len(fracs)} batches"
+    )
+
+    text = dit_trainer.build_text_encoder(c)
+    ids, mask = (np.asarray(a) for a in text.tokenize(["a red circle moves right"]))
+    dit = dit_trainer.build_dit(c, text.dim)
+    tx = ts.make_optimizer(c.dit.train)
+    mesh = mesh_lib.create_mesh(1)
+    budget = args.rows * args.seq_len
+    buckets = [b for b in (32, 64, 128, 256, 512) if b < args.seq_len] + [args.seq_len]
+
+    def with_text(batch, segments):
+        r = batch["segment_ids"].shape[0]
+        batch["caption_ids"] = np.broadcast_to(ids, (r, segments, ids.shape[1])).copy()
+        batch["caption_mask"] = np.broadcast_to(mask, (r, segments, ids.shape[1])).copy()
+        return batch
+
+    items = list(stream(np.random.default_rng(2), sizes, dim))
+    packer = packing.Packer(args.seq_len, args.rows, 16, args.buffer_size)
+    packed = (with_text(b.batch, 16) for it in items if (b := packer.add(*it)) is not None)
+    padded = (with_text(b, 1) for b in bucketed(items, buckets, budget))
+
+    steps = {}  # (rows, seq_len, segments) -> (state, jitted step)
+
+    def step_for(batch):
+        r, l = batch["segment_ids"].shape
+        s = batch["caption_ids"].shape[1]
+        if (r, l, s) not in steps:
+            cv = c.copy_and_resolve_references()
+            cv.dit.seq_len, cv.dit.rows, cv.dit.max_segments = l, r, s
+            state = dit_trainer.init_state(cv, dit, text, tx, mesh, None)
+            fn = jax.jit(dit_trainer.make_train_step(cv, dit, text, tx))
+            jax.block_until_ready(fn(state, batch, jax.random.PRNGKey(0)))  # compile
+            steps[(r, l, s)] = (state, fn)
+        return steps[(r, l, s)]
+
+    useful = {"packed": 0, "padded": 0}
+    seconds = {"packed": 0.0, "padded": 0.0}
+    padding = {"packed": [], "padded": []}
+    for _ in range(args.steps):
+        for arm, source in (("packed", packed), ("padded", padded)):
+            batch = next(source)
+            state, fn = step_for(batch)
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(state, batch, jax.random.PRNGKey(0)))
+            seconds[arm] += time.perf_counter() - t0
+            useful[arm] += int((batch["segment_ids"] > 0).sum())
+            padding[arm].append(packing.padding_fraction(batch["segment_ids"]))
+    rate = {arm: useful[arm] / seconds[arm] for arm in useful}
+    print(
+        f"DiT hidden={args.hidden} depth={args.depth}, {budget} tokens per step, "
+        f"{args.steps} steps per arm, interleaved; buckets {buckets}"
+    )
+    for arm in ("packed", "padded"):
+        print(
+            f"{arm}: {rate[arm]:,.0f} useful tokens/s (padding {np.mean(padding[arm]):.1%}, "
+            f"{seconds[arm] / args.steps:.2f} s/step)"
+        )
+    print(f"packed / padded-to-bucket useful tokens/s: {rate['packed'] / rate['padded']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
