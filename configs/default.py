@@ -101,6 +101,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Rematerialisation of each block in the backward pass: 'none' or a
     # jax.checkpoint_policies name ('nothing_saveable' = full remat, 'dots_saveable', ...).
     c.dit.model.remat_policy = "none"
+    # Attention kernel (sora_jax/models/attention.py): 'xla', 'cudnn' (GPU flash), 'auto', or
+    # a name registered with attention.register_kernel.
+    c.dit.model.attention_impl = "xla"
     c.dit.patch = (1, 2, 2)
     c.dit.seq_len = 1024
     c.dit.rows = 8  # packed sequences per batch

@@ -16,6 +16,7 @@ import ml_collections
 from sora_jax.diffusion import conditioning, ddpm, objectives, samplers
 from sora_jax.diffusion import rectified_flow as rf
 from sora_jax.data import packing
+from sora_jax.models import attention
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import vae as vae_lib
 
@@ -37,6 +38,7 @@ ADDED_KEYS = {
     "dit.model.attention_layout": "full",
     "dit.model.dtype": "float32",
     "dit.model.remat_policy": "none",
+    "dit.model.attention_impl": "xla",
     "dit.token_drop.rate": 0.0,
     "dit.token_drop.schedule": "constant",
     "dit.token_drop.start_rate": 0.0,
@@ -351,6 +353,7 @@ def _validate_dit_options(config):
     _one_of(config, "dit.model.attention_layout", dit_lib.ATTENTION_LAYOUTS)
     _one_of(config, "dit.model.dtype", tuple(dit_lib.DTYPES))
     _one_of(config, "dit.model.remat_policy", dit_lib.REMAT_POLICIES)
+    _one_of(config, "dit.model.attention_impl", attention.kernel_names())
     d = config.dit.token_drop
     _one_of(config, "dit.token_drop.schedule", packing.DROP_SCHEDULES)
     _one_of(config, "dit.token_drop.per_example", packing.DROP_DISTRIBUTIONS)

@@ -246,6 +246,7 @@ def test_config_rejects_bad_dit_options():
         ("model.remat_policy", "all", "dit.model.remat_policy"),
         ("token_drop.rate", 0.95, "dit.token_drop.rate"),
         ("token_drop.schedule", "cosine", "dit.token_drop.schedule"),
+        ("model.attention_impl", "flash9", "dit.model.attention_impl"),
     ):
         c = micro_config()
         node, leaf = c.dit, key.split(".")
@@ -311,3 +312,24 @@ def test_dropped_tokens_never_reach_the_batch_or_the_loss():
     loss = lambda b: float(step(state, b, jax.random.PRNGKey(0))[1]["loss"])
     l1, l3 = loss(batch), loss(b3)
     assert np.isfinite(l1) and l1 != l3
+
+
+def test_attention_kernels_plug_in_by_name():
+    from sora_jax.models import attention as attn
+
+    ks = jax.random.split(jax.random.PRNGKey(0), 3)
+    q, k, v = (jax.random.normal(kk, (1, 5, 2, 8)) for kk in ks)
+    seg = jnp.array([[1, 1, 2, 2, 0]])
+    mask = attn.segment_mask(seg, seg)
+
+    def reference(q, k, v, mask):  # plain softmax attention, as a plug-in would compute it
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+        w = jax.nn.softmax(jnp.where(mask, logits, -1e30), axis=-1)
+        return jnp.einsum("bhqk,bkhd->bqhd", w, v)
+
+    attn.register_kernel("test_reference", reference)
+    got = attn.attention(q, k, v, mask, implementation="test_reference")
+    np.testing.assert_allclose(got, attn.attention(q, k, v, mask), atol=1e-5)
+    np.testing.assert_array_equal(got[:, 4], 0.0)  # padding rows still zeroed
+    with pytest.raises(ValueError, match="taken"):
+        attn.register_kernel("xla", reference)

@@ -10,10 +10,25 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["attention", "segment_mask", "IMPLEMENTATIONS"]
+__all__ = ["attention", "segment_mask", "register_kernel", "kernel_names", "IMPLEMENTATIONS"]
 
 # Our name -> jax.nn.dot_product_attention's `implementation` ('auto' lets jax choose).
 IMPLEMENTATIONS = {"xla": "xla", "cudnn": "cudnn", "auto": None}
+# Other kernels (e.g. Pallas splash attention on TPU) plug in here by name:
+# fn(q f[b lq h d], k f[b lk h d], v f[b lk h d], mask bool[b 1 lq lk] | None) -> f[b lq h d].
+_KERNELS = {}
+
+
+def kernel_names() -> tuple[str, ...]:
+    """Every valid ``implementation``: jax's and the registered kernels."""
+    return tuple(IMPLEMENTATIONS) + tuple(_KERNELS)
+
+
+def register_kernel(name: str, fn) -> None:
+    """Makes ``attention(..., implementation=name)`` call ``fn(q, k, v, mask)``."""
+    if name in IMPLEMENTATIONS:
+        raise ValueError(f"attention kernel name {name!r} is taken by jax's implementations")
+    _KERNELS[name] = fn
 
 
 def segment_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array) -> jax.Array:
@@ -34,10 +49,10 @@ def attention(
     ``mask``: ``bool[b 1 lq lk]`` or None. Query rows with no allowed key (padding)
     output exactly zero instead of an average over masked keys.
     """
-    if implementation not in IMPLEMENTATIONS:
+    if implementation not in IMPLEMENTATIONS and implementation not in _KERNELS:
         raise ValueError(
             f"unknown attention implementation {implementation!r}; "
-            f"choose one of {sorted(IMPLEMENTATIONS)}"
+            f"choose one of {sorted(IMPLEMENTATIONS) + sorted(_KERNELS)}"
         )
     if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
         raise ValueError(f"attention: incompatible shapes q {q.shape}, k {k.shape}, v {v.shape}")
@@ -45,9 +60,12 @@ def attention(
         expected = (q.shape[0], 1, q.shape[1], k.shape[1])
         if mask.shape != expected:
             raise ValueError(f"attention: mask shape {mask.shape}, expected {expected}")
-    out = jax.nn.dot_product_attention(
-        q, k, v, mask=mask, implementation=IMPLEMENTATIONS[implementation]
-    )
+    if implementation in _KERNELS:
+        out = _KERNELS[implementation](q, k, v, mask)
+    else:
+        out = jax.nn.dot_product_attention(
+            q, k, v, mask=mask, implementation=IMPLEMENTATIONS[implementation]
+        )
     if mask is not None:
         # Fully masked rows get uniform weights over masked keys; zero them.
         any_key = jnp.any(mask, axis=-1)[:, 0, :, None, None]  # [b lq 1 1]

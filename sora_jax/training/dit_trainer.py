@@ -61,6 +61,7 @@ def build_dit(config, text_dim: int) -> dit_lib.DiT:
         text_attention=m.text_attention,
         attention_layout=m.attention_layout,
         remat_policy=m.remat_policy,
+        attention_impl=m.attention_impl,
     )
 
 
