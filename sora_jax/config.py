@@ -16,6 +16,8 @@ import ml_collections
 from sora_jax.diffusion import conditioning, ddpm, objectives, samplers
 from sora_jax.diffusion import rectified_flow as rf
 from sora_jax.models import vae as vae_lib
+from sora_jax.parallel import mesh as mesh_lib
+from sora_jax.parallel.partitioning import DEFAULT_RULES as _RULES
 
 STAGES = ("vae", "dit")
 TEXT_KINDS = ("tiny", "bert")
@@ -64,6 +66,18 @@ ADDED_KEYS = {
     "vae.inference.tiled": False,
     "vae.inference.tile_latent_size": 32,
     "vae.inference.tile_latent_overlap": 8,
+    # Before config mesh axes the mesh was data parallel over mesh.num_devices.
+    "mesh.data": -1,
+    "mesh.fsdp": 1,
+    "mesh.tensor": 1,
+    "mesh.sequence": 1,
+    "mesh.dcn.data": 1,
+    "mesh.dcn.fsdp": 1,
+    "mesh.dcn.tensor": 1,
+    "mesh.dcn.sequence": 1,
+    "mesh.rules": _RULES,
+    "vae.train.grad_accum_steps": 1,
+    "dit.train.grad_accum_steps": 1,
 }
 
 
@@ -299,7 +313,38 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         config.mesh.num_devices,
         "must be -1 (all devices) or a positive count",
     )
+    _validate_mesh(config)
     return config
+
+
+def _validate_mesh(config):
+    m = config.mesh
+    for group, sizes in (("mesh", m), ("mesh.dcn", m.dcn)):
+        values = [sizes[a] for a in mesh_lib.AXES]
+        _check(
+            all(v == -1 or v >= 1 for v in values) and values.count(-1) <= 1,
+            group,
+            dict(zip(mesh_lib.AXES, values)),
+            "axis sizes must be >= 1, with at most one -1 (fill)",
+        )
+    _check(-1 not in [m.dcn[a] for a in mesh_lib.AXES], "mesh.dcn", m.dcn, "no -1 across slices")
+    names = [r[0] for r in m.rules if len(r) == 2]
+    _check(
+        len(names) == len(m.rules) and len(set(names)) == len(names),
+        "mesh.rules",
+        m.rules,
+        "must be distinct (logical name, mesh axes) pairs",
+    )
+    for name, axes in m.rules:
+        axes = axes if isinstance(axes, (list, tuple)) else (axes,)
+        _check(
+            all(a is None or a in mesh_lib.AXES for a in axes),
+            "mesh.rules",
+            (name, axes),
+            f"mesh axes must be among {mesh_lib.AXES} or None",
+        )
+    for stage in ("vae", "dit"):
+        _positive(config, f"{stage}.train.grad_accum_steps")
 
 
 def _one_of(config, key: str, options: Sequence[str]):

@@ -13,7 +13,9 @@ import jax.numpy as jnp
 __all__ = ["attention", "segment_mask", "IMPLEMENTATIONS"]
 
 # Our name -> jax.nn.dot_product_attention's `implementation` ('auto' lets jax choose).
-IMPLEMENTATIONS = {"xla": "xla", "cudnn": "cudnn", "auto": None}
+# 'sequence_parallel': the query length split over the mesh's sequence axis
+# (sora_jax/parallel/sequence.py; plain 'xla' attention without a mesh).
+IMPLEMENTATIONS = {"xla": "xla", "cudnn": "cudnn", "auto": None, "sequence_parallel": "xla"}
 
 
 def segment_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array) -> jax.Array:
@@ -45,6 +47,10 @@ def attention(
         expected = (q.shape[0], 1, q.shape[1], k.shape[1])
         if mask.shape != expected:
             raise ValueError(f"attention: mask shape {mask.shape}, expected {expected}")
+    if implementation == "sequence_parallel":
+        from sora_jax.parallel import sequence  # imported late: it calls back into this module
+
+        return sequence.attention(q, k, v, mask)
     out = jax.nn.dot_product_attention(
         q, k, v, mask=mask, implementation=IMPLEMENTATIONS[implementation]
     )

@@ -55,8 +55,34 @@ def absolute_position_features(segment_ids, positions, dim: int = 32) -> jax.Arr
     return jnp.concatenate([timestep_embedding(x, dim, max_period=100.0) for x in coords], -1)
 
 
+def _dense(features: int, name: str, axes: tuple, dtype, kernel_init=None) -> nn.Dense:
+    """A Dense whose kernel (and bias, by its output axis) carry logical axis names."""
+    kernel_init = kernel_init or nn.linear.default_kernel_init
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        name=name,
+        kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[-1:]),
+    )
+
+
+def _norm_init(init=nn.initializers.ones_init()):
+    return nn.with_logical_partitioning(init, ("norm",))
+
+
 def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
     return x * (1.0 + scale) + shift
+
+
+def _tokens(x: jax.Array) -> jax.Array:
+    """Token activations f[b l hidden], placed by the logical rules (no-op without rules)."""
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+def _heads(x: jax.Array) -> jax.Array:
+    """Per-head activations f[b l h d]."""
+    return nn.with_logical_constraint(x, ("batch", "length", "heads", "kv"))
 
 
 class DiTBlock(nn.Module):
@@ -77,39 +103,48 @@ class DiTBlock(nn.Module):
     @nn.compact
     def __call__(self, x, c, positions, self_mask, text, cross_mask):
         h, d = self.num_heads, self.hidden // self.num_heads
-        dense = lambda n, name, **kw: nn.Dense(n, dtype=self.dtype, name=name, **kw)
+        dense = lambda n, name, axes, **kw: _dense(n, name, axes, self.dtype, **kw)
         norm = lambda name: nn.LayerNorm(
             epsilon=1e-6, use_bias=False, use_scale=False, dtype=self.dtype, name=name
         )
-        mod = dense(6 * self.hidden, "adaln", kernel_init=nn.initializers.zeros)(nn.silu(c))
+        mod = dense(6 * self.hidden, "adaln", ("embed", "mlp"), kernel_init=nn.initializers.zeros)(
+            nn.silu(c)
+        )
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, axis=-1)
 
         # Self-attention within the segment.
         y = _modulate(norm("norm_attn")(x), shift_a, scale_a)
-        qkv = dense(3 * self.hidden, "qkv")(y).reshape(*y.shape[:2], 3, h, d)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        qkv = dense(3 * self.hidden, "qkv", ("embed", "heads"))(y).reshape(*y.shape[:2], 3, h, d)
+        q, k, v = (_heads(qkv[:, :, i]) for i in range(3))
         # QK-norm keeps attention logits bounded (stable training at any length).
-        q = nn.RMSNorm(dtype=self.dtype, name="q_norm")(q)
-        k = nn.RMSNorm(dtype=self.dtype, name="k_norm")(k)
+        q = nn.RMSNorm(dtype=self.dtype, scale_init=_norm_init(), name="q_norm")(q)
+        k = nn.RMSNorm(dtype=self.dtype, scale_init=_norm_init(), name="k_norm")(k)
         q, k = rope_3d(q, positions, self.rope_theta), rope_3d(k, positions, self.rope_theta)
         a = attention(q, k, v, self_mask, self.attention_impl).reshape(*x.shape[:2], self.hidden)
-        x = x + gate_a * dense(self.hidden, "attn_out")(a)
+        x = _tokens(x + gate_a * dense(self.hidden, "attn_out", ("heads", "embed"))(a))
 
         # Cross-attention to the segment's own text (plain pre-norm residual).
-        y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm_cross")(x)
-        q = dense(self.hidden, "cross_q")(y).reshape(*y.shape[:2], h, d)
-        kv = dense(2 * self.hidden, "cross_kv")(text).reshape(*text.shape[:2], 2, h, d)
+        y = nn.LayerNorm(
+            epsilon=1e-6,
+            dtype=self.dtype,
+            scale_init=_norm_init(),
+            bias_init=_norm_init(nn.initializers.zeros_init()),
+            name="norm_cross",
+        )(x)
+        q = dense(self.hidden, "cross_q", ("embed", "heads"))(y).reshape(*y.shape[:2], h, d)
+        kv = dense(2 * self.hidden, "cross_kv", ("embed", "heads"))(text)
+        kv = kv.reshape(*text.shape[:2], 2, h, d)
         k, v = kv[:, :, 0], kv[:, :, 1]
-        q = nn.RMSNorm(dtype=self.dtype, name="cross_q_norm")(q)
-        k = nn.RMSNorm(dtype=self.dtype, name="cross_k_norm")(k)
+        q = nn.RMSNorm(dtype=self.dtype, scale_init=_norm_init(), name="cross_q_norm")(q)
+        k = nn.RMSNorm(dtype=self.dtype, scale_init=_norm_init(), name="cross_k_norm")(k)
         a = attention(q, k, v, cross_mask, self.attention_impl).reshape(*x.shape[:2], self.hidden)
-        x = x + dense(self.hidden, "cross_out")(a)
+        x = x + dense(self.hidden, "cross_out", ("heads", "embed"))(a)
 
         # MLP.
         y = _modulate(norm("norm_mlp")(x), shift_m, scale_m)
-        y = dense(int(self.hidden * self.mlp_ratio), "mlp_in")(y)
-        y = dense(self.hidden, "mlp_out")(nn.gelu(y))
-        return x + gate_m * y
+        y = dense(int(self.hidden * self.mlp_ratio), "mlp_in", ("embed", "mlp"))(y)
+        y = dense(self.hidden, "mlp_out", ("mlp", "embed"))(nn.gelu(y))
+        return _tokens(x + gate_m * y)
 
 
 class DiT(nn.Module):
@@ -166,18 +201,18 @@ class DiT(nn.Module):
         for name, a in (("t_tok", t_tok), ("cond_mask", cond_mask)):
             if a is not None and a.shape != (b, l):
                 raise ValueError(f"DiT: {name} {a.shape} does not match tokens {x.shape[:2]}")
-        dense = lambda n, name, **kw: nn.Dense(n, dtype=self.dtype, name=name, **kw)
+        dense = lambda n, name, axes, **kw: _dense(n, name, axes, self.dtype, **kw)
         text = text.astype(self.dtype)
 
         # Conditioning: diffusion time + pooled text of the token's segment, c_tok[b l hidden].
-        time_in = dense(self.hidden, "time_mlp_in")
-        time_out = dense(self.hidden, "time_mlp_out")
+        time_in = dense(self.hidden, "time_mlp_in", (None, "embed"))
+        time_out = dense(self.hidden, "time_mlp_out", ("mlp", "embed"))
         time_mlp = lambda tt: time_out(
             nn.silu(time_in(timestep_embedding(tt * 1000.0, self.time_freq_dim)))
         )
         m = text_mask.astype(jnp.float32)[..., None]
         pooled = jnp.sum(text * m, axis=2) / jnp.maximum(jnp.sum(m, axis=2), 1.0)  # [b s text_dim]
-        c = dense(self.hidden, "text_pool_proj")(pooled)  # [b s hidden]
+        c = dense(self.hidden, "text_pool_proj", ("text_embed", "embed"))(pooled)  # [b s hidden]
         if t_tok is None:
             c = time_mlp(t) + c
         # Gather per token; padding takes segment 1's (its outputs are zeroed anyway).
@@ -186,21 +221,25 @@ class DiT(nn.Module):
             c_tok = time_mlp(t_tok) + c_tok
 
         # Text keys of segment j+1 carry id j+1, so a token only sees its own caption.
-        text_kv = dense(self.hidden, "text_proj")(text).reshape(b, s * lt, self.hidden)
+        text_kv = dense(self.hidden, "text_proj", ("text_embed", "embed"))(text).reshape(
+            b, s * lt, self.hidden
+        )
         text_ids = jnp.where(text_mask, jnp.arange(1, s + 1, dtype=jnp.int32)[None, :, None], 0)
         cross_mask = segment_mask(segment_ids, text_ids.reshape(b, s * lt))
         self_mask = segment_mask(segment_ids, segment_ids)
 
-        h = dense(self.hidden, "patch_embed")(x.astype(self.dtype))
+        h = dense(self.hidden, "patch_embed", ("patch", "embed"))(x.astype(self.dtype))
         if self.abs_positions:
-            h = h + dense(self.hidden, "pos_embed")(
+            h = h + dense(self.hidden, "pos_embed", (None, "embed"))(
                 absolute_position_features(segment_ids, positions)
             )
         if self.cond_embedding:
             # Created even without a mask, so that init makes it and every call finds it.
-            flag = self.param("cond_embed", nn.initializers.zeros, (self.hidden,), jnp.float32)
+            zeros = nn.with_logical_partitioning(nn.initializers.zeros, ("embed",))
+            flag = self.param("cond_embed", zeros, (self.hidden,), jnp.float32)
             if cond_mask is not None:
                 h = h + cond_mask[..., None].astype(self.dtype) * flag.astype(self.dtype)
+        h = _tokens(h)
         for i in range(self.depth):
             h = DiTBlock(
                 self.hidden,
@@ -212,9 +251,9 @@ class DiT(nn.Module):
                 name=f"block_{i}",
             )(h, c_tok, positions, self_mask, text_kv, cross_mask)
 
-        mod = dense(2 * self.hidden, "final_adaln", kernel_init=nn.initializers.zeros)(
-            nn.silu(c_tok)
-        )
+        mod = dense(
+            2 * self.hidden, "final_adaln", ("embed", "mlp"), kernel_init=nn.initializers.zeros
+        )(nn.silu(c_tok))
         shift, scale = jnp.split(mod, 2, axis=-1)
         h = _modulate(
             nn.LayerNorm(
@@ -223,5 +262,7 @@ class DiT(nn.Module):
             shift,
             scale,
         )
-        out = dense(self.patch_dim, "final_out", kernel_init=nn.initializers.zeros)(h)
+        out = dense(
+            self.patch_dim, "final_out", ("embed", "patch"), kernel_init=nn.initializers.zeros
+        )(h)
         return out.astype(jnp.float32) * (segment_ids > 0)[..., None]
