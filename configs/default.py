@@ -31,7 +31,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.mesh.data = -1  # model replicas, each on a slice of the batch
     c.mesh.fsdp = 1  # batch split too, params and optimizer state split across it
     c.mesh.tensor = 1  # attention heads and MLP units split across it
-    c.mesh.sequence = 1  # token rows split along their length (all-to-all attention)
+    c.mesh.sequence = 1  # token rows split along their length
+    # Self-attention over a split sequence: 'all_to_all' (head/sequence swap, explicit
+    # collectives; heads per tensor shard must divide by mesh.sequence) or 'gspmd' (the
+    # compiler gathers keys and values).
+    c.mesh.sequence_attention = "all_to_all"
     # Across TPU slices / GPU nodes (hybrid mesh): each axis is dcn * (size above) long. Keep
     # the slow network for data (all 1: one slice or node).
     c.mesh.dcn = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1, sequence=1))

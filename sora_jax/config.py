@@ -71,6 +71,7 @@ ADDED_KEYS = {
     "mesh.fsdp": 1,
     "mesh.tensor": 1,
     "mesh.sequence": 1,
+    "mesh.sequence_attention": "all_to_all",
     "mesh.dcn.data": 1,
     "mesh.dcn.fsdp": 1,
     "mesh.dcn.tensor": 1,
@@ -343,6 +344,7 @@ def _validate_mesh(config):
             (name, axes),
             f"mesh axes must be among {mesh_lib.AXES} or None",
         )
+    _one_of(config, "mesh.sequence_attention", ("all_to_all", "gspmd"))
     for stage in ("vae", "dit"):
         _positive(config, f"{stage}.train.grad_accum_steps")
 

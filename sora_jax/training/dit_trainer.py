@@ -55,6 +55,11 @@ def build_dit(config, text_dim: int) -> dit_lib.DiT:
         rope_theta=m.rope_theta,
         abs_positions=m.abs_positions,
         cond_embedding=m.cond_embedding,
+        # Exact either way; all-to-all is the explicit choice (sora_jax/parallel/sequence.py),
+        # 'gspmd' leaves the split attention to the compiler. Plain attention without a mesh.
+        attention_impl="sequence_parallel"
+        if config.mesh.sequence_attention == "all_to_all"
+        else "xla",
     )
 
 
