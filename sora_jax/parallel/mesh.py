@@ -84,7 +84,7 @@ def create_mesh(
             raise ValueError(f"mesh.dcn {dcn}: {num_devices} devices do not split into {granules}")
         ici_shape = resolve_shape(ici, num_devices // granules, "mesh.ici")
         # TPU slices are granules; elsewhere (GPU nodes, CPU processes) each process is one.
-        by_process = not hasattr(devices[0], "slice_index")
+        by_process = devices[0].platform != "tpu"
         array = mesh_utils.create_hybrid_device_mesh(
             ici_shape, dcn_shape, devices, process_is_granule=by_process
         )
@@ -96,6 +96,11 @@ def create_mesh(
         # Topology-aware placement is for TPUs/GPUs; a plain reshape is fine elsewhere.
         array = np.asarray(devices).reshape(shape)
     return Mesh(array, AXES, axis_types=auto)
+
+
+def local_mesh() -> Mesh:
+    """A one-device mesh on this process's first device (inference, evaluation)."""
+    return create_mesh(1, devices=jax.local_devices())
 
 
 def from_config(m) -> Mesh:
