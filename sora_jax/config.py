@@ -347,6 +347,22 @@ def _validate_mesh(config):
     _one_of(config, "mesh.sequence_attention", ("all_to_all", "gspmd"))
     for stage in ("vae", "dit"):
         _positive(config, f"{stage}.train.grad_accum_steps")
+    seq = m.sequence * m.dcn.sequence
+    _check(
+        m.sequence == -1 or config.dit.seq_len % seq == 0,
+        "dit.seq_len",
+        config.dit.seq_len,
+        f"must be divisible by the sequence split {seq} (mesh.sequence x mesh.dcn.sequence)",
+    )
+    k = config.dit.train.grad_accum_steps
+    if m.data != -1 and m.fsdp != -1:
+        split = m.data * m.fsdp * m.dcn.data * m.dcn.fsdp * k
+        _check(
+            config.dit.rows % split == 0,
+            "dit.rows",
+            config.dit.rows,
+            f"must be divisible by the data x fsdp devices x dit.train.grad_accum_steps ({split})",
+        )
 
 
 def _one_of(config, key: str, options: Sequence[str]):

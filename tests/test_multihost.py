@@ -28,9 +28,7 @@ def _free_port():
 def test_two_processes_match_one_and_checkpoint_reshards(tmp_path):
     port, n = _free_port(), 2
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["PYTHONPATH"] = os.pathsep.join(
-        [os.path.dirname(WORKER) + "/..", env.get("PYTHONPATH", "")]
-    )
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
     procs = [
         subprocess.Popen(
             [sys.executable, WORKER, str(i), str(n), str(port), str(tmp_path)],

@@ -182,3 +182,29 @@ def test_logical_rules_map_names_to_mesh_axes():
     c.mesh.rules = (("embed", "model"),)
     with pytest.raises(ValueError, match="mesh axes must be among"):
         config_lib.validate(c)
+
+
+def test_plan_counts_params_memory_and_flops_without_allocating():
+    from sora_jax import plan as plan_lib
+
+    c = tiny_config()
+    replicated = plan_lib.plan(c, plan_lib.parse_mesh("data:8"), "h100")
+    split = plan_lib.plan(c, plan_lib.parse_mesh("data:2,fsdp:4,tensor:2"), count_xla=False)
+    _, state = run_steps(c, mesh_lib.create_mesh(1), fixed_batch(c), steps=0)
+    n = sum(x.size for x in jax.tree.leaves(state.params))
+    assert replicated["params"] == n and replicated["param_bytes"] == 4 * n
+    # Adam's mu and nu, and two int32 step counters.
+    assert replicated["optimizer_bytes"] == 2 * replicated["param_bytes"] + 8
+    assert replicated["per_device"]["param_bytes"] == replicated["param_bytes"]
+    # fsdp 4 x tensor 2: big kernels split 8 ways; small vectors and the text encoder not.
+    ratio = split["per_device"]["param_bytes"] / split["param_bytes"]
+    assert 1 / 8 < ratio < 1 / 3, ratio
+    # Same 8-way batch split; tensor parallelism splits the heads' and MLP's activations.
+    act = lambda p: p["per_device"]["activation_bytes_estimate"]
+    assert act(split) < 0.7 * act(replicated)
+    # The analytic count agrees with XLA's count of the lowered step.
+    flops = replicated["flops_per_step_xla"]
+    assert abs(replicated["flops_per_step_analytic"] / flops - 1) < 0.15, flops
+    assert replicated["device"]["fits"]
+    with pytest.raises(ValueError, match="axis:size pairs"):
+        plan_lib.parse_mesh("model:8")

@@ -277,10 +277,12 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
     return train_step
 
 
-def init_state(config, dit, text_encoder, tx, mesh, extras):
-    """The initial TrainState, each array created already placed as config.mesh.rules say."""
+def boxed_init(config, dit, text_encoder, tx, extras, batch: int = 1):
+    """`init(key) -> TrainState` whose DiT leaves are boxed with their logical axis names
+    (for jax.eval_shape and the shardings; `init_state` unboxes). `batch` rows of dummy
+    inputs (a multiple of the batch split when traced with the rules active)."""
     dc, lt = config.dit, config.text.max_length
-    b = mesh_lib.batch_size_divisor(mesh)
+    b = batch
     x = jnp.zeros((b, dc.seq_len, dit.patch_dim), jnp.float32)
     seg = jnp.ones((b, dc.seq_len), jnp.int32)
     pos = jnp.zeros((b, dc.seq_len, 3), jnp.int32)
@@ -298,6 +300,12 @@ def init_state(config, dit, text_encoder, tx, mesh, extras):
             ]
         return ts.create(params, tx, extras)
 
+    return init
+
+
+def init_state(config, dit, text_encoder, tx, mesh, extras):
+    """The initial TrainState, each array created already placed as config.mesh.rules say."""
+    init = boxed_init(config, dit, text_encoder, tx, extras, mesh_lib.batch_size_divisor(mesh))
     rules = partitioning.rules_from_config(config.mesh.rules)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
     state, _ = partitioning.init_sharded(init, mesh, rules, key)
