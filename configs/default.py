@@ -24,8 +24,35 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.image_fraction = 0.2
     c.data.fps = 8
 
+    # Device mesh (sora_jax/parallel/mesh.py; README "Scaling out"). Axis sizes inside a slice
+    # / node; one may be -1 (the devices left over); their product must be the device count.
     c.mesh = ml_collections.ConfigDict()
-    c.mesh.num_devices = -1  # -1: every device; data parallel over them.
+    c.mesh.num_devices = -1  # -1: every device (of every process)
+    c.mesh.data = -1  # model replicas, each on a slice of the batch
+    c.mesh.fsdp = 1  # batch split too, params and optimizer state split across it
+    c.mesh.tensor = 1  # attention heads and MLP units split across it
+    c.mesh.sequence = 1  # token rows split along their length
+    # Self-attention over a split sequence: 'all_to_all' (head/sequence swap, explicit
+    # collectives; heads per tensor shard must divide by mesh.sequence) or 'gspmd' (the
+    # compiler gathers keys and values).
+    c.mesh.sequence_attention = "all_to_all"
+    # Across TPU slices / GPU nodes (hybrid mesh): each axis is dcn * (size above) long. Keep
+    # the slow network for data (all 1: one slice or node).
+    c.mesh.dcn = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1, sequence=1))
+    # Logical axis name (used by the model's weights and activations) -> mesh axis / axes /
+    # None (unsplit); the first rule whose mesh axis is still free in an array wins.
+    c.mesh.rules = (
+        ("batch", ("data", "fsdp")),
+        ("length", "sequence"),
+        ("embed", "fsdp"),
+        ("heads", "tensor"),
+        ("mlp", "tensor"),
+        ("kv", None),
+        ("patch", None),
+        ("text_embed", None),
+        ("norm", None),
+        ("vocab", None),
+    )
 
     # Causal 3D-conv VAE.
     c.vae = ml_collections.ConfigDict()
@@ -212,4 +239,8 @@ def _train_config(*, steps, learning_rate, warmup_steps):
     t.log_every = 50
     t.checkpoint_every = 1000
     t.keep_checkpoints = 2
+    # Microbatches per step: gradients summed inside the jitted step (same update as the whole
+    # batch at 1/k of the activation memory). The batch must split into k equal microbatches
+    # on every data device.
+    t.grad_accum_steps = 1
     return t

@@ -19,6 +19,8 @@ from sora_jax.data import packing
 from sora_jax.models import attention
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import vae as vae_lib
+from sora_jax.parallel import mesh as mesh_lib
+from sora_jax.parallel.partitioning import DEFAULT_RULES as _RULES
 
 STAGES = ("vae", "dit")
 TEXT_KINDS = ("tiny", "bert")
@@ -79,6 +81,19 @@ ADDED_KEYS = {
     "vae.inference.tiled": False,
     "vae.inference.tile_latent_size": 32,
     "vae.inference.tile_latent_overlap": 8,
+    # Before config mesh axes the mesh was data parallel over mesh.num_devices.
+    "mesh.data": -1,
+    "mesh.fsdp": 1,
+    "mesh.tensor": 1,
+    "mesh.sequence": 1,
+    "mesh.sequence_attention": "all_to_all",
+    "mesh.dcn.data": 1,
+    "mesh.dcn.fsdp": 1,
+    "mesh.dcn.tensor": 1,
+    "mesh.dcn.sequence": 1,
+    "mesh.rules": _RULES,
+    "vae.train.grad_accum_steps": 1,
+    "dit.train.grad_accum_steps": 1,
 }
 
 
@@ -315,7 +330,55 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         config.mesh.num_devices,
         "must be -1 (all devices) or a positive count",
     )
+    _validate_mesh(config)
     return config
+
+
+def _validate_mesh(config):
+    m = config.mesh
+    for group, sizes in (("mesh", m), ("mesh.dcn", m.dcn)):
+        values = [sizes[a] for a in mesh_lib.AXES]
+        _check(
+            all(v == -1 or v >= 1 for v in values) and values.count(-1) <= 1,
+            group,
+            dict(zip(mesh_lib.AXES, values)),
+            "axis sizes must be >= 1, with at most one -1 (fill)",
+        )
+    _check(-1 not in [m.dcn[a] for a in mesh_lib.AXES], "mesh.dcn", m.dcn, "no -1 across slices")
+    names = [r[0] for r in m.rules if len(r) == 2]
+    _check(
+        len(names) == len(m.rules) and len(set(names)) == len(names),
+        "mesh.rules",
+        m.rules,
+        "must be distinct (logical name, mesh axes) pairs",
+    )
+    for name, axes in m.rules:
+        axes = axes if isinstance(axes, (list, tuple)) else (axes,)
+        _check(
+            all(a is None or a in mesh_lib.AXES for a in axes),
+            "mesh.rules",
+            (name, axes),
+            f"mesh axes must be among {mesh_lib.AXES} or None",
+        )
+    _one_of(config, "mesh.sequence_attention", ("all_to_all", "gspmd"))
+    for stage in ("vae", "dit"):
+        _positive(config, f"{stage}.train.grad_accum_steps")
+    seq = m.sequence * m.dcn.sequence
+    _check(
+        m.sequence == -1 or config.dit.seq_len % seq == 0,
+        "dit.seq_len",
+        config.dit.seq_len,
+        f"must be divisible by the sequence split {seq} (mesh.sequence x mesh.dcn.sequence)",
+    )
+    k = config.dit.train.grad_accum_steps
+    if m.data != -1 and m.fsdp != -1:
+        split = m.data * m.fsdp * m.dcn.data * m.dcn.fsdp * k
+        _check(
+            config.dit.rows % split == 0,
+            "dit.rows",
+            config.dit.rows,
+            f"must be divisible by the data x fsdp devices x dit.train.grad_accum_steps ({split})",
+        )
 
 
 def _one_of(config, key: str, options: Sequence[str]):

@@ -490,7 +490,7 @@ def _decode(vae, inference_cfg, patch, grid, vae_params, tokens, latent_mean, la
 def load_pipeline(workdir: str, mesh=None) -> Pipeline:
     """Loads the config and the latest VAE and DiT checkpoints of a training workdir."""
     config = load_config(workdir)
-    mesh = mesh or mesh_lib.create_mesh(1)
+    mesh = mesh or mesh_lib.local_mesh()
     vae, vae_params = vae_trainer.load(config, workdir, mesh)
     dit, text_encoder, params, extras = dit_trainer.load(config, workdir, mesh)
     return Pipeline(

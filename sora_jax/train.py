@@ -22,6 +22,7 @@ from sora_jax import config as config_lib
 from sora_jax import pipeline as pipeline_lib
 from sora_jax.evaluation import prompt_eval
 from sora_jax.logging import writers
+from sora_jax.parallel import distributed
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.training import dit_trainer, vae_trainer
 
@@ -51,6 +52,14 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
     return summary
 
 
+# Multi-process runs (README "Scaling out"): found by themselves on TPU pods and under SLURM.
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for a multi-process run."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the run.")
+
+
 def check_workdir_config(config: ml_collections.ConfigDict, workdir: str):
     """A resumed run must use the config it started with (else checkpoints mismatch)."""
     path = os.path.join(workdir, pipeline_lib.CONFIG_FILE)
@@ -73,9 +82,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     check_workdir_config(config, workdir)
     if jax.process_index() == 0:
         pipeline_lib.save_config(config, workdir)
-    mesh = mesh_lib.create_mesh(config.mesh.num_devices)
+    mesh = mesh_lib.from_config(config.mesh)
     writer = writers.MetricWriter(os.path.join(workdir, "tensorboard"))
-    logging.info("devices: %s; mesh %s", jax.devices(), dict(mesh.shape))
+    logging.info(
+        "process %d/%d, devices: %s; mesh %s",
+        jax.process_index(),
+        jax.process_count(),
+        jax.devices(),
+        dict(mesh.shape),
+    )
     results = {}
     try:
         if "vae" in config.stages:
@@ -117,6 +132,9 @@ def main(argv):
         return
     if _WORKDIR.value is None:
         raise app.UsageError("--workdir is required (checkpoints, logs and samples go there)")
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if jax.process_index() != 0:
+        logging.set_verbosity(logging.WARNING)  # process 0 logs for the run
     results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     if "eval" in results:
         print("prompt following:", json.dumps(results["eval"]))

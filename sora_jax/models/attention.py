@@ -13,7 +13,9 @@ import jax.numpy as jnp
 __all__ = ["attention", "segment_mask", "register_kernel", "kernel_names", "IMPLEMENTATIONS"]
 
 # Our name -> jax.nn.dot_product_attention's `implementation` ('auto' lets jax choose).
-IMPLEMENTATIONS = {"xla": "xla", "cudnn": "cudnn", "auto": None}
+# 'sequence_parallel': the query length split over the mesh's sequence axis
+# (sora_jax/parallel/sequence.py; plain 'xla' attention without a mesh).
+IMPLEMENTATIONS = {"xla": "xla", "cudnn": "cudnn", "auto": None, "sequence_parallel": "xla"}
 # Other kernels (e.g. Pallas splash attention on TPU) plug in here by name:
 # fn(q f[b lq h d], k f[b lk h d], v f[b lk h d], mask bool[b 1 lq lk] | None) -> f[b lq h d].
 _KERNELS = {}
@@ -60,6 +62,10 @@ def attention(
         expected = (q.shape[0], 1, q.shape[1], k.shape[1])
         if mask.shape != expected:
             raise ValueError(f"attention: mask shape {mask.shape}, expected {expected}")
+    if implementation == "sequence_parallel":
+        from sora_jax.parallel import sequence  # imported late: it calls back into this module
+
+        return sequence.attention(q, k, v, mask)
     if implementation in _KERNELS:
         out = _KERNELS[implementation](q, k, v, mask)
     else:

@@ -1,32 +1,124 @@
-"""Device mesh and shardings: data parallelism over a 1-D 'data' axis.
+"""Device mesh from config axes, and placing host batches on it.
 
-Batches are split along their leading axis over 'data'; params and optimizer
-state are replicated. (FSDP/tensor/sequence axes build on this mesh later.)
+The mesh always has the four axes ``('data', 'fsdp', 'tensor', 'sequence')`` (size-1 axes
+cost nothing), so shardings name the same axes whatever the parallelism:
+
+- data: replicas of the model, each on its slice of the batch;
+- fsdp: batch split too, params and optimizer state split across it (ZeRO-3 style);
+- tensor: attention heads and MLP hidden units split across it;
+- sequence: long packed token rows split along their length (see ``parallel.sequence``).
+
+Batches are split along their leading axis over ``('data', 'fsdp')``. A hybrid mesh (several
+TPU slices or GPU nodes) puts the ``dcn`` sizes across slices / processes and ``ici`` inside
+them, so only the data axis (usually) crosses the slow network.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
+
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-DATA = "data"
+DATA, FSDP, TENSOR, SEQUENCE = "data", "fsdp", "tensor", "sequence"
+AXES = (DATA, FSDP, TENSOR, SEQUENCE)
+BATCH_AXES = (DATA, FSDP)
 
 
-def create_mesh(num_devices: int = -1) -> Mesh:
-    """A ('data',) mesh over the first `num_devices` devices (-1: all of them)."""
-    devices = jax.devices()
+def resolve_shape(sizes: Mapping[str, int], num_devices: int, what: str = "mesh") -> tuple:
+    """Sizes per axis in AXES order, one -1 filled with what the others leave.
+
+    Missing axes are 1. Raises ValueError naming the sizes when they cannot fit `num_devices`.
+    """
+    unknown = set(sizes) - set(AXES)
+    if unknown:
+        raise ValueError(f"{what}: unknown axes {sorted(unknown)}; the axes are {AXES}")
+    shape = [int(sizes.get(a, 1)) for a in AXES]
+    fill = [i for i, s in enumerate(shape) if s == -1]
+    if len(fill) > 1 or any(s == 0 or s < -1 for s in shape):
+        raise ValueError(f"{what} {dict(zip(AXES, shape))}: sizes must be >= 1, one may be -1")
+    known = math.prod(s for s in shape if s != -1)
+    if fill:
+        if num_devices % known:
+            raise ValueError(
+                f"{what} {dict(zip(AXES, shape))}: {num_devices} devices are not divisible by "
+                f"the fixed axes' product {known}"
+            )
+        shape[fill[0]] = num_devices // known
+    if math.prod(shape) != num_devices:
+        raise ValueError(
+            f"{what} {dict(zip(AXES, shape))}: the axes' product {math.prod(shape)} does not "
+            f"match the {num_devices} devices"
+        )
+    return tuple(shape)
+
+
+def create_mesh(
+    num_devices: int = -1,
+    *,
+    ici: Mapping[str, int] | None = None,
+    dcn: Mapping[str, int] | None = None,
+    devices: Sequence | None = None,
+) -> Mesh:
+    """A mesh over `num_devices` devices (-1: all of them).
+
+    ``ici`` (axis -> size, one -1 allowed) shapes it; without it the mesh is data parallel.
+    ``dcn`` (axis -> size) makes a hybrid mesh: each axis is dcn[a] * ici[a] long, with the
+    dcn part across slices (TPU) or processes (GPU nodes), via ``mesh_utils``.
+    """
+    devices = list(jax.devices() if devices is None else devices)
     if num_devices == -1:
         num_devices = len(devices)
     if not 0 < num_devices <= len(devices):
         raise ValueError(f"mesh.num_devices={num_devices}: only {len(devices)} devices exist")
-    return Mesh(
-        np.asarray(devices[:num_devices]), (DATA,), axis_types=(jax.sharding.AxisType.Auto,)
-    )
+    devices = devices[:num_devices]
+    ici = dict(ici or {DATA: -1})
+    auto = (jax.sharding.AxisType.Auto,) * len(AXES)
+    if dcn and math.prod(dcn.values()) > 1:
+        dcn_shape = resolve_shape(dcn, math.prod(dcn.values()), "mesh.dcn")
+        granules = math.prod(dcn_shape)
+        if num_devices % granules:
+            raise ValueError(f"mesh.dcn {dcn}: {num_devices} devices do not split into {granules}")
+        ici_shape = resolve_shape(ici, num_devices // granules, "mesh.ici")
+        # TPU slices are granules; elsewhere (GPU nodes, CPU processes) each process is one.
+        by_process = devices[0].platform != "tpu"
+        array = mesh_utils.create_hybrid_device_mesh(
+            ici_shape, dcn_shape, devices, process_is_granule=by_process
+        )
+        return Mesh(array, AXES, axis_types=auto)
+    shape = resolve_shape(ici, num_devices)
+    try:
+        array = mesh_utils.create_device_mesh(shape, devices)
+    except (ValueError, NotImplementedError, AssertionError):
+        # Topology-aware placement is for TPUs/GPUs; a plain reshape is fine elsewhere.
+        array = np.asarray(devices).reshape(shape)
+    return Mesh(array, AXES, axis_types=auto)
+
+
+def local_mesh() -> Mesh:
+    """A one-device mesh on this process's first device (inference, evaluation)."""
+    return create_mesh(1, devices=jax.local_devices())
+
+
+def from_config(m) -> Mesh:
+    """The mesh of config.mesh: axes sizes (ici), optional dcn sizes, num_devices."""
+    ici = {a: m[a] for a in AXES}
+    dcn = {a: m.dcn[a] for a in AXES}
+    if all(ici[a] == 1 for a in AXES[1:]) and ici[DATA] == -1:
+        ici = {DATA: -1}
+    return create_mesh(m.num_devices, ici=ici, dcn=dcn)
+
+
+def batch_size_divisor(mesh: Mesh) -> int:
+    """Batches must split evenly over the batch axes."""
+    return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P(DATA))
+    return NamedSharding(mesh, P(BATCH_AXES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -34,15 +126,30 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def shard_batch(batch, mesh: Mesh):
-    """Places host numpy arrays on the mesh, split along the leading (batch) axis."""
-    n = mesh.shape[DATA]
+    """Places a host batch on the mesh, split along the leading (batch) axis.
+
+    Each process copies only the rows its own devices hold (``make_array_from_callback``),
+    so on several hosts the global array is built without any host holding it on device.
+    """
+    n = batch_size_divisor(mesh)
+    sharding = data_sharding(mesh)
 
     def put(x):
+        x = np.asarray(x)
         if x.shape[0] % n:
             raise ValueError(
-                f"batch axis {x.shape[0]} is not divisible by the {n} data devices; "
-                "change the batch size (or mesh.num_devices)"
+                f"batch axis {x.shape[0]} is not divisible by the {n} data x fsdp devices; "
+                "change the batch size (or the mesh)"
             )
-        return jax.device_put(x, data_sharding(mesh))
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
     return jax.tree.map(put, batch)
+
+
+def process_rows(global_rows: int, mesh: Mesh) -> slice:
+    """The batch rows this process's devices hold (a contiguous block on meshes built here)."""
+    sharding = data_sharding(mesh)
+    index_map = sharding.addressable_devices_indices_map((global_rows,))
+    starts = [idx[0].start or 0 for idx in index_map.values()]
+    stops = [global_rows if idx[0].stop is None else idx[0].stop for idx in index_map.values()]
+    return slice(min(starts), max(stops))

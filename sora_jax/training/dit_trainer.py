@@ -11,7 +11,6 @@ import collections
 import dataclasses
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -24,8 +23,9 @@ from sora_jax.models import dit as dit_lib
 from sora_jax.models import flops as flops_lib
 from sora_jax.models import vae_inference
 from sora_jax.parallel import mesh as mesh_lib
+from sora_jax.parallel import partitioning
 from sora_jax.text import encoders
-from sora_jax.training import checkpoint, loop, vae_trainer
+from sora_jax.training import checkpoint, grad_accum, loop, vae_trainer
 from sora_jax.training import train_state as ts
 
 
@@ -61,7 +61,11 @@ def build_dit(config, text_dim: int) -> dit_lib.DiT:
         text_attention=m.text_attention,
         attention_layout=m.attention_layout,
         remat_policy=m.remat_policy,
-        attention_impl=m.attention_impl,
+        # All-to-all sequence parallelism is the explicit choice (sora_jax/parallel/sequence.py);
+        # 'gspmd' leaves the split attention to the compiler.
+        attention_impl="sequence_parallel"
+        if config.mesh.sequence_attention == "all_to_all"
+        else m.attention_impl,
     )
 
 
@@ -227,10 +231,10 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
     """
     objective = objectives.from_config(config)
     num_seg = config.dit.max_segments
+    accum = config.dit.train.grad_accum_steps
 
-    def loss_fn(params, batch, rng):
-        text_params = params["text"] if text_encoder.trainable else frozen_text_params
-        text = text_features(text_encoder, text_params, batch["caption_ids"], batch["caption_mask"])
+    def draw(batch, rng):
+        """The step's randomness for the whole batch (so microbatching does not change it)."""
         x0, seg = batch["tokens"], batch["segment_ids"]
         rng_t, rng_n = jax.random.split(rng)
         # Tokens per segment f32[b s]: the token-dependent time shift of each video (the whole
@@ -238,18 +242,28 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
         counts = jnp.sum(seg[:, :, None] == jnp.arange(1, num_seg + 1), axis=1)
         counts = batch.get("num_tokens", counts.astype(jnp.float32))
         t = objective.sample_t(rng_t, seg.shape[:1] + (num_seg,), counts)
+        return t, jax.random.normal(rng_n, x0.shape, x0.dtype)
+
+    def loss_mask(batch):
+        """bool[b l]: the tokens that carry loss (not padding, not given frames)."""
+        valid = batch["segment_ids"] > 0
+        return valid & ~batch["cond_mask"] if "cond_mask" in batch else valid
+
+    def loss_fn(params, inputs):
+        """Sum of the squared errors of (a microbatch of) the batch / the whole batch's count
+        of loss elements (`denoms`, the same in every row)."""
+        batch, t, noise, denoms = inputs
+        text_params = params["text"] if text_encoder.trainable else frozen_text_params
+        text = text_features(text_encoder, text_params, batch["caption_ids"], batch["caption_mask"])
+        x0, seg = batch["tokens"], batch["segment_ids"]
         t_tok = jnp.take_along_axis(t, jnp.maximum(seg - 1, 0), axis=1)[..., None]
-        noise = jax.random.normal(rng_n, x0.shape, x0.dtype)
         x_t = objective.corrupt(x0, noise, t_tok)
-        valid = seg > 0
-        aux = {}
+        valid = loss_mask(batch)
         if "cond_mask" in batch:
             # Given frames: clean latents at their own time 0, and no loss on them.
-            cond = batch["cond_mask"] & valid
+            cond = batch["cond_mask"] & (seg > 0)
             x_t = jnp.where(cond[..., None], x0, x_t)
             kw = dict(t_tok=jnp.where(cond, 0.0, t_tok[..., 0]), cond_mask=cond)
-            valid = valid & ~cond
-            aux["cond_fraction"] = jnp.sum(cond) / jnp.maximum(jnp.sum(seg > 0), 1)
         else:
             kw = {}
         out = dit.apply(
@@ -264,11 +278,22 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
         )
         weight = valid[..., None] * objective.loss_weight(t_tok)
         err = (out - objective.target(x0, noise, t_tok)) ** 2 * weight
-        loss = jnp.sum(err) / (jnp.sum(valid) * x0.shape[-1])
-        return loss, {"padding_fraction": 1.0 - jnp.mean(seg > 0), **aux}
+        return jnp.sum(err) / denoms[0], {}
 
     def train_step(state: ts.TrainState, batch, rng):
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
+        t, noise = draw(batch, rng)
+        seg = batch["segment_ids"]
+        denom = jnp.sum(loss_mask(batch)) * batch["tokens"].shape[-1]
+        # denom is the same for every microbatch: broadcast it along the batch axis.
+        denoms = jnp.full(seg.shape[:1], denom, jnp.float32)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, _), grads = grad_accum.sum_gradients(
+            grad_fn, state.params, (batch, t, noise, denoms), accum
+        )
+        aux = {"padding_fraction": 1.0 - jnp.mean(seg > 0)}
+        if "cond_mask" in batch:
+            cond = batch["cond_mask"] & (seg > 0)
+            aux["cond_fraction"] = jnp.sum(cond) / jnp.maximum(jnp.sum(seg > 0), 1)
         new_state = ts.apply_gradients(state, grads, tx, config.dit.train.ema_decay)
         return new_state, {"loss": loss, **aux, **ts.norms(grads, state.params)}
 
@@ -322,15 +347,20 @@ def model_summary(config) -> dict[str, float]:
     }
 
 
+def boxed_init(config, dit, text_encoder, tx, extras, batch: int = 1):
+    """`init(key) -> TrainState` whose DiT leaves are boxed with their logical axis names
+    (for jax.eval_shape and the shardings; `init_state` unboxes)."""
+    init_params = init_params_fn(config, dit, text_encoder, batch)
+    return lambda key: ts.create(init_params(key), tx, extras)
+
+
 def init_state(config, dit, text_encoder, tx, mesh, extras):
-    init_params = init_params_fn(config, dit, text_encoder, mesh.shape[mesh_lib.DATA])
-
-    def init(key):
-        return ts.create(nn.unbox(init_params(key)), tx, extras)
-
-    return jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(
-        jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
-    )
+    """The initial TrainState, each array created already placed as config.mesh.rules say."""
+    init = boxed_init(config, dit, text_encoder, tx, extras, mesh_lib.batch_size_divisor(mesh))
+    rules = partitioning.rules_from_config(config.mesh.rules)
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
+    state, _ = partitioning.init_sharded(init, mesh, rules, key)
+    return state
 
 
 def _extras(latent_mean, latent_std):
@@ -353,7 +383,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
         state = ckpt.restore(state)
     null_ids, null_mask = (np.asarray(a)[0] for a in text_encoder.tokenize([""]))
     step_fn = loop.jit_train_step(
-        make_train_step(config, dit, text_encoder, tx, text_encoder.params), mesh
+        make_train_step(config, dit, text_encoder, tx, text_encoder.params),
+        mesh,
+        loop.shardings_of(state),
+        partitioning.rules_from_config(config.mesh.rules),
     )
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 3)
     batch_fn = functools.partial(dit_batch, config, cache, null_ids, null_mask)

@@ -13,18 +13,37 @@ from absl import logging
 from sora_jax.logging import progress as progress_lib
 from sora_jax.logging import writers
 from sora_jax.parallel import mesh as mesh_lib
+from sora_jax.parallel import partitioning
 from sora_jax.training import checkpoint
 
 
-def jit_train_step(train_step: Callable, mesh):
-    """jit with the batch split over 'data', state/rng/metrics replicated, old state donated."""
+def shardings_of(tree):
+    """The shardings of a placed pytree (e.g. a TrainState from an init_state)."""
+    return jax.tree.map(lambda x: x.sharding, tree)
+
+
+def jit_train_step(train_step: Callable, mesh, state_shardings=None, rules=()):
+    """jit with explicit shardings: the state as given (default replicated), the batch split
+    over ('data', 'fsdp'), rng and metrics replicated; the old state is donated.
+
+    The step is traced and run with the mesh and the logical `rules` active, so the model's
+    activation constraints and sequence-parallel attention find them.
+    """
     rep = mesh_lib.replicated(mesh)
-    return jax.jit(
+    state_shardings = rep if state_shardings is None else state_shardings
+    jitted = jax.jit(
         train_step,
-        in_shardings=(rep, mesh_lib.data_sharding(mesh), rep),
-        out_shardings=(rep, rep),
+        in_shardings=(state_shardings, mesh_lib.data_sharding(mesh), rep),
+        out_shardings=(state_shardings, rep),
         donate_argnums=0,
     )
+
+    def step(state, batch, rng):
+        with partitioning.activate(mesh, rules):
+            return jitted(state, batch, rng)
+
+    step.jitted = jitted  # for lowering / cost analysis (sora_jax.plan)
+    return step
 
 
 def run(

@@ -12,7 +12,7 @@ import numpy as np
 from sora_jax.data import shapes
 from sora_jax.models import vae as vae_lib
 from sora_jax.parallel import mesh as mesh_lib
-from sora_jax.training import checkpoint, loop
+from sora_jax.training import checkpoint, grad_accum, loop
 from sora_jax.training import train_state as ts
 
 
@@ -66,10 +66,13 @@ def make_train_step(model: vae_lib.CausalVAE, tx, v: ml_collections.ConfigDict):
     """Pure `train_step(state, batch, rng) -> (state, metrics)` for the VAE (config.vae)."""
 
     def train_step(state: ts.TrainState, batch, rng):
-        x = batch["video"]
+        k = v.train.grad_accum_steps
 
-        def loss_fn(params):
-            rng_post, rng_aug = jax.random.split(rng)
+        def loss_fn(params, micro):
+            # With k microbatches: the mean of their losses (batch statistics such as the
+            # latent-noise spread, and the random draws, are per microbatch).
+            x, index = micro["video"], micro["index"][0]
+            rng_post, rng_aug = jax.random.split(rng if k == 1 else jax.random.fold_in(rng, index))
             mean, logvar = model.apply({"params": params}, x, method=model.encode)
             z = mean
             if v.sample_posterior:
@@ -84,10 +87,17 @@ def make_train_step(model: vae_lib.CausalVAE, tx, v: ml_collections.ConfigDict):
             l1 = jnp.mean(jnp.abs(recon - x))
             mse = jnp.mean((recon - x) ** 2)
             kl = jnp.mean(vae_lib.kl_divergence(mean, logvar))
-            loss = l1 + v.mse_weight * mse + v.kl_weight * kl
+            loss = (l1 + v.mse_weight * mse + v.kl_weight * kl) / k
             return loss, {"l1": l1, "kl": kl, "mse": mse}
 
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        # Microbatch j's rows all carry index j (rows j, j + k, ... go to microbatch j).
+        index = jnp.arange(batch["video"].shape[0]) % k
+        (loss, aux), grads = grad_accum.sum_gradients(
+            jax.value_and_grad(loss_fn, has_aux=True),
+            state.params,
+            {"video": batch["video"], "index": index},
+            k,
+        )
         new_state = ts.apply_gradients(state, grads, tx, v.train.ema_decay)
         return new_state, {"loss": loss, **aux, **ts.norms(grads, state.params)}
 

@@ -1,0 +1,84 @@
+"""A tiny DiT set-up shared by the parallelism tests and their multi-process worker."""
+
+import os
+
+import jax
+import numpy as np
+
+from sora_jax import config as config_lib
+from sora_jax.parallel import mesh as mesh_lib
+from sora_jax.training import dit_trainer, loop
+from sora_jax.training import train_state as ts
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "tiny.py")
+
+# (data, fsdp, tensor, sequence) meshes of the 8 simulated devices.
+MESHES = [(8, 1, 1, 1), (2, 4, 1, 1), (2, 2, 2, 1), (1, 2, 2, 2)]
+
+
+def tiny_config(**mesh):
+    c = config_lib.load(TINY)
+    c.data.frame_choices = (1, 5)
+    c.data.resolutions = ((16, 16), (16, 24))
+    c.vae.model.channel_mults = (1, 2, 2)
+    c.text.width = 16
+    c.text.max_length = 16
+    c.dit.model.hidden = 32
+    c.dit.model.depth = 1
+    c.dit.model.num_heads = 4
+    c.dit.seq_len = 32
+    c.dit.rows = 8
+    c.dit.max_segments = 4
+    c.dit.train.warmup_steps = 0
+    c.dit.train.learning_rate = 3e-3
+    c.dit.condition.rate = 0.5  # the given-frame path too
+    for axis, size in mesh.items():
+        c.mesh[axis] = size
+    return config_lib.validate(c)
+
+
+def mesh_config(shape):
+    return tiny_config(**dict(zip(mesh_lib.AXES, shape)))
+
+
+def fixed_batch(c):
+    """The packed DiT batch of step 0 over random one-colour latents (a pure function of c)."""
+    rng = np.random.default_rng(0)
+    tokens, positions = [], []
+    ch = c.vae.model.latent_channels
+    for t, h, w in [(2, 4, 6), (1, 4, 4), (2, 4, 4), (1, 6, 4)] * 8:
+        lat = np.broadcast_to(rng.normal(size=(1, 1, 1, ch)), (t, h, w, ch)).astype(np.float32)
+        tok, pos = dit_trainer.packing.patchify(lat, tuple(c.dit.patch))
+        tokens.append(tok)
+        positions.append(pos)
+    text = dit_trainer.build_text_encoder(c)
+    ids, mask = text.tokenize(["a small red circle on a grey background"] * len(tokens))
+    cache = dit_trainer.LatentCache(tokens, positions, ids, mask, np.zeros(ch), np.ones(ch))
+    null_ids, null_mask = (a[0] for a in text.tokenize([""]))
+    return dit_trainer.dit_batch(c, cache, null_ids, null_mask, 0)
+
+
+def build(c, mesh):
+    """(initial state placed on `mesh`, jitted sharded train step)."""
+    text = dit_trainer.build_text_encoder(c)
+    dit = dit_trainer.build_dit(c, text.dim)
+    tx = ts.make_optimizer(c.dit.train)
+    state = dit_trainer.init_state(c, dit, text, tx, mesh, None)
+    step = loop.jit_train_step(
+        dit_trainer.make_train_step(c, dit, text, tx),
+        mesh,
+        loop.shardings_of(state),
+        dit_trainer.partitioning.rules_from_config(c.mesh.rules),
+    )
+    return state, step
+
+
+def run_steps(c, mesh, batch, steps=1):
+    """(losses, state) after `steps` train steps on the same batch from the same init."""
+    state, step = build(c, mesh)
+    losses = []
+    for i in range(steps):
+        state, metrics = step(state, mesh_lib.shard_batch(batch, mesh), jax.random.PRNGKey(i))
+        losses.append(float(metrics["loss"]))
+    return losses, state
