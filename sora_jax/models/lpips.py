@@ -17,9 +17,10 @@ Nothing is downloaded: the weights are read from a ``.safetensors`` or ``.npz`` 
     lin{l}.model.1.weight f32[1 c_l 1 1]  l = 0..4, c_l = 64 128 256 512 512
 
 (``{k: v.numpy() for k, v in {**vgg16.features.state_dict() renamed to 'features.*',
-**lpips_vgg_state_dict}.items()}`` saved with ``safetensors.numpy.save_file``.) ``widths`` and
-``depths`` can shrink the network (tests); the file must then match them. Loading checks every
-name and shape and names the first mismatch.
+**lpips_vgg_state_dict}.items()}`` saved with ``safetensors.numpy.save_file``.) A narrower or
+shallower VGG-like stack in the same layout also loads (tests use one): ``load`` reads the widths
+from the conv shapes and the blocks from the index gaps (a max pool sits between blocks), then
+checks every name and shape against that architecture and names the first mismatch.
 """
 
 from __future__ import annotations
@@ -33,7 +34,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["LPIPS", "external_names", "load", "save", "random_weights", "distance_fn"]
+__all__ = [
+    "LPIPS",
+    "architecture",
+    "external_names",
+    "load",
+    "save",
+    "random_weights",
+    "distance_fn",
+]
 
 VGG16_WIDTHS = (64, 128, 256, 512, 512)
 VGG16_DEPTHS = (2, 2, 3, 3, 3)
@@ -109,9 +118,33 @@ def _read(path: str) -> dict[str, np.ndarray]:
     raise ValueError(f"LPIPS weights {path!r}: expected a .safetensors or .npz file")
 
 
-def load(path: str, widths=VGG16_WIDTHS, depths=VGG16_DEPTHS) -> dict:
-    """The Linen params of ``LPIPS(widths, depths)`` from a weights file (layout above)."""
+def architecture(tensors: dict[str, np.ndarray]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(widths, depths) of the stack in a weights dict: a conv index gap of 3 (relu, pool)
+    starts a new block, 2 (relu) continues one."""
+    indices = sorted(
+        int(k.split(".")[1]) for k in tensors if k.startswith("features.") and k.endswith(".weight")
+    )
+    if not indices:
+        raise ValueError("LPIPS weights: no 'features.{i}.weight' tensors")
+    widths, depths, prev = [], [], None
+    for i in indices:
+        if prev is None or i - prev == 3:
+            widths.append(int(tensors[f"features.{i}.weight"].shape[0]))
+            depths.append(0)
+        elif i - prev != 2:
+            raise ValueError(f"LPIPS weights: conv indices {indices} are not a VGG16-like stack")
+        depths[-1] += 1
+        prev = i
+    return tuple(widths), tuple(depths)
+
+
+def load(path: str) -> tuple[LPIPS, dict]:
+    """``(LPIPS module, its Linen params)`` from a weights file (layout above)."""
     tensors = _read(path)
+    try:
+        widths, depths = architecture(tensors)
+    except ValueError as e:
+        raise ValueError(f"{e} (in {path})") from None
     layout = external_names(widths, depths)
     unexpected = sorted(set(tensors) - set(layout))
     if unexpected:
@@ -125,7 +158,7 @@ def load(path: str, widths=VGG16_WIDTHS, depths=VGG16_DEPTHS) -> dict:
             raise ValueError(
                 f"LPIPS weights {path}: tensor {name!r} has shape {a.shape}, expected {shape}"
             )
-        if len(shape) == 4 and flax_path[-1] == "kernel":
+        if flax_path[-1] == "kernel":
             a = einops.rearrange(a, "co ci kh kw -> kh kw ci co")
         elif flax_path[0].startswith("lin"):
             a = a.reshape(-1)
@@ -133,7 +166,7 @@ def load(path: str, widths=VGG16_WIDTHS, depths=VGG16_DEPTHS) -> dict:
         for key in flax_path[:-1]:
             node = node.setdefault(key, {})
         node[flax_path[-1]] = jnp.asarray(a)
-    return params
+    return LPIPS(widths, depths), params
 
 
 def save(path: str, params: dict, widths=VGG16_WIDTHS, depths=VGG16_DEPTHS) -> None:

@@ -120,8 +120,7 @@ def build_perceptual(config):
     p = config.vae.perceptual
     if p.weight <= 0:
         return None
-    model = lpips_lib.LPIPS()
-    return lpips_lib.distance_fn(model, lpips_lib.load(p.path))
+    return lpips_lib.distance_fn(*lpips_lib.load(p.path))
 
 
 def _replace_at(tree: dict, path: tuple[str, ...], value) -> dict:
