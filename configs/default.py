@@ -74,6 +74,27 @@ def get_config() -> ml_collections.ConfigDict:
     # latents' per-channel std: a decoder that tolerates small latent errors turns the DiT's
     # imperfect samples into clean videos (without it, 10 % noise ruins the decode).
     c.vae.latent_noise = 0.0
+    # Optional perceptual loss: LPIPS (VGG16 features + learned linear heads) with weights read
+    # from a local .safetensors / .npz file (layout in sora_jax/models/lpips.py; nothing is
+    # downloaded). weight 0 turns it off; evaluate_vae reports LPIPS whenever path is set.
+    c.vae.perceptual = ml_collections.ConfigDict()
+    c.vae.perceptual.weight = 0.0
+    c.vae.perceptual.path = ""
+    # Optional 3D patch-GAN (sora_jax/models/discriminator.py, hinge loss): weight 0 turns it
+    # off. The decoder's GAN term is weight * adaptive weight (VQGAN: ratio of the gradient norms
+    # of the reconstruction and GAN losses at the decoder's last layer, clipped to
+    # max_adaptive_weight); both it and the discriminator's loss are off before start_step.
+    c.vae.gan = ml_collections.ConfigDict()
+    c.vae.gan.weight = 0.0
+    c.vae.gan.start_step = 5000
+    c.vae.gan.channels = (64, 128, 256)  # stem width, then one entry per downsampling level
+    c.vae.gan.temporal_downsample = (False, True)  # per level: halve time too
+    c.vae.gan.norm_groups = 8
+    c.vae.gan.learning_rate = 1e-4  # the discriminator's own AdamW (schedule as vae.train)
+    c.vae.gan.max_adaptive_weight = 1e4
+    # Batches of training data whose latents' per-channel mean / std are stored with the final
+    # VAE checkpoint: the DiT sees (z - mean) / std.
+    c.vae.latent_stats_batches = 16
     # Inference on long or large videos (sampling, the DiT's latent cache, evaluate_vae); see
     # sora_jax/models/vae_inference.py.
     c.vae.inference = ml_collections.ConfigDict()
@@ -91,6 +112,9 @@ def get_config() -> ml_collections.ConfigDict:
     # The VAE is convolutional, so a few buckets teach every size; the causal first
     # frame is encoded alone, so each video also trains the image (1-frame) path.
     c.vae.train.buckets = ((17, 64, 96), (17, 96, 64), (1, 64, 64))
+    # Joint image + video batches: this many still images of the step's bucket size join every
+    # batch (0: videos only; the video's causal first frame still trains the image path).
+    c.vae.train.image_batch_size = 0
 
     # Text encoder: 'tiny' (trained jointly with the DiT, closed vocabulary of the
     # built-in captions) or 'bert' (frozen, pretrained, from a local HF folder).
@@ -159,6 +183,10 @@ def get_config() -> ml_collections.ConfigDict:
     )
     c.dit.condition.random_frame_prob = 0.5  # per-frame probability of the 'random' type
     c.dit.train = _train_config(steps=100_000, learning_rate=3e-4, warmup_steps=1000)
+    # Microbatches per step: gradients summed inside the jitted step (same update as the whole
+    # batch at 1/k of the activation memory). The batch must split into k equal microbatches
+    # on every data device.
+    c.dit.train.grad_accum_steps = 1
 
     # Diffusion objective (the same DiT learns either) and sampler; see README "Objectives and
     # samplers". Times t in [0, 1]: 0 is data, 1 is noise.
@@ -239,8 +267,4 @@ def _train_config(*, steps, learning_rate, warmup_steps):
     t.log_every = 50
     t.checkpoint_every = 1000
     t.keep_checkpoints = 2
-    # Microbatches per step: gradients summed inside the jitted step (same update as the whole
-    # batch at 1/k of the activation memory). The batch must split into k equal microbatches
-    # on every data device.
-    t.grad_accum_steps = 1
     return t

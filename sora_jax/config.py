@@ -92,8 +92,18 @@ ADDED_KEYS = {
     "mesh.dcn.tensor": 1,
     "mesh.dcn.sequence": 1,
     "mesh.rules": _RULES,
-    "vae.train.grad_accum_steps": 1,
     "dit.train.grad_accum_steps": 1,
+    "vae.perceptual.weight": 0.0,
+    "vae.perceptual.path": "",
+    "vae.gan.weight": 0.0,
+    "vae.gan.start_step": 5000,
+    "vae.gan.channels": (64, 128, 256),
+    "vae.gan.temporal_downsample": (False, True),
+    "vae.gan.norm_groups": 8,
+    "vae.gan.learning_rate": 1e-4,
+    "vae.gan.max_adaptive_weight": 1e4,
+    "vae.latent_stats_batches": 16,
+    "vae.train.image_batch_size": 0,
 }
 
 
@@ -234,6 +244,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     )
     for key in ("mse_weight", "kl_weight", "latent_noise"):
         _check(config.vae[key] >= 0, f"vae.{key}", config.vae[key], "must be >= 0")
+    _validate_vae_losses(config)
 
     _check(
         config.text.kind in TEXT_KINDS,
@@ -361,8 +372,7 @@ def _validate_mesh(config):
             f"mesh axes must be among {mesh_lib.AXES} or None",
         )
     _one_of(config, "mesh.sequence_attention", ("all_to_all", "gspmd"))
-    for stage in ("vae", "dit"):
-        _positive(config, f"{stage}.train.grad_accum_steps")
+    _positive(config, "dit.train.grad_accum_steps")
     seq = m.sequence * m.dcn.sequence
     _check(
         m.sequence == -1 or config.dit.seq_len % seq == 0,
@@ -384,6 +394,48 @@ def _validate_mesh(config):
 def _one_of(config, key: str, options: Sequence[str]):
     value = config[key]
     _check(value in options, key, value, f"must be one of {options}")
+
+
+def _validate_vae_losses(config):
+    v = config.vae
+    p, g = v.perceptual, v.gan
+    _check(p.weight >= 0, "vae.perceptual.weight", p.weight, "must be >= 0")
+    _check(
+        p.weight == 0 or bool(p.path),
+        "vae.perceptual.path",
+        p.path,
+        "vae.perceptual.weight > 0 needs the path of a local LPIPS weights file "
+        "(.safetensors or .npz; layout in sora_jax/models/lpips.py)",
+    )
+    _check(g.weight >= 0, "vae.gan.weight", g.weight, "must be >= 0")
+    _check(g.start_step >= 0, "vae.gan.start_step", g.start_step, "must be >= 0")
+    _check(len(g.channels) >= 1, "vae.gan.channels", g.channels, "must not be empty")
+    _check(
+        len(g.temporal_downsample) == len(g.channels) - 1,
+        "vae.gan.temporal_downsample",
+        g.temporal_downsample,
+        f"needs len(vae.gan.channels)-1={len(g.channels) - 1} entries",
+    )
+    _positive(
+        config,
+        "vae.gan.norm_groups",
+        "vae.gan.learning_rate",
+        "vae.gan.max_adaptive_weight",
+        "vae.latent_stats_batches",
+    )
+    for c in g.channels[1:]:
+        _check(
+            c % g.norm_groups == 0,
+            "vae.gan.norm_groups",
+            g.norm_groups,
+            f"must divide every downsampling level's channels ({c})",
+        )
+    _check(
+        v.train.image_batch_size >= 0,
+        "vae.train.image_batch_size",
+        v.train.image_batch_size,
+        "must be >= 0",
+    )
 
 
 def _validate_condition(config):

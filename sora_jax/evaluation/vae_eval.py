@@ -1,4 +1,5 @@
-"""VAE reconstruction quality on held-out moving-shapes videos: PSNR and SSIM, per frame too.
+"""VAE reconstruction quality on held-out moving-shapes videos: PSNR, SSIM and (given LPIPS
+weights) LPIPS, per frame too.
 
 The causal VAE encodes frame 0 alone (an image) and later frames in groups of ``r_t``, so the
 first frame's quality is reported apart from the rest. Reconstructions use the posterior mean
@@ -22,6 +23,7 @@ __all__ = [
     "held_out_videos",
     "reconstruct_videos",
     "metrics",
+    "lpips_metrics",
     "write_side_by_side",
     "evaluate_workdir",
 ]
@@ -71,6 +73,29 @@ def metrics(videos: np.ndarray, recon: np.ndarray) -> dict:
     return out
 
 
+def lpips_metrics(videos: np.ndarray, recon: np.ndarray, path: str, batch_size: int = 8) -> dict:
+    """LPIPS (lower is closer; weights from ``path``, see sora_jax/models/lpips.py) of
+    ``recon`` (f32 in [0, 1]) against ``videos`` (uint8): overall, first frame, the rest, per
+    frame index, as ``metrics`` does for PSNR and SSIM."""
+    from sora_jax.models import lpips as lpips_lib  # noqa: PLC0415
+
+    fn = jax.jit(lpips_lib.distance_fn(*lpips_lib.load(path)))
+    x = videos.astype(np.float32) / 127.5 - 1.0
+    y = recon.astype(np.float32) * 2.0 - 1.0
+    d = np.concatenate(
+        [
+            np.asarray(fn(x[s : s + batch_size], y[s : s + batch_size]))
+            for s in range(0, len(x), batch_size)
+        ]
+    )  # f32[n t]
+    return {
+        "lpips": float(d.mean()),
+        "lpips_first_frame": float(d[:, 0].mean()),
+        "lpips_rest": float(d[:, 1:].mean()) if d.shape[1] > 1 else None,
+        "lpips_per_frame": [float(f) for f in d.mean(axis=0)],
+    }
+
+
 def write_side_by_side(
     out_dir: str, videos: np.ndarray, recon: np.ndarray, fps: int = 8, n: int = 4
 ) -> list[str]:
@@ -100,9 +125,11 @@ def evaluate_workdir(
     out=None,
     num_write: int = 4,
     batch_size: int = 8,
+    lpips_path: str | None = None,
 ) -> dict:
     """``python -m sora_jax.evaluate_vae`` (see there): the workdir's VAE on held-out videos;
-    writes ``metrics.json`` and side-by-side videos to ``out``; returns the metrics dict."""
+    writes ``metrics.json`` and side-by-side videos to ``out``; returns the metrics dict.
+    LPIPS is reported when ``lpips_path`` (default: config.vae.perceptual.path) is set."""
     from sora_jax import pipeline  # noqa: PLC0415 (pipeline imports the trainers)
     from sora_jax.training import vae_trainer  # noqa: PLC0415
 
@@ -121,6 +148,9 @@ def evaluate_workdir(
     cfg = vae_inference.from_config(config)
     recon = reconstruct_videos(model, params, videos, cfg, batch_size)
     result = {"workdir": workdir, "seed": seed, **metrics(videos, recon)}
+    lpips_path = config.vae.perceptual.path if lpips_path is None else lpips_path
+    if lpips_path:
+        result.update(lpips_metrics(videos, recon, lpips_path, batch_size))
     out = out or os.path.join(workdir, "vae_eval")
     result["videos"] = write_side_by_side(out, videos, recon, fps=config.data.fps, n=num_write)
     with open(os.path.join(out, "metrics.json"), "w") as f:

@@ -107,7 +107,11 @@ def encode_videos(
     return out
 
 
-def build_latent_cache(config, vae_model, vae_params, text_encoder) -> LatentCache:
+def build_latent_cache(
+    config, vae_model, vae_params, text_encoder, latent_mean, latent_std
+) -> LatentCache:
+    """Encodes the first `dit.latent_cache_size` videos and normalises their latents with the
+    VAE's stored statistics ((z - latent_mean) / latent_std, f32[c] each)."""
     d = config.data
     source = shapes.MovingShapes(
         seed=d.seed,
@@ -124,8 +128,8 @@ def build_latent_cache(config, vae_model, vae_params, text_encoder) -> LatentCac
         [e["video"] for e in examples],
         inference=vae_inference.from_config(config),
     )
+    mean, std = np.asarray(latent_mean, np.float32), np.asarray(latent_std, np.float32)
     flat = np.concatenate([l.reshape(-1, l.shape[-1]) for l in latents])
-    mean, std = flat.mean(0), flat.std(0) + 1e-6
     tokens, positions = [], []
     for l in latents:
         tok, pos = packing.patchify((l - mean) / std, tuple(config.dit.patch))
@@ -133,10 +137,11 @@ def build_latent_cache(config, vae_model, vae_params, text_encoder) -> LatentCac
         positions.append(pos)
     ids, mask = text_encoder.tokenize([e["caption"] for e in examples])
     logging.info(
-        "latent cache: %d videos, %d tokens, latent std %s",
+        "latent cache: %d videos, %d tokens, latent std %s (normalised: %s)",
         n,
         sum(len(t) for t in tokens),
         np.round(std, 3),
+        np.round(((flat - mean) / std).std(0), 3),
     )
     return LatentCache(
         tokens,
@@ -369,18 +374,26 @@ def _extras(latent_mean, latent_std):
 
 def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
     """Trains (or resumes, or skips if finished) the DiT; returns (state, history)."""
-    vae_model, vae_params = vae_trainer.load(config, workdir, mesh)
+    vae_model, vae_state = vae_trainer.load_state(config, workdir, mesh)
     text_encoder = build_text_encoder(config)
     dit = build_dit(config, text_encoder.dim)
     t = config.dit.train
     tx = ts.make_optimizer(t)
     ckpt = checkpoint.for_stage(config, workdir, "dit")
-    cache = build_latent_cache(config, vae_model, vae_params, text_encoder)
-    state = init_state(
-        config, dit, text_encoder, tx, mesh, _extras(cache.latent_mean, cache.latent_std)
-    )
+    # The latent statistics come from the VAE's checkpoint; the DiT's checkpoint keeps the copy
+    # it trains with (sampling uses that one), so a resumed run normalises as it started.
+    state = init_state(config, dit, text_encoder, tx, mesh, vae_state.extras)
     if ckpt.latest_step() is not None:
         state = ckpt.restore(state)
+    stats = jax.device_get(state.extras)
+    cache = build_latent_cache(
+        config,
+        vae_model,
+        vae_state.ema_params,
+        text_encoder,
+        stats["latent_mean"],
+        stats["latent_std"],
+    )
     null_ids, null_mask = (np.asarray(a)[0] for a in text_encoder.tokenize([""]))
     step_fn = loop.jit_train_step(
         make_train_step(config, dit, text_encoder, tx, text_encoder.params),

@@ -56,11 +56,14 @@ def run(
     writer: writers.MetricWriter,
     mesh,
     key: jax.Array,
+    finalize: Callable | None = None,
 ):
     """Runs `train_step` from state.step to t.steps; returns (state, logged metrics).
 
     The batch and the rng of step s are pure functions of s (batch_fn(s),
     fold_in(key, s)), so a resumed run continues exactly as an uninterrupted one.
+    `finalize(state) -> state` (optional) runs after the last step, before its checkpoint is
+    written (e.g. statistics of the trained model that belong with it).
     """
     start = int(jax.device_get(state.step))
     history: list[tuple[int, dict[str, float]]] = []
@@ -82,6 +85,8 @@ def run(
             last_t, last_step = now, done
             history.append((done, m))
             writer.write_scalars(done, {f"{stage}/{k}": v for k, v in m.items()})
+        if done == t.steps and finalize is not None:
+            state = finalize(state)
         ckpt.save(done, state, force=done == t.steps)
         progress.update(done, extra=f"loss {history[-1][1]['loss']:.4f}" if history else "")
     ckpt.wait()

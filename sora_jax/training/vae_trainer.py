@@ -1,19 +1,41 @@
-"""Stage 1: train the causal video VAE (L1 reconstruction + KL) on moving shapes."""
+"""Stage 1: train the causal video VAE on moving shapes.
+
+Losses: L1 + L2 reconstruction, KL, optionally LPIPS (``config.vae.perceptual``) and a 3D patch
+GAN with hinge loss and VQGAN's adaptive weight from a start step (``config.vae.gan``; the
+discriminator's params and optimizer state live in the same checkpointed state). Batches can mix
+videos and images (``vae.train.image_batch_size``). After the last step the latents' per-channel
+mean and std over ``vae.latent_stats_batches`` batches are stored in the final checkpoint
+(``state.extras``): the DiT stage normalises latents with them.
+"""
 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
+from absl import logging
 
 from sora_jax.data import shapes
+from sora_jax.models import discriminator as disc_lib
+from sora_jax.models import lpips as lpips_lib
 from sora_jax.models import vae as vae_lib
 from sora_jax.parallel import mesh as mesh_lib
-from sora_jax.training import checkpoint, grad_accum, loop
+from sora_jax.training import checkpoint, loop
 from sora_jax.training import train_state as ts
+from sora_jax.training import vae_losses
+
+
+class VAEState(ts.TrainState):
+    """The VAE's train state plus the discriminator's params and optimizer state (both None
+    without a GAN, so such checkpoints keep the plain TrainState layout)."""
+
+    disc_params: Any = None
+    disc_opt_state: Any = None
 
 
 def build_vae(config: ml_collections.ConfigDict) -> vae_lib.CausalVAE:
@@ -52,68 +74,259 @@ def _bucket_source(seed, num_examples, frames, height, width):
 
 
 def vae_batch(config: ml_collections.ConfigDict, step: int) -> dict[str, np.ndarray]:
-    """The batch of step `step`: one (frames, h, w) bucket, a pure function of the step."""
+    """The batch of step `step`, a pure function of the step: ``video`` f32[b t h w 3] of one
+    (frames, h, w) bucket and, with ``image_batch_size > 0``, ``image`` f32[bi 1 h w 3] (still
+    images of the same size, from a source of their own)."""
     d, t = config.data, config.vae.train
     buckets = [tuple(b) for b in t.buckets]
-    bucket = buckets[np.random.default_rng([d.seed, 1, step]).integers(len(buckets))]
-    source = _bucket_source(d.seed, d.num_examples, *bucket)
+    frames, h, w = buckets[np.random.default_rng([d.seed, 1, step]).integers(len(buckets))]
+    source = _bucket_source(d.seed, d.num_examples, frames, h, w)
     first = step * t.batch_size
     videos = [source[(first + i) % len(source)]["video"] for i in range(t.batch_size)]
-    return {"video": to_model_range(np.stack(videos))}
+    batch = {"video": to_model_range(np.stack(videos))}
+    if t.image_batch_size > 0:
+        images = _bucket_source(d.seed + 1, d.num_examples, 1, h, w)
+        first = step * t.image_batch_size
+        batch["image"] = to_model_range(
+            np.stack(
+                [images[(first + i) % len(images)]["video"] for i in range(t.image_batch_size)]
+            )
+        )
+    return batch
 
 
-def make_train_step(model: vae_lib.CausalVAE, tx, v: ml_collections.ConfigDict):
-    """Pure `train_step(state, batch, rng) -> (state, metrics)` for the VAE (config.vae)."""
+def build_discriminator(config) -> disc_lib.PatchDiscriminator3d | None:
+    """The GAN's discriminator, or None when ``config.vae.gan.weight`` is 0."""
+    g = config.vae.gan
+    if g.weight <= 0:
+        return None
+    return disc_lib.PatchDiscriminator3d(
+        channels=tuple(g.channels),
+        temporal_downsample=tuple(bool(d) for d in g.temporal_downsample),
+        norm_groups=g.norm_groups,
+    )
 
-    def train_step(state: ts.TrainState, batch, rng):
-        k = v.train.grad_accum_steps
 
-        def loss_fn(params, micro):
-            # With k microbatches: the mean of their losses (batch statistics such as the
-            # latent-noise spread, and the random draws, are per microbatch).
-            x, index = micro["video"], micro["index"][0]
-            rng_post, rng_aug = jax.random.split(rng if k == 1 else jax.random.fold_in(rng, index))
-            mean, logvar = model.apply({"params": params}, x, method=model.encode)
-            z = mean
-            if v.sample_posterior:
-                z = vae_lib.posterior_sample(mean, logvar, rng_post)
-            if v.latent_noise > 0:
-                # Noise relative to the latents' own spread (held constant, so the encoder
-                # cannot escape it by growing): the decoder learns to map nearby latents to
-                # nearby videos, which the DiT's imperfect samples need.
-                spread = jax.lax.stop_gradient(jnp.std(mean, axis=(0, 1, 2, 3)))
-                z = z + v.latent_noise * spread * jax.random.normal(rng_aug, z.shape)
+def disc_optimizer(config):
+    g = config.vae.gan
+    t = ml_collections.ConfigDict(dict(config.vae.train))
+    t.learning_rate = g.learning_rate
+    return ts.make_optimizer(t)
+
+
+def build_perceptual(config):
+    """``(f32[b t h w 3], f32[b t h w 3]) -> f32[b t]`` LPIPS with the weights of
+    ``config.vae.perceptual.path``, or None when its weight is 0."""
+    p = config.vae.perceptual
+    if p.weight <= 0:
+        return None
+    return lpips_lib.distance_fn(*lpips_lib.load(p.path))
+
+
+def _replace_at(tree: dict, path: tuple[str, ...], value) -> dict:
+    """A copy of nested dict ``tree`` with the leaf at ``path`` replaced."""
+    if not path:
+        return value
+    return {**tree, path[0]: _replace_at(tree[path[0]], path[1:], value)}
+
+
+def _get_at(tree: dict, path: tuple[str, ...]):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def make_train_step(
+    model: vae_lib.CausalVAE,
+    tx,
+    v: ml_collections.ConfigDict,
+    disc: disc_lib.PatchDiscriminator3d | None = None,
+    disc_tx=None,
+    perceptual=None,
+):
+    """Pure `train_step(state, batch, rng) -> (state, metrics)` for the VAE (config.vae).
+
+    ``disc`` / ``disc_tx`` (see ``build_discriminator``) turn on the GAN, ``perceptual`` (see
+    ``build_perceptual``) the LPIPS term. The batch's parts (``video``, and ``image`` for joint
+    batches) each go through the VAE; every loss is a mean over all examples of all parts.
+    """
+    g = v.get("gan")
+
+    def reconstruction_loss(recon, x):
+        """f32[b] per example: L1 + mse_weight * L2 (+ perceptual_weight * LPIPS)."""
+        err = recon - x
+        l1 = jnp.mean(jnp.abs(err), axis=(1, 2, 3, 4))
+        mse = jnp.mean(err**2, axis=(1, 2, 3, 4))
+        parts = {"l1": l1, "mse": mse}
+        rec = l1 + v.mse_weight * mse
+        if perceptual is not None:
+            parts["lpips"] = jnp.mean(perceptual(recon, x), axis=1)
+            rec = rec + v.perceptual.weight * parts["lpips"]
+        return rec, parts
+
+    def forward(params, x, rng):
+        rng_post, rng_aug = jax.random.split(rng)
+        mean, logvar = model.apply({"params": params}, x, method=model.encode)
+        z = mean
+        if v.sample_posterior:
+            z = vae_lib.posterior_sample(mean, logvar, rng_post)
+        if v.latent_noise > 0:
+            # Noise relative to the latents' own spread (held constant, so the encoder
+            # cannot escape it by growing): the decoder learns to map nearby latents to
+            # nearby videos, which the DiT's imperfect samples need.
+            spread = jax.lax.stop_gradient(jnp.std(mean, axis=(0, 1, 2, 3)))
+            z = z + v.latent_noise * spread * jax.random.normal(rng_aug, z.shape)
+        return z, mean, logvar
+
+    def gan_terms(params, disc_params, zs, xs, recons, factor):
+        """(generator loss, adaptive weight): the weight compares the gradient norms of the
+        reconstruction and GAN losses at the decoder's last layer (no gradient through it)."""
+
+        def gen(recons):
+            fake = [disc.apply({"params": disc_params}, r) for r in recons]
+            n = sum(f.shape[0] for f in fake)
+            return sum(vae_losses.generator_loss(f) * f.shape[0] for f in fake) / n
+
+        def last_layer_losses(kernel):
+            p = _replace_at(jax.lax.stop_gradient(params), vae_losses.last_layer_path, kernel)
+            rs = [
+                model.apply({"params": p}, jax.lax.stop_gradient(z), method=model.decode)
+                for z in zs
+            ]
+            n = sum(x.shape[0] for x in xs)
+            rec = sum(jnp.sum(reconstruction_loss(r, x)[0]) for r, x in zip(rs, xs)) / n
+            return rec, gen(rs)
+
+        kernel = jax.lax.stop_gradient(_get_at(params, vae_losses.last_layer_path))
+        rec_grad = jax.grad(lambda k: last_layer_losses(k)[0])(kernel)
+        gan_grad = jax.grad(lambda k: last_layer_losses(k)[1])(kernel)
+        weight = vae_losses.adaptive_weight(rec_grad, gan_grad, g.max_adaptive_weight)
+        return gen(recons), weight
+
+    def loss_fn(params, disc_params, batch, rng, factor):
+        xs = [batch[k] for k in ("video", "image") if k in batch]
+        # The videos use `rng` itself (as before joint batches), the images a stream of their own.
+        rngs = [rng] + [jax.random.fold_in(rng, i) for i in range(1, len(xs))]
+        zs, recons, rec, kl, parts = [], [], [], [], {}
+        for x, r in zip(xs, rngs):
+            z, mean, logvar = forward(params, x, r)
             recon = model.apply({"params": params}, z, method=model.decode)
-            l1 = jnp.mean(jnp.abs(recon - x))
-            mse = jnp.mean((recon - x) ** 2)
-            kl = jnp.mean(vae_lib.kl_divergence(mean, logvar))
-            loss = (l1 + v.mse_weight * mse + v.kl_weight * kl) / k
-            return loss, {"l1": l1, "kl": kl, "mse": mse}
+            rec_x, parts_x = reconstruction_loss(recon, x)
+            zs.append(z)
+            recons.append(recon)
+            rec.append(rec_x)
+            kl.append(vae_lib.kl_divergence(mean, logvar))
+            for k, val in parts_x.items():
+                parts.setdefault(k, []).append(val)
+        aux = {k: jnp.mean(jnp.concatenate(val)) for k, val in parts.items()}
+        aux["kl"] = jnp.mean(jnp.concatenate(kl))
+        loss = jnp.mean(jnp.concatenate(rec)) + v.kl_weight * aux["kl"]
+        if disc is not None:
+            g_loss, weight = gan_terms(params, disc_params, zs, xs, recons, factor)
+            loss = loss + g.weight * factor * weight * g_loss
+            aux.update(gan_g_loss=g_loss, gan_adaptive_weight=weight, gan_factor=factor)
+        return loss, (aux, [jax.lax.stop_gradient(r) for r in recons])
 
-        # Microbatch j's rows all carry index j (rows j, j + k, ... go to microbatch j).
-        index = jnp.arange(batch["video"].shape[0]) % k
-        (loss, aux), grads = grad_accum.sum_gradients(
-            jax.value_and_grad(loss_fn, has_aux=True),
-            state.params,
-            {"video": batch["video"], "index": index},
-            k,
+    def disc_loss_fn(disc_params, batch, recons, factor):
+        xs = [batch[k] for k in ("video", "image") if k in batch]
+        losses = [
+            vae_losses.hinge_discriminator_loss(
+                disc.apply({"params": disc_params}, x), disc.apply({"params": disc_params}, r)
+            )
+            * x.shape[0]
+            for x, r in zip(xs, recons)
+        ]
+        return factor * sum(losses) / sum(x.shape[0] for x in xs)
+
+    def train_step(state: VAEState, batch, rng):
+        factor = vae_losses.gan_factor(state.step, g.start_step) if disc is not None else 0.0
+        (loss, (aux, recons)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.disc_params, batch, rng, factor
         )
         new_state = ts.apply_gradients(state, grads, tx, v.train.ema_decay)
-        return new_state, {"loss": loss, **aux, **ts.norms(grads, state.params)}
+        metrics = {"loss": loss, **aux, **ts.norms(grads, state.params)}
+        if disc is not None:
+            # The discriminator learns from the same step's reconstructions (before the update),
+            # and only from the start step on (its loss is scaled by the same factor).
+            d_loss, d_grads = jax.value_and_grad(disc_loss_fn)(
+                state.disc_params, batch, recons, factor
+            )
+            updates, d_opt = disc_tx.update(d_grads, state.disc_opt_state, state.disc_params)
+            new_state = new_state.replace(
+                disc_params=optax.apply_updates(state.disc_params, updates), disc_opt_state=d_opt
+            )
+            metrics["gan_d_loss"] = d_loss
+        return new_state, metrics
 
     return train_step
 
 
-def init_state(config, model, tx, mesh):
-    """Abstract-first init: params are created directly with replicated sharding."""
+def _stats_extras(mean, std) -> dict:
+    return {
+        "latent_mean": jnp.asarray(mean, jnp.float32),
+        "latent_std": jnp.asarray(std, jnp.float32),
+    }
+
+
+def init_state(config, model, tx, mesh, disc=None, disc_tx=None) -> VAEState:
+    """Abstract-first init: params are created directly with replicated sharding. ``extras``
+    holds the latent statistics (0 mean, unit std until the end of training fills them in)."""
     t, h, w = config.vae.train.buckets[0]
     x = jnp.zeros((1, t, h, w, 3), jnp.float32)
+    c = config.vae.model.latent_channels
 
     def init(key):
+        # The VAE draws from `key` itself (as before the GAN existed: same init), the
+        # discriminator from a stream of its own.
         params = model.init({"params": key, "posterior": key}, x, sample_posterior=False)["params"]
-        return ts.create(params, tx)
+        base = ts.create(params, tx, _stats_extras(np.zeros(c), np.ones(c)))
+        state = VAEState(**{f: getattr(base, f) for f in base.__dataclass_fields__})
+        if disc is not None:
+            dp = disc.init(jax.random.fold_in(key, 1), x)["params"]
+            state = state.replace(disc_params=dp, disc_opt_state=disc_tx.init(dp))
+        return state
 
     return jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(jax.random.PRNGKey(config.seed))
+
+
+def latent_stats(config, model, params) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std f32[c] of the posterior means of ``vae.latent_stats_batches``
+    training-distribution batches (drawn after the training steps' batches)."""
+    encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode)[0])
+    total, total_sq, count = 0.0, 0.0, 0
+    for i in range(config.vae.latent_stats_batches):
+        batch = vae_batch(config, config.vae.train.steps + i)
+        for x in batch.values():
+            z = np.asarray(encode(params, x), np.float64)
+            z = z.reshape(-1, z.shape[-1])
+            total, total_sq, count = total + z.sum(0), total_sq + (z**2).sum(0), count + len(z)
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0)) + 1e-6
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def with_latent_stats(config, model, state: VAEState) -> VAEState:
+    """``state`` with ``extras`` = the latent statistics of its EMA params."""
+    mean, std = latent_stats(config, model, state.ema_params)
+    logging.info("VAE latent stats: mean %s std %s", np.round(mean, 3), np.round(std, 3))
+    return state.replace(extras=_stats_extras(mean, std))
+
+
+def _restore(ckpt: checkpoint.Checkpointer, target: VAEState) -> VAEState:
+    """Restores into ``target``; checkpoints from before latent statistics were stored (no
+    ``extras``) restore without them (``extras`` is then None)."""
+    saved = ckpt.item_metadata()
+    if saved is not None and not _has_extras(saved):
+        return ckpt.restore(target.replace(extras=None))
+    return ckpt.restore(target)
+
+
+def _has_extras(metadata) -> bool:
+    tree = getattr(metadata, "tree", metadata)
+    try:
+        return bool(tree.get("extras"))
+    except AttributeError:
+        return True
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
@@ -121,29 +334,59 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
     model = build_vae(config)
     t = config.vae.train
     tx = ts.make_optimizer(t)
-    state = init_state(config, model, tx, mesh)
+    disc = build_discriminator(config)
+    disc_tx = disc_optimizer(config) if disc is not None else None
+    state = init_state(config, model, tx, mesh, disc, disc_tx)
     ckpt = checkpoint.for_stage(config, workdir, "vae")
     if ckpt.latest_step() is not None:
-        state = ckpt.restore(state)
-    step_fn = loop.jit_train_step(make_train_step(model, tx, config.vae), mesh)
+        state = _restore(ckpt, state)
+    step_fn = loop.jit_train_step(
+        make_train_step(model, tx, config.vae, disc, disc_tx, build_perceptual(config)), mesh
+    )
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
     state, history = loop.run(
-        "vae", state, step_fn, functools.partial(vae_batch, config), t, ckpt, writer, mesh, key
+        "vae",
+        state,
+        step_fn,
+        functools.partial(vae_batch, config),
+        t,
+        ckpt,
+        writer,
+        mesh,
+        key,
+        finalize=functools.partial(with_latent_stats, config, model),
     )
     ckpt.close()
     return model, state, history
 
 
-def load(config, workdir: str, mesh):
-    """The trained VAE (model, EMA params) from the workdir's latest VAE checkpoint."""
+def load_state(config, workdir: str, mesh) -> tuple[vae_lib.CausalVAE, VAEState]:
+    """(model, state) from the workdir's latest VAE checkpoint; ``state.extras`` always holds
+    the latent statistics (computed here for checkpoints written before they were stored)."""
     model = build_vae(config)
     tx = ts.make_optimizer(config.vae.train)
+    disc = build_discriminator(config)
+    disc_tx = disc_optimizer(config) if disc is not None else None
     ckpt = checkpoint.for_stage(config, workdir, "vae")
     if ckpt.latest_step() is None:
         raise FileNotFoundError(
             f"no VAE checkpoint under {ckpt.directory}: train the 'vae' stage first "
             f"(python -m sora_jax.train --config=... --workdir={workdir})"
         )
-    state = ckpt.restore(init_state(config, model, tx, mesh))
+    state = _restore(ckpt, init_state(config, model, tx, mesh, disc, disc_tx))
     ckpt.close()
+    if state.extras is None:
+        state = with_latent_stats(config, model, state)
+    return model, state
+
+
+def load(config, workdir: str, mesh):
+    """The trained VAE (model, EMA params) from the workdir's latest VAE checkpoint."""
+    model, state = load_state(config, workdir, mesh)
     return model, state.ema_params
+
+
+def load_latent_stats(config, workdir: str, mesh) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) f32[c] of the VAE's latents, stored with its checkpoint."""
+    _, state = load_state(config, workdir, mesh)
+    return np.asarray(state.extras["latent_mean"]), np.asarray(state.extras["latent_std"])
