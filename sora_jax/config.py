@@ -18,7 +18,7 @@ from sora_jax.diffusion import rectified_flow as rf
 from sora_jax.models import vae as vae_lib
 
 STAGES = ("vae", "dit")
-TEXT_KINDS = ("tiny", "bert")
+TEXT_KINDS = ("tiny", "bert", "t5", "clip")
 
 
 # Keys added after configs were first saved to workdirs, with the value that reproduces what a
@@ -64,6 +64,10 @@ ADDED_KEYS = {
     "vae.inference.tiled": False,
     "vae.inference.tile_latent_size": 32,
     "vae.inference.tile_latent_overlap": 8,
+    # Pretrained text encoders (issue 9): defaults are the old behaviour.
+    "text.tokenizer_path": "",
+    "text.dtype": "float32",
+    "text.cache_dir": "",
 }
 
 
@@ -212,10 +216,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         f"must be one of {TEXT_KINDS}",
     )
     _check(
-        config.text.kind != "bert" or bool(config.text.path),
+        config.text.kind == "tiny" or bool(config.text.path),
         "text.path",
         config.text.path,
-        "text.kind='bert' needs the path of a local Hugging Face model folder",
+        f"text.kind={config.text.kind!r} needs the path of a local Hugging Face model folder",
+    )
+    _check(
+        config.text.dtype in ("float32", "bfloat16"),
+        "text.dtype",
+        config.text.dtype,
+        "must be 'float32' or 'bfloat16'",
     )
     _positive(config, "text.max_length", "text.width", "text.num_heads")
     # depth 0: word + position embeddings only (no mixing between words).

@@ -22,6 +22,7 @@ from sora_jax.diffusion import conditioning, objectives
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import vae_inference
 from sora_jax.parallel import mesh as mesh_lib
+from sora_jax.text import cache as text_cache
 from sora_jax.text import encoders
 from sora_jax.training import checkpoint, loop, vae_trainer
 from sora_jax.training import train_state as ts
@@ -38,6 +39,8 @@ def build_text_encoder(config) -> encoders.TextEncoder:
         num_heads=t.num_heads,
         mlp_ratio=t.mlp_ratio,
         path=t.path or None,
+        tokenizer_path=t.tokenizer_path or None,
+        dtype=t.dtype,
     )
 
 
@@ -67,6 +70,11 @@ class LatentCache:
     caption_mask: np.ndarray  # bool[n lt]
     latent_mean: np.ndarray  # f32[c]
     latent_std: np.ndarray  # f32[c]
+    # Frozen text encoders: embeddings of the distinct captions, computed once (the empty
+    # caption included, at text_null_index); None for a trainable encoder.
+    text_emb: np.ndarray | None = None  # f32[u lt dim]
+    text_index: np.ndarray | None = None  # i32[n]: row of each video's caption in text_emb
+    text_null_index: int = -1
 
 
 def encode_videos(
@@ -119,7 +127,14 @@ def build_latent_cache(config, vae_model, vae_params, text_encoder) -> LatentCac
         tok, pos = packing.patchify((l - mean) / std, tuple(config.dit.patch))
         tokens.append(tok.astype(np.float32))
         positions.append(pos)
-    ids, mask = text_encoder.tokenize([e["caption"] for e in examples])
+    captions = [e["caption"] for e in examples]
+    ids, mask = text_encoder.tokenize(captions)
+    text = {}
+    if not text_encoder.trainable:
+        cache = text_cache.EmbeddingCache(text_encoder, config.text.cache_dir or None)
+        table, _, index = text_cache.encode_unique(cache, captions + [text_encoder.null_text])
+        text = dict(text_emb=table, text_index=index[:-1], text_null_index=int(index[-1]))
+        logging.info("text embeddings: %d distinct captions (%d cached)", len(table), cache.hits)
     logging.info(
         "latent cache: %d videos, %d tokens, latent std %s",
         n,
@@ -133,6 +148,7 @@ def build_latent_cache(config, vae_model, vae_params, text_encoder) -> LatentCac
         np.asarray(mask),
         mean.astype(np.float32),
         std.astype(np.float32),
+        **text,
     )
 
 
@@ -145,7 +161,8 @@ def dit_batch(
     into `rows` sequences of `seq_len` tokens (those that do not fit are left
     out), and replaces captions by the empty one at rate `text_dropout` (CFG).
     With `dit.condition.rate > 0` it adds 'cond_mask' bool[rows seq_len]: the tokens of
-    the latent frames given to each conditioned video (see `conditioning`).
+    the latent frames given to each conditioned video (see `conditioning`). With a frozen text
+    encoder (cache.text_emb set) it adds the cached 'caption_emb' f32[rows max_segments lt dim].
     """
     dc = config.dit
     rng = np.random.default_rng([config.data.seed, 2, step])
@@ -158,11 +175,17 @@ def dit_batch(
     ids = np.zeros((dc.rows, dc.max_segments, lt), np.int32)
     mask = np.zeros((dc.rows, dc.max_segments, lt), bool)
     drop = rng.random(len(draw)) < dc.text_dropout
+    emb = None
+    if cache.text_emb is not None:
+        emb = np.zeros((dc.rows, dc.max_segments) + cache.text_emb.shape[1:], np.float32)
     for i, p, dropped in zip(draw, placements, drop):
         if p is None:
             continue
         ids[p.row, p.segment - 1] = null_ids if dropped else cache.caption_ids[i]
         mask[p.row, p.segment - 1] = null_mask if dropped else cache.caption_mask[i]
+        if emb is not None:
+            row = cache.text_null_index if dropped else cache.text_index[i]
+            emb[p.row, p.segment - 1] = cache.text_emb[row]
     out = {
         "tokens": batch["tokens"],
         "segment_ids": batch["segment_ids"],
@@ -170,6 +193,8 @@ def dit_batch(
         "caption_ids": ids,
         "caption_mask": mask,
     }
+    if emb is not None:
+        out["caption_emb"] = emb
     cond = dc.condition
     if cond.rate > 0:
         # A stream of its own: the draws above (and so old runs' batches) stay as they were.
@@ -200,14 +225,20 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
     """Pure `train_step(state, batch, rng) -> (state, metrics)` for the DiT.
 
     With a trainable text encoder its params are state.params['text']; a frozen
-    one's are passed in and closed over (they are not trained or checkpointed).
+    one's are passed in and closed over (they are not trained or checkpointed), unless the
+    batch brings cached 'caption_emb' (then the encoder does not run in the step at all).
     """
     objective = objectives.from_config(config)
     num_seg = config.dit.max_segments
 
     def loss_fn(params, batch, rng):
-        text_params = params["text"] if text_encoder.trainable else frozen_text_params
-        text = text_features(text_encoder, text_params, batch["caption_ids"], batch["caption_mask"])
+        if "caption_emb" in batch:
+            text = batch["caption_emb"]
+        else:
+            text_params = params["text"] if text_encoder.trainable else frozen_text_params
+            text = text_features(
+                text_encoder, text_params, batch["caption_ids"], batch["caption_mask"]
+            )
         x0, seg = batch["tokens"], batch["segment_ids"]
         rng_t, rng_n = jax.random.split(rng)
         # Tokens per segment f32[b s]: the token-dependent time shift of each video.
