@@ -408,3 +408,74 @@ def test_embedding_cache_equals_fresh_and_is_keyed_by_encoder(tmp_path, t5_dir):
     tiny = build_text_encoder("tiny", max_length=4, vocabulary=WORDS)
     with pytest.raises(ValueError, match="frozen text encoder"):
         cache_lib.EmbeddingCache(tiny)
+
+
+# --------------------------------------------------------------------------- training / sampling
+
+
+def test_frozen_t5_in_dit_training_and_sampling_uses_cached_embeddings(tmp_path, t5_dir):
+    from test_train import micro_config
+
+    from sora_jax import config as config_lib
+    from sora_jax import pipeline as pipeline_lib
+    from sora_jax.parallel import mesh as mesh_lib
+    from sora_jax.training import dit_trainer
+    from sora_jax.training import train_state as ts
+
+    c = micro_config()
+    c.text.kind, c.text.path, c.text.cache_dir = "t5", t5_dir, str(tmp_path / "emb")
+    c.dit.text_dropout = 0.3
+    c = config_lib.validate(c)
+    text = dit_trainer.build_text_encoder(c)
+    rng = np.random.default_rng(0)
+    source = shapes.MovingShapes(seed=0, num_examples=32)
+    captions = [source[i]["caption"] for i in range(32)]
+    tokens, positions = [], []
+    for t, h, w in [(2, 4, 6), (1, 4, 4), (2, 4, 4), (1, 6, 4)] * 8:
+        lat = rng.normal(size=(t, h, w, c.vae.model.latent_channels)).astype(np.float32)
+        tok, pos = dit_trainer.packing.patchify(lat, tuple(c.dit.patch))
+        tokens.append(tok)
+        positions.append(pos)
+    ids, mask = text.tokenize(captions)
+    emb_fields = dit_trainer.caption_embeddings(c, text, captions)
+    assert len(emb_fields["text_emb"]) == len(set(captions) | {""}) > 2
+    cache = dit_trainer.LatentCache(
+        tokens, positions, ids, mask, np.zeros(4), np.ones(4), **emb_fields
+    )
+    disk = cache_lib.EmbeddingCache(text, c.text.cache_dir)  # what the next run reads back
+    assert len(disk) == len(cache.text_emb)
+
+    null_ids, null_mask = (a[0] for a in text.tokenize([""]))
+    batch = dit_trainer.dit_batch(c, cache, null_ids, null_mask, 0)
+    emb, mask = batch["caption_emb"], batch["caption_mask"]
+    used = mask.any(-1)
+    fresh = np.asarray(text.encode(text.params, batch["caption_ids"][used], mask[used]))
+    np.testing.assert_allclose(emb[used], fresh, atol=1e-5)
+    assert np.all(emb[~used] == 0)
+    dropped = (batch["caption_ids"][used] == null_ids).all(-1)
+    assert 0 < dropped.sum() < len(dropped)  # some captions were dropped to the empty one
+
+    # The frozen encoder has no params in the train state; the step with cached embeddings
+    # gives the loss the in-step encoder gives.
+    mesh = mesh_lib.create_mesh(1)
+    dit = dit_trainer.build_dit(c, text.dim)
+    tx = ts.make_optimizer(c.dit.train)
+    state = dit_trainer.init_state(c, dit, text, tx, mesh, None)
+    assert set(state.params) == {"dit"}
+    step = jax.jit(dit_trainer.make_train_step(c, dit, text, tx, text.params))
+    no_cache = {k: v for k, v in batch.items() if k != "caption_emb"}
+    m1 = step(state, batch, jax.random.PRNGKey(0))[1]
+    m2 = step(state, no_cache, jax.random.PRNGKey(0))[1]
+    np.testing.assert_allclose(float(m1["loss"]), float(m2["loss"]), rtol=1e-5)
+
+    # Sampling: prompt and negative embeddings come through the same (on-disk) cache.
+    pipe = pipeline_lib.Pipeline(c, None, None, dit, text, dict(state.params), None, None)
+    prompts = ["a large red circle moves right steadily on a grey background", ""]
+    got, got_mask = pipe.text_embeddings(prompts)
+    assert pipe.text_cache.misses == 1 and pipe.text_cache.hits == 1  # "" was on disk
+    ref_ids, ref_mask = text.tokenize(prompts)
+    np.testing.assert_array_equal(got_mask, ref_mask)
+    np.testing.assert_allclose(
+        np.asarray(got), np.asarray(text.encode(text.params, ref_ids, ref_mask)), atol=1e-5
+    )
+    assert prompts[0] in cache_lib.EmbeddingCache(text, c.text.cache_dir)

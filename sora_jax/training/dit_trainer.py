@@ -103,6 +103,17 @@ def encode_videos(
     return out
 
 
+def caption_embeddings(config, text_encoder, captions: list[str]) -> dict:
+    """LatentCache's text fields for a frozen encoder ({} for a trainable one): each distinct
+    caption (and the empty one) encoded once, through the embedding cache (config.text.cache_dir)."""
+    if text_encoder.trainable:
+        return {}
+    cache = text_cache.EmbeddingCache(text_encoder, config.text.cache_dir or None)
+    table, _, index = text_cache.encode_unique(cache, list(captions) + [text_encoder.null_text])
+    logging.info("text embeddings: %d distinct captions (%d cached)", len(table), cache.hits)
+    return dict(text_emb=table, text_index=index[:-1], text_null_index=int(index[-1]))
+
+
 def build_latent_cache(config, vae_model, vae_params, text_encoder) -> LatentCache:
     d = config.data
     source = shapes.MovingShapes(
@@ -129,12 +140,7 @@ def build_latent_cache(config, vae_model, vae_params, text_encoder) -> LatentCac
         positions.append(pos)
     captions = [e["caption"] for e in examples]
     ids, mask = text_encoder.tokenize(captions)
-    text = {}
-    if not text_encoder.trainable:
-        cache = text_cache.EmbeddingCache(text_encoder, config.text.cache_dir or None)
-        table, _, index = text_cache.encode_unique(cache, captions + [text_encoder.null_text])
-        text = dict(text_emb=table, text_index=index[:-1], text_null_index=int(index[-1]))
-        logging.info("text embeddings: %d distinct captions (%d cached)", len(table), cache.hits)
+    text = caption_embeddings(config, text_encoder, captions)
     logging.info(
         "latent cache: %d videos, %d tokens, latent std %s",
         n,
