@@ -306,6 +306,10 @@ def test_bert_matches_transformers(tmp_path):
     _save(model, tmp_path)
     enc, ids, mask = _torch_bert_matches(str(tmp_path), model, 14)
     assert ids[1, :2].tolist() == [2, 3] and mask[1].sum() == 2
+    axes = enc.logical_axes()
+    assert axes["layer_1"]["intermediate"]["kernel"] == P("embed", "mlp")
+    assert axes["layer_0"]["attention_self"]["query"]["kernel"] == P("embed", "heads")
+    assert axes["word_embeddings"]["embedding"] == P("vocab", "embed")
 
 
 def _minilm_folder():
