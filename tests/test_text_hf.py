@@ -417,6 +417,24 @@ def test_embedding_cache_equals_fresh_and_is_keyed_by_encoder(tmp_path, t5_dir):
 # --------------------------------------------------------------------------- training / sampling
 
 
+def test_config_text_keys_are_validated():
+    from test_train import TINY
+
+    from sora_jax import config as config_lib
+
+    c = config_lib.load(TINY)
+    assert (c.text.dtype, c.text.cache_dir, c.text.tokenizer_path) == ("float32", "", "")
+    for kind in ("t5", "clip", "bert"):
+        c.text.kind = kind
+        with pytest.raises(ValueError, match=rf"config.text.path='': text.kind='{kind}' needs"):
+            config_lib.validate(c)
+    c.text.path = "/models/t5"
+    config_lib.validate(c)
+    c.text.dtype = "float16"
+    with pytest.raises(ValueError, match="config.text.dtype='float16': must be 'float32' or"):
+        config_lib.validate(c)
+
+
 def test_frozen_t5_in_dit_training_and_sampling_uses_cached_embeddings(tmp_path, t5_dir):
     from test_train import micro_config
 
