@@ -2,6 +2,7 @@
 
   python benchmarks/text_encoder_throughput.py [--preset=t5-small] [--batch=32] [--length=64]
       [--dtype=float32] [--repeats=5]
+  python benchmarks/text_encoder_throughput.py --kind=bert --path=/local/hf/folder  # real weights
 
 Random-initialised weights of a published architecture size (throughput does not depend on the
 values; nothing is downloaded). Times the jitted `TextEncoder.encode` on a fixed batch after a
@@ -76,10 +77,19 @@ def main():
     p.add_argument("--length", type=int, default=64)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--kind", default="", help="with --path: 'bert' | 't5' | 'clip'")
+    p.add_argument("--path", default="", help="a local HF folder instead of a random preset")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        kind = _write_checkpoint(tmp, args.preset)
-        enc = build_text_encoder(kind, max_length=args.length, path=tmp, dtype=args.dtype)
+        if args.path:
+            kind, folder, args.preset = (
+                args.kind,
+                args.path,
+                os.path.basename(args.path.rstrip("/")),
+            )
+        else:
+            kind, folder = _write_checkpoint(tmp, args.preset), tmp
+        enc = build_text_encoder(kind, max_length=args.length, path=folder, dtype=args.dtype)
         src = shapes.MovingShapes(seed=0, num_examples=4 * args.batch)
         captions = [src[i]["caption"] for i in range(len(src))]
         ids, mask = enc.tokenize(captions[: args.batch])
