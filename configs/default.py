@@ -117,10 +117,18 @@ def get_config() -> ml_collections.ConfigDict:
     c.vae.train.image_batch_size = 0
 
     # Text encoder: 'tiny' (trained jointly with the DiT, closed vocabulary of the
-    # built-in captions) or 'bert' (frozen, pretrained, from a local HF folder).
+    # built-in captions) or a frozen pretrained one from a local HF folder (config.json,
+    # *.safetensors, tokenizer files): 'bert' (BERT family, e.g. all-MiniLM-L6-v2), 't5'
+    # (T5 / T5 v1.1 / mT5 / UMT5 encoder) or 'clip' (CLIP text, last hidden state).
+    # width / depth / num_heads / mlp_ratio only shape 'tiny'; the others read config.json.
     c.text = ml_collections.ConfigDict()
     c.text.kind = "tiny"
-    c.text.path = ""
+    c.text.path = ""  # the HF model folder (not 'tiny')
+    c.text.tokenizer_path = ""  # tokenizer folder if not `path` (e.g. diffusers' tokenizer/)
+    c.text.dtype = "float32"  # 'bfloat16': frozen weights and encoder compute in bf16
+    # Frozen encoders' caption embeddings are computed once per distinct caption and cached
+    # (in memory; also here on disk when set, keyed by the encoder's content hash).
+    c.text.cache_dir = ""
     c.text.max_length = 20
     c.text.width = 256
     c.text.depth = 2

@@ -23,7 +23,7 @@ from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.parallel.partitioning import DEFAULT_RULES as _RULES
 
 STAGES = ("vae", "dit")
-TEXT_KINDS = ("tiny", "bert")
+TEXT_KINDS = ("tiny", "bert", "t5", "clip")
 
 
 # Keys added after configs were first saved to workdirs, with the value that reproduces what a
@@ -104,6 +104,10 @@ ADDED_KEYS = {
     "vae.gan.max_adaptive_weight": 1e4,
     "vae.latent_stats_batches": 16,
     "vae.train.image_batch_size": 0,
+    # Pretrained text encoders (issue 9): defaults are the old behaviour.
+    "text.tokenizer_path": "",
+    "text.dtype": "float32",
+    "text.cache_dir": "",
 }
 
 
@@ -253,10 +257,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         f"must be one of {TEXT_KINDS}",
     )
     _check(
-        config.text.kind != "bert" or bool(config.text.path),
+        config.text.kind == "tiny" or bool(config.text.path),
         "text.path",
         config.text.path,
-        "text.kind='bert' needs the path of a local Hugging Face model folder",
+        f"text.kind={config.text.kind!r} needs the path of a local Hugging Face model folder",
+    )
+    _check(
+        config.text.dtype in ("float32", "bfloat16"),
+        "text.dtype",
+        config.text.dtype,
+        "must be 'float32' or 'bfloat16'",
     )
     _positive(config, "text.max_length", "text.width", "text.num_heads")
     # depth 0: word + position embeddings only (no mixing between words).

@@ -33,6 +33,7 @@ from sora_jax.data import packing, video_io
 from sora_jax.diffusion import conditioning, guidance, objectives, samplers
 from sora_jax.models import vae_inference
 from sora_jax.parallel import mesh as mesh_lib
+from sora_jax.text import cache as text_cache_lib
 from sora_jax.training import dit_trainer, vae_trainer
 
 CONFIG_FILE = "config.json"
@@ -139,6 +140,23 @@ class Pipeline:
     params: dict  # {'dit': ..., 'text': ...} (EMA)
     latent_mean: np.ndarray
     latent_std: np.ndarray
+    # Frozen text encoders: prompt embeddings cache (made on first use; config.text.cache_dir).
+    text_cache: text_cache_lib.EmbeddingCache | None = None
+
+    def text_embeddings(self, texts: Sequence[str]) -> tuple[jax.Array, np.ndarray]:
+        """(f32[n lt dim], bool[n lt]) for `texts`: through the embedding cache for a frozen
+        encoder, else the (EMA) trained encoder's params."""
+        enc = self.text_encoder
+        if not enc.trainable:
+            if self.text_cache is None:
+                self.text_cache = text_cache_lib.EmbeddingCache(
+                    enc, self.config.text.get("cache_dir") or None
+                )
+            emb, mask = self.text_cache(texts)
+            self.text_cache.flush()
+            return jnp.asarray(emb), mask
+        ids, mask = enc.tokenize(texts)
+        return _encode_text(enc, self.params["text"], ids, mask), mask
 
     def generate(
         self,
@@ -199,20 +217,17 @@ class Pipeline:
                 )
             edit = self._tokens(self._encode(video[:, :gen_frames], height, width))
             settings = dataclasses.replace(settings, t_start=float(edit_strength))
-        ids, mask = self.text_encoder.tokenize(prompts)
-        nids, nmask = self.text_encoder.tokenize([negative_prompt] * len(prompts))
+        # Conditional and unconditional (negative) rows in one batch.
+        text, text_mask = self.text_embeddings(prompts + [negative_prompt] * n)
         patch = tuple(c.dit.patch)
         tokens = _sample_tokens(
             self.dit,
-            self.text_encoder,
             patch,
             grid,
             settings,
             self.params,
-            ids,
-            mask,
-            nids,
-            nmask,
+            text,
+            text_mask,
             jax.random.PRNGKey(seed),
             cond,
             edit,
@@ -401,23 +416,28 @@ def _per_prompt(frames, n: int, name: str) -> np.ndarray:
     return np.broadcast_to(frames, (n,) + frames.shape[1:])
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
-def _sample_tokens(dit, text_encoder, patch, grid, settings: SamplerSettings, params, *args):
+@functools.partial(jax.jit, static_argnums=(0,))
+def _encode_text(text_encoder, text_params, ids, mask):
+    """f32[n lt dim] embeddings of caption ids i32[n lt] under the given encoder params."""
+    return text_encoder.encode(text_params, ids, mask)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _sample_tokens(dit, patch, grid, settings: SamplerSettings, params, *args):
     """Sampled latent tokens f32[n l d] (normalised); params are traced, not baked in.
 
-    `cond` = (clean tokens f32[n l d], mask bool[n l]) of given frames or None; `edit` =
-    tokens f32[n l d] of a video to noise to settings.t_start (SDEdit) or None.
+    `text` f32[2n lt dim], `text_mask` bool[2n lt]: the n prompts' embeddings, then the n
+    negative (unconditional) ones. `cond` = (clean tokens f32[n l d], mask bool[n l]) of given
+    frames or None; `edit` = tokens f32[n l d] of a video to noise to settings.t_start (SDEdit)
+    or None.
     """
-    ids, mask, nids, nmask, key, cond, edit = args
-    n = ids.shape[0]
+    text, all_mask, key, cond, edit = args
+    n = text.shape[0] // 2
     gt, gh, gw = (g // p for g, p in zip(grid, patch))
     num_tok = gt * gh * gw
     positions = jnp.asarray(packing.grid_positions((gt, gh, gw)))
-    # Conditional and unconditional rows in one batch: one segment per row.
-    all_ids, all_mask = jnp.concatenate([ids, nids]), jnp.concatenate([mask, nmask])
-    text = dit_trainer.text_features(
-        text_encoder, params.get("text"), all_ids[:, None], all_mask[:, None]
-    )
+    # One segment per row.
+    text = text[:, None]
     seg = jnp.ones((2 * n, num_tok), jnp.int32)
     pos = jnp.broadcast_to(positions, (2 * n, num_tok, 3))
 

@@ -92,8 +92,8 @@ def test_tiny_encoder_shapes_masking_and_grads():
 
 
 def test_build_text_encoder_errors(tmp_path):
-    with pytest.raises(ValueError, match="unknown text encoder kind 'clip'"):
-        build_text_encoder("clip", max_length=4)
+    with pytest.raises(ValueError, match="unknown text encoder kind 'gpt'"):
+        build_text_encoder("gpt", max_length=4)
     with pytest.raises(ValueError, match="vocabulary"):
         build_text_encoder("tiny", max_length=4)
     with pytest.raises(ValueError, match="path"):

@@ -18,14 +18,37 @@ import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
 
-_ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # HF "gelu" is the exact erf form
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-}
+from sora_jax.text.layers import ACTIVATIONS, EMBED, HEADS, MLP, NORM, VOCAB, partitioned
+
+
+def _dense(features, axes, dtype, name):
+    """nn.Dense with logical sharding axes (kernel (in, out), bias (out,))."""
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        kernel_init=partitioned(nn.initializers.lecun_normal(), axes),
+        bias_init=partitioned(nn.initializers.zeros, axes[1:]),
+        name=name,
+    )
+
+
+def _layer_norm(eps, dtype, name):
+    return nn.LayerNorm(
+        epsilon=eps,
+        dtype=dtype,
+        scale_init=partitioned(nn.initializers.ones, (NORM,)),
+        bias_init=partitioned(nn.initializers.zeros, (NORM,)),
+        name=name,
+    )
+
+
+def _embed(num, features, axes, name):
+    return nn.Embed(
+        num, features, embedding_init=partitioned(nn.initializers.normal(0.02), axes), name=name
+    )
+
+
+_ACTIVATIONS = ACTIVATIONS
 
 # BertEncoder fields that are read from config.json.
 CONFIG_FIELDS = (
@@ -49,7 +72,7 @@ class BertSelfAttention(nn.Module):
     @nn.compact
     def __call__(self, x, bias):
         """x: f[n l d], bias: f32[n 1 1 l] additive key mask -> f[n l d] (before output dense)."""
-        dense = lambda name: nn.Dense(self.hidden_size, dtype=self.dtype, name=name)
+        dense = lambda name: _dense(self.hidden_size, (EMBED, HEADS), self.dtype, name)
         q, k, v = (
             rearrange(dense(n)(x), "n l (h e) -> n h l e", h=self.num_heads)
             for n in ("query", "key", "value")
@@ -72,15 +95,15 @@ class BertLayer(nn.Module):
     @nn.compact
     def __call__(self, x, bias):
         """Post-LN block: x f[n l d] -> f[n l d]."""
-        ln = lambda name: nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name=name)
+        ln = lambda name: _layer_norm(self.layer_norm_eps, self.dtype, name)
         a = BertSelfAttention(self.hidden_size, self.num_heads, self.dtype, name="attention_self")(
             x, bias
         )
-        a = nn.Dense(self.hidden_size, dtype=self.dtype, name="attention_output")(a)
+        a = _dense(self.hidden_size, (HEADS, EMBED), self.dtype, "attention_output")(a)
         x = ln("attention_LayerNorm")(x + a)
-        h = nn.Dense(self.intermediate_size, dtype=self.dtype, name="intermediate")(x)
+        h = _dense(self.intermediate_size, (EMBED, MLP), self.dtype, "intermediate")(x)
         h = _ACTIVATIONS[self.hidden_act](h)
-        h = nn.Dense(self.hidden_size, dtype=self.dtype, name="output")(h)
+        h = _dense(self.hidden_size, (MLP, EMBED), self.dtype, "output")(h)
         return ln("output_LayerNorm")(x + h)
 
 
@@ -114,12 +137,12 @@ class BertEncoder(nn.Module):
                 f"sequence length {l} exceeds max_position_embeddings {self.max_position_embeddings}"
             )
         d = self.hidden_size
-        word = nn.Embed(self.vocab_size, d, name="word_embeddings")(ids)
-        pos = nn.Embed(self.max_position_embeddings, d, name="position_embeddings")(jnp.arange(l))
-        tok = nn.Embed(self.type_vocab_size, d, name="token_type_embeddings")(jnp.zeros_like(ids))
-        x = nn.LayerNorm(
-            epsilon=self.layer_norm_eps, dtype=self.dtype, name="embeddings_LayerNorm"
-        )(word + pos[None] + tok)
+        word = _embed(self.vocab_size, d, (VOCAB, EMBED), "word_embeddings")(ids)
+        pos = _embed(self.max_position_embeddings, d, (None, EMBED), "position_embeddings")
+        tok = _embed(self.type_vocab_size, d, (None, EMBED), "token_type_embeddings")
+        x = _layer_norm(self.layer_norm_eps, self.dtype, "embeddings_LayerNorm")(
+            word + pos(jnp.arange(l))[None] + tok(jnp.zeros_like(ids))
+        )
         # Additive mask like HF (finite, so a fully masked row gives uniform weights, not NaN).
         bias = jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)[:, None, None, :].astype(
             jnp.float32

@@ -2,12 +2,15 @@
 
 Kinds:
   'tiny' - `TinyTextEncoder` over a `WordTokenizer` vocabulary, trained jointly with the DiT.
-  'bert' - frozen pretrained BERT-family encoder loaded from a local Hugging Face folder.
+  'bert' - frozen pretrained BERT-family encoder (e.g. all-MiniLM-L6-v2) from a local HF folder.
+  't5'   - frozen T5 / T5 v1.1 / mT5 / UMT5 encoder from a local HF folder.
+  'clip' - frozen CLIP text encoder (last hidden state) from a local HF folder.
+Frozen encoders carry an `identity` (kind, content hash of the folder, length, dtype) that keys
+the text-embedding cache (`sora_jax.text.cache`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Callable, Sequence
 
@@ -16,8 +19,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sora_jax.text import clip as clip_lib
+from sora_jax.text import hf_checkpoint
+from sora_jax.text import t5 as t5_lib
 from sora_jax.text.bert import BertEncoder, bert_from_config, load_bert_params, read_bert_config
+from sora_jax.text.hf_tokenizer import load_tokenizer
 from sora_jax.text.tokenizer import WordTokenizer
+
+KINDS = ("tiny", "bert", "t5", "clip")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 __all__ = [
     "TinyTextEncoder",
@@ -26,6 +36,7 @@ __all__ = [
     "TextEncoder",
     "build_text_encoder",
     "load_bert_tokenizer",
+    "KINDS",
 ]
 
 
@@ -88,8 +99,10 @@ class TinyTextEncoder(nn.Module):
 class TextEncoder:
     """What the trainer/sampler use: a Linen module + tokenizer + (maybe frozen) params.
 
-    Attributes: module, trainable, params (None until `init_params` for trainable encoders),
-    dim (feature width), max_length, null_text (the caption used for the unconditional branch).
+    Attributes: module, trainable, params (None until `init_params` for trainable encoders;
+    plain arrays, never sharding boxes), dim (feature width), max_length, null_text (the caption
+    used for the unconditional branch), identity (a string naming the frozen encoder's weights,
+    tokenizer, length and dtype; None for trainable ones, whose outputs change in training).
     """
 
     null_text = ""
@@ -103,8 +116,10 @@ class TextEncoder:
         params: Any,
         dim: int,
         max_length: int,
+        identity: str | None = None,
     ):
         self.module = module
+        self.identity = identity
         self._tokenize_fn = tokenize_fn
         self.trainable = trainable
         self.params = params
@@ -120,7 +135,17 @@ class TextEncoder:
     def init_params(self, rng: jax.Array) -> Any:
         """Fresh params pytree for the module (for trainable encoders); does not set self.params."""
         ids = jnp.zeros((1, self.max_length), jnp.int32)
-        return self.module.init(rng, ids, jnp.ones((1, self.max_length), bool))["params"]
+        params = self.module.init(rng, ids, jnp.ones((1, self.max_length), bool))["params"]
+        return nn.meta.unbox(params)
+
+    def logical_axes(self) -> Any:
+        """Tree of logical axis names (PartitionSpec of names like 'embed', 'heads') for params,
+        from the module's annotations (replicated where a param has none)."""
+        ids = jnp.zeros((1, self.max_length), jnp.int32)
+        boxed = jax.eval_shape(
+            lambda: self.module.init(jax.random.key(0), ids, jnp.ones(ids.shape, bool))["params"]
+        )
+        return nn.get_partition_spec(boxed)
 
     def encode(self, params: Any, ids: jax.Array, mask: jax.Array) -> jax.Array:
         """Pure: (params, ids i32[n l], mask bool[n l]) -> f32[n l dim]. Frozen encoders stop gradients."""
@@ -136,43 +161,23 @@ class TextEncoder:
 
 
 def load_bert_tokenizer(folder: str, max_length: int, pad_id: int | None = None):
-    """Tokenizer for a HF BERT folder: tokenizer.json if present, else vocab.txt (WordPiece).
+    """Tokenizer of a HF BERT folder (tokenizer.json or vocab.txt); see `hf_tokenizer`."""
+    return load_tokenizer(folder, max_length, pad_id)
 
-    Returns `tokenize(texts) -> (ids i32[n max_length], mask bool[n max_length])`; sequences get
-    [CLS] ... [SEP], are truncated to max_length, and the empty string becomes [CLS][SEP].
-    """
-    from tokenizers import Tokenizer
-    from tokenizers.implementations import BertWordPieceTokenizer
 
-    tj, vt = os.path.join(folder, "tokenizer.json"), os.path.join(folder, "vocab.txt")
-    if os.path.isfile(tj):
-        tok = Tokenizer.from_file(tj)
-    elif os.path.isfile(vt):
-        lowercase = True
-        tc = os.path.join(folder, "tokenizer_config.json")
-        if os.path.isfile(tc):
-            with open(tc) as f:
-                lowercase = bool(json.load(f).get("do_lower_case", True))
-        tok = BertWordPieceTokenizer(vt, lowercase=lowercase)
-    else:
-        raise FileNotFoundError(f"no tokenizer.json or vocab.txt in {folder}")
-    tok.no_padding()
-    tok.enable_truncation(max_length=max_length)
-    if pad_id is None:
-        pad_id = tok.token_to_id("[PAD]")
-        pad_id = 0 if pad_id is None else pad_id
-
-    def tokenize(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        encs = tok.encode_batch(list(texts))
-        ids = np.full((len(encs), max_length), pad_id, np.int32)
-        mask = np.zeros((len(encs), max_length), bool)
-        for i, e in enumerate(encs):
-            k = len(e.ids)
-            ids[i, :k] = e.ids
-            mask[i, :k] = np.asarray(e.attention_mask, bool)
-        return ids, mask
-
-    return tokenize
+def _frozen(kind, module, params, tokenize, dim, max_length, path, tok_dir, dtype_name):
+    identity = f"{kind}:{hf_checkpoint.fingerprint(path)}:len={max_length}:{dtype_name}"
+    if os.path.realpath(tok_dir) != os.path.realpath(path):
+        identity += f":tokenizer={hf_checkpoint.fingerprint(tok_dir, weights=False)}"
+    return TextEncoder(
+        module,
+        tokenize,
+        trainable=False,
+        params=params,
+        dim=dim,
+        max_length=max_length,
+        identity=identity,
+    )
 
 
 def build_text_encoder(
@@ -185,12 +190,19 @@ def build_text_encoder(
     num_heads: int = 4,
     mlp_ratio: float = 4.0,
     path: str | None = None,
-    dtype=jnp.float32,
+    tokenizer_path: str | None = None,
+    dtype: str | Any = "float32",
 ) -> TextEncoder:
-    """Build a TextEncoder. kind='tiny' needs `vocabulary` (trainable, params None);
-    kind='bert' needs `path` to a local HF folder (frozen, params loaded)."""
+    """Build a TextEncoder. kind='tiny' needs `vocabulary` (trainable, params None); 'bert',
+    't5' and 'clip' need `path`, a local HF folder (frozen, params loaded). `tokenizer_path`:
+    the tokenizer's folder where it is not `path` (e.g. diffusers' tokenizer/ next to
+    text_encoder/). `dtype` 'float32' | 'bfloat16': compute dtype, and the frozen params'."""
     if int(max_length) < 1:
         raise ValueError(f"max_length must be >= 1, got {max_length}")
+    dtype_name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
+    if dtype_name not in DTYPES:
+        raise ValueError(f"text encoder dtype {dtype!r}: expected one of {sorted(DTYPES)}")
+    dtype = DTYPES[dtype_name]
     if kind == "tiny":
         if vocabulary is None:
             raise ValueError("text encoder kind 'tiny' needs a vocabulary")
@@ -214,28 +226,39 @@ def build_text_encoder(
         )
         enc.tokenizer = tokenizer
         return enc
+    if kind not in KINDS:
+        raise ValueError(f"unknown text encoder kind {kind!r}; expected one of {KINDS}")
+    if not path:
+        raise ValueError(
+            f"text encoder kind {kind!r} needs `path` to a local Hugging Face model folder"
+        )
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{kind} model folder not found: {path}")
+    tok_dir = tokenizer_path or path
     if kind == "bert":
-        if path is None:
-            raise ValueError(
-                "text encoder kind 'bert' needs `path` to a local Hugging Face model folder"
-            )
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"BERT model folder not found: {path}")
         config = read_bert_config(path)
         if max_length > config["max_position_embeddings"]:
             raise ValueError(
-                f"max_length {max_length} exceeds the model's max_position_embeddings {config['max_position_embeddings']}"
+                f"max_length {max_length} exceeds the model's max_position_embeddings "
+                f"{config['max_position_embeddings']}"
             )
         weights = os.path.join(path, "model.safetensors")
-        params = jax.tree_util.tree_map(jnp.asarray, load_bert_params(weights, config))
-        with open(os.path.join(path, "config.json")) as f:
-            pad_id = json.load(f).get("pad_token_id")
-        return TextEncoder(
-            bert_from_config(config, dtype),
-            load_bert_tokenizer(path, max_length, pad_id),
-            trainable=False,
-            params=params,
-            dim=config["hidden_size"],
-            max_length=max_length,
+        params = jax.tree_util.tree_map(
+            lambda a: jnp.asarray(a, dtype), load_bert_params(weights, config)
         )
-    raise ValueError(f"unknown text encoder kind {kind!r}; expected 'tiny' or 'bert'")
+        pad_id = hf_checkpoint.read_config(path).get("pad_token_id")
+        module, dim = bert_from_config(config, dtype), config["hidden_size"]
+    elif kind == "t5":
+        module, params = t5_lib.load_t5(path, dtype)
+        pad_id, dim = hf_checkpoint.read_config(path).get("pad_token_id", 0), module.d_model
+    else:
+        module, params, tokens = clip_lib.load_clip(path, dtype)
+        if max_length > module.max_position_embeddings:
+            raise ValueError(
+                f"max_length {max_length} exceeds the model's max_position_embeddings "
+                f"{module.max_position_embeddings}"
+            )
+        # Padding is masked out, so the pad id only has to be a valid token.
+        pad_id, dim = tokens["pad_token_id"], module.hidden_size
+    tokenize = load_tokenizer(tok_dir, max_length, pad_id)
+    return _frozen(kind, module, params, tokenize, dim, max_length, path, tok_dir, dtype_name)

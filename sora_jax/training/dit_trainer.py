@@ -24,6 +24,7 @@ from sora_jax.models import flops as flops_lib
 from sora_jax.models import vae_inference
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.parallel import partitioning
+from sora_jax.text import cache as text_cache
 from sora_jax.text import encoders
 from sora_jax.training import checkpoint, grad_accum, loop, vae_trainer
 from sora_jax.training import train_state as ts
@@ -40,6 +41,8 @@ def build_text_encoder(config) -> encoders.TextEncoder:
         num_heads=t.num_heads,
         mlp_ratio=t.mlp_ratio,
         path=t.path or None,
+        tokenizer_path=t.tokenizer_path or None,
+        dtype=t.dtype,
     )
 
 
@@ -79,6 +82,11 @@ class LatentCache:
     caption_mask: np.ndarray  # bool[n lt]
     latent_mean: np.ndarray  # f32[c]
     latent_std: np.ndarray  # f32[c]
+    # Frozen text encoders: embeddings of the distinct captions, computed once (the empty
+    # caption included, at text_null_index); None for a trainable encoder.
+    text_emb: np.ndarray | None = None  # f32[u lt dim]
+    text_index: np.ndarray | None = None  # i32[n]: row of each video's caption in text_emb
+    text_null_index: int = -1
 
 
 def encode_videos(
@@ -105,6 +113,17 @@ def encode_videos(
             for i, m in zip(chunk, means):
                 out[i] = m
     return out
+
+
+def caption_embeddings(config, text_encoder, captions: list[str]) -> dict:
+    """LatentCache's text fields for a frozen encoder ({} for a trainable one): each distinct
+    caption (and the empty one) encoded once, through the embedding cache (config.text.cache_dir)."""
+    if text_encoder.trainable:
+        return {}
+    cache = text_cache.EmbeddingCache(text_encoder, config.text.cache_dir or None)
+    table, _, index = text_cache.encode_unique(cache, list(captions) + [text_encoder.null_text])
+    logging.info("text embeddings: %d distinct captions (%d cached)", len(table), cache.hits)
+    return dict(text_emb=table, text_index=index[:-1], text_null_index=int(index[-1]))
 
 
 def build_latent_cache(
@@ -135,7 +154,9 @@ def build_latent_cache(
         tok, pos = packing.patchify((l - mean) / std, tuple(config.dit.patch))
         tokens.append(tok.astype(np.float32))
         positions.append(pos)
-    ids, mask = text_encoder.tokenize([e["caption"] for e in examples])
+    captions = [e["caption"] for e in examples]
+    ids, mask = text_encoder.tokenize(captions)
+    text = caption_embeddings(config, text_encoder, captions)
     logging.info(
         "latent cache: %d videos, %d tokens, latent std %s (normalised: %s)",
         n,
@@ -150,6 +171,7 @@ def build_latent_cache(
         np.asarray(mask),
         mean.astype(np.float32),
         std.astype(np.float32),
+        **text,
     )
 
 
@@ -162,7 +184,8 @@ def dit_batch(
     into `rows` sequences of `seq_len` tokens (those that do not fit are left
     out), and replaces captions by the empty one at rate `text_dropout` (CFG).
     With `dit.condition.rate > 0` it adds 'cond_mask' bool[rows seq_len]: the tokens of
-    the latent frames given to each conditioned video (see `conditioning`).
+    the latent frames given to each conditioned video (see `conditioning`). With a frozen text
+    encoder (cache.text_emb set) it adds the cached 'caption_emb' f32[rows max_segments lt dim].
     """
     dc = config.dit
     rng = np.random.default_rng([config.data.seed, 2, step])
@@ -182,11 +205,17 @@ def dit_batch(
     ids = np.zeros((dc.rows, dc.max_segments, lt), np.int32)
     mask = np.zeros((dc.rows, dc.max_segments, lt), bool)
     drop = rng.random(len(draw)) < dc.text_dropout
+    emb = None
+    if cache.text_emb is not None:
+        emb = np.zeros((dc.rows, dc.max_segments) + cache.text_emb.shape[1:], np.float32)
     for i, p, dropped in zip(draw, placements, drop):
         if p is None:
             continue
         ids[p.row, p.segment - 1] = null_ids if dropped else cache.caption_ids[i]
         mask[p.row, p.segment - 1] = null_mask if dropped else cache.caption_mask[i]
+        if emb is not None:
+            row = cache.text_null_index if dropped else cache.text_index[i]
+            emb[p.row, p.segment - 1] = cache.text_emb[row]
     out = {
         "tokens": batch["tokens"],
         "segment_ids": batch["segment_ids"],
@@ -201,6 +230,8 @@ def dit_batch(
             if p is not None:
                 num_tokens[p.row, p.segment - 1] = len(cache.tokens[i])
         out["num_tokens"] = num_tokens
+    if emb is not None:
+        out["caption_emb"] = emb
     cond = dc.condition
     if cond.rate > 0:
         # A stream of its own: the draws above (and so old runs' batches) stay as they were.
@@ -232,7 +263,8 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
     """Pure `train_step(state, batch, rng) -> (state, metrics)` for the DiT.
 
     With a trainable text encoder its params are state.params['text']; a frozen
-    one's are passed in and closed over (they are not trained or checkpointed).
+    one's are passed in and closed over (they are not trained or checkpointed), unless the
+    batch brings cached 'caption_emb' (then the encoder does not run in the step at all).
     """
     objective = objectives.from_config(config)
     num_seg = config.dit.max_segments
@@ -258,8 +290,13 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
         """Sum of the squared errors of (a microbatch of) the batch / the whole batch's count
         of loss elements (`denoms`, the same in every row)."""
         batch, t, noise, denoms = inputs
-        text_params = params["text"] if text_encoder.trainable else frozen_text_params
-        text = text_features(text_encoder, text_params, batch["caption_ids"], batch["caption_mask"])
+        if "caption_emb" in batch:
+            text = batch["caption_emb"]
+        else:
+            text_params = params["text"] if text_encoder.trainable else frozen_text_params
+            text = text_features(
+                text_encoder, text_params, batch["caption_ids"], batch["caption_mask"]
+            )
         x0, seg = batch["tokens"], batch["segment_ids"]
         t_tok = jnp.take_along_axis(t, jnp.maximum(seg - 1, 0), axis=1)[..., None]
         x_t = objective.corrupt(x0, noise, t_tok)
