@@ -151,18 +151,33 @@ def dit_batch(
     rng = np.random.default_rng([config.data.seed, 2, step])
     n = len(cache.tokens)
     draw = rng.choice(n, size=min(n, dc.rows * dc.max_segments), replace=False)
+    items = [
+        (cache.tokens[i], cache.positions[i], cache.caption_ids[i], cache.caption_mask[i])
+        for i in draw
+    ]
+    return pack_batch(config, items, null_ids, null_mask, rng, step)
+
+
+def pack_batch(config, items, null_ids, null_mask, rng: np.random.Generator, step: int, rows=None):
+    """Packs (tokens f32[l d], positions i32[l 3], caption ids i32[lt], mask bool[lt]) items
+    first-fit into `rows` (default dit.rows) rows; see `dit_batch` (the same batch layout).
+
+    `rng` draws the caption dropout; the conditioning masks come from a stream of `step`.
+    """
+    dc = config.dit
+    rows = dc.rows if rows is None else rows
     batch, placements = packing.pack(
-        [(cache.tokens[i], cache.positions[i]) for i in draw], dc.seq_len, dc.rows, dc.max_segments
+        [(tok, pos) for tok, pos, _, _ in items], dc.seq_len, rows, dc.max_segments
     )
-    lt = cache.caption_ids.shape[1]
-    ids = np.zeros((dc.rows, dc.max_segments, lt), np.int32)
-    mask = np.zeros((dc.rows, dc.max_segments, lt), bool)
-    drop = rng.random(len(draw)) < dc.text_dropout
-    for i, p, dropped in zip(draw, placements, drop):
+    lt = len(null_ids)
+    ids = np.zeros((rows, dc.max_segments, lt), np.int32)
+    mask = np.zeros((rows, dc.max_segments, lt), bool)
+    drop = rng.random(len(items)) < dc.text_dropout
+    for (_, _, cap_ids, cap_mask), p, dropped in zip(items, placements, drop):
         if p is None:
             continue
-        ids[p.row, p.segment - 1] = null_ids if dropped else cache.caption_ids[i]
-        mask[p.row, p.segment - 1] = null_mask if dropped else cache.caption_mask[i]
+        ids[p.row, p.segment - 1] = null_ids if dropped else cap_ids
+        mask[p.row, p.segment - 1] = null_mask if dropped else cap_mask
     out = {
         "tokens": batch["tokens"],
         "segment_ids": batch["segment_ids"],
@@ -175,7 +190,7 @@ def dit_batch(
         # A stream of its own: the draws above (and so old runs' batches) stay as they were.
         crng = np.random.default_rng([config.data.seed, 4, step])
         cond_mask = np.zeros(batch["segment_ids"].shape, bool)
-        for i, p in zip(draw, placements):
+        for (_, positions, _, _), p in zip(items, placements):
             if p is None or crng.random() >= cond.rate:
                 continue
             drawn = conditioning.sample_frame_mask(
@@ -183,7 +198,7 @@ def dit_batch(
             )
             if drawn is not None:
                 cond_mask[p.row, p.start : p.start + p.length] = conditioning.token_mask(
-                    drawn[1], cache.positions[i]
+                    drawn[1], positions
                 )
         out["cond_mask"] = cond_mask
     return out
@@ -287,19 +302,26 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
     dit = build_dit(config, text_encoder.dim)
     t = config.dit.train
     tx = ts.make_optimizer(t)
-    ckpt = checkpoint.for_stage(config, workdir, "dit")
-    cache = build_latent_cache(config, vae_model, vae_params, text_encoder)
-    state = init_state(
-        config, dit, text_encoder, tx, mesh, _extras(cache.latent_mean, cache.latent_std)
-    )
+    grain_source = config.data.source != "moving_shapes"
+    ckpt = checkpoint.for_stage(config, workdir, "dit", with_data=grain_source)
+    null_ids, null_mask = (np.asarray(a)[0] for a in text_encoder.tokenize([""]))
+    if grain_source:
+        from sora_jax.training import dit_input  # it builds on this module
+
+        batch_fn, mean, std = dit_input.build(config, vae_model, vae_params, text_encoder, mesh)
+    else:
+        cache = build_latent_cache(config, vae_model, vae_params, text_encoder)
+        batch_fn = functools.partial(dit_batch, config, cache, null_ids, null_mask)
+        mean, std = cache.latent_mean, cache.latent_std
+    state = init_state(config, dit, text_encoder, tx, mesh, _extras(mean, std))
     if ckpt.latest_step() is not None:
         state = ckpt.restore(state)
-    null_ids, null_mask = (np.asarray(a)[0] for a in text_encoder.tokenize([""]))
+        if grain_source:
+            batch_fn.set_state(ckpt.restore_data())
     step_fn = loop.jit_train_step(
         make_train_step(config, dit, text_encoder, tx, text_encoder.params), mesh
     )
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 3)
-    batch_fn = functools.partial(dit_batch, config, cache, null_ids, null_mask)
     state, history = loop.run("dit", state, step_fn, batch_fn, t, ckpt, writer, mesh, key)
     ckpt.close()
     return state, history
@@ -310,7 +332,8 @@ def load(config, workdir: str, mesh):
     text_encoder = build_text_encoder(config)
     dit = build_dit(config, text_encoder.dim)
     tx = ts.make_optimizer(config.dit.train)
-    ckpt = checkpoint.for_stage(config, workdir, "dit")
+    with_data = config.data.source != "moving_shapes"  # a grain iterator state beside the model
+    ckpt = checkpoint.for_stage(config, workdir, "dit", with_data=with_data)
     if ckpt.latest_step() is None:
         raise FileNotFoundError(
             f"no DiT checkpoint under {ckpt.directory}: train the 'dit' stage first "
