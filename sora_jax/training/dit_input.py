@@ -15,6 +15,7 @@ own rows (dit.rows / process count) and the rows are assembled into global array
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import numpy as np
@@ -23,7 +24,7 @@ from absl import logging
 from sora_jax.data import input_pipeline, latent_cache, packing
 from sora_jax.models import vae_inference
 from sora_jax.parallel import mesh as mesh_lib
-from sora_jax.training import dit_trainer
+from sora_jax.training import dit_trainer, vae_trainer
 
 
 def latent_stats(latents: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -134,3 +135,45 @@ def build(config, vae_model, vae_params, text_encoder, mesh):
     logging.info("DiT data: %s, %d examples, latent std %s", d.source, len(source), std)
     batches = Batches(config, groups, to_items, null_ids, null_mask, mesh, d.worker_count)
     return batches, mean, std
+
+
+def write_latent_cache(config, workdir: str, output: str = "", chunk: int = 64) -> dict:
+    """`python -m sora_jax.cache_latents`: encodes every example of the TFDS source once with the
+    workdir's VAE and writes the latent cache to `output`; returns its info (num_examples, num_bad, latent_mean/std, ...)."""
+    d = config.data
+    output = output or d.cache_dir or os.path.join(workdir, "latent_cache")
+    mesh = mesh_lib.create_mesh(config.mesh.num_devices)
+    vae_model, vae_params = vae_trainer.load(config, workdir, mesh)
+    text_encoder = dit_trainer.build_text_encoder(config)
+    source = input_pipeline.open_tfds(d.tfds_name, d.tfds_data_dir, d.tfds_split)
+    opts = input_pipeline.clip_options(config)
+    writer = latent_cache.Writer(output)
+    stats, num_bad = [], 0
+    for start in range(0, len(source), chunk):
+        indices = range(start, min(start + chunk, len(source)))
+        examples = [input_pipeline.decode_example(opts, i, source[i]) for i in indices]
+        good = [e for e in examples if e is not None]
+        encoded = iter(encode_examples(config, vae_model, vae_params, text_encoder, good))
+        for i, example in zip(indices, examples):
+            if example is None:
+                num_bad += 1
+                writer.add(latent_cache.BAD_RECORD)
+                continue
+            latent, ids, mask = next(encoded)
+            if i < d.stats_examples:
+                stats.append(latent)
+            writer.add(latent_cache.encode_record(latent, ids, mask, i))
+        logging.info("cached %d / %d examples", indices[-1] + 1, len(source))
+    mean, std = latent_stats(stats)
+    info = writer.close(
+        dict(
+            num_bad=num_bad,
+            latent_mean=mean.tolist(),
+            latent_std=std.tolist(),
+            tfds=dict(name=d.tfds_name, data_dir=d.tfds_data_dir, split=d.tfds_split),
+            vae_model=config.vae.model.to_dict(),
+            text_kind=config.text.kind,
+        )
+    )
+    logging.info("latent cache: %s (%d examples, %d bad)", output, info["num_examples"], num_bad)
+    return info
