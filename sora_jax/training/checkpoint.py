@@ -3,7 +3,7 @@
 Orbax writes each step into a temporary folder and renames it when complete, so
 a run killed mid-save resumes from the last finished checkpoint. With `with_data=True` each
 step also holds the input pipeline's iterator state (JSON, item 'data') beside the train state
-(item 'default'), so a resumed run continues with exactly the next batch.
+(item 'state'), so a resumed run continues with exactly the next batch.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ class Checkpointer:
             options=ocp.CheckpointManagerOptions(
                 save_interval_steps=save_every, max_to_keep=keep, create=True
             ),
+            # Named items: a reopened manager must not take 'state' for a single default item.
+            item_names=("state", "data") if with_data else None,
         )
 
     def latest_step(self) -> int | None:
@@ -36,7 +38,7 @@ class Checkpointer:
         if data_state is None:
             raise ValueError("this checkpointer saves the data iterator state: pass data_state")
         args = ocp.args.Composite(
-            default=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
         )
         return self._manager.save(step, args=args, force=force)
 
@@ -49,8 +51,8 @@ class Checkpointer:
         if not self.with_data:
             return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
         return self._manager.restore(
-            step, args=ocp.args.Composite(default=ocp.args.StandardRestore(abstract))
-        ).default
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        ).state
 
     def restore_data(self, step: int | None = None) -> dict:
         """The data iterator state saved with step `step` (default: the latest)."""
