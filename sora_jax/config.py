@@ -177,17 +177,18 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         d.max_bad_fraction,
         "must be in [0, 1]",
     )
-    side = int(math.isqrt(int(d.target_area)))
-    side -= side % (vae_compression(config)[1] * max(config.dit.patch[1:]))
-    _check_size(config, "data.max_frames", d.max_frames, side, side)
-    _check(
-        d.source == "moving_shapes"
-        or num_tokens(config, d.max_frames, side, side) <= config.dit.seq_len,
-        "data.target_area",
-        d.target_area,
-        f"a square clip of max_frames={d.max_frames} frames at this area has more tokens than "
-        f"dit.seq_len={config.dit.seq_len}",
-    )
+    if d.source != "moving_shapes":
+        # Clip sizes of the grain sources (the built-in set uses frame_choices / resolutions).
+        side = int(math.isqrt(int(d.target_area)))
+        side -= side % (vae_compression(config)[1] * max(config.dit.patch[1:]))
+        _check_size(config, "data.max_frames", d.max_frames, side, side)
+        _check(
+            num_tokens(config, d.max_frames, side, side) <= config.dit.seq_len,
+            "data.target_area",
+            d.target_area,
+            f"a square clip of max_frames={d.max_frames} frames at this area has more tokens "
+            f"than dit.seq_len={config.dit.seq_len}",
+        )
     _check(len(d.frame_choices) > 0, "data.frame_choices", d.frame_choices, "must not be empty")
     _check(len(d.resolutions) > 0, "data.resolutions", d.resolutions, "must not be empty")
     _check(

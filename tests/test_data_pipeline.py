@@ -8,6 +8,7 @@ import pytest
 
 pytest.importorskip("tensorflow_datasets")
 
+from sora_jax import config as config_lib  # noqa: E402
 from sora_jax.data import input_pipeline, manifest, shapes, tfds_builder, video_io  # noqa: E402
 from sora_jax.logging import writers  # noqa: E402
 from sora_jax.parallel import mesh as mesh_lib  # noqa: E402
@@ -245,3 +246,21 @@ def test_dit_trains_and_resumes_from_the_latent_cache(dataset, vae_workdir, cach
 
 def _cache_std(cache_dir):
     return np.asarray(json.load(open(os.path.join(cache_dir, "cache_info.json")))["latent_std"])
+
+
+@pytest.mark.parametrize(
+    "knobs, key",
+    [
+        (dict(source="webdataset"), "data.source"),
+        (dict(source="latent_cache", cache_dir=""), "data.cache_dir"),
+        (dict(max_frames=6), "data.max_frames"),
+        (dict(target_area=64 * 64), "data.target_area"),
+        (dict(max_bad_fraction=1.5), "data.max_bad_fraction"),
+    ],
+)
+def test_config_rejects_bad_data_knobs(knobs, key):
+    c = _config("/nonexistent")
+    for k, v in knobs.items():
+        c.data[k] = v
+    with pytest.raises(ValueError, match=f"config.{key}[=:]"):
+        config_lib.validate(c)
