@@ -21,8 +21,22 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.num_examples = 1_000_000
     c.data.frame_choices = (1, 9, 17)
     c.data.resolutions = ((64, 64), (64, 96), (96, 64))
-    c.data.image_fraction = 0.2
-    c.data.fps = 8
+    c.data.image_fraction = 0.2  # joint image/video training: share of 1-frame examples
+    c.data.fps = 8  # moving shapes' frame rate; the rate clips are sampled at from files
+    # 'moving_shapes' (built in, rendered in memory), 'tfds' (a TFDS video dataset, e.g. the
+    # user's videos built by `python -m sora_jax.build_dataset`; decoded by grain, encoded by
+    # the VAE on the fly) or 'latent_cache' (latents written by `python -m sora_jax.cache_latents`).
+    # The last two need `pip install -e ".[data]"`; see README "Your own videos".
+    c.data.tfds_name = "video_clips"
+    c.data.tfds_data_dir = ""  # '' = TFDS's default (~/tensorflow_datasets)
+    c.data.tfds_split = "train"
+    c.data.cache_dir = ""  # the latent cache ('' = <workdir>/latent_cache for cache_latents)
+    c.data.max_frames = 17  # clips: the most frames sampled (1 + 4k), at data.fps
+    c.data.target_area = 64 * 64  # clips: resized to about this many pixels, aspect kept
+    c.data.stats_examples = 256  # latent mean / std from this many examples (grain sources)
+    c.data.encode_batch_size = 4  # 'tfds': videos per VAE call (per shape) when encoding
+    c.data.worker_count = 0  # grain decode worker processes (0: decode in the main process)
+    c.data.max_bad_fraction = 0.05  # more unusable examples than this stops the run
 
     # Device mesh (sora_jax/parallel/mesh.py; README "Scaling out"). Axis sizes inside a slice
     # / node; one may be -1 (the devices left over); their product must be the device count.

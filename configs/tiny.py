@@ -14,6 +14,8 @@ def get_config():
     c = _default["get_config"]()
     c.data.frame_choices = (1, 9)
     c.data.resolutions = ((32, 32), (32, 48), (48, 32))
+    c.data.max_frames = 9
+    c.data.target_area = 32 * 40
 
     # Full-resolution convs dominate the VAE's cost on CPU: keep the first level narrow.
     c.vae.model.base_channels = 8

@@ -23,6 +23,7 @@ from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.parallel.partitioning import DEFAULT_RULES as _RULES
 
 STAGES = ("vae", "dit")
+DATA_SOURCES = ("moving_shapes", "tfds", "latent_cache")
 TEXT_KINDS = ("tiny", "bert", "t5", "clip")
 
 
@@ -108,6 +109,17 @@ ADDED_KEYS = {
     "text.tokenizer_path": "",
     "text.dtype": "float32",
     "text.cache_dir": "",
+    # Grain sources (issue 8); the built-in source trains exactly as before.
+    "data.tfds_name": "video_clips",
+    "data.tfds_data_dir": "",
+    "data.tfds_split": "train",
+    "data.cache_dir": "",
+    "data.max_frames": 17,
+    "data.target_area": 64 * 64,
+    "data.stats_examples": 256,
+    "data.encode_batch_size": 4,
+    "data.worker_count": 0,
+    "data.max_bad_fraction": 0.05,
 }
 
 
@@ -194,12 +206,33 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     # The VAE's geometry first: the size checks below divide by its compression.
     _positive(config, "vae.model.patch_size")
     d = config.data
+    _check(d.source in DATA_SOURCES, "data.source", d.source, f"must be one of {DATA_SOURCES}")
     _check(
-        d.source == "moving_shapes",
-        "data.source",
-        d.source,
-        "only the built-in 'moving_shapes' source exists so far",
+        d.source != "latent_cache" or bool(d.cache_dir),
+        "data.cache_dir",
+        d.cache_dir,
+        "data.source='latent_cache' needs the cache folder written by sora_jax.cache_latents",
     )
+    _positive(config, "data.target_area", "data.stats_examples", "data.encode_batch_size")
+    _check(d.worker_count >= 0, "data.worker_count", d.worker_count, "must be >= 0")
+    _check(
+        0.0 <= d.max_bad_fraction <= 1.0,
+        "data.max_bad_fraction",
+        d.max_bad_fraction,
+        "must be in [0, 1]",
+    )
+    if d.source != "moving_shapes":
+        # Clip sizes of the grain sources (the built-in set uses frame_choices / resolutions).
+        side = int(math.isqrt(int(d.target_area)))
+        side -= side % (vae_compression(config)[1] * max(config.dit.patch[1:]))
+        _check_size(config, "data.max_frames", d.max_frames, side, side)
+        _check(
+            num_tokens(config, d.max_frames, side, side) <= config.dit.seq_len,
+            "data.target_area",
+            d.target_area,
+            f"a square clip of max_frames={d.max_frames} frames at this area has more tokens "
+            f"than dit.seq_len={config.dit.seq_len}",
+        )
     _check(len(d.frame_choices) > 0, "data.frame_choices", d.frame_choices, "must not be empty")
     _check(len(d.resolutions) > 0, "data.resolutions", d.resolutions, "must not be empty")
     _check(

@@ -180,42 +180,72 @@ def dit_batch(
 ) -> dict[str, np.ndarray]:
     """The packed batch of step `step` (a pure function of the step).
 
-    Draws `rows * max_segments` cached videos at random, packs them first-fit
-    into `rows` sequences of `seq_len` tokens (those that do not fit are left
-    out), and replaces captions by the empty one at rate `text_dropout` (CFG).
-    With `dit.condition.rate > 0` it adds 'cond_mask' bool[rows seq_len]: the tokens of
-    the latent frames given to each conditioned video (see `conditioning`). With a frozen text
-    encoder (cache.text_emb set) it adds the cached 'caption_emb' f32[rows max_segments lt dim].
+    Draws `rows * max_segments` cached videos at random and packs them with `pack_batch`.
     """
     dc = config.dit
     rng = np.random.default_rng([config.data.seed, 2, step])
     n = len(cache.tokens)
     draw = rng.choice(n, size=min(n, dc.rows * dc.max_segments), replace=False)
-    items = [(cache.tokens[i], cache.positions[i]) for i in draw]
+    items = [
+        (cache.tokens[i], cache.positions[i], cache.caption_ids[i], cache.caption_mask[i])
+        for i in draw
+    ]
+    emb = None
+    if cache.text_emb is not None:
+        emb = (
+            [cache.text_emb[cache.text_index[i]] for i in draw],
+            cache.text_emb[cache.text_null_index],
+        )
+    return pack_batch(config, items, null_ids, null_mask, rng, step, text_emb=emb)
+
+
+def pack_batch(
+    config,
+    items,
+    null_ids,
+    null_mask,
+    rng: np.random.Generator,
+    step: int,
+    rows=None,
+    text_emb=None,
+):
+    """Packs (tokens f32[l d], positions i32[l 3], caption ids i32[lt], mask bool[lt]) items
+    first-fit into `rows` (default dit.rows) sequences of `seq_len` tokens (those that do not
+    fit are left out), after dropping tokens at the `dit.token_drop` rate; `rng` replaces
+    captions by the empty one at rate `text_dropout` (CFG).
+
+    Adds 'num_tokens' f32[rows max_segments] (whole videos' token counts) when tokens are
+    dropped; 'cond_mask' bool[rows seq_len] with `dit.condition.rate > 0`: the tokens of the
+    latent frames given to each conditioned video (see `conditioning`; a stream of `step`);
+    and, with `text_emb` = (per-item f32[lt dim] embeddings, the empty caption's) from a frozen
+    encoder, 'caption_emb' f32[rows max_segments lt dim].
+    """
+    dc = config.dit
+    rows = dc.rows if rows is None else rows
     td = dc.token_drop
     rate = packing.drop_rate(step, td.rate, td.schedule, td.start_rate, td.schedule_steps)
     dropping = td.rate > 0 or td.start_rate > 0
+    kept = [(tok, pos) for tok, pos, _, _ in items]
     if dropping:
         # A stream of its own: without dropping, batches stay exactly as they were.
         drng = np.random.default_rng([config.data.seed, 5, step])
         rates = packing.example_drop_rates(drng, len(items), rate, td.per_example, td.max_rate)
-        items = [packing.drop_tokens(drng, t, p, r)[:2] for (t, p), r in zip(items, rates)]
-    batch, placements = packing.pack(items, dc.seq_len, dc.rows, dc.max_segments)
-    lt = cache.caption_ids.shape[1]
-    ids = np.zeros((dc.rows, dc.max_segments, lt), np.int32)
-    mask = np.zeros((dc.rows, dc.max_segments, lt), bool)
-    drop = rng.random(len(draw)) < dc.text_dropout
+        kept = [packing.drop_tokens(drng, t, p, r)[:2] for (t, p), r in zip(kept, rates)]
+    batch, placements = packing.pack(kept, dc.seq_len, rows, dc.max_segments)
+    lt = len(null_ids)
+    ids = np.zeros((rows, dc.max_segments, lt), np.int32)
+    mask = np.zeros((rows, dc.max_segments, lt), bool)
+    drop = rng.random(len(items)) < dc.text_dropout
     emb = None
-    if cache.text_emb is not None:
-        emb = np.zeros((dc.rows, dc.max_segments) + cache.text_emb.shape[1:], np.float32)
-    for i, p, dropped in zip(draw, placements, drop):
+    if text_emb is not None:
+        emb = np.zeros((rows, dc.max_segments) + text_emb[1].shape, np.float32)
+    for j, ((_, _, cap_ids, cap_mask), p, dropped) in enumerate(zip(items, placements, drop)):
         if p is None:
             continue
-        ids[p.row, p.segment - 1] = null_ids if dropped else cache.caption_ids[i]
-        mask[p.row, p.segment - 1] = null_mask if dropped else cache.caption_mask[i]
+        ids[p.row, p.segment - 1] = null_ids if dropped else cap_ids
+        mask[p.row, p.segment - 1] = null_mask if dropped else cap_mask
         if emb is not None:
-            row = cache.text_null_index if dropped else cache.text_index[i]
-            emb[p.row, p.segment - 1] = cache.text_emb[row]
+            emb[p.row, p.segment - 1] = text_emb[1] if dropped else text_emb[0][j]
     out = {
         "tokens": batch["tokens"],
         "segment_ids": batch["segment_ids"],
@@ -225,10 +255,10 @@ def dit_batch(
     }
     if dropping:
         # Tokens of each whole video, for the resolution-dependent time shift.
-        num_tokens = np.zeros((dc.rows, dc.max_segments), np.float32)
-        for i, p in zip(draw, placements):
+        num_tokens = np.zeros((rows, dc.max_segments), np.float32)
+        for (tok, _, _, _), p in zip(items, placements):
             if p is not None:
-                num_tokens[p.row, p.segment - 1] = len(cache.tokens[i])
+                num_tokens[p.row, p.segment - 1] = len(tok)
         out["num_tokens"] = num_tokens
     if emb is not None:
         out["caption_emb"] = emb
@@ -237,10 +267,10 @@ def dit_batch(
         # A stream of its own: the draws above (and so old runs' batches) stay as they were.
         crng = np.random.default_rng([config.data.seed, 4, step])
         cond_mask = np.zeros(batch["segment_ids"].shape, bool)
-        for i, (_, pos), p in zip(draw, items, placements):
+        for (_, positions, _, _), (_, pos), p in zip(items, kept, placements):
             if p is None or crng.random() >= cond.rate:
                 continue
-            num_frames = int(cache.positions[i][:, 0].max()) + 1  # before any token dropping
+            num_frames = int(positions[:, 0].max()) + 1  # before any token dropping
             drawn = conditioning.sample_frame_mask(
                 crng, num_frames, dict(cond.mask_types), cond.random_frame_prob
             )
@@ -416,22 +446,31 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
     dit = build_dit(config, text_encoder.dim)
     t = config.dit.train
     tx = ts.make_optimizer(t)
-    ckpt = checkpoint.for_stage(config, workdir, "dit")
-    # The latent statistics come from the VAE's checkpoint; the DiT's checkpoint keeps the copy
-    # it trains with (sampling uses that one), so a resumed run normalises as it started.
-    state = init_state(config, dit, text_encoder, tx, mesh, vae_state.extras)
+    grain_source = config.data.source != "moving_shapes"
+    ckpt = checkpoint.for_stage(config, workdir, "dit", with_data=grain_source)
+    null_ids, null_mask = (np.asarray(a)[0] for a in text_encoder.tokenize([""]))
+    vae_params = vae_state.ema_params
+    if grain_source:
+        from sora_jax.training import dit_input  # it builds on this module
+
+        # Own videos are normalised with their own statistics (dit_input), the built-in set
+        # with the VAE's stored ones; either way the DiT's checkpoint keeps the copy it trains
+        # with (sampling uses that one), so a resumed run normalises as it started.
+        batch_fn, mean, std = dit_input.build(config, vae_model, vae_params, text_encoder, mesh)
+        extras = _extras(mean, std)
+    else:
+        extras = vae_state.extras
+    state = init_state(config, dit, text_encoder, tx, mesh, extras)
     if ckpt.latest_step() is not None:
         state = ckpt.restore(state)
-    stats = jax.device_get(state.extras)
-    cache = build_latent_cache(
-        config,
-        vae_model,
-        vae_state.ema_params,
-        text_encoder,
-        stats["latent_mean"],
-        stats["latent_std"],
-    )
-    null_ids, null_mask = (np.asarray(a)[0] for a in text_encoder.tokenize([""]))
+        if grain_source:
+            batch_fn.set_state(ckpt.restore_data())
+    if not grain_source:
+        stats = jax.device_get(state.extras)
+        cache = build_latent_cache(
+            config, vae_model, vae_params, text_encoder, stats["latent_mean"], stats["latent_std"]
+        )
+        batch_fn = functools.partial(dit_batch, config, cache, null_ids, null_mask)
     step_fn = loop.jit_train_step(
         make_train_step(config, dit, text_encoder, tx, text_encoder.params),
         mesh,
@@ -439,7 +478,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
         partitioning.rules_from_config(config.mesh.rules),
     )
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 3)
-    batch_fn = functools.partial(dit_batch, config, cache, null_ids, null_mask)
     state, history = loop.run("dit", state, step_fn, batch_fn, t, ckpt, writer, mesh, key)
     ckpt.close()
     return state, history
@@ -450,7 +488,8 @@ def load(config, workdir: str, mesh):
     text_encoder = build_text_encoder(config)
     dit = build_dit(config, text_encoder.dim)
     tx = ts.make_optimizer(config.dit.train)
-    ckpt = checkpoint.for_stage(config, workdir, "dit")
+    with_data = config.data.source != "moving_shapes"  # a grain iterator state beside the model
+    ckpt = checkpoint.for_stage(config, workdir, "dit", with_data=with_data)
     if ckpt.latest_step() is None:
         raise FileNotFoundError(
             f"no DiT checkpoint under {ckpt.directory}: train the 'dit' stage first "

@@ -61,10 +61,12 @@ def run(
     """Runs `train_step` from state.step to t.steps; returns (state, logged metrics).
 
     The batch and the rng of step s are pure functions of s (batch_fn(s),
-    fold_in(key, s)), so a resumed run continues exactly as an uninterrupted one.
+    fold_in(key, s)), so a resumed run continues exactly as an uninterrupted one. A batch_fn
+    with `get_state` (an input pipeline's iterator) has its state saved with each checkpoint.
     `finalize(state) -> state` (optional) runs after the last step, before its checkpoint is
     written (e.g. statistics of the trained model that belong with it).
     """
+    data_state = getattr(batch_fn, "get_state", None)
     start = int(jax.device_get(state.step))
     history: list[tuple[int, dict[str, float]]] = []
     progress = progress_lib.Progress(stage, t.steps, start=start, enabled=jax.process_index() == 0)
@@ -87,7 +89,10 @@ def run(
             writer.write_scalars(done, {f"{stage}/{k}": v for k, v in m.items()})
         if done == t.steps and finalize is not None:
             state = finalize(state)
-        ckpt.save(done, state, force=done == t.steps)
+        if data_state is None:
+            ckpt.save(done, state, force=done == t.steps)
+        else:
+            ckpt.save(done, state, force=done == t.steps, data_state=data_state())
         progress.update(done, extra=f"loss {history[-1][1]['loss']:.4f}" if history else "")
     ckpt.wait()
     writer.flush()

@@ -1,0 +1,165 @@
+"""The grain input pipeline: records -> examples -> per-host groups of examples per step.
+
+  source (random access: a TFDS dataset's array_record shards, or the latent cache)
+    -> per-example map, a pure function of (seed, source index): decode a clip in a worker
+       (`clips.training_clip`), or parse a cached latent
+    -> global shuffle by seed, a new order every epoch (`shuffle(seed).repeat()`)
+    -> host sharding: host p of P takes positions p, p + P, ... of that order, so in every epoch
+       of N examples (N divisible by P) the hosts together see each example exactly once
+    -> groups of `examples_per_step` examples (one step's packed rows on this host)
+
+Everything is a grain `MapDataset`, so group s is a pure function of s: `DataIterator` keeps
+the grain iterator's state, which goes into the orbax checkpoint with the model, and a resumed
+run continues with exactly the next group. Unusable records (decode errors) come out as None
+and are counted per group ('num_bad'), never stopping the run. Packing the groups' latents
+into token rows happens in the trainer (`dit_trainer.pack_batch`), after VAE encoding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import grain
+import jax
+import numpy as np
+from absl import logging
+
+from sora_jax.data import clips
+
+SOURCES = ("moving_shapes", "tfds", "latent_cache")
+
+
+def open_tfds(name: str, data_dir: str, split: str = "train"):
+    """Random-access source of a built TFDS dataset (local files only, no TensorFlow)."""
+    import tensorflow_datasets as tfds  # the 'data' extra; only needed for this source
+
+    return tfds.data_source(name, split=split, data_dir=data_dir or None, try_gcs=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipOptions:
+    """How a record becomes a training video (config.data.*, the VAE's compression)."""
+
+    seed: int
+    target_fps: float
+    max_frames: int
+    area: int
+    multiple: int  # height and width are multiples of this (VAE compression x patch)
+    temporal_compression: int
+    image_fraction: float
+
+
+def clip_options(config) -> ClipOptions:
+    from sora_jax import config as config_lib  # config imports data modules: import late
+
+    ct, cs = config_lib.vae_compression(config)
+    d = config.data
+    return ClipOptions(
+        seed=d.seed,
+        target_fps=float(d.fps),
+        max_frames=d.max_frames,
+        area=d.target_area,
+        multiple=cs * max(config.dit.patch[1:]),
+        temporal_compression=ct,
+        image_fraction=d.image_fraction,
+    )
+
+
+def decode_example(options: ClipOptions, index: int, record: dict) -> dict | None:
+    """{'video': uint8[t h w 3], 'caption': str, 'index': int} or None for a bad record."""
+    rng = np.random.default_rng([options.seed, 5, int(index)])
+    try:
+        video = clips.training_clip(
+            record,
+            rng,
+            target_fps=options.target_fps,
+            max_frames=options.max_frames,
+            area=options.area,
+            multiple=options.multiple,
+            temporal_compression=options.temporal_compression,
+            image_fraction=options.image_fraction,
+        )
+    except (ValueError, OSError) as e:
+        path = record.get("path", b"")
+        logging.warning("skipping example %d (%s): %s", index, _text(path), e)
+        return None
+    return dict(video=video, caption=_text(record["caption"]), index=int(index))
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _group(examples) -> dict:
+    good = [e for e in examples if e is not None]
+    return dict(examples=good, num_bad=len(examples) - len(good))
+
+
+def examples_dataset(source, per_example) -> grain.MapDataset:
+    """Unshuffled examples: per_example(index, record) over a random-access source.
+
+    Later epochs ask for index + epoch * n: the example stays a function of its source index.
+    """
+    n = len(source)
+    return grain.MapDataset.source(source).map_with_index(lambda i, r: per_example(i % n, r))
+
+
+def step_groups(
+    examples: grain.MapDataset,
+    seed: int,
+    examples_per_step: int,
+    process_index: int,
+    process_count: int,
+) -> grain.MapDataset:
+    """Groups of this host's examples, one per step (endless; each epoch a new order)."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    ds = examples.shuffle(seed=seed).repeat()
+    ds = ds[process_index::process_count]
+    return ds.batch(examples_per_step, batch_fn=_group)
+
+
+def video_groups(config, source, process_index: int, process_count: int, examples_per_step: int):
+    """Step groups of decoded training videos from a TFDS (video_clips) source."""
+    per_example = functools.partial(decode_example, clip_options(config))
+    examples = examples_dataset(source, per_example)
+    return step_groups(examples, config.data.seed, examples_per_step, process_index, process_count)
+
+
+class DataIterator:
+    """Step-indexed, checkpointable iterator over step groups.
+
+    `__call__(step)` returns the group of `step` (steps must come in order: the loop asks for
+    step s after s - 1); `get_state()` / `set_state()` are JSON for the orbax checkpoint.
+    With `worker_count > 0` records are decoded in that many worker processes (grain
+    multiprocessing: the program must parse absl flags and run under `__main__`).
+    """
+
+    def __init__(self, groups: grain.MapDataset, worker_count: int = 0, prefetch: int = 2):
+        ds = groups.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch))
+        if worker_count > 0:
+            ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+        self._iter = iter(ds)
+        self._next_step = 0
+
+    def __call__(self, step: int) -> dict:
+        if step != self._next_step:
+            raise ValueError(
+                f"data iterator is at step {self._next_step}, asked for step {step}: restore "
+                "its state from the checkpoint of that step"
+            )
+        self._next_step += 1
+        return next(self._iter)
+
+    def get_state(self) -> dict:
+        return {"step": self._next_step, "grain": self._iter.get_state()}
+
+    def set_state(self, state: dict):
+        self._iter.set_state(state["grain"])
+        self._next_step = int(state["step"])
+
+
+def to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+    """This host's rows of a batch -> global arrays split over the mesh (every host calls it)."""
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)

@@ -1,0 +1,179 @@
+"""DiT batches from the grain pipeline: config.data.source = 'tfds' or 'latent_cache'.
+
+  'tfds'          decode clips (input_pipeline), encode them with the frozen VAE on the fly,
+                  tokenise captions, pack;
+  'latent_cache'  read latents and token ids written by `python -m sora_jax.cache_latents`,
+                  pack (no VAE, no tokenizer during training).
+
+Both see the same examples in the same order (a function of data.seed), normalise latents with
+the mean / std of the first `data.stats_examples` source examples, and pack with
+`dit_trainer.pack_batch`; so they give the same batches up to float error. Each host packs its
+own rows (dit.rows / process count) and the rows are assembled into global arrays with
+`jax.make_array_from_process_local_data`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+from sora_jax.data import input_pipeline, latent_cache, packing
+from sora_jax.models import vae_inference
+from sora_jax.parallel import mesh as mesh_lib
+from sora_jax.training import dit_trainer, vae_trainer
+
+
+def latent_stats(latents: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (mean, std) f32[c] over latents f32[t h w c]."""
+    flat = np.concatenate([l.reshape(-1, l.shape[-1]) for l in latents])
+    return flat.mean(0).astype(np.float32), (flat.std(0) + 1e-6).astype(np.float32)
+
+
+def encode_examples(config, vae_model, vae_params, text_encoder, examples: list[dict]):
+    """[(latent f32[t h w c], caption ids i32[lt], mask bool[lt])] of decoded examples."""
+    if not examples:
+        return []
+    latents = dit_trainer.encode_videos(
+        vae_model,
+        vae_params,
+        [e["video"] for e in examples],
+        batch_size=config.data.encode_batch_size,
+        inference=vae_inference.from_config(config),
+    )
+    ids, mask = text_encoder.tokenize([e["caption"] for e in examples])
+    return list(zip(latents, np.asarray(ids), np.asarray(mask)))
+
+
+class Batches:
+    """`batch_fn(step)` for `loop.run`: global DiT batches, checkpointable (`get_state`)."""
+
+    def __init__(self, config, groups, to_items, null_ids, null_mask, mesh, worker_count=0):
+        self.config, self.to_items, self.mesh = config, to_items, mesh
+        self.null_ids, self.null_mask = null_ids, null_mask
+        self.rows = config.dit.rows // jax.process_count()
+        self.iterator = input_pipeline.DataIterator(groups, worker_count)
+        self.num_bad = self.num_seen = 0  # examples skipped / read so far
+
+    def local_batch(self, step: int) -> dict[str, np.ndarray]:
+        group = self.iterator(step)
+        self.num_bad += group["num_bad"]
+        self.num_seen += group["num_bad"] + len(group["examples"])
+        if self.num_bad > self.config.data.max_bad_fraction * self.num_seen:
+            raise RuntimeError(
+                f"{self.num_bad} of {self.num_seen} examples were unusable, more than "
+                f"config.data.max_bad_fraction={self.config.data.max_bad_fraction} (the paths "
+                "are in the log); fix or rebuild the dataset"
+            )
+        items = self.to_items(group["examples"])
+        rng = np.random.default_rng([self.config.data.seed, 2, step, jax.process_index()])
+        return dit_trainer.pack_batch(
+            self.config, items, self.null_ids, self.null_mask, rng, step, rows=self.rows
+        )
+
+    def __call__(self, step: int):
+        sharding = mesh_lib.data_sharding(self.mesh)
+        return input_pipeline.to_global(self.local_batch(step), sharding)
+
+    def get_state(self) -> dict:
+        return dict(self.iterator.get_state(), num_bad=self.num_bad, num_seen=self.num_seen)
+
+    def set_state(self, state: dict):
+        self.iterator.set_state(state)
+        self.num_bad, self.num_seen = int(state["num_bad"]), int(state["num_seen"])
+
+
+def _patchify_items(config, mean, std, encoded):
+    items = []
+    for latent, ids, mask in encoded:
+        tok, pos = packing.patchify((latent - mean) / std, tuple(config.dit.patch))
+        items.append((tok.astype(np.float32), pos, ids, mask))
+    return items
+
+
+def build(config, vae_model, vae_params, text_encoder, mesh):
+    """(Batches, latent_mean f32[c], latent_std f32[c]) for config.data.source."""
+    d = config.data
+    rows, nproc = config.dit.rows, jax.process_count()
+    if rows % nproc:
+        raise ValueError(f"config.dit.rows={rows} must be divisible by the {nproc} hosts")
+    per_step = (rows // nproc) * config.dit.max_segments
+    null_ids, null_mask = (np.asarray(a)[0] for a in text_encoder.tokenize([""]))
+    if d.source == "tfds":
+        source = input_pipeline.open_tfds(d.tfds_name, d.tfds_data_dir, d.tfds_split)
+        encode = functools.partial(encode_examples, config, vae_model, vae_params, text_encoder)
+        opts = input_pipeline.clip_options(config)
+        first = [
+            e
+            for i in range(min(d.stats_examples, len(source)))
+            if (e := input_pipeline.decode_example(opts, i, source[i])) is not None
+        ]
+        mean, std = latent_stats([l for l, _, _ in encode(first)])
+        groups = input_pipeline.video_groups(config, source, jax.process_index(), nproc, per_step)
+
+        def to_items(examples):
+            return _patchify_items(config, mean, std, encode(examples))
+
+    elif d.source == "latent_cache":
+        source, info = latent_cache.open_cache(d.cache_dir)
+        mean = np.asarray(info["latent_mean"], np.float32)
+        std = np.asarray(info["latent_std"], np.float32)
+        examples = input_pipeline.examples_dataset(
+            source, lambda i, data: latent_cache.decode_record(data)
+        )
+        groups = input_pipeline.step_groups(examples, d.seed, per_step, jax.process_index(), nproc)
+
+        def to_items(records):
+            encoded = [(r["latent"], r["caption_ids"], r["caption_mask"]) for r in records]
+            return _patchify_items(config, mean, std, encoded)
+
+    else:
+        raise ValueError(f"config.data.source={d.source!r} has no grain pipeline")
+    logging.info("DiT data: %s, %d examples, latent std %s", d.source, len(source), std)
+    batches = Batches(config, groups, to_items, null_ids, null_mask, mesh, d.worker_count)
+    return batches, mean, std
+
+
+def write_latent_cache(config, workdir: str, output: str = "", chunk: int = 64) -> dict:
+    """`python -m sora_jax.cache_latents`: encodes every example of the TFDS source once with the
+    workdir's VAE and writes the latent cache to `output`; returns its info (num_examples, num_bad, latent_mean/std, ...)."""
+    d = config.data
+    output = output or d.cache_dir or os.path.join(workdir, "latent_cache")
+    mesh = mesh_lib.create_mesh(config.mesh.num_devices)
+    vae_model, vae_params = vae_trainer.load(config, workdir, mesh)
+    text_encoder = dit_trainer.build_text_encoder(config)
+    source = input_pipeline.open_tfds(d.tfds_name, d.tfds_data_dir, d.tfds_split)
+    opts = input_pipeline.clip_options(config)
+    writer = latent_cache.Writer(output)
+    stats, num_bad = [], 0
+    for start in range(0, len(source), chunk):
+        indices = range(start, min(start + chunk, len(source)))
+        examples = [input_pipeline.decode_example(opts, i, source[i]) for i in indices]
+        good = [e for e in examples if e is not None]
+        encoded = iter(encode_examples(config, vae_model, vae_params, text_encoder, good))
+        for i, example in zip(indices, examples):
+            if example is None:
+                num_bad += 1
+                writer.add(latent_cache.BAD_RECORD)
+                continue
+            latent, ids, mask = next(encoded)
+            if i < d.stats_examples:
+                stats.append(latent)
+            writer.add(latent_cache.encode_record(latent, ids, mask, i))
+        logging.info("cached %d / %d examples", indices[-1] + 1, len(source))
+    mean, std = latent_stats(stats)
+    info = writer.close(
+        dict(
+            num_bad=num_bad,
+            latent_mean=mean.tolist(),
+            latent_std=std.tolist(),
+            tfds=dict(name=d.tfds_name, data_dir=d.tfds_data_dir, split=d.tfds_split),
+            vae_model=config.vae.model.to_dict(),
+            text_kind=config.text.kind,
+        )
+    )
+    logging.info("latent cache: %s (%d examples, %d bad)", output, info["num_examples"], num_bad)
+    return info

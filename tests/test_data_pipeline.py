@@ -1,0 +1,266 @@
+"""Own-video data at scale: TFDS builder, grain pipeline, host sharding, resume, latent cache."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow_datasets")
+
+from sora_jax import config as config_lib  # noqa: E402
+from sora_jax.data import input_pipeline, manifest, shapes, tfds_builder, video_io  # noqa: E402
+from sora_jax.logging import writers  # noqa: E402
+from sora_jax.parallel import mesh as mesh_lib  # noqa: E402
+from sora_jax.training import checkpoint, dit_input, dit_trainer, vae_trainer  # noqa: E402
+from sora_jax.training import train_state as ts  # noqa: E402
+from test_train import micro_config  # noqa: E402
+
+# (name, height, width, fps, frames) of the good clips: different sizes, rates and lengths.
+CLIPS = (("a", 32, 48, 8, 9), ("b", 48, 32, 12, 17), ("c", 32, 32, 24, 5), ("d", 32, 48, 8, 1))
+
+
+def _write_folder(folder):
+    folder.mkdir(parents=True)
+    src = shapes.MovingShapes(
+        0, 8, frame_choices=(17,), resolutions=((48, 48),), image_fraction=0.0
+    )
+    for i, (name, h, w, fps, t) in enumerate(CLIPS):
+        video = video_io.resize(src[i]["video"][:t], h, w)
+        video_io.write_video(folder / f"{name}.mp4", video, fps=fps)
+        (folder / f"{name}.txt").write_text(src[i]["caption"])
+    good = (folder / "a.mp4").read_bytes()
+    (folder / "corrupt.mp4").write_bytes(good[: len(good) // 2])  # truncated: no moov atom
+    (folder / "corrupt.txt").write_text("a caption")
+    (folder / "empty.mp4").write_bytes(b"")
+    (folder / "empty.txt").write_text("a caption")
+    video_io.write_video(folder / "nocaption.mp4", src[5]["video"][:5], fps=8)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    folder = _write_folder(root / "src")
+    builder = tfds_builder.build(folder, root / "tfds", max_bad_fraction=0.5)
+    return folder, root / "tfds", builder
+
+
+def _config(data_dir, **data):
+    c = micro_config(vae_steps=1, dit_steps=2)
+    c.data.source = "tfds"
+    c.data.tfds_data_dir = str(data_dir)
+    c.data.max_frames = 5
+    c.data.target_area = 16 * 24
+    c.data.image_fraction = 0.0  # fewer clip shapes, fewer VAE compiles (mixing: see below)
+    c.data.stats_examples = 4
+    c.dit.rows = 8
+    c.dit.max_segments = 1
+    for k, v in data.items():
+        c.data[k] = v
+    return c
+
+
+def test_builder_counts_metadata_and_reports_bad_files(dataset):
+    folder, data_dir, builder = dataset
+    ds = builder.as_data_source()["train"]
+    assert len(ds) == len(CLIPS)
+    got = {os.path.basename(r["path"].decode()): r for r in (ds[i] for i in range(len(ds)))}
+    for name, h, w, fps, t in CLIPS:
+        r = got[f"{name}.mp4"]
+        assert (r["height"], r["width"], r["num_frames"]) == (h, w, t)
+        assert r["fps"] == pytest.approx(fps) and r["duration"] == pytest.approx(t / fps)
+        assert (r["start"], r["end"]) == (0.0, pytest.approx(t / fps))
+        assert bytes(r["video"]) == (folder / f"{name}.mp4").read_bytes()
+        assert r["caption"].decode() == (folder / f"{name}.txt").read_text()
+    bad = [
+        json.loads(line)
+        for line in (data_dir / tfds_builder.BAD_FILES).read_text().split("\n")
+        if line
+    ]
+    reasons = {os.path.basename(b["path"]): b["reason"] for b in bad}
+    assert set(reasons) == {"corrupt.mp4", "empty.mp4", "nocaption.mp4"}
+    assert "cannot decode" in reasons["corrupt.mp4"]
+    assert reasons["empty.mp4"] == "zero-length file"
+    assert reasons["nocaption.mp4"] == "missing caption"
+    assert builder.info.metadata["num_bad"] == 3
+
+
+def test_builder_stops_past_max_bad_fraction(dataset, tmp_path):
+    folder, _, _ = dataset
+    with pytest.raises(manifest.TooManyBadFiles, match="max_bad_fraction"):
+        tfds_builder.build(folder, tmp_path, max_bad_fraction=0.2)
+
+
+def test_manifest_window_and_fps(dataset, tmp_path):
+    folder, _, _ = dataset
+    rows = [
+        dict(path=str(folder / "b.mp4"), caption="clip b", start=0.5, end=1.0),
+        dict(path=str(folder / "a.mp4"), caption="clip a", fps=4),
+        dict(path=str(folder / "a.mp4"), caption=""),
+    ]
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    entries = manifest.read_manifest(path)
+    assert manifest.probe(entries[0])["start"] == 0.5 and manifest.probe(entries[0])["end"] == 1.0
+    assert manifest.probe(entries[1])["duration"] == pytest.approx(9 / 4)
+    with pytest.raises(ValueError, match="missing caption"):
+        manifest.probe(entries[2])
+    rng = np.random.default_rng(0)
+    idx = input_pipeline.clips.frame_indices(17, 12.0, 0.5, 1.5, 8.0, 17, 4, rng)
+    # Window [0.5, 1.5) s of a 17-frame 12 fps clip = frames 6..16; at 8 fps that holds 7
+    # samples 1.5 frames apart, so 1 + 4 = 5 of them; a 0.5 s window holds 4, so 1 frame.
+    assert len(idx) == 5 and idx.min() >= 6 and idx.max() <= 16
+    assert len(input_pipeline.clips.frame_indices(17, 12.0, 0.5, 1.0, 8.0, 17, 4, rng)) == 1
+    np.testing.assert_allclose(np.diff(idx), 1.5, atol=0.5)
+
+
+def test_clips_are_resized_by_area_keeping_aspect(dataset):
+    _, data_dir, _ = dataset
+    c = _config(data_dir)
+    source = input_pipeline.open_tfds("video_clips", str(data_dir))
+    images = input_pipeline.clip_options(_config(data_dir, image_fraction=1.0))
+    for i in range(len(source)):
+        assert input_pipeline.decode_example(images, i, source[i])["video"].shape[0] == 1
+    opts = input_pipeline.clip_options(c)
+    for i in range(len(source)):
+        ex = input_pipeline.decode_example(opts, i, source[i])
+        h, w = source[i]["height"], source[i]["width"]
+        t = ex["video"].shape[0]
+        assert ex["video"].shape[1:] == {(32, 48): (16, 24, 3), (48, 32): (24, 16, 3)}.get(
+            (h, w), (16, 16, 3)
+        )
+        # At 8 fps: a (9 frames at 8 fps) and b (17 at 12) hold 5 frames (max_frames); c
+        # (5 frames at 24 fps = 2 samples) and d (1 frame) hold one.
+        name = os.path.basename(source[i]["path"].decode())
+        assert t == {"a.mp4": 5, "b.mp4": 5, "c.mp4": 1, "d.mp4": 1}[name]
+
+
+def test_host_sharding_covers_every_example_once_per_epoch(dataset):
+    _, data_dir, _ = dataset
+    c = _config(data_dir)
+    source = input_pipeline.open_tfds("video_clips", str(data_dir))
+    n = len(source)
+    for epoch in range(2):
+        seen = []
+        for host in range(2):
+            groups = input_pipeline.video_groups(c, source, host, 2, examples_per_step=1)
+            per_host = n // 2
+            seen += [
+                e["index"]
+                for s in range(epoch * per_host, (epoch + 1) * per_host)
+                for e in groups[s]["examples"]
+            ]
+        assert sorted(seen) == list(range(n)), (epoch, seen)
+
+
+def test_resume_from_checkpoint_yields_the_next_batch(dataset, tmp_path):
+    _, data_dir, _ = dataset
+    c = _config(data_dir)
+    source = input_pipeline.open_tfds("video_clips", str(data_dir))
+    groups = input_pipeline.video_groups(c, source, 0, 1, examples_per_step=2)
+    straight = input_pipeline.DataIterator(groups)
+    expected = [straight(s) for s in range(4)]
+    it = input_pipeline.DataIterator(groups)
+    for s in range(3):
+        it(s)
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"), save_every=1, with_data=True)
+    ckpt.save(3, {"w": np.zeros(2)}, data_state=it.get_state())
+    ckpt.wait()
+    resumed = input_pipeline.DataIterator(groups)
+    resumed.set_state(ckpt.restore_data())
+    ckpt.close()
+    with pytest.raises(ValueError, match="at step 3"):
+        resumed(2)
+    got = resumed(3)
+    assert [e["index"] for e in got["examples"]] == [e["index"] for e in expected[3]["examples"]]
+    for a, b in zip(got["examples"], expected[3]["examples"]):
+        np.testing.assert_array_equal(a["video"], b["video"])
+
+
+@pytest.fixture(scope="module")
+def vae_workdir(dataset, tmp_path_factory):
+    """A workdir with a random-init VAE checkpoint (encoding needs weights, not good ones)."""
+    _, data_dir, _ = dataset
+    workdir = str(tmp_path_factory.mktemp("run"))
+    c = _config(data_dir)
+    model = vae_trainer.build_vae(c)
+    state = vae_trainer.init_state(c, model, ts.make_optimizer(c.vae.train), mesh_lib.create_mesh())
+    ckpt = checkpoint.for_stage(c, workdir, "vae")
+    ckpt.save(1, state, force=True)
+    ckpt.close()
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def cache_dir(dataset, vae_workdir, tmp_path_factory):
+    _, data_dir, _ = dataset
+    out = str(tmp_path_factory.mktemp("cache"))
+    info = dit_input.write_latent_cache(_config(data_dir), vae_workdir, out)
+    assert info["num_examples"] == len(CLIPS) and info["num_bad"] == 0
+    return out
+
+
+def test_cached_latents_give_the_same_batches_as_on_the_fly(dataset, vae_workdir, cache_dir):
+    _, data_dir, _ = dataset
+    c = _config(data_dir)
+    mesh = mesh_lib.create_mesh()
+    vae_model, vae_params = vae_trainer.load(c, vae_workdir, mesh)
+    text = dit_trainer.build_text_encoder(c)
+    fly, mean, std = dit_input.build(c, vae_model, vae_params, text, mesh)
+    c.data.source, c.data.cache_dir = "latent_cache", cache_dir
+    cached, cmean, cstd = dit_input.build(c, vae_model, vae_params, text, mesh)
+    np.testing.assert_allclose(cmean, mean, atol=1e-5)
+    np.testing.assert_allclose(cstd, std, atol=1e-5)
+    for step in range(3):
+        a, b = fly.local_batch(step), cached.local_batch(step)
+        assert a.keys() == b.keys()
+        assert (a["segment_ids"] > 0).any()
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], atol=1e-4, err_msg=f"{k} at step {step}")
+
+
+def test_dit_trains_and_resumes_from_the_latent_cache(dataset, vae_workdir, cache_dir, tmp_path):
+    _, data_dir, _ = dataset
+    c = _config(data_dir)
+    c.data.source, c.data.cache_dir = "latent_cache", cache_dir
+    c.dit.train.checkpoint_every = 1
+    workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
+    os.symlink(os.path.join(vae_workdir, "vae"), os.path.join(workdir, "vae"))
+    mesh = mesh_lib.create_mesh()
+    writer = writers.MetricWriter(str(tmp_path / "tb"))
+    _, first = dit_trainer.train(c, workdir, mesh, writer)
+    assert [s for s, _ in first] == [1, 2] and all(np.isfinite(m["loss"]) for _, m in first)
+    ckpt = checkpoint.for_stage(c, workdir, "dit", with_data=True)
+    assert ckpt.restore_data()["step"] == 2
+    ckpt.close()
+    c.dit.train.steps = 3
+    _, resumed = dit_trainer.train(c, workdir, mesh, writer)
+    assert [s for s, _ in resumed] == [3]
+    # The sampler's loader reads the same checkpoint layout.
+    _, _, params, extras = dit_trainer.load(c, workdir, mesh)
+    np.testing.assert_allclose(np.asarray(extras["latent_std"]), _cache_std(cache_dir), rtol=1e-6)
+    writer.close()
+
+
+def _cache_std(cache_dir):
+    return np.asarray(json.load(open(os.path.join(cache_dir, "cache_info.json")))["latent_std"])
+
+
+@pytest.mark.parametrize(
+    "knobs, key",
+    [
+        (dict(source="webdataset"), "data.source"),
+        (dict(source="latent_cache", cache_dir=""), "data.cache_dir"),
+        (dict(max_frames=6), "data.max_frames"),
+        (dict(target_area=64 * 64), "data.target_area"),
+        (dict(max_bad_fraction=1.5), "data.max_bad_fraction"),
+    ],
+)
+def test_config_rejects_bad_data_knobs(knobs, key):
+    c = _config("/nonexistent")
+    for k, v in knobs.items():
+        c.data[k] = v
+    with pytest.raises(ValueError, match=f"config.{key}[=:]"):
+        config_lib.validate(c)
