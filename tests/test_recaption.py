@@ -155,3 +155,72 @@ def test_cli_and_bad_arguments(tmp_path, capsys):
     assert "needs the path" in capsys.readouterr().err
     with pytest.raises(ValueError, match="suffix"):
         beam_pipeline.run(beam_pipeline.RecaptionConfig(str(tmp_path / "m.txt"), out))
+
+
+def _tiny_transformers_captioner(path):
+    """A randomly initialised ViT -> GPT-2 VisionEncoderDecoder with a word-level tokenizer of
+    the grammar's words, saved like a Hugging Face folder (nothing downloaded). Weights are
+    scaled up and the special tokens' logits zeroed so that it writes image-dependent words."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["[PAD]", "[BOS]", "[EOS]", "[UNK]"] + list(shapes.VOCABULARY)
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", bos_token="[BOS]", eos_token="[EOS]"
+    )
+    encoder = transformers.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    decoder = transformers.GPT2Config(
+        vocab_size=len(words),
+        n_positions=64,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        add_cross_attention=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    config = transformers.VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id, config.pad_token_id, config.eos_token_id = 1, 0, 2
+    torch.manual_seed(0)
+    model = transformers.VisionEncoderDecoderModel(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(8.0)
+        model.decoder.lm_head.weight[:4] = 0.0
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    return str(path)
+
+
+def test_transformers_captioner_through_the_pipeline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model_path = _tiny_transformers_captioner(tmp_path / "model")
+    from sora_jax.captioning.hf_captioner import HFCaptioner
+
+    captioner = HFCaptioner(model_path, max_new_tokens=6)
+    path, _ = _make_manifest(tmp_path, n=5)
+    out = str(tmp_path / "out")
+    spec = CaptionerSpec("hf", path=model_path, max_new_tokens=6)
+    counts = beam_pipeline.run(beam_pipeline.RecaptionConfig(path, out, spec, batch_size=3))
+    assert counts["captioned"] == 5 and counts["failed"] == 1
+    assert counts["max_batch_size"] == 3  # the model ran on batches, not item by item
+    rows = _lines(os.path.join(out, "manifest.jsonl"))
+    assert len(rows) == 5 and all(r["captioner"] == f"hf:{model_path}" for r in rows)
+    for row in rows:  # each caption is its own video's (batched = alone; order kept)
+        (alone,) = captioner.caption([manifest.read_frames(row["path"], 1)])
+        assert row["dense_caption"] == alone and len(alone.split()) == 6
+    assert len({r["dense_caption"] for r in rows}) >= 3  # image-dependent, not constant
+    with pytest.raises(OSError):
+        HFCaptioner(str(tmp_path / "no_such_model"))

@@ -234,7 +234,7 @@ def merge(output_dir: str) -> int:
 
 def run(cfg: RecaptionConfig, options: PipelineOptions | None = None, do_merge=True) -> dict:
     """Runs the job (DirectRunner unless `options` say otherwise) and waits for it; returns the
-    counters (captioned, failed, skipped, decoded) and the merged manifest's row count."""
+    counters (captioned, failed, skipped, decoded), the largest captioner batch and the merged manifest's row count."""
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.6f}"[1:]
     run_id = run_id.replace(".", "")
     options = options or PipelineOptions([])
@@ -246,6 +246,9 @@ def run(cfg: RecaptionConfig, options: PipelineOptions | None = None, do_merge=T
     for name in ("captioned", "failed", "skipped", "decoded"):
         found = result.metrics().query(MetricsFilter().with_namespace(_NS).with_name(name))
         counts[name] = int(sum(c.committed or 0 for c in found["counters"]))
+    found = result.metrics().query(MetricsFilter().with_namespace(_NS).with_name("batch_size"))
+    sizes = [d.committed.max for d in found["distributions"] if d.committed and d.committed.count]
+    counts["max_batch_size"] = max(sizes, default=0)
     if do_merge:
         counts["manifest_rows"] = merge(cfg.output_dir)
     counts["run_id"] = run_id

@@ -50,10 +50,10 @@ class HFCaptioner:
             path, dtype=getattr(torch, dtype), **kw
         ).eval()
         processor = transformers.AutoProcessor.from_pretrained(path, **kw)
-        if hasattr(processor, "tokenizer"):
+        if isinstance(processor, transformers.ProcessorMixin):  # images and text together
             self.processor, self.tokenizer = processor, processor.tokenizer
-        else:  # only an image processor in the folder (e.g. VisionEncoderDecoder)
-            self.processor = processor
+        else:  # separate image processor and tokenizer (e.g. VisionEncoderDecoder)
+            self.processor = transformers.AutoImageProcessor.from_pretrained(path, **kw)
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, **kw)
         self.prompt = prompt
         self.max_new_tokens = int(max_new_tokens)
