@@ -163,6 +163,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.sample.height = 64
     c.sample.width = 96
     c.sample.seed = 0
+    # Prompt expansion in the sampling CLI (sora_jax/prompts.py): rewrite each prompt in the
+    # training captions' style first, with the local instruction-tuned LM folder `prompt_lm`,
+    # or, when it is '', the built-in moving-shapes expander.
+    c.sample.expand_prompt = False
+    c.sample.prompt_lm = ""
 
     # Prompt-following evaluation (python -m sora_jax.evaluate).
     c.eval = ml_collections.ConfigDict()

@@ -64,6 +64,8 @@ ADDED_KEYS = {
     "vae.inference.tiled": False,
     "vae.inference.tile_latent_size": 32,
     "vae.inference.tile_latent_overlap": 8,
+    "sample.expand_prompt": False,
+    "sample.prompt_lm": "",
 }
 
 
