@@ -2,6 +2,7 @@
 built-in captioner and with a tiny randomly initialised transformers captioner."""
 
 import csv
+import dataclasses
 import json
 import os
 
@@ -117,14 +118,8 @@ def test_beam_job_captions_dead_letters_and_resumes(tmp_path, fmt):
     assert again["skipped"] == 6 and again["manifest_rows"] == 5
     assert len(_lines(os.path.join(out, "dead_letter-*.jsonl"))) == 1
 
-    retry = beam_pipeline.run(dataclasses_replace(cfg, retry_failed=True))
+    retry = beam_pipeline.run(dataclasses.replace(cfg, retry_failed=True))
     assert retry["captioned"] == 0 and retry["failed"] == 1 and retry["skipped"] == 5
-
-
-def dataclasses_replace(cfg, **kw):
-    import dataclasses
-
-    return dataclasses.replace(cfg, **kw)
 
 
 def test_new_rows_only_are_processed(tmp_path):
