@@ -23,6 +23,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.resolutions = ((64, 64), (64, 96), (96, 64))
     c.data.image_fraction = 0.2
     c.data.fps = 8
+    # Recaptioned training captions: a JSONL manifest with `id` and `dense_caption` (from
+    # `python -m sora_jax.recaption` over `python -m sora_jax.captioning.export_shapes`); ''
+    # keeps the generator's captions.
+    c.data.captions_manifest = ""
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.num_devices = -1  # -1: every device; data parallel over them.

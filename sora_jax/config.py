@@ -64,6 +64,7 @@ ADDED_KEYS = {
     "vae.inference.tiled": False,
     "vae.inference.tile_latent_size": 32,
     "vae.inference.tile_latent_overlap": 8,
+    "data.captions_manifest": "",
     "sample.expand_prompt": False,
     "sample.prompt_lm": "",
 }

@@ -106,3 +106,20 @@ def write_jsonl(path: str, rows: list[dict]) -> None:
     with FileSystems.create(path) as f:
         for row in rows:
             f.write((json.dumps(row, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def dense_captions(path: str) -> dict[str, str]:
+    """{id: dense_caption} of a recaptioned manifest (a local JSONL file such as the
+    `manifest.jsonl` of `python -m sora_jax.recaption`); no Beam needed."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"captions manifest not found: {path}")
+    out = {}
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "id" not in row or "dense_caption" not in row:
+                raise ValueError(f"{path}:{n}: a recaptioned row needs 'id' and 'dense_caption'")
+            out[str(row["id"])] = row["dense_caption"]
+    return out

@@ -95,6 +95,27 @@ def encode_videos(
     return out
 
 
+def _captions(config, examples) -> list[str]:
+    """The examples' captions, or their dense captions from `config.data.captions_manifest`
+    (the output of `python -m sora_jax.recaption` over `captioning.export_shapes`) where it
+    has them."""
+    captions = [e["caption"] for e in examples]
+    if not config.data.captions_manifest:
+        return captions
+    from sora_jax.captioning import export_shapes, manifest
+
+    dense = manifest.dense_captions(config.data.captions_manifest)
+    ids = [export_shapes.example_id(config.data.seed, i) for i in range(len(examples))]
+    out = [dense.get(k, c) for k, c in zip(ids, captions)]
+    logging.info(
+        "recaptioned: %d of %d cached examples (%d differ from the original captions)",
+        sum(k in dense for k in ids),
+        len(ids),
+        sum(a != b for a, b in zip(out, captions)),
+    )
+    return out
+
+
 def build_latent_cache(config, vae_model, vae_params, text_encoder) -> LatentCache:
     d = config.data
     source = shapes.MovingShapes(
@@ -119,7 +140,7 @@ def build_latent_cache(config, vae_model, vae_params, text_encoder) -> LatentCac
         tok, pos = packing.patchify((l - mean) / std, tuple(config.dit.patch))
         tokens.append(tok.astype(np.float32))
         positions.append(pos)
-    ids, mask = text_encoder.tokenize([e["caption"] for e in examples])
+    ids, mask = text_encoder.tokenize(_captions(config, examples))
     logging.info(
         "latent cache: %d videos, %d tokens, latent std %s",
         n,
