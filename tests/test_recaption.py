@@ -219,3 +219,37 @@ def test_transformers_captioner_through_the_pipeline(tmp_path, monkeypatch):
     assert len({r["dense_caption"] for r in rows}) >= 3  # image-dependent, not constant
     with pytest.raises(OSError):
         HFCaptioner(str(tmp_path / "no_such_model"))
+
+
+def test_recaptioned_manifest_replaces_training_captions(tmp_path):
+    from sora_jax import config as config_lib
+    from sora_jax.captioning import export_shapes
+    from sora_jax.training import dit_trainer
+
+    c = config_lib.load(os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py"))
+    c.data.seed = 3
+    path = export_shapes.export(c, str(tmp_path / "set"), 3)
+    rows = manifest.read_jsonl(path)
+    source = shapes.MovingShapes(3, c.data.num_examples, c.data.frame_choices, c.data.resolutions)
+    examples = [source[i] for i in range(3)]
+    for i, row in enumerate(rows):
+        assert row["id"] == f"moving_shapes/3/{i}" and row["caption"] == examples[i]["caption"]
+        frames = video_io.read_video(tmp_path / "set" / row["path"])
+        assert frames.shape == examples[i]["video"].shape
+    recaptioned = tmp_path / "recaptioned.jsonl"
+    recaptioned.write_text(
+        json.dumps({"id": "moving_shapes/3/1", "dense_caption": "a new caption"}) + "\n"
+    )
+    assert dit_trainer._captions(c, examples) == [e["caption"] for e in examples]  # off
+    c.data.captions_manifest = str(recaptioned)
+    assert dit_trainer._captions(c, examples) == [
+        examples[0]["caption"],
+        "a new caption",
+        examples[2]["caption"],
+    ]
+    recaptioned.write_text(json.dumps({"id": "moving_shapes/3/1"}) + "\n")
+    with pytest.raises(ValueError, match="needs 'id' and 'dense_caption'"):
+        dit_trainer._captions(c, examples)
+    c.data.captions_manifest = str(tmp_path / "missing.jsonl")
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        dit_trainer._captions(c, examples)

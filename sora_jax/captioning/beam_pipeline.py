@@ -235,8 +235,8 @@ def merge(output_dir: str) -> int:
 def run(cfg: RecaptionConfig, options: PipelineOptions | None = None, do_merge=True) -> dict:
     """Runs the job (DirectRunner unless `options` say otherwise) and waits for it; returns the
     counters (captioned, failed, skipped, decoded), the largest captioner batch and the merged manifest's row count."""
-    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.6f}"[1:]
-    run_id = run_id.replace(".", "")
+    now = time.time()  # run ids sort in time order: later shards win in `merge`
+    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now * 1e6) % 10**6:06d}"
     options = options or PipelineOptions([])
     p = beam.Pipeline(options=options)
     build(p, cfg, run_id)

@@ -90,12 +90,13 @@ def read_frames(path: str, num_frames: int = 0) -> np.ndarray:
 
 
 def read_jsonl(pattern: str) -> list[dict]:
-    """Every row of the JSONL files matching `pattern` (a glob; none matching: [])."""
+    """Every row of the JSONL files matching `pattern` (a glob; none matching: []), files in
+    name order."""
     from apache_beam.io.filesystems import FileSystems
 
     rows = []
-    for match in FileSystems.match([pattern])[0].metadata_list:
-        with FileSystems.open(match.path) as f:
+    for path in sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list):
+        with FileSystems.open(path) as f:
             rows += [json.loads(line) for line in io.TextIOWrapper(f, "utf-8") if line.strip()]
     return rows
 
