@@ -182,7 +182,7 @@ def main(argv):
             guidance_rescale=_RESCALE.value,
             **mode,
         )
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError, ImportError) as e:  # OSError: also a missing --prompt_lm
         raise app.UsageError(str(e)) from None
     for i, e in enumerate(expansions or ()):
         # write_samples gives an .mp4 and a .gif per prompt, in prompt order.
