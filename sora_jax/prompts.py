@@ -226,7 +226,11 @@ class LMExpander:
                 do_sample=sample,
                 temperature=self.temperature if sample else None,
                 top_p=self.top_p if sample else None,
-                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                pad_token_id=(
+                    self.tokenizer.pad_token_id
+                    if self.tokenizer.pad_token_id is not None
+                    else self.tokenizer.eos_token_id
+                ),
             )
         new = out[0, inputs["input_ids"].shape[1] :]
         text = self.tokenizer.decode(new, skip_special_tokens=True).strip()
