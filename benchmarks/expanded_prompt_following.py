@@ -20,6 +20,9 @@ from sora_jax.evaluation import prompt_eval
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained workdir.")
 _NUM = flags.DEFINE_integer("num_prompts", None, "Prompts (default: config.eval.num_prompts).")
+_WAYS = flags.DEFINE_list(
+    "ways", ["full_captions", "short_prompts", "short_expanded"], "Which prompts to score."
+)
 
 
 def short_prompt(attrs: dict) -> str:
@@ -41,7 +44,8 @@ def main(_):
         "short_prompts": short,
         "short_expanded": [expander.expand(p, seed, s.num_frames).expanded for p in short],
     }
-    for name, texts in ways.items():
+    for name in _WAYS.value:
+        texts = ways[name]
         videos = pipe.generate(
             texts, num_frames=s.num_frames, height=s.height, width=s.width, seed=seed
         )
