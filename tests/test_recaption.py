@@ -112,6 +112,8 @@ def test_beam_job_captions_dead_letters_and_resumes(tmp_path, fmt):
     (dead,) = _lines(os.path.join(out, "dead_letter-*.jsonl"))
     assert dead["path"].endswith("bad.mp4") and dead["stage"] == "decode"
     assert "ValueError" in dead["error"] and "bad.mp4" in dead["error"]
+    if fmt == "csv":
+        return  # resuming does not depend on the input format
 
     again = beam_pipeline.run(cfg)
     assert again["captioned"] == 0 and again["failed"] == 0 and again["decoded"] == 0
