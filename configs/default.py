@@ -37,6 +37,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.encode_batch_size = 4  # 'tfds': videos per VAE call (per shape) when encoding
     c.data.worker_count = 0  # grain decode worker processes (0: decode in the main process)
     c.data.max_bad_fraction = 0.05  # more unusable examples than this stops the run
+    # Recaptioned training captions: a JSONL manifest with `id` and `dense_caption` (from
+    # `python -m sora_jax.recaption` over `python -m sora_jax.captioning.export_shapes`); ''
+    # keeps the generator's captions.
+    c.data.captions_manifest = ""
 
     # Device mesh (sora_jax/parallel/mesh.py; README "Scaling out"). Axis sizes inside a slice
     # / node; one may be -1 (the devices left over); their product must be the device count.
@@ -269,6 +273,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.sample.height = 64
     c.sample.width = 96
     c.sample.seed = 0
+    # Prompt expansion in the sampling CLI (sora_jax/prompts.py): rewrite each prompt in the
+    # training captions' style first, with the local instruction-tuned LM folder `prompt_lm`,
+    # or, when it is '', the built-in moving-shapes expander.
+    c.sample.expand_prompt = False
+    c.sample.prompt_lm = ""
 
     # Prompt-following evaluation (python -m sora_jax.evaluate).
     c.eval = ml_collections.ConfigDict()

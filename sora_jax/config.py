@@ -120,6 +120,9 @@ ADDED_KEYS = {
     "data.encode_batch_size": 4,
     "data.worker_count": 0,
     "data.max_bad_fraction": 0.05,
+    "data.captions_manifest": "",
+    "sample.expand_prompt": False,
+    "sample.prompt_lm": "",
 }
 
 

@@ -21,6 +21,10 @@ Generation modes (given frames are resized to --height x --width and kept in the
 backward for a 4x temporal VAE; connect: two numbers a,b); by default about half the video
 (extend) or a quarter at each end (connect).
 
+--expand_prompt rewrites each prompt in the training captions' style first (a local LM from
+--prompt_lm, else the built-in moving-shapes expander; deterministic by --seed) and writes
+SAMPLE.json beside each sample with the prompt, its expansion and how it was made.
+
 Any duration, resolution and aspect ratio the model supports: height and width
 must be multiples of the VAE's spatial compression times the patch size; frame
 counts the causal VAE cannot produce are rounded up and trimmed.
@@ -28,11 +32,13 @@ counts the causal VAE cannot produce are rounded up and trimmed.
 
 from __future__ import annotations
 
+import json
 import os
 
 from absl import app, flags
 
 from sora_jax import pipeline as pipeline_lib
+from sora_jax import prompts as prompts_lib
 from sora_jax.data import video_io
 from sora_jax.diffusion import samplers
 
@@ -66,6 +72,12 @@ _EXTEND = flags.DEFINE_enum(
 )
 _CONNECT = flags.DEFINE_list("connect", None, "Two videos a,b (or `--connect a b`) to connect.")
 _EDIT = flags.DEFINE_float("edit", None, "SDEdit strength in [0, 1] for --video.")
+_EXPAND = flags.DEFINE_bool(
+    "expand_prompt", None, "Expand prompts to the caption style (default: config.sample)."
+)
+_PROMPT_LM = flags.DEFINE_string(
+    "prompt_lm", None, "Local LM folder for --expand_prompt (default: config.sample.prompt_lm)."
+)
 _CONTEXT = flags.DEFINE_list(
     "context_frames", None, "Given frames: N (--extend) or Na,Nb (--connect); default: auto."
 )
@@ -146,6 +158,9 @@ def main(argv):
         num_frames = _FRAMES.value or config.sample.num_frames
         mode = _mode_inputs(config, list(argv[1:]), num_frames)
         _check_counts(config, mode, num_frames)
+        expansions = _expand(config, prompts, num_frames)
+        if expansions:
+            prompts = [e.expanded for e in expansions]
         pipe = pipeline_lib.load_pipeline(_WORKDIR.value)
         s = pipe.config.sample
         paths = pipeline_lib.write_samples(
@@ -167,10 +182,26 @@ def main(argv):
             guidance_rescale=_RESCALE.value,
             **mode,
         )
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError, ImportError) as e:  # OSError: also a missing --prompt_lm
         raise app.UsageError(str(e)) from None
+    for i, e in enumerate(expansions or ()):
+        # write_samples gives an .mp4 and a .gif per prompt, in prompt order.
+        log = os.path.splitext(paths[2 * i])[0] + ".json"
+        with open(log, "w") as f:
+            json.dump(dict(prompt=e.prompt, expanded_prompt=e.expanded, expansion=e.to_json()), f)
+        paths.append(log)
     for p in paths:
         print(p)
+
+
+def _expand(config, prompts: list[str], num_frames: int) -> list | None:
+    """Expansions of the prompts (None when expansion is off)."""
+    expand = config.sample.expand_prompt if _EXPAND.value is None else _EXPAND.value
+    if not expand:
+        return None
+    lm = config.sample.prompt_lm if _PROMPT_LM.value is None else _PROMPT_LM.value
+    expander = prompts_lib.load_expander(lm)
+    return [expander.expand(p, _SEED.value, num_frames) for p in prompts]
 
 
 if __name__ == "__main__":

@@ -115,6 +115,27 @@ def encode_videos(
     return out
 
 
+def _captions(config, examples) -> list[str]:
+    """The examples' captions, or their dense captions from `config.data.captions_manifest`
+    (the output of `python -m sora_jax.recaption` over `captioning.export_shapes`) where it
+    has them."""
+    captions = [e["caption"] for e in examples]
+    if not config.data.captions_manifest:
+        return captions
+    from sora_jax.captioning import export_shapes, manifest
+
+    dense = manifest.dense_captions(config.data.captions_manifest)
+    ids = [export_shapes.example_id(config.data.seed, i) for i in range(len(examples))]
+    out = [dense.get(k, c) for k, c in zip(ids, captions)]
+    logging.info(
+        "recaptioned: %d of %d cached examples (%d differ from the original captions)",
+        sum(k in dense for k in ids),
+        len(ids),
+        sum(a != b for a, b in zip(out, captions)),
+    )
+    return out
+
+
 def caption_embeddings(config, text_encoder, captions: list[str]) -> dict:
     """LatentCache's text fields for a frozen encoder ({} for a trainable one): each distinct
     caption (and the empty one) encoded once, through the embedding cache (config.text.cache_dir)."""
@@ -154,7 +175,7 @@ def build_latent_cache(
         tok, pos = packing.patchify((l - mean) / std, tuple(config.dit.patch))
         tokens.append(tok.astype(np.float32))
         positions.append(pos)
-    captions = [e["caption"] for e in examples]
+    captions = _captions(config, examples)
     ids, mask = text_encoder.tokenize(captions)
     text = caption_embeddings(config, text_encoder, captions)
     logging.info(
