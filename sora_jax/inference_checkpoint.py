@@ -48,6 +48,18 @@ def text_reference(config: ml_collections.ConfigDict) -> dict:
     return ref
 
 
+def _check_out(out: str, overwrite: bool) -> str:
+    out = os.path.abspath(out)
+    if os.path.isdir(out) and os.listdir(out):
+        if not overwrite:
+            raise FileExistsError(f"{out} exists and is not empty; choose a new --out")
+        if not is_export(out):  # overwrite replaces old exports, never other folders
+            raise FileExistsError(f"{out} is not an exported checkpoint; will not replace it")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise FileExistsError(f"{out} exists and is not a folder; choose a new --out")
+    return out
+
+
 def save(
     out: str,
     config: ml_collections.ConfigDict,
@@ -63,10 +75,8 @@ def save(
     """Writes an inference checkpoint of `params` {'vae', 'dit'[, 'text']} to `out`."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}: must be one of {sorted(DTYPES)}")
-    out = os.path.abspath(out)
-    if os.path.exists(out) and os.listdir(out):
-        if not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty; choose a new --out")
+    out = _check_out(out, overwrite)
+    if os.path.exists(out):
         shutil.rmtree(out)
     os.makedirs(out, exist_ok=True)
     cast = jax.tree.map(lambda x: jnp.asarray(x, DTYPES[dtype]), params)
@@ -105,6 +115,7 @@ def export_workdir(
         raise FileNotFoundError(f"--workdir={workdir} does not exist")
     if is_export(workdir):
         raise ValueError(f"{workdir} is already an exported checkpoint, not a training workdir")
+    _check_out(out, overwrite)  # before the (slow) loading
     pipe = pipeline_lib.load_pipeline(workdir)
     steps = {
         f"{stage}_step": checkpoint.for_stage(pipe.config, workdir, stage).latest_step()

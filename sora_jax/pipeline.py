@@ -33,6 +33,7 @@ from sora_jax import gallery
 from sora_jax import inference_checkpoint
 from sora_jax.data import packing, video_io
 from sora_jax.diffusion import conditioning, guidance, objectives, samplers
+from sora_jax.logging import progress as progress_lib
 from sora_jax.models import vae_inference
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.training import dit_trainer, vae_trainer
@@ -157,6 +158,7 @@ class Pipeline:
         end_frames: np.ndarray | None = None,
         edit_video: np.ndarray | None = None,
         edit_strength: float = 1.0,
+        progress: bool = False,
         **sampling,
     ) -> np.ndarray:
         """uint8[n t h w 3] videos, one per prompt; the same seed gives the same videos.
@@ -172,6 +174,8 @@ class Pipeline:
         one latent frame must be left to generate. `edit_video` (at least num_frames frames;
         the first are used) is noised to time `edit_strength` in [0, 1] on the objective's
         path and denoised under the prompts: 0 returns its VAE round trip, 1 ignores it.
+
+        `progress` prints a progress line with ETA over the sampler steps to stderr.
         """
         prompts = list(prompts)
         if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
@@ -204,21 +208,32 @@ class Pipeline:
         ids, mask = self.text_encoder.tokenize(prompts)
         nids, nmask = self.text_encoder.tokenize([negative_prompt] * len(prompts))
         patch = tuple(c.dit.patch)
-        tokens = _sample_tokens(
-            self.dit,
-            self.text_encoder,
-            patch,
-            grid,
-            settings,
-            self.params,
-            ids,
-            mask,
-            nids,
-            nmask,
-            jax.random.PRNGKey(seed),
-            cond,
-            edit,
-        )
+        global _progress
+        if progress:
+            num_tok = config_lib.num_tokens(c, gen_frames, height, width)
+            _progress = progress_lib.SamplerProgress(np.asarray(settings.time_grid(num_tok)))
+        try:
+            tokens = _sample_tokens(
+                self.dit,
+                self.text_encoder,
+                patch,
+                grid,
+                settings,
+                self.params,
+                ids,
+                mask,
+                nids,
+                nmask,
+                jax.random.PRNGKey(seed),
+                cond,
+                edit,
+                report=progress,
+            )
+            tokens = jax.block_until_ready(tokens)
+            if progress:
+                _progress.finish()
+        finally:
+            _progress = None
         videos = _decode(
             self.vae,
             vae_inference.from_config(c),
@@ -412,12 +427,25 @@ def _per_prompt(frames, n: int, name: str) -> np.ndarray:
     return np.broadcast_to(frames, (n,) + frames.shape[1:])
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
-def _sample_tokens(dit, text_encoder, patch, grid, settings: SamplerSettings, params, *args):
+# The progress of the `generate(progress=True)` call running now; the jitted sampler loop
+# reports each model call's time to it (a module global: the callback must be static).
+_progress: progress_lib.SamplerProgress | None = None
+
+
+def _report_time(time):
+    if _progress is not None:
+        _progress.report(time)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4), static_argnames=("report",))
+def _sample_tokens(
+    dit, text_encoder, patch, grid, settings: SamplerSettings, params, *args, report=False
+):
     """Sampled latent tokens f32[n l d] (normalised); params are traced, not baked in.
 
     `cond` = (clean tokens f32[n l d], mask bool[n l]) of given frames or None; `edit` =
-    tokens f32[n l d] of a video to noise to settings.t_start (SDEdit) or None.
+    tokens f32[n l d] of a video to noise to settings.t_start (SDEdit) or None. `report`
+    sends each model call's time to the host (`_report_time`, for the progress line).
     """
     ids, mask, nids, nmask, key, cond, edit = args
     n = ids.shape[0]
@@ -444,6 +472,8 @@ def _sample_tokens(dit, text_encoder, patch, grid, settings: SamplerSettings, pa
             # only guides the text).
             t_tok = jnp.where(cond[1], 0.0, time)
             kw = dict(t_tok=jnp.concatenate([t_tok, t_tok]), cond_mask=jnp.tile(cond[1], (2, 1)))
+        if report:
+            jax.debug.callback(_report_time, time)
         x = impose(x)
         out = dit.apply(
             {"params": params["dit"]},

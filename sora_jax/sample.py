@@ -1,4 +1,4 @@
-"""Sampling CLI: text -> video files (mp4 and gif) from a trained workdir or an exported
+r"""Sampling CLI: text -> video files (mp4 and gif) from a trained workdir or an exported
 checkpoint (`python -m sora_jax.export`), plus an index.html gallery of the output folder.
 
   python -m sora_jax.sample --workdir=runs/tiny \
@@ -148,8 +148,9 @@ def main(argv):
         # Inputs first: a bad file or frame count fails before the checkpoints load.
         config = pipeline_lib.load_config(_WORKDIR.value)
         s = config.sample
-        num_frames = _FRAMES.value or s.num_frames
-        height, width = _HEIGHT.value or s.height, _WIDTH.value or s.width
+        given = lambda flag, default: default if flag.value is None else flag.value  # noqa: E731
+        num_frames = given(_FRAMES, s.num_frames)
+        height, width = given(_HEIGHT, s.height), given(_WIDTH, s.width)
         config_lib.latent_grid(
             config, pipeline_lib.generated_frames(config, num_frames), height, width
         )
@@ -173,6 +174,7 @@ def main(argv):
             guidance_scale=_GUIDANCE.value,
             guidance_interval=interval,
             guidance_rescale=_RESCALE.value,
+            progress=True,
             **mode,
         )
     except (FileNotFoundError, ValueError) as e:

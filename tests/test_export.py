@@ -151,6 +151,8 @@ def test_export_errors_are_clear(workdir, tmp_path):
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(FileExistsError, match="not empty"):
         inference_checkpoint.export_workdir(workdir, str(tmp_path / "full"))
+    with pytest.raises(FileExistsError, match="not an exported checkpoint; will not replace"):
+        inference_checkpoint.export_workdir(workdir, workdir, overwrite=True)
     empty = tmp_path / "empty"
     pipeline_lib.save_config(micro_config(), str(empty))
     with pytest.raises(FileNotFoundError, match="no VAE checkpoint"):
@@ -208,3 +210,13 @@ def test_samples_carry_provenance_and_a_gallery_lists_them(workdir, tmp_path):
     assert page.prompts == prompts  # escaped in the page, read back as written
     for src in page.videos + page.gifs:
         assert os.path.isfile(os.path.join(out, src))
+
+
+def test_sampling_progress_line_has_eta_and_leaves_the_video_unchanged(workdir, capsys):
+    pipe = pipeline_lib.load_pipeline(workdir)
+    plain = pipe.generate([PROMPT], **KW)
+    capsys.readouterr()
+    shown = pipe.generate([PROMPT], progress=True, **KW)
+    err = capsys.readouterr().err
+    assert "sampling: step 3/3 (100%)" in err and "ETA 0s" in err, err
+    np.testing.assert_array_equal(shown, plain)
