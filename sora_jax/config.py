@@ -142,6 +142,25 @@ def load(path: str) -> ml_collections.ConfigDict:
     return runpy.run_path(path)["get_config"]()
 
 
+def override(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+    """Sets dotted keys like `--config.dit.train.steps=100` does (e.g. from a notebook or an
+    environment variable's JSON): lists become tuples; an unknown key raises KeyError naming
+    it. Returns the validated config."""
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for name in parents:
+            node = node.get(name) if isinstance(node, ml_collections.ConfigDict) else None
+        if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+            raise KeyError(f"config override {key!r}: no such key")
+        node[leaf] = _tuples(value)
+    return validate(config)
+
+
+def _tuples(x):
+    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
+
+
 def vae_compression(config: ml_collections.ConfigDict) -> tuple[int, int]:
     """(temporal, spatial) compression of the VAE described by config.vae.model."""
     m = config.vae.model

@@ -1,4 +1,4 @@
-"""Prompt-following evaluation: generate from moving-shapes prompts, measure from pixels.
+r"""Prompt-following evaluation: generate from moving-shapes prompts, measure from pixels.
 
   python -m sora_jax.evaluate --workdir=runs/tiny [--num_prompts=32 --seed=10000]
   python -m sora_jax.evaluate --workdir=runs/tiny --mode=i2v  # first frame given

@@ -29,8 +29,11 @@ import ml_collections
 import numpy as np
 
 from sora_jax import config as config_lib
+from sora_jax import gallery
+from sora_jax import inference_checkpoint
 from sora_jax.data import packing, video_io
 from sora_jax.diffusion import conditioning, guidance, objectives, samplers
+from sora_jax.logging import progress as progress_lib
 from sora_jax.models import vae_inference
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.text import cache as text_cache_lib
@@ -46,11 +49,12 @@ def save_config(config: ml_collections.ConfigDict, workdir: str):
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The validated config of a training workdir or an exported checkpoint."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(
-            f"{path} not found: --workdir must be a directory written by "
-            f"`python -m sora_jax.train` (it holds the config and the checkpoints)"
+            f"{path} not found: give a directory written by `python -m sora_jax.train` (a "
+            f"workdir) or by `python -m sora_jax.export` (it holds the config and the weights)"
         )
     with open(path) as f:
         saved = config_lib.fill_added_keys(json.load(f))
@@ -140,6 +144,7 @@ class Pipeline:
     params: dict  # {'dit': ..., 'text': ...} (EMA)
     latent_mean: np.ndarray
     latent_std: np.ndarray
+    name: str = "sora_jax"  # the model name written into every video's provenance metadata
     # Frozen text encoders: prompt embeddings cache (made on first use; config.text.cache_dir).
     text_cache: text_cache_lib.EmbeddingCache | None = None
 
@@ -171,6 +176,7 @@ class Pipeline:
         end_frames: np.ndarray | None = None,
         edit_video: np.ndarray | None = None,
         edit_strength: float = 1.0,
+        progress: bool = False,
         **sampling,
     ) -> np.ndarray:
         """uint8[n t h w 3] videos, one per prompt; the same seed gives the same videos.
@@ -186,15 +192,15 @@ class Pipeline:
         one latent frame must be left to generate. `edit_video` (at least num_frames frames;
         the first are used) is noised to time `edit_strength` in [0, 1] on the objective's
         path and denoised under the prompts: 0 returns its VAE round trip, 1 ignores it.
+
+        `progress` prints a progress line with ETA over the sampler steps to stderr.
         """
         prompts = list(prompts)
         if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
             raise ValueError("every prompt must be a non-empty string")
         c = self.config
         ct, _ = config_lib.vae_compression(c)
-        if num_frames < 1:
-            raise ValueError(f"num_frames={num_frames}: must be at least 1")
-        gen_frames = 1 + -(-(num_frames - 1) // ct) * ct
+        gen_frames = generated_frames(c, num_frames)
         if end_frames is not None and gen_frames != num_frames:
             raise ValueError(
                 f"num_frames={num_frames}: with frames given at the end the video must have "
@@ -220,18 +226,29 @@ class Pipeline:
         # Conditional and unconditional (negative) rows in one batch.
         text, text_mask = self.text_embeddings(prompts + [negative_prompt] * n)
         patch = tuple(c.dit.patch)
-        tokens = _sample_tokens(
-            self.dit,
-            patch,
-            grid,
-            settings,
-            self.params,
-            text,
-            text_mask,
-            jax.random.PRNGKey(seed),
-            cond,
-            edit,
-        )
+        global _progress
+        if progress:
+            num_tok = config_lib.num_tokens(c, gen_frames, height, width)
+            _progress = progress_lib.SamplerProgress(np.asarray(settings.time_grid(num_tok)))
+        try:
+            tokens = _sample_tokens(
+                self.dit,
+                patch,
+                grid,
+                settings,
+                self.params,
+                text,
+                text_mask,
+                jax.random.PRNGKey(seed),
+                cond,
+                edit,
+                report=progress,
+            )
+            tokens = jax.block_until_ready(tokens)
+            if progress:
+                _progress.finish()
+        finally:
+            _progress = None
         videos = _decode(
             self.vae,
             vae_inference.from_config(c),
@@ -329,6 +346,15 @@ class Pipeline:
         return self.generate(prompts, edit_video=video, edit_strength=strength, **kw)
 
 
+def generated_frames(config, num_frames: int) -> int:
+    """The frame count the causal VAE makes for a request of `num_frames` (1 + k*compression,
+    rounded up; the extra frames are cut off)."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames={num_frames}: must be at least 1")
+    ct, _ = config_lib.vae_compression(config)
+    return 1 + -(-(num_frames - 1) // ct) * ct
+
+
 def given_latent_frames(config, num_frames: int, start: int, end: int) -> tuple[int, int]:
     """Latent frames filled by `start` frames given at the start and `end` at the end of a
     `num_frames` video; ValueError for counts the causal VAE cannot place or that leave no
@@ -422,14 +448,25 @@ def _encode_text(text_encoder, text_params, ids, mask):
     return text_encoder.encode(text_params, ids, mask)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _sample_tokens(dit, patch, grid, settings: SamplerSettings, params, *args):
+# The progress of the `generate(progress=True)` call running now; the jitted sampler loop
+# reports each model call's time to it (a module global: the callback must be static).
+_progress: progress_lib.SamplerProgress | None = None
+
+
+def _report_time(time):
+    if _progress is not None:
+        _progress.report(time)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), static_argnames=("report",))
+def _sample_tokens(dit, patch, grid, settings: SamplerSettings, params, *args, report=False):
     """Sampled latent tokens f32[n l d] (normalised); params are traced, not baked in.
 
     `text` f32[2n lt dim], `text_mask` bool[2n lt]: the n prompts' embeddings, then the n
     negative (unconditional) ones. `cond` = (clean tokens f32[n l d], mask bool[n l]) of given
     frames or None; `edit` = tokens f32[n l d] of a video to noise to settings.t_start (SDEdit)
-    or None.
+    or None. `report` sends each model call's time to the host (`_report_time`, for the
+    progress line).
     """
     text, all_mask, key, cond, edit = args
     n = text.shape[0] // 2
@@ -453,6 +490,8 @@ def _sample_tokens(dit, patch, grid, settings: SamplerSettings, params, *args):
             # only guides the text).
             t_tok = jnp.where(cond[1], 0.0, time)
             kw = dict(t_tok=jnp.concatenate([t_tok, t_tok]), cond_mask=jnp.tile(cond[1], (2, 1)))
+        if report:
+            jax.debug.callback(_report_time, time)
         x = impose(x)
         out = dit.apply(
             {"params": params["dit"]},
@@ -507,12 +546,17 @@ def _decode(vae, inference_cfg, patch, grid, vae_params, tokens, latent_mean, la
     return vae_inference.decode(vae, vae_params, latents, inference_cfg)
 
 
-def load_pipeline(workdir: str, mesh=None) -> Pipeline:
-    """Loads the config and the latest VAE and DiT checkpoints of a training workdir."""
-    config = load_config(workdir)
+def load_pipeline(path: str, mesh=None) -> Pipeline:
+    """A ready-to-sample Pipeline from an exported inference checkpoint
+    (`python -m sora_jax.export`) or from a training workdir (its latest VAE and DiT
+    checkpoints, EMA params)."""
+    config = load_config(path)
     mesh = mesh or mesh_lib.local_mesh()
-    vae, vae_params = vae_trainer.load(config, workdir, mesh)
-    dit, text_encoder, params, extras = dit_trainer.load(config, workdir, mesh)
+    if inference_checkpoint.is_export(path):
+        *parts, meta = inference_checkpoint.load(path, config, mesh)
+        return Pipeline(config, *parts, name=meta["name"])
+    vae, vae_params = vae_trainer.load(config, path, mesh)
+    dit, text_encoder, params, extras = dit_trainer.load(config, path, mesh)
     return Pipeline(
         config,
         vae,
@@ -522,11 +566,22 @@ def load_pipeline(workdir: str, mesh=None) -> Pipeline:
         params,
         np.asarray(extras["latent_mean"]),
         np.asarray(extras["latent_std"]),
+        name=os.path.basename(os.path.abspath(path)),
     )
 
 
 def slug(text: str, max_len: int = 60) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:max_len] or "video"
+
+
+def provenance(model: str, prompt: str, seed: int) -> dict[str, str]:
+    """Container metadata marking a video as AI-generated: mp4 keeps every key, gif the
+    'comment' (see `video_io`); `video_io.read_metadata(path)` reads them back."""
+    return {
+        "title": prompt,
+        "artist": f"sora_jax model {model}",
+        "comment": f"AI-generated by sora_jax; model: {model}; prompt: {prompt}; seed: {seed}",
+    }
 
 
 def write_samples(
@@ -540,19 +595,19 @@ def write_samples(
     seed: int = 0,
     **kwargs,
 ) -> list[str]:
-    """Generates one video per prompt and writes each as .mp4 and .gif; returns the paths."""
+    """Generates one video per prompt and writes each as .mp4 and .gif, with provenance
+    metadata, then (re)writes `out_dir`/index.html, a gallery of every video there; returns
+    the video paths."""
     videos = pipe.generate(
         prompts, num_frames=num_frames, height=height, width=width, seed=seed, **kwargs
     )
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for i, (prompt, video) in enumerate(zip(prompts, videos)):
-        meta = {
-            "title": prompt,
-            "comment": f"AI-generated by sora_jax; prompt: {prompt}; seed: {seed}",
-        }
+        meta = provenance(pipe.name, prompt, seed)
         for ext in ("mp4", "gif"):
             path = os.path.join(out_dir, f"{i:02d}_{slug(prompt)}_seed{seed}.{ext}")
             video_io.write_video(path, np.asarray(video), fps=pipe.config.data.fps, metadata=meta)
             paths.append(path)
+    gallery.write_gallery(out_dir)
     return paths

@@ -1,4 +1,5 @@
-"""Sampling CLI: text -> video files (mp4 and gif) from a trained workdir.
+r"""Sampling CLI: text -> video files (mp4 and gif) from a trained workdir or an exported
+checkpoint (`python -m sora_jax.export`), plus an index.html gallery of the output folder.
 
   python -m sora_jax.sample --workdir=runs/tiny \
       --prompt "a large red circle moves right steadily on a grey background" \
@@ -37,12 +38,15 @@ import os
 
 from absl import app, flags
 
+from sora_jax import config as config_lib
 from sora_jax import pipeline as pipeline_lib
 from sora_jax import prompts as prompts_lib
 from sora_jax.data import video_io
 from sora_jax.diffusion import samplers
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (config + checkpoints).")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Training workdir or exported checkpoint folder (config + weights)."
+)
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "Text prompt (repeat for several).")
 _NEGATIVE = flags.DEFINE_string("negative_prompt", "", "Prompt to steer away from (CFG).")
 _FRAMES = flags.DEFINE_integer("frames", None, "Number of frames (default: config.sample).")
@@ -155,21 +159,26 @@ def main(argv):
     try:
         # Inputs first: a bad file or frame count fails before the checkpoints load.
         config = pipeline_lib.load_config(_WORKDIR.value)
-        num_frames = _FRAMES.value or config.sample.num_frames
+        s = config.sample
+        given = lambda flag, default: default if flag.value is None else flag.value  # noqa: E731
+        num_frames = given(_FRAMES, s.num_frames)
+        height, width = given(_HEIGHT, s.height), given(_WIDTH, s.width)
+        config_lib.latent_grid(
+            config, pipeline_lib.generated_frames(config, num_frames), height, width
+        )
         mode = _mode_inputs(config, list(argv[1:]), num_frames)
         _check_counts(config, mode, num_frames)
         expansions = _expand(config, prompts, num_frames)
         if expansions:
             prompts = [e.expanded for e in expansions]
         pipe = pipeline_lib.load_pipeline(_WORKDIR.value)
-        s = pipe.config.sample
         paths = pipeline_lib.write_samples(
             pipe,
             prompts,
             _OUT.value or os.path.join(_WORKDIR.value, "cli_samples"),
             num_frames=num_frames,
-            height=_HEIGHT.value or s.height,
-            width=_WIDTH.value or s.width,
+            height=height,
+            width=width,
             seed=_SEED.value,
             negative_prompt=_NEGATIVE.value,
             sampler=_SAMPLER.value,
@@ -180,6 +189,7 @@ def main(argv):
             guidance_scale=_GUIDANCE.value,
             guidance_interval=interval,
             guidance_rescale=_RESCALE.value,
+            progress=True,
             **mode,
         )
     except (OSError, ValueError, ImportError) as e:  # OSError: also a missing --prompt_lm

@@ -1,4 +1,4 @@
-"""Training entry point: every stage of a config, then samples and an evaluation.
+r"""Training entry point: every stage of a config, then samples and an evaluation.
 
   python -m sora_jax.train --config=configs/tiny.py --workdir=runs/tiny \
       [--config.dit.train.steps=100 ...]

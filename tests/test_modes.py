@@ -425,7 +425,8 @@ def test_cli_modes_and_errors(workdir, clip, tmp_path):
     r = run_cli("sora_jax.sample", *base, f"--out={out}", "--connect", str(a), str(b), "--steps=2")
     assert r.returncode == 0, r.stderr
     files = sorted(os.listdir(out))
-    assert len(files) == 2 and video_io.read_video(out / files[1]).shape == (9, 16, 16, 3)
+    assert files[2:] == ["index.html"]
+    assert len(files) == 3 and video_io.read_video(out / files[1]).shape == (9, 16, 16, 3)
     r = run_cli("sora_jax.sample", *base, f"--image={tmp_path}/missing.png")
     assert r.returncode != 0 and "not found" in r.stderr and "missing.png" in r.stderr
     r = run_cli("sora_jax.sample", *base, f"--video={a}", "--extend=forward", "--context_frames=9")

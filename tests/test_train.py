@@ -70,7 +70,7 @@ def test_full_run_writes_checkpoints_samples_logs_eval(trained):
     assert [s for s, _ in results["dit"]] == [1, 2, 3]
     assert sorted(os.listdir(os.path.join(workdir, "dit", "checkpoints")))[-1] == "3"
     samples = sorted(os.listdir(os.path.join(workdir, "samples")))
-    assert [os.path.splitext(s)[1] for s in samples] == [".gif", ".mp4"]
+    assert [os.path.splitext(s)[1] for s in samples] == [".gif", ".mp4", ".html"]  # + gallery
     video = video_io.read_video(os.path.join(workdir, "samples", samples[1]))
     assert video.shape == (5, 16, 24, 3)
     scalars = writers.read_scalars(os.path.join(workdir, "tensorboard"))

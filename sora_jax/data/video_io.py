@@ -4,7 +4,9 @@ Formats by suffix:
   .mp4  H.264 (libx264, yuv420p, crf 15). yuv420p subsamples chroma 2x2, so height and width
         must be even; odd sizes raise ValueError rather than silently padding/scaling, so a
         file always round-trips to exactly the shape that was written.
-  .gif  GIF with pix_fmt rgb8 (fixed 3-3-2 bit palette: coarse colours, any size).
+  .gif  GIF with pix_fmt rgb8 (fixed 3-3-2 bit palette: coarse colours, any size). GIF has no
+        key-value metadata: the 'comment' entry is written as a GIF Comment Extension, which
+        FFmpeg (and so `read_metadata`) reads back as 'comment'; other keys are not kept.
 
 Still images (.png, .jpg, .jpeg, .bmp, .webp) are read as 1-frame videos (`read_frames`), and
 `resize` scales frames with swscale; both through PyAV, so no image library is needed.
@@ -39,7 +41,7 @@ def write_video(
     """Write uint8[t h w 3] to `path` (.mp4 or .gif, see module docstring).
 
     `metadata` (str -> str, e.g. {'title': ..., 'comment': caption}) goes into the container
-    metadata; the mp4 muxer keeps standard keys such as title and comment.
+    metadata; the mp4 muxer keeps standard keys such as title and comment, a gif only 'comment'.
     """
     path = Path(path)
     video = check_video(video)
@@ -68,6 +70,23 @@ def write_video(
             av_frame.pts = i
             container.mux(stream.encode(av_frame))
         container.mux(stream.encode(None))  # flush delayed frames
+    if suffix == ".gif" and metadata and "comment" in metadata:
+        _add_gif_comment(path, str(metadata["comment"]))
+
+
+def _add_gif_comment(path: Path, text: str) -> None:
+    """Inserts a Comment Extension (GIF89a) right after the header and global colour table:
+    FFmpeg's gif muxer writes none, its demuxer reads one into metadata['comment']."""
+    data = path.read_bytes()
+    if data[:6] != b"GIF89a":
+        raise ValueError(f"{path} is not a GIF89a file")
+    flags = data[10]  # logical screen descriptor: bit 7 = global colour table, bits 0-2 size
+    start = 13 + (3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0)
+    raw = text.encode("utf-8")
+    blocks = b"".join(
+        bytes([len(c)]) + c for c in (raw[i : i + 255] for i in range(0, len(raw), 255))
+    )
+    path.write_bytes(data[:start] + b"\x21\xfe" + blocks + b"\x00" + data[start:])
 
 
 def _open(path: Path):

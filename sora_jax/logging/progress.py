@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
+import numpy as np
+
 
 def format_duration(seconds: float) -> str:
     seconds = int(round(max(seconds, 0)))
@@ -60,3 +62,20 @@ class Progress:
         if self.enabled:
             print(line, file=self.stream, flush=True)
         return line
+
+
+class SamplerProgress:
+    """Progress of a sampler loop that runs inside jit: the loop calls `report(t)` (through
+    `jax.debug.callback`) with the time of each model call; the position of t in the time
+    grid f32[steps + 1] (1 -> 0) is the number of steps done. `finish()` prints the last line.
+    """
+
+    def __init__(self, grid, name: str = "sampling", every_secs: float = 1.0, stream=None):
+        self._grid = np.asarray(grid, np.float64)
+        self.progress = Progress(name, len(self._grid) - 1, every_secs=every_secs, stream=stream)
+
+    def report(self, t) -> None:
+        self.progress.update(int(np.argmin(np.abs(self._grid - float(t)))))
+
+    def finish(self) -> None:
+        self.progress.update(self.progress.total)

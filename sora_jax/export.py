@@ -1,0 +1,44 @@
+"""Export CLI: a training workdir -> an inference checkpoint (EMA params only).
+
+  python -m sora_jax.export --workdir=runs/tiny --out=exports/tiny [--bf16] [--name=tiny]
+
+Writes the latest VAE and DiT checkpoints' EMA params (no optimizer state, no raw params),
+optionally cast to bfloat16, with the model config, the latent shift/scale and the
+text-encoder reference beside them (format: `sora_jax/inference_checkpoint.py`). Load it
+with `sora_jax.load_pipeline("exports/tiny")`, or sample from it with
+`python -m sora_jax.sample --workdir=exports/tiny --prompt "..."`.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+
+from sora_jax import inference_checkpoint
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to export.")
+_OUT = flags.DEFINE_string("out", None, "Folder for the inference checkpoint (new or empty).")
+_BF16 = flags.DEFINE_boolean("bf16", False, "Store the weights as bfloat16 (half the size).")
+_NAME = flags.DEFINE_string("name", None, "Model name for provenance (default: --out's name).")
+_OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace a non-empty --out folder.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not _WORKDIR.value or not _OUT.value:
+        raise app.UsageError("--workdir (a training workdir) and --out (a new folder) are required")
+    try:
+        out = inference_checkpoint.export_workdir(
+            _WORKDIR.value,
+            _OUT.value,
+            bf16=_BF16.value,
+            name=_NAME.value,
+            overwrite=_OVERWRITE.value,
+        )
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        raise app.UsageError(str(e)) from None
+    print(out)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,199 @@
+"""Inference checkpoints: the EMA weights a sampler needs, without optimizer state.
+
+An exported folder holds
+  config.json   the run's whole config (same format as a training workdir's);
+  export.json   format, model name, weight dtype, the latent normalisation (shift `latent_mean`,
+                scale `latent_std`, per channel), the text-encoder reference (kind; for 'bert'
+                the local folder its frozen weights are read from) and where the weights came
+                from (workdir, checkpoint steps);
+  params/       orbax (StandardCheckpointer) tree {'vae', 'dit'[, 'text']} of EMA params, in
+                float32 or cast to bfloat16 (half the bytes; loading casts back to float32, so
+                float32 exports sample bit for bit like the workdir they came from).
+Written by `python -m sora_jax.export`; read by `sora_jax.load_pipeline(path)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from sora_jax.parallel import mesh as mesh_lib
+from sora_jax.training import checkpoint, dit_trainer, vae_trainer
+from sora_jax.training import train_state as ts
+
+FORMAT = "sora_jax.inference/1"
+META_FILE = "export.json"
+CONFIG_FILE = "config.json"  # as in a workdir: pipeline.load_config reads both
+PARAMS_DIR = "params"
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def is_export(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, META_FILE))
+
+
+def text_reference(config: ml_collections.ConfigDict) -> dict:
+    """What rebuilds the text encoder: its kind, and for a frozen 'bert' its local folder."""
+    t = config.text
+    ref = {"kind": t.kind, "max_length": int(t.max_length)}
+    if t.kind == "bert":
+        ref["path"] = os.path.abspath(t.path)
+    return ref
+
+
+def _check_out(out: str, overwrite: bool) -> str:
+    out = os.path.abspath(out)
+    if os.path.isdir(out) and os.listdir(out):
+        if not overwrite:
+            raise FileExistsError(f"{out} exists and is not empty; choose a new --out")
+        if not is_export(out):  # overwrite replaces old exports, never other folders
+            raise FileExistsError(f"{out} is not an exported checkpoint; will not replace it")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise FileExistsError(f"{out} exists and is not a folder; choose a new --out")
+    return out
+
+
+def save(
+    out: str,
+    config: ml_collections.ConfigDict,
+    params: dict,
+    latent_mean: np.ndarray,
+    latent_std: np.ndarray,
+    *,
+    name: str,
+    dtype: str = "float32",
+    source: dict | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Writes an inference checkpoint of `params` {'vae', 'dit'[, 'text']} to `out`."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}: must be one of {sorted(DTYPES)}")
+    out = _check_out(out, overwrite)
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    os.makedirs(out, exist_ok=True)
+    cast = jax.tree.map(lambda x: jnp.asarray(x, DTYPES[dtype]), params)
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.join(out, PARAMS_DIR), cast)
+    ckptr.wait_until_finished()
+    with open(os.path.join(out, CONFIG_FILE), "w") as f:
+        f.write(config.to_json(indent=2))
+    meta = {
+        "format": FORMAT,
+        "name": name,
+        "dtype": dtype,
+        # float32 -> Python float -> JSON round-trips exactly.
+        "latent_mean": [float(v) for v in np.asarray(latent_mean, np.float32)],
+        "latent_std": [float(v) for v in np.asarray(latent_std, np.float32)],
+        "text_encoder": text_reference(config),
+        "source": source or {},
+    }
+    with open(os.path.join(out, META_FILE), "w") as f:
+        json.dump(meta, f, indent=2)
+    return out
+
+
+def export_workdir(
+    workdir: str,
+    out: str,
+    *,
+    bf16: bool = False,
+    name: str | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Exports a training workdir's latest EMA params to `out`; returns `out`'s path."""
+    from sora_jax import pipeline as pipeline_lib  # it imports this module for `load`
+
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"--workdir={workdir} does not exist")
+    if is_export(workdir):
+        raise ValueError(f"{workdir} is already an exported checkpoint, not a training workdir")
+    _check_out(out, overwrite)  # before the (slow) loading
+    pipe = pipeline_lib.load_pipeline(workdir)
+    steps = {
+        f"{stage}_step": checkpoint.for_stage(pipe.config, workdir, stage).latest_step()
+        for stage in ("vae", "dit")
+    }
+    return save(
+        out,
+        pipe.config,
+        {"vae": pipe.vae_params, **pipe.params},
+        pipe.latent_mean,
+        pipe.latent_std,
+        name=name or os.path.basename(os.path.abspath(out)),
+        dtype="bfloat16" if bf16 else "float32",
+        source={"workdir": os.path.abspath(workdir), **steps},
+        overwrite=overwrite,
+    )
+
+
+def read_meta(path: str) -> dict:
+    file = os.path.join(path, META_FILE)
+    if not os.path.isfile(file):
+        raise FileNotFoundError(
+            f"{file} not found: not an exported checkpoint (write one with "
+            f"`python -m sora_jax.export --workdir=... --out={path}`)"
+        )
+    with open(file) as f:
+        meta = json.load(f)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{file}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def _abstract_params(config, vae, dit, text_encoder) -> dict:
+    """The param tree the config's models expect, as shape/dtype structs (nothing built)."""
+    mesh = mesh_lib.create_mesh(1)
+    c = config.vae.model.latent_channels
+    extras = dit_trainer._extras(np.zeros(c, np.float32), np.ones(c, np.float32))
+    vae_state = jax.eval_shape(
+        lambda: vae_trainer.init_state(config, vae, ts.make_optimizer(config.vae.train), mesh)
+    )
+    dit_state = jax.eval_shape(
+        lambda: dit_trainer.init_state(
+            config, dit, text_encoder, ts.make_optimizer(config.dit.train), mesh, extras
+        )
+    )
+    return {"vae": vae_state.params, **dit_state.params}
+
+
+def load(path: str, config: ml_collections.ConfigDict, mesh=None):
+    """(vae, vae_params, dit, text_encoder, params {'dit'[, 'text']}, latent_mean, latent_std,
+    meta) of an exported checkpoint; params float32, replicated over `mesh` (default: one
+    device). A checkpoint whose tree does not fit the config's models raises ValueError."""
+    meta = read_meta(path)
+    vae = vae_trainer.build_vae(config)
+    text_encoder = dit_trainer.build_text_encoder(config)
+    dit = dit_trainer.build_dit(config, text_encoder.dim)
+    expected = _abstract_params(config, vae, dit, text_encoder)
+    stored = DTYPES[meta["dtype"]]
+    mesh = mesh or mesh_lib.create_mesh(1)
+    target = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, stored, sharding=mesh_lib.replicated(mesh)),
+        expected,
+    )
+    try:
+        restored = ocp.StandardCheckpointer().restore(os.path.join(path, PARAMS_DIR), target)
+    except (ValueError, KeyError) as e:
+        raise ValueError(
+            f"{path}: the stored weights do not fit the models of its config.json: {e}"
+        ) from e
+    params = jax.tree.map(lambda x: x.astype(jnp.float32), restored)
+    vae_params = params.pop("vae")
+    return (
+        vae,
+        vae_params,
+        dit,
+        text_encoder,
+        params,
+        np.asarray(meta["latent_mean"], np.float32),
+        np.asarray(meta["latent_std"], np.float32),
+        meta,
+    )

@@ -1,0 +1,222 @@
+"""Inference checkpoints: export EMA params only, reload in a fresh process, sample the same
+video bit for bit (float32); bf16 exports load and sample; provenance and the gallery."""
+
+import html.parser
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from test_train import ROOT, micro_config, run_cli
+
+import sora_jax
+from sora_jax import inference_checkpoint
+from sora_jax import pipeline as pipeline_lib
+from sora_jax.data import video_io
+from sora_jax.parallel import mesh as mesh_lib
+from sora_jax.training import checkpoint, dit_trainer, vae_trainer
+from sora_jax.training import train_state as ts
+
+PROMPT = "a large red circle moves right steadily on a grey background"
+KW = dict(num_frames=5, height=16, width=24, seed=3)
+
+
+def _perturb(tree, seed, scale=0.05):
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    return jax.tree.unflatten(
+        treedef, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+    )
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A training workdir whose checkpoints have params != EMA params (both perturbed from
+    init, so the DiT's adaLN-Zero outputs are not zero) and non-trivial latent statistics."""
+    path = str(tmp_path_factory.mktemp("run"))
+    c = micro_config()
+    pipeline_lib.save_config(c, path)
+    mesh = mesh_lib.create_mesh(1)
+    vae = vae_trainer.init_state(c, vae_trainer.build_vae(c), ts.make_optimizer(c.vae.train), mesh)
+    text = dit_trainer.build_text_encoder(c)
+    ch = c.vae.model.latent_channels
+    stats = dit_trainer._extras(
+        np.linspace(-0.3, 0.2, ch).astype(np.float32), np.linspace(0.5, 1.5, ch).astype(np.float32)
+    )
+    dit = dit_trainer.init_state(
+        c, dit_trainer.build_dit(c, text.dim), text, ts.make_optimizer(c.dit.train), mesh, stats
+    )
+    for stage, state in (("vae", vae), ("dit", dit)):
+        state = state.replace(
+            params=_perturb(state.params, 1), ema_params=_perturb(state.params, 2)
+        )
+        ckpt = checkpoint.for_stage(c, path, stage)
+        ckpt.save(7, state, force=True)
+        ckpt.close()
+    return path
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+# A fresh interpreter: loads the export, samples, saves the video and the loaded weights.
+FRESH = """
+import sys, numpy as np, jax, sora_jax
+pipe = sora_jax.load_pipeline(sys.argv[1])
+video = pipe.generate([{prompt!r}], **{kw!r})
+leaves = jax.tree.leaves({{"vae": pipe.vae_params, **pipe.params}})
+np.savez(sys.argv[2], video=video, mean=pipe.latent_mean, std=pipe.latent_std,
+         **{{f"p{{i}}": np.asarray(x) for i, x in enumerate(leaves)}})
+"""
+
+
+def test_export_reloads_in_a_fresh_process_and_samples_bitwise_equal(workdir, tmp_path):
+    before = pipeline_lib.load_pipeline(workdir)
+    video = before.generate([PROMPT], **KW)
+    out = tmp_path / "exported"
+    r = run_cli("sora_jax.export", f"--workdir={workdir}", f"--out={out}", "--name=micro")
+    assert r.returncode == 0, r.stderr
+    # EMA params only: no optimizer state, no raw params.
+    stored = ocp.StandardCheckpointer().metadata(str(out / "params")).item_metadata.tree
+    assert set(stored) == {"vae", "dit", "text"}
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["name"] == "micro" and meta["dtype"] == "float32"
+    assert meta["text_encoder"] == {"kind": "tiny", "max_length": 16}
+    assert meta["source"]["dit_step"] == 7 and meta["source"]["vae_step"] == 7
+    r = subprocess.run(
+        [sys.executable, "-c", FRESH.format(prompt=PROMPT, kw=KW), str(out), tmp_path / "a.npz"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr
+    after = np.load(tmp_path / "a.npz")
+    ema = _leaves({"vae": before.vae_params, **before.params})
+    for i, x in enumerate(ema):
+        np.testing.assert_array_equal(after[f"p{i}"], x)
+        assert after[f"p{i}"].dtype == np.float32
+    np.testing.assert_array_equal(after["mean"], before.latent_mean)
+    np.testing.assert_array_equal(after["std"], before.latent_std)
+    # The raw (non-EMA) params differ, so the export did pick the EMA ones.
+    raw = checkpoint.for_stage(before.config, workdir, "dit").restore(
+        dit_trainer.init_state(
+            before.config,
+            before.dit,
+            before.text_encoder,
+            ts.make_optimizer(before.config.dit.train),
+            mesh_lib.create_mesh(1),
+            dit_trainer._extras(before.latent_mean, before.latent_std),
+        )
+    )
+    assert not np.array_equal(_leaves(raw.params["dit"])[0], _leaves(before.params["dit"])[0])
+    assert after["video"].dtype == np.uint8 and after["video"].std() > 1
+    np.testing.assert_array_equal(after["video"], video)
+
+
+def test_bf16_export_loads_and_samples(workdir, tmp_path):
+    f32 = inference_checkpoint.export_workdir(workdir, str(tmp_path / "f32"))
+    bf16 = inference_checkpoint.export_workdir(workdir, str(tmp_path / "bf16"), bf16=True)
+    size = {
+        p: sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(p) for f in fs)
+        for p in (f32, bf16)
+    }
+    assert size[bf16] < 0.7 * size[f32], size
+    ref = pipeline_lib.load_pipeline(f32)
+    pipe = sora_jax.load_pipeline(bf16)
+    for a, b in zip(_leaves(pipe.params), _leaves(ref.params)):
+        assert a.dtype == np.float32  # computed in float32 after loading
+        np.testing.assert_array_equal(a, b.astype(jax.numpy.bfloat16).astype(np.float32))
+    videos = pipe.generate(
+        [PROMPT, "a small blue square moves up quickly on a black background"], **KW
+    )
+    assert videos.shape == (2, 5, 16, 24, 3) and videos.dtype == np.uint8
+    # Close to the float32 model's videos, not equal (rounded weights).
+    ref_videos = ref.generate(
+        [PROMPT, "a small blue square moves up quickly on a black background"], **KW
+    )
+    diff = np.abs(videos.astype(int) - ref_videos.astype(int))
+    assert 0 < diff.mean() < 8, diff.mean()
+
+
+def test_export_errors_are_clear(workdir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        inference_checkpoint.export_workdir(str(tmp_path / "none"), str(tmp_path / "out"))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(FileExistsError, match="not empty"):
+        inference_checkpoint.export_workdir(workdir, str(tmp_path / "full"))
+    with pytest.raises(FileExistsError, match="not an exported checkpoint; will not replace"):
+        inference_checkpoint.export_workdir(workdir, workdir, overwrite=True)
+    empty = tmp_path / "empty"
+    pipeline_lib.save_config(micro_config(), str(empty))
+    with pytest.raises(FileNotFoundError, match="no VAE checkpoint"):
+        inference_checkpoint.export_workdir(str(empty), str(tmp_path / "out"))
+    with pytest.raises(FileNotFoundError, match="export.json not found"):
+        inference_checkpoint.read_meta(workdir)
+    # Weights that do not fit the config's models are named as such.
+    out = inference_checkpoint.export_workdir(workdir, str(tmp_path / "ok"))
+    c = pipeline_lib.load_config(out)
+    c.dit.model.hidden = 64
+    pipeline_lib.save_config(c, out)
+    with pytest.raises(ValueError, match="do not fit the models of its config.json"):
+        sora_jax.load_pipeline(out)
+
+
+class _Gallery(html.parser.HTMLParser):
+    """Collects the video sources, gif fallbacks and captions of an index.html."""
+
+    def __init__(self):
+        super().__init__()
+        self.videos, self.gifs, self.prompts, self._in = [], [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "video":
+            self.videos.append(a["src"])
+        elif tag == "img":
+            self.gifs.append(a["src"])
+        elif tag == "span":
+            self._in = a.get("class")
+
+    def handle_data(self, data):
+        if self._in == "prompt":
+            self.prompts.append(data)
+        self._in = None
+
+
+def test_samples_carry_provenance_and_a_gallery_lists_them(workdir, tmp_path):
+    pipe = pipeline_lib.load_pipeline(workdir)
+    prompts = [PROMPT, "a small <blue> square moves up quickly on a black background"]
+    out = str(tmp_path / "samples")
+    paths = pipeline_lib.write_samples(pipe, prompts, out, **KW)
+    expected = (
+        f"AI-generated by sora_jax; model: {os.path.basename(workdir)}; prompt: {PROMPT}; seed: 3"
+    )
+    for path in paths[:2]:  # the mp4 and the gif of the first prompt
+        meta = video_io.read_metadata(path)
+        assert meta["comment"] == expected, path
+    assert video_io.read_metadata(paths[0])["title"] == PROMPT
+    page = _Gallery()
+    page.feed(open(os.path.join(out, "index.html"), encoding="utf-8").read())
+    names = sorted(os.path.basename(p) for p in paths)
+    assert page.videos == [n for n in names if n.endswith(".mp4")]
+    assert page.gifs == [n for n in names if n.endswith(".gif")]
+    assert page.prompts == prompts  # escaped in the page, read back as written
+    for src in page.videos + page.gifs:
+        assert os.path.isfile(os.path.join(out, src))
+
+
+def test_sampling_progress_line_has_eta_and_leaves_the_video_unchanged(workdir, capsys):
+    pipe = pipeline_lib.load_pipeline(workdir)
+    plain = pipe.generate([PROMPT], **KW)
+    capsys.readouterr()
+    shown = pipe.generate([PROMPT], progress=True, **KW)
+    err = capsys.readouterr().err
+    assert "sampling: step 3/3 (100%)" in err and "ETA 0s" in err, err
+    np.testing.assert_array_equal(shown, plain)
