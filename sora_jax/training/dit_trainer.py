@@ -23,7 +23,7 @@ from sora_jax.models import dit as dit_lib
 from sora_jax.models import vae_inference
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.text import encoders
-from sora_jax.training import checkpoint, loop, vae_trainer
+from sora_jax.training import checkpoint, loop, motion_loss, vae_trainer
 from sora_jax.training import train_state as ts
 
 
@@ -204,6 +204,7 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
     """
     objective = objectives.from_config(config)
     num_seg = config.dit.max_segments
+    motion_weight = config.diffusion.motion_loss_weight
 
     def loss_fn(params, batch, rng):
         text_params = params["text"] if text_encoder.trainable else frozen_text_params
@@ -237,9 +238,13 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
             batch["caption_mask"],
             **kw,
         )
+        diff = out - objective.target(x0, noise, t_tok)
         weight = valid[..., None] * objective.loss_weight(t_tok)
-        err = (out - objective.target(x0, noise, t_tok)) ** 2 * weight
-        loss = jnp.sum(err) / (jnp.sum(valid) * x0.shape[-1])
+        loss = jnp.sum(diff**2 * weight) / (jnp.sum(valid) * x0.shape[-1])
+        if motion_weight > 0:
+            nxt = motion_loss.next_frame_index(seg, batch["positions"])
+            aux["motion_loss"] = motion_loss.motion_loss(diff, valid, nxt)
+            loss = loss + motion_weight * aux["motion_loss"]
         return loss, {"padding_fraction": 1.0 - jnp.mean(seg > 0), **aux}
 
     def train_step(state: ts.TrainState, batch, rng):
