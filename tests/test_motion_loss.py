@@ -67,3 +67,24 @@ def test_train_step_adds_the_weighted_motion_loss():
     np.testing.assert_allclose(
         metrics[2.0]["loss"], metrics[0.0]["loss"] + 2.0 * metrics[2.0]["motion_loss"], rtol=1e-5
     )
+
+
+def test_motion_loss_under_gradient_accumulation_equals_the_whole_batch():
+    c = micro_config()
+    c.diffusion.motion_loss_weight = 1.5
+    text, batch = _fixed_dit_batch(c)
+    dit = dit_trainer.build_dit(c, text.dim)
+    tx = ts.make_optimizer(c.dit.train)
+    state = dit_trainer.init_state(c, dit, text, tx, mesh_lib.create_mesh(1), None)
+    out = {}
+    for k in (1, 2):
+        c.dit.train.grad_accum_steps = k
+        step = jax.jit(dit_trainer.make_train_step(c, dit, text, tx))
+        out[k] = step(state, batch, jax.random.PRNGKey(0))
+    for key in ("loss", "motion_loss"):
+        np.testing.assert_allclose(out[2][1][key], out[1][1][key], rtol=1e-5)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        out[2][0].params,
+        out[1][0].params,
+    )
