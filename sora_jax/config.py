@@ -162,6 +162,11 @@ def _tuples(x):
     return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
 
 
+def load_with_arg(path: str, arg: str) -> ml_collections.ConfigDict:
+    """Loads `get_config(arg)` (as `--config=path:arg` does), e.g. a size of configs/dit.py."""
+    return runpy.run_path(path)["get_config"](arg)
+
+
 def vae_compression(config: ml_collections.ConfigDict) -> tuple[int, int]:
     """(temporal, spatial) compression of the VAE described by config.vae.model."""
     m = config.vae.model

@@ -333,3 +333,23 @@ def test_attention_kernels_plug_in_by_name():
     np.testing.assert_array_equal(got[:, 4], 0.0)  # padding rows still zeroed
     with pytest.raises(ValueError, match="taken"):
         attn.register_kernel("xla", reference)
+
+
+def test_dry_run_counts_without_allocating(capsys):
+    import os
+
+    from sora_jax import train
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    c = config_lib.load_with_arg(os.path.join(root, "configs", "dit.py"), "XL")
+    summary = train.dry_run(c)  # an 823 M-parameter model: only shapes are built
+    h, depth, d = 1152, 28, 1152 // 16
+    # Independent count of the default (GELU, cross-attention) block and embeddings.
+    block = (h * 6 * h + 6 * h) + (3 * h * h + 3 * h) + 4 * d + 2 * h + (h * h + h)
+    block += (h * h + h) + (2 * h * h + 2 * h) + (h * h + h) + (4 * h * h + 4 * h) + (4 * h * h + h)
+    patch, text = 1 * 2 * 2 * c.vae.model.latent_channels, c.text.width
+    rest = (256 * h + h) + (h * h + h) + 2 * (text * h + h) + (patch * h + h)
+    rest += (h * 2 * h + 2 * h) + (h * patch + patch)
+    assert summary["dit_params"] == depth * block + rest
+    out = capsys.readouterr().out
+    assert f"DiT {depth * block + rest:,}" in out and "GFLOP" in out
