@@ -188,7 +188,7 @@ def test_plan_counts_params_memory_and_flops_without_allocating():
     from sora_jax import plan as plan_lib
 
     c = tiny_config()
-    replicated = plan_lib.plan(c, plan_lib.parse_mesh("data:8"), "h100")
+    replicated = plan_lib.plan(c, plan_lib.parse_mesh("data:8"), "h100", count_xla=False)
     split = plan_lib.plan(c, plan_lib.parse_mesh("data:2,fsdp:4,tensor:2"), count_xla=False)
     _, state = run_steps(c, mesh_lib.create_mesh(1), fixed_batch(c), steps=0)
     n = sum(x.size for x in jax.tree.leaves(state.params))
@@ -202,9 +202,10 @@ def test_plan_counts_params_memory_and_flops_without_allocating():
     # Same 8-way batch split; tensor parallelism splits the heads' and MLP's activations.
     act = lambda p: p["per_device"]["activation_bytes_estimate"]
     assert act(split) < 0.7 * act(replicated)
-    # The analytic count agrees with XLA's count of the lowered step.
-    flops = replicated["flops_per_step_xla"]
-    assert abs(replicated["flops_per_step_analytic"] / flops - 1) < 0.15, flops
     assert replicated["device"]["fits"]
+    # The analytic count agrees with XLA's count of the lowered step (once matmuls dominate).
+    c.dit.model.hidden = 256
+    wide = plan_lib.plan(c, plan_lib.parse_mesh("data:8"))
+    assert abs(wide["flops_per_step_analytic"] / wide["flops_per_step_xla"] - 1) < 0.1, wide
     with pytest.raises(ValueError, match="axis:size pairs"):
         plan_lib.parse_mesh("model:8")

@@ -107,8 +107,6 @@ def from_config(m) -> Mesh:
     """The mesh of config.mesh: axes sizes (ici), optional dcn sizes, num_devices."""
     ici = {a: m[a] for a in AXES}
     dcn = {a: m.dcn[a] for a in AXES}
-    if all(ici[a] == 1 for a in AXES[1:]) and ici[DATA] == -1:
-        ici = {DATA: -1}
     return create_mesh(m.num_devices, ici=ici, dcn=dcn)
 
 
@@ -144,12 +142,3 @@ def shard_batch(batch, mesh: Mesh):
         return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
     return jax.tree.map(put, batch)
-
-
-def process_rows(global_rows: int, mesh: Mesh) -> slice:
-    """The batch rows this process's devices hold (a contiguous block on meshes built here)."""
-    sharding = data_sharding(mesh)
-    index_map = sharding.addressable_devices_indices_map((global_rows,))
-    starts = [idx[0].start or 0 for idx in index_map.values()]
-    stops = [global_rows if idx[0].stop is None else idx[0].stop for idx in index_map.values()]
-    return slice(min(starts), max(stops))

@@ -5,7 +5,7 @@ holds ``l / sp`` tokens of every head; one all-to-all turns that into all ``l`` 
 ``h / sp`` heads, attention runs unchanged (segment masks and all) per head group, and a second
 all-to-all swaps back. Two collectives of the activations' size per attention, exact (no
 online-softmax rescaling), and any attention kernel works inside. Its limit: heads (per tensor
-shard) must divisible by the sequence split; ring attention, which has no such limit but
+shard) must be divisible by the sequence split; ring attention, which has no such limit but
 ``sp`` steps of K/V passing, is the alternative when that does not hold.
 
 Cross-attention to text (short keys, not split along the sequence) needs no swap: each device

@@ -42,7 +42,6 @@ def jit_train_step(train_step: Callable, mesh, state_shardings=None, rules=()):
         with partitioning.activate(mesh, rules):
             return jitted(state, batch, rng)
 
-    step.jitted = jitted  # for lowering / cost analysis (sora_jax.plan)
     return step
 
 
