@@ -318,10 +318,15 @@ def _restore(ckpt: checkpoint.Checkpointer, target: VAEState) -> VAEState:
     try:
         return ckpt.restore(target)
     except ValueError as e:  # orbax: the saved tree's structure differs from the target's
+        # Such a checkpoint holds a plain TrainState with extras None (and no GAN).
+        plain = ts.TrainState(target.step, target.params, target.opt_state, target.ema_params)
         try:
-            return ckpt.restore(target.replace(extras=None))
+            old = ckpt.restore(plain)
         except ValueError:
             raise e from None
+        return target.replace(
+            step=old.step, params=old.params, opt_state=old.opt_state, ema_params=old.ema_params
+        ).replace(extras=None)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
