@@ -1,4 +1,4 @@
-"""VAE-only tiny config: trains the causal video VAE alone on CPU (about 15 min on 2 cores).
+"""VAE-only tiny config: the causal video VAE alone on CPU (~13 CPU-minutes for 4000 steps).
 
 python -m sora_jax.train --config=configs/vae_tiny.py --workdir=runs/vae_tiny
 python -m sora_jax.evaluate_vae --workdir=runs/vae_tiny --num_videos=32

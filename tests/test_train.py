@@ -81,6 +81,12 @@ def test_full_run_writes_checkpoints_samples_logs_eval(trained):
     with open(os.path.join(workdir, "eval.json")) as f:
         ev = json.load(f)
     assert ev["num_videos"] == 2 and 0.0 <= ev["colour_accuracy"] <= 1.0
+    # One source of latent statistics: the VAE checkpoint's, copied into the DiT's.
+    mean, std = vae_trainer.load_latent_stats(micro_config(), workdir, mesh_lib.create_mesh(1))
+    pipe = pipeline_lib.load_pipeline(workdir)
+    np.testing.assert_array_equal(pipe.latent_mean, mean)
+    np.testing.assert_array_equal(pipe.latent_std, std)
+    assert not np.allclose(std, 1.0)
 
 
 def test_rerun_of_finished_run_skips_training(trained):
@@ -137,9 +143,15 @@ def test_evaluate_vae_writes_metrics_and_videos(trained, tmp_path):
 
     workdir, _ = trained
     out = str(tmp_path / "vae_eval")
+    from sora_jax.models import lpips as lpips_lib
+
+    small = dict(widths=(4, 8), depths=(1, 1))
+    weights = str(tmp_path / "lpips.npz")
+    lpips_lib.save(weights, lpips_lib.random_weights(0, **small), **small)
     result = vae_eval.evaluate_workdir(
-        workdir, 2, frames=5, height=16, width=24, out=out, num_write=1
+        workdir, 2, frames=5, height=16, width=24, out=out, num_write=1, lpips_path=weights
     )
+    assert result["lpips"] > 0 and len(result["lpips_per_frame"]) == 5
     with open(os.path.join(out, "metrics.json")) as f:
         saved = json.load(f)
     assert saved["psnr"] == pytest.approx(result["psnr"]) and saved["num_videos"] == 2

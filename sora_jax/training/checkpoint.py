@@ -42,11 +42,6 @@ class Checkpointer:
         )
         return self._manager.save(step, args=args, force=force)
 
-    def item_metadata(self, step: int | None = None):
-        """The saved tree's metadata (structure, shapes) at `step` (default: latest), or None."""
-        step = self.latest_step() if step is None else step
-        return None if step is None else self._manager.item_metadata(step)
-
     def restore(self, target, step: int | None = None):
         """Restores into the structure, shapes, dtypes and shardings of `target`."""
         step = self.latest_step() if step is None else step

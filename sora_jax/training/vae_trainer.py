@@ -315,18 +315,18 @@ def with_latent_stats(config, model, state: VAEState) -> VAEState:
 def _restore(ckpt: checkpoint.Checkpointer, target: VAEState) -> VAEState:
     """Restores into ``target``; checkpoints from before latent statistics were stored (no
     ``extras``) restore without them (``extras`` is then None)."""
-    saved = ckpt.item_metadata()
-    if saved is not None and not _has_extras(saved):
-        return ckpt.restore(target.replace(extras=None))
-    return ckpt.restore(target)
-
-
-def _has_extras(metadata) -> bool:
-    tree = getattr(metadata, "tree", metadata)
     try:
-        return bool(tree.get("extras"))
-    except AttributeError:
-        return True
+        return ckpt.restore(target)
+    except ValueError as e:  # orbax: the saved tree's structure differs from the target's
+        # Such a checkpoint holds a plain TrainState with extras None (and no GAN).
+        plain = ts.TrainState(target.step, target.params, target.opt_state, target.ema_params)
+        try:
+            old = ckpt.restore(plain)
+        except ValueError:
+            raise e from None
+        return target.replace(
+            step=old.step, params=old.params, opt_state=old.opt_state, ema_params=old.ema_params
+        ).replace(extras=None)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
