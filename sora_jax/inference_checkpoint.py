@@ -121,6 +121,20 @@ def export_workdir(
         f"{stage}_step": checkpoint.for_stage(pipe.config, workdir, stage).latest_step()
         for stage in ("vae", "dit")
     }
+    source = {"workdir": os.path.abspath(workdir), **steps}
+    return save_pipeline(pipe, out, bf16=bf16, name=name, source=source, overwrite=overwrite)
+
+
+def save_pipeline(
+    pipe,
+    out: str,
+    *,
+    bf16: bool = False,
+    name: str | None = None,
+    source: dict | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Exports a loaded `pipeline.Pipeline` (its EMA params) to `out`; returns `out`'s path."""
     return save(
         out,
         pipe.config,
@@ -129,7 +143,7 @@ def export_workdir(
         pipe.latent_std,
         name=name or os.path.basename(os.path.abspath(out)),
         dtype="bfloat16" if bf16 else "float32",
-        source={"workdir": os.path.abspath(workdir), **steps},
+        source=source,
         overwrite=overwrite,
     )
 
