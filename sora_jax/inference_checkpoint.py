@@ -81,8 +81,11 @@ def save(
     os.makedirs(out, exist_ok=True)
     cast = jax.tree.map(lambda x: jnp.asarray(x, DTYPES[dtype]), params)
     ckptr = ocp.StandardCheckpointer()
-    ckptr.save(os.path.join(out, PARAMS_DIR), cast)
-    ckptr.wait_until_finished()
+    try:
+        ckptr.save(os.path.join(out, PARAMS_DIR), cast)
+        ckptr.wait_until_finished()
+    finally:
+        ckptr.close()
     with open(os.path.join(out, CONFIG_FILE), "w") as f:
         f.write(config.to_json(indent=2))
     meta = {
@@ -121,6 +124,20 @@ def export_workdir(
         f"{stage}_step": checkpoint.for_stage(pipe.config, workdir, stage).latest_step()
         for stage in ("vae", "dit")
     }
+    source = {"workdir": os.path.abspath(workdir), **steps}
+    return save_pipeline(pipe, out, bf16=bf16, name=name, source=source, overwrite=overwrite)
+
+
+def save_pipeline(
+    pipe,
+    out: str,
+    *,
+    bf16: bool = False,
+    name: str | None = None,
+    source: dict | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Exports a loaded `pipeline.Pipeline` (its EMA params) to `out`; returns `out`'s path."""
     return save(
         out,
         pipe.config,
@@ -129,7 +146,7 @@ def export_workdir(
         pipe.latent_std,
         name=name or os.path.basename(os.path.abspath(out)),
         dtype="bfloat16" if bf16 else "float32",
-        source={"workdir": os.path.abspath(workdir), **steps},
+        source=source,
         overwrite=overwrite,
     )
 
@@ -179,12 +196,15 @@ def load(path: str, config: ml_collections.ConfigDict, mesh=None):
         lambda s: jax.ShapeDtypeStruct(s.shape, stored, sharding=mesh_lib.replicated(mesh)),
         expected,
     )
+    ckptr = ocp.StandardCheckpointer()
     try:
-        restored = ocp.StandardCheckpointer().restore(os.path.join(path, PARAMS_DIR), target)
+        restored = ckptr.restore(os.path.join(path, PARAMS_DIR), target)
     except (ValueError, KeyError) as e:
         raise ValueError(
             f"{path}: the stored weights do not fit the models of its config.json: {e}"
         ) from e
+    finally:
+        ckptr.close()
     params = jax.tree.map(lambda x: x.astype(jnp.float32), restored)
     vae_params = params.pop("vae")
     return (

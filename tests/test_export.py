@@ -60,6 +60,12 @@ def workdir(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def pipe(workdir):
+    """The workdir's pipeline, loaded once (each load compiles the train-state init)."""
+    return pipeline_lib.load_pipeline(workdir)
+
+
 def _leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
@@ -75,8 +81,8 @@ np.savez(sys.argv[2], video=video, mean=pipe.latent_mean, std=pipe.latent_std,
 """
 
 
-def test_export_reloads_in_a_fresh_process_and_samples_bitwise_equal(workdir, tmp_path):
-    before = pipeline_lib.load_pipeline(workdir)
+def test_export_reloads_in_a_fresh_process_and_samples_bitwise_equal(workdir, pipe, tmp_path):
+    before = pipe
     video = before.generate([PROMPT], **KW)
     out = tmp_path / "exported"
     r = run_cli("sora_jax.export", f"--workdir={workdir}", f"--out={out}", "--name=micro")
@@ -104,47 +110,37 @@ def test_export_reloads_in_a_fresh_process_and_samples_bitwise_equal(workdir, tm
     np.testing.assert_array_equal(after["mean"], before.latent_mean)
     np.testing.assert_array_equal(after["std"], before.latent_std)
     # The raw (non-EMA) params differ, so the export did pick the EMA ones.
-    raw = checkpoint.for_stage(before.config, workdir, "dit").restore(
-        dit_trainer.init_state(
-            before.config,
-            before.dit,
-            before.text_encoder,
-            ts.make_optimizer(before.config.dit.train),
-            mesh_lib.create_mesh(1),
-            dit_trainer._extras(before.latent_mean, before.latent_std),
-        )
+    raw = ocp.StandardCheckpointer().restore(
+        os.path.join(workdir, "dit", "checkpoints", "7", "default")
     )
-    assert not np.array_equal(_leaves(raw.params["dit"])[0], _leaves(before.params["dit"])[0])
+    for a, b in zip(_leaves(raw["ema_params"]), _leaves(before.params)):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(_leaves(raw["params"])[0], _leaves(before.params)[0])
     assert after["video"].dtype == np.uint8 and after["video"].std() > 1
     np.testing.assert_array_equal(after["video"], video)
 
 
-def test_bf16_export_loads_and_samples(workdir, tmp_path):
-    f32 = inference_checkpoint.export_workdir(workdir, str(tmp_path / "f32"))
-    bf16 = inference_checkpoint.export_workdir(workdir, str(tmp_path / "bf16"), bf16=True)
+def test_bf16_export_loads_and_samples(pipe, tmp_path):
+    f32 = inference_checkpoint.save_pipeline(pipe, str(tmp_path / "f32"))
+    bf16 = inference_checkpoint.save_pipeline(pipe, str(tmp_path / "bf16"), bf16=True)
     size = {
         p: sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(p) for f in fs)
         for p in (f32, bf16)
     }
     assert size[bf16] < 0.7 * size[f32], size
-    ref = pipeline_lib.load_pipeline(f32)
-    pipe = sora_jax.load_pipeline(bf16)
-    for a, b in zip(_leaves(pipe.params), _leaves(ref.params)):
+    loaded = sora_jax.load_pipeline(bf16)
+    assert json.loads((tmp_path / "bf16" / "export.json").read_text())["dtype"] == "bfloat16"
+    for a, b in zip(_leaves(loaded.params), _leaves(pipe.params)):
         assert a.dtype == np.float32  # computed in float32 after loading
         np.testing.assert_array_equal(a, b.astype(jax.numpy.bfloat16).astype(np.float32))
-    videos = pipe.generate(
-        [PROMPT, "a small blue square moves up quickly on a black background"], **KW
-    )
-    assert videos.shape == (2, 5, 16, 24, 3) and videos.dtype == np.uint8
-    # Close to the float32 model's videos, not equal (rounded weights).
-    ref_videos = ref.generate(
-        [PROMPT, "a small blue square moves up quickly on a black background"], **KW
-    )
-    diff = np.abs(videos.astype(int) - ref_videos.astype(int))
+    video = loaded.generate([PROMPT], **KW)
+    assert video.shape == (1, 5, 16, 24, 3) and video.dtype == np.uint8
+    # Close to the float32 model's video, not equal (rounded weights).
+    diff = np.abs(video.astype(int) - pipe.generate([PROMPT], **KW).astype(int))
     assert 0 < diff.mean() < 8, diff.mean()
 
 
-def test_export_errors_are_clear(workdir, tmp_path):
+def test_export_errors_are_clear(workdir, pipe, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         inference_checkpoint.export_workdir(str(tmp_path / "none"), str(tmp_path / "out"))
     (tmp_path / "full").mkdir()
@@ -160,7 +156,7 @@ def test_export_errors_are_clear(workdir, tmp_path):
     with pytest.raises(FileNotFoundError, match="export.json not found"):
         inference_checkpoint.read_meta(workdir)
     # Weights that do not fit the config's models are named as such.
-    out = inference_checkpoint.export_workdir(workdir, str(tmp_path / "ok"))
+    out = inference_checkpoint.save_pipeline(pipe, str(tmp_path / "ok"))
     c = pipeline_lib.load_config(out)
     c.dit.model.hidden = 64
     pipeline_lib.save_config(c, out)
@@ -190,8 +186,7 @@ class _Gallery(html.parser.HTMLParser):
         self._in = None
 
 
-def test_samples_carry_provenance_and_a_gallery_lists_them(workdir, tmp_path):
-    pipe = pipeline_lib.load_pipeline(workdir)
+def test_samples_carry_provenance_and_a_gallery_lists_them(workdir, pipe, tmp_path):
     prompts = [PROMPT, "a small <blue> square moves up quickly on a black background"]
     out = str(tmp_path / "samples")
     paths = pipeline_lib.write_samples(pipe, prompts, out, **KW)
@@ -212,8 +207,7 @@ def test_samples_carry_provenance_and_a_gallery_lists_them(workdir, tmp_path):
         assert os.path.isfile(os.path.join(out, src))
 
 
-def test_sampling_progress_line_has_eta_and_leaves_the_video_unchanged(workdir, capsys):
-    pipe = pipeline_lib.load_pipeline(workdir)
+def test_sampling_progress_line_has_eta_and_leaves_the_video_unchanged(pipe, capsys):
     plain = pipe.generate([PROMPT], **KW)
     capsys.readouterr()
     shown = pipe.generate([PROMPT], progress=True, **KW)
