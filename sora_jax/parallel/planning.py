@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from sora_jax.models import flops as flops_lib
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.parallel import partitioning
 from sora_jax.training import dit_trainer
@@ -99,25 +100,15 @@ def activation_bytes(config, shape: dict[str, int]) -> int:
 
 
 def analytic_flops(config) -> float:
-    """Training FLOPs per step of the DiT (3 x forward; matmuls and attention only)."""
-    m, dc = config.dit.model, config.dit
-    h, r, depth = m.hidden, m.mlp_ratio, m.depth
-    pt, ph, pw = dc.patch
-    patch = pt * ph * pw * config.vae.model.latent_channels
-    tokens = dc.rows * dc.seq_len
-    text_tokens = dc.rows * dc.max_segments * config.text.max_length
-    per_token_block = 6 * h * h + 3 * h * h + h * h + h * h + h * h + 2 * r * h * h
-    forward = 2 * tokens * (depth * per_token_block + 2 * h * h + 2 * patch * h)
-    forward += 2 * text_tokens * (depth * 2 * h * h + config.text.width * h)
-    forward += (
-        depth
-        * 4
-        * dc.rows
-        * dc.seq_len
-        * h
-        * (dc.seq_len + dc.max_segments * config.text.max_length)
+    """Training FLOPs per step of the DiT (3 x forward, matmuls and attention; see
+    sora_jax/models/flops.py)."""
+    text_encoder = dit_trainer.build_text_encoder(config)
+    dit = dit_trainer.build_dit(config, text_encoder.dim)
+    dc = config.dit
+    per_token = flops_lib.dit_flops_per_token(
+        dit, dc.seq_len, dc.max_segments * config.text.max_length
     )
-    return 3.0 * forward
+    return per_token["train"] * dc.rows * dc.seq_len
 
 
 def xla_flops(config, dit, text_encoder, tx, abstract_boxed) -> float:
