@@ -278,3 +278,18 @@ def test_build_dataset_cli_exports_and_builds_moving_shapes(tmp_path):
     ds = input_pipeline.open_tfds("video_clips", str(tmp_path / "tfds"))
     captions = sorted(ds[i]["caption"].decode() for i in range(3))
     assert captions == sorted(shapes.MovingShapes(0, 3, (1, 9, 17))[i]["caption"] for i in range(3))
+
+
+def test_bad_record_at_decode_time_is_skipped_and_counted(dataset):
+    _, data_dir, _ = dataset
+    c = _config(data_dir)
+    source = input_pipeline.open_tfds("video_clips", str(data_dir))
+    records = [source[i] for i in range(len(source))]
+    records[1] = dict(records[1], video=records[1]["video"][:100])  # truncated after building
+    opts = input_pipeline.clip_options(c)
+    examples = input_pipeline.examples_dataset(
+        records, lambda i, r: input_pipeline.decode_example(opts, i, r)
+    )
+    group = input_pipeline.step_groups(examples, 0, len(records), 0, 1)[0]
+    assert group["num_bad"] == 1
+    assert sorted(e["index"] for e in group["examples"]) == [0, 2, 3]
