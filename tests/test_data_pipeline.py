@@ -224,7 +224,6 @@ def test_dit_trains_and_resumes_from_the_latent_cache(dataset, vae_workdir, cach
     _, data_dir, _ = dataset
     c = _config(data_dir)
     c.data.source, c.data.cache_dir = "latent_cache", cache_dir
-    c.dit.train.checkpoint_every = 1
     workdir = str(tmp_path / "run")
     os.makedirs(workdir)
     os.symlink(os.path.join(vae_workdir, "vae"), os.path.join(workdir, "vae"))
