@@ -14,7 +14,7 @@ from sora_jax.logging import writers  # noqa: E402
 from sora_jax.parallel import mesh as mesh_lib  # noqa: E402
 from sora_jax.training import checkpoint, dit_input, dit_trainer, vae_trainer  # noqa: E402
 from sora_jax.training import train_state as ts  # noqa: E402
-from test_train import micro_config  # noqa: E402
+from test_train import micro_config, run_cli  # noqa: E402
 
 # (name, height, width, fps, frames) of the good clips: different sizes, rates and lengths.
 CLIPS = (("a", 32, 48, 8, 9), ("b", 48, 32, 12, 17), ("c", 32, 32, 24, 5), ("d", 32, 48, 8, 1))
@@ -224,7 +224,6 @@ def test_dit_trains_and_resumes_from_the_latent_cache(dataset, vae_workdir, cach
     _, data_dir, _ = dataset
     c = _config(data_dir)
     c.data.source, c.data.cache_dir = "latent_cache", cache_dir
-    c.dit.train.checkpoint_every = 1
     workdir = str(tmp_path / "run")
     os.makedirs(workdir)
     os.symlink(os.path.join(vae_workdir, "vae"), os.path.join(workdir, "vae"))
@@ -264,3 +263,32 @@ def test_config_rejects_bad_data_knobs(knobs, key):
         c.data[k] = v
     with pytest.raises(ValueError, match=f"config.{key}[=:]"):
         config_lib.validate(c)
+
+
+def test_build_dataset_cli_exports_and_builds_moving_shapes(tmp_path):
+    r = run_cli(
+        "sora_jax.build_dataset",
+        "--moving_shapes=3",
+        f"--source={tmp_path}/shapes",
+        f"--data_dir={tmp_path}/tfds",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "video_clips: 3 clips, 0 bad" in r.stdout
+    ds = input_pipeline.open_tfds("video_clips", str(tmp_path / "tfds"))
+    captions = sorted(ds[i]["caption"].decode() for i in range(3))
+    assert captions == sorted(shapes.MovingShapes(0, 3, (1, 9, 17))[i]["caption"] for i in range(3))
+
+
+def test_bad_record_at_decode_time_is_skipped_and_counted(dataset):
+    _, data_dir, _ = dataset
+    c = _config(data_dir)
+    source = input_pipeline.open_tfds("video_clips", str(data_dir))
+    records = [source[i] for i in range(len(source))]
+    records[1] = dict(records[1], video=records[1]["video"][:100])  # truncated after building
+    opts = input_pipeline.clip_options(c)
+    examples = input_pipeline.examples_dataset(
+        records, lambda i, r: input_pipeline.decode_example(opts, i, r)
+    )
+    group = input_pipeline.step_groups(examples, 0, len(records), 0, 1)[0]
+    assert group["num_bad"] == 1
+    assert sorted(e["index"] for e in group["examples"]) == [0, 2, 3]

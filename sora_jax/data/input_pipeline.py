@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import av
 import grain
 import jax
 import numpy as np
@@ -80,7 +81,7 @@ def decode_example(options: ClipOptions, index: int, record: dict) -> dict | Non
             temporal_compression=options.temporal_compression,
             image_fraction=options.image_fraction,
         )
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, av.FFmpegError) as e:  # a bad file never stops the run
         path = record.get("path", b"")
         logging.warning("skipping example %d (%s): %s", index, _text(path), e)
         return None

@@ -89,6 +89,13 @@ class LatentCache:
     text_null_index: int = -1
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_encoder(vae_model, inference: vae_inference.InferenceConfig):
+    """One jitted encoder per (model, inference), so repeated calls (the 'tfds' source encodes
+    every step) compile once per video shape."""
+    return jax.jit(lambda p, x: vae_inference.encode(vae_model, p, x, inference)[0])
+
+
 def encode_videos(
     vae_model,
     vae_params,
@@ -98,7 +105,7 @@ def encode_videos(
 ):
     """Posterior means f32[t' h' w' c] for uint8 videos of any (mixed) sizes; long or large
     videos chunked / tiled as `inference` (config.vae.inference) says."""
-    encode = jax.jit(lambda p, x: vae_inference.encode(vae_model, p, x, inference)[0])
+    encode = _jitted_encoder(vae_model, inference)
     by_shape = collections.defaultdict(list)
     for i, v in enumerate(videos):
         by_shape[v.shape].append(i)
