@@ -14,16 +14,12 @@ import os
 from absl import app, flags
 
 from sora_jax import config as config_lib
+from sora_jax.captioning.manifest import shapes_example_id
 from sora_jax.data import shapes, video_io
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file whose data section to export.")
 _OUT = flags.DEFINE_string("out_dir", None, "Folder for the mp4 files and manifest.jsonl.")
 _NUM = flags.DEFINE_integer("num_examples", None, "Examples (default: dit.latent_cache_size).")
-
-
-def example_id(seed: int, index: int) -> str:
-    """The manifest id of training example `index` of the moving-shapes set of `seed`."""
-    return f"moving_shapes/{seed}/{index}"
 
 
 def export(config, out_dir: str, num_examples: int) -> str:
@@ -43,7 +39,7 @@ def export(config, out_dir: str, num_examples: int) -> str:
             example = source[i]
             rel = os.path.join("videos", f"{i:06d}.mp4")
             video_io.write_video(os.path.join(out_dir, rel), example["video"], fps=d.fps)
-            row = dict(id=example_id(d.seed, i), path=rel, caption=example["caption"])
+            row = dict(id=shapes_example_id(d.seed, i), path=rel, caption=example["caption"])
             f.write(json.dumps(row) + "\n")
     return path
 

@@ -109,6 +109,11 @@ def write_jsonl(path: str, rows: list[dict]) -> None:
             f.write((json.dumps(row, sort_keys=True) + "\n").encode("utf-8"))
 
 
+def shapes_example_id(seed: int, index: int) -> str:
+    """The manifest id of example `index` of the moving-shapes set of `seed`."""
+    return f"moving_shapes/{seed}/{index}"
+
+
 def dense_captions(path: str) -> dict[str, str]:
     """{id: dense_caption} of a recaptioned manifest (a local JSONL file such as the
     `manifest.jsonl` of `python -m sora_jax.recaption`); no Beam needed."""

@@ -129,10 +129,10 @@ def _captions(config, examples) -> list[str]:
     captions = [e["caption"] for e in examples]
     if not config.data.captions_manifest:
         return captions
-    from sora_jax.captioning import export_shapes, manifest
+    from sora_jax.captioning import manifest
 
     dense = manifest.dense_captions(config.data.captions_manifest)
-    ids = [export_shapes.example_id(config.data.seed, i) for i in range(len(examples))]
+    ids = [manifest.shapes_example_id(config.data.seed, i) for i in range(len(examples))]
     out = [dense.get(k, c) for k, c in zip(ids, captions)]
     logging.info(
         "recaptioned: %d of %d cached examples (%d differ from the original captions)",
