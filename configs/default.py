@@ -232,10 +232,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.diffusion.shift_base_tokens = 256
     c.diffusion.shift_max = 4.0
     c.diffusion.shift_in_training = False  # shift the training times too (else sampling only)
-    # Extra loss on the change of the prediction error from one latent frame to the next (same
-    # place, same video): errors that differ between frames (wrong motion) weigh more than
-    # errors shared by all frames (static content); see training/motion_loss.py. 0: off.
-    c.diffusion.motion_loss_weight = 0.0
     # DDPM (variance preserving), used when objective='ddpm'.
     c.diffusion.ddpm = ml_collections.ConfigDict()
     c.diffusion.ddpm.prediction = "eps"  # 'eps' | 'x0' | 'v'

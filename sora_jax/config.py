@@ -60,7 +60,6 @@ ADDED_KEYS = {
     "diffusion.shift_base_tokens": 256,
     "diffusion.shift_max": 4.0,
     "diffusion.shift_in_training": False,
-    "diffusion.motion_loss_weight": 0.0,
     "diffusion.ddpm.prediction": "eps",
     "diffusion.ddpm.schedule": "linear",
     "diffusion.ddpm.num_train_steps": 1000,
@@ -586,12 +585,6 @@ def _validate_diffusion(config):
         f"must be > diffusion.karras_sigma_min={f.karras_sigma_min}",
     )
     _check(0.0 <= f.ddim_eta <= 1.0, "diffusion.ddim_eta", f.ddim_eta, "must be in [0, 1]")
-    _check(
-        f.motion_loss_weight >= 0,
-        "diffusion.motion_loss_weight",
-        f.motion_loss_weight,
-        "must be >= 0",
-    )
     _check(f.guidance_scale >= 0, "diffusion.guidance_scale", f.guidance_scale, "must be >= 0")
     gi = f.guidance_interval
     _check(

@@ -26,7 +26,7 @@ from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.parallel import partitioning
 from sora_jax.text import cache as text_cache
 from sora_jax.text import encoders
-from sora_jax.training import checkpoint, grad_accum, loop, motion_loss, vae_trainer
+from sora_jax.training import checkpoint, grad_accum, loop, vae_trainer
 from sora_jax.training import train_state as ts
 
 
@@ -327,7 +327,6 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
     objective = objectives.from_config(config)
     num_seg = config.dit.max_segments
     accum = config.dit.train.grad_accum_steps
-    motion_weight = config.diffusion.motion_loss_weight
 
     def draw(batch, rng):
         """The step's randomness for the whole batch (so microbatching does not change it)."""
@@ -347,8 +346,7 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
 
     def loss_fn(params, inputs):
         """Sum of the squared errors of (a microbatch of) the batch / the whole batch's count
-        of loss elements (`denoms[:, 0]`, the same in every row), plus the motion loss
-        normalised by the whole batch's count of pairs (`denoms[:, 1]`)."""
+        of loss elements (`denoms`, the same in every row)."""
         batch, t, noise, denoms = inputs
         if "caption_emb" in batch:
             text = batch["caption_emb"]
@@ -380,28 +378,14 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
         )
         diff = out - objective.target(x0, noise, t_tok)
         weight = valid[..., None] * objective.loss_weight(t_tok)
-        loss = jnp.sum(diff**2 * weight) / denoms[0, 0]
-        aux = {}
-        if motion_weight > 0:
-            nxt = motion_loss.next_frame_index(seg, batch["positions"])
-            pairs = motion_loss.pair_mask(valid, nxt)
-            motion = jnp.sum(motion_loss.squared_change(diff, nxt) * pairs) / denoms[0, 1]
-            loss = loss + motion_weight * motion
-            aux["motion_loss"] = motion * accum  # sum_gradients averages aux over microbatches
-        return loss, aux
+        return jnp.sum(diff**2 * weight) / denoms[0], {}
 
     def train_step(state: ts.TrainState, batch, rng):
         t, noise = draw(batch, rng)
         seg = batch["segment_ids"]
-        # The whole batch's counts of loss elements (and of motion-loss pairs), the same for
-        # every microbatch: broadcast along the batch axis.
-        valid, dim = loss_mask(batch), batch["tokens"].shape[-1]
-        counts = [jnp.sum(valid) * dim]
-        if motion_weight > 0:
-            nxt = motion_loss.next_frame_index(seg, batch["positions"])
-            counts.append(jnp.maximum(jnp.sum(motion_loss.pair_mask(valid, nxt)), 1) * dim)
-        counts = jnp.stack(counts).astype(jnp.float32)
-        denoms = jnp.broadcast_to(counts, seg.shape[:1] + counts.shape)
+        denom = jnp.sum(loss_mask(batch)) * batch["tokens"].shape[-1]
+        # denom is the same for every microbatch: broadcast it along the batch axis.
+        denoms = jnp.full(seg.shape[:1], denom, jnp.float32)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (loss, aux), grads = grad_accum.sum_gradients(
             grad_fn, state.params, (batch, t, noise, denoms), accum
