@@ -8,6 +8,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from dit_setup import fixed_batch
 from absl import flags
 from ml_collections import config_flags
 
@@ -198,20 +199,8 @@ def test_resume_after_kill_reproduces_the_same_losses(tmp_path, monkeypatch):
 
 
 def _fixed_dit_batch(c):
-    rng = np.random.default_rng(0)
-    tokens, positions = [], []
-    for t, h, w in [(2, 4, 6), (1, 4, 4), (2, 4, 4), (1, 6, 4)] * 8:
-        # One colour per video: a structure the model can learn in a few steps.
-        lat = np.broadcast_to(rng.normal(size=(1, 1, 1, c.vae.model.latent_channels)), (t, h, w, 4))
-        lat = lat.astype(np.float32)
-        tok, pos = dit_trainer.packing.patchify(lat, tuple(c.dit.patch))
-        tokens.append(tok)
-        positions.append(pos)
-    text = dit_trainer.build_text_encoder(c)
-    ids, mask = text.tokenize(["a small red circle on a grey background"] * len(tokens))
-    cache = dit_trainer.LatentCache(tokens, positions, ids, mask, np.zeros(4), np.ones(4))
-    null_ids, null_mask = (a[0] for a in text.tokenize([""]))
-    return text, dit_trainer.dit_batch(c, cache, null_ids, null_mask, 0)
+    """(text encoder, the packed batch of step 0 over random one-colour latents)."""
+    return dit_trainer.build_text_encoder(c), fixed_batch(c)
 
 
 def test_dit_train_step_reduces_loss_and_sharded_equals_single_device():
