@@ -8,8 +8,8 @@ import sys
 import jax
 import numpy as np
 import pytest
-from dit_setup import fixed_batch
 from absl import flags
+from dit_setup import fixed_batch
 from ml_collections import config_flags
 
 from sora_jax import config as config_lib
