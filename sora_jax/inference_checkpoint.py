@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -168,17 +169,11 @@ def read_meta(path: str) -> dict:
 def _abstract_params(config, vae, dit, text_encoder) -> dict:
     """The param tree the config's models expect, as shape/dtype structs (nothing built)."""
     mesh = mesh_lib.create_mesh(1)
-    c = config.vae.model.latent_channels
-    extras = dit_trainer._extras(np.zeros(c, np.float32), np.ones(c, np.float32))
     vae_state = jax.eval_shape(
         lambda: vae_trainer.init_state(config, vae, ts.make_optimizer(config.vae.train), mesh)
     )
-    dit_state = jax.eval_shape(
-        lambda: dit_trainer.init_state(
-            config, dit, text_encoder, ts.make_optimizer(config.dit.train), mesh, extras
-        )
-    )
-    return {"vae": vae_state.params, **dit_state.params}
+    dit_params = nn.unbox(dit_trainer.abstract_params(config, dit, text_encoder))
+    return {"vae": vae_state.params, **dit_params}
 
 
 def load(path: str, config: ml_collections.ConfigDict, mesh=None):

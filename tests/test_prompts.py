@@ -116,7 +116,7 @@ def test_sample_cli_logs_the_expansion_beside_each_sample(workdir, tmp_path):  #
     )
     assert r.returncode == 0, r.stderr
     logs = sorted(p for p in os.listdir(out) if p.endswith(".json"))
-    assert len(logs) == 2 and len(os.listdir(out)) == 6
+    assert len(logs) == 2 and len(os.listdir(out)) == 7  # + mp4, gif each, and index.html
     records = [json.load(open(out / p)) for p in logs]
     expected = {
         p: prompts.GrammarExpander().expand(p, 7, 5).expanded
