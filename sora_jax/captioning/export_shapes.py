@@ -17,11 +17,6 @@ from sora_jax import config as config_lib
 from sora_jax.captioning.manifest import shapes_example_id
 from sora_jax.data import shapes, video_io
 
-_CONFIG = flags.DEFINE_string("config", None, "Config file whose data section to export.")
-_OUT = flags.DEFINE_string("out_dir", None, "Folder for the mp4 files and manifest.jsonl.")
-_NUM = flags.DEFINE_integer("num_examples", None, "Examples (default: dit.latent_cache_size).")
-
-
 def export(config, out_dir: str, num_examples: int) -> str:
     """Writes the examples and out_dir/manifest.jsonl; returns the manifest's path."""
     d = config.data
@@ -45,11 +40,16 @@ def export(config, out_dir: str, num_examples: int) -> str:
 
 
 def main(_):
-    if not _CONFIG.value or not _OUT.value:
+    f = flags.FLAGS
+    if not f.config or not f.out_dir:
         raise app.UsageError("--config and --out_dir are required")
-    config = config_lib.validate(config_lib.load(_CONFIG.value))
-    print(export(config, _OUT.value, _NUM.value or config.dit.latent_cache_size))
+    config = config_lib.validate(config_lib.load(f.config))
+    print(export(config, f.out_dir, f.num_examples or config.dit.latent_cache_size))
 
 
 if __name__ == "__main__":
+    # Defined only when run as a program: training imports `export` next to its own --config.
+    flags.DEFINE_string("config", None, "Config file whose data section to export.")
+    flags.DEFINE_string("out_dir", None, "Folder for the mp4 files and manifest.jsonl.")
+    flags.DEFINE_integer("num_examples", None, "Examples (default: dit.latent_cache_size).")
     app.run(main)
