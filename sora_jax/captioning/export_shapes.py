@@ -17,6 +17,7 @@ from sora_jax import config as config_lib
 from sora_jax.captioning.manifest import shapes_example_id
 from sora_jax.data import shapes, video_io
 
+
 def export(config, out_dir: str, num_examples: int) -> str:
     """Writes the examples and out_dir/manifest.jsonl; returns the manifest's path."""
     d = config.data
