@@ -153,12 +153,17 @@ def override(config: ml_collections.ConfigDict, overrides: dict) -> ml_collectio
             node = node.get(name) if isinstance(node, ml_collections.ConfigDict) else None
         if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
             raise KeyError(f"config override {key!r}: no such key")
-        node[leaf] = _tuples(value)
+        node[leaf] = json_tuples(value)
     return validate(config)
 
 
-def _tuples(x):
-    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
+def json_tuples(x):
+    """JSON turns tuples into lists; configs use tuples (hashable, as in the files)."""
+    if isinstance(x, dict):
+        return {k: json_tuples(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return tuple(json_tuples(v) for v in x)
+    return x
 
 
 def load_with_arg(path: str, arg: str) -> ml_collections.ConfigDict:

@@ -58,16 +58,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         )
     with open(path) as f:
         saved = config_lib.fill_added_keys(json.load(f))
-    return config_lib.validate(ml_collections.ConfigDict(_tuples(saved)))
-
-
-def _tuples(x):
-    """JSON turns tuples into lists; configs use tuples (hashable, as in the files)."""
-    if isinstance(x, dict):
-        return {k: _tuples(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return tuple(_tuples(v) for v in x)
-    return x
+    return config_lib.validate(ml_collections.ConfigDict(config_lib.json_tuples(saved)))
 
 
 # Sampling options of `Pipeline.generate` -> their config.diffusion keys.
