@@ -3,13 +3,21 @@
 import json
 import os
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 pytest.importorskip("tensorflow_datasets")
 
 from sora_jax import config as config_lib  # noqa: E402
-from sora_jax.data import input_pipeline, manifest, shapes, tfds_builder, video_io  # noqa: E402
+from sora_jax.data import (  # noqa: E402
+    input_pipeline,
+    latent_cache,
+    manifest,
+    shapes,
+    tfds_builder,
+    video_io,
+)
 from sora_jax.logging import writers  # noqa: E402
 from sora_jax.parallel import mesh as mesh_lib  # noqa: E402
 from sora_jax.training import checkpoint, dit_input, dit_trainer, vae_trainer  # noqa: E402
@@ -220,10 +228,97 @@ def test_cached_latents_give_the_same_batches_as_on_the_fly(dataset, vae_workdir
             np.testing.assert_allclose(a[k], b[k], atol=1e-4, err_msg=f"{k} at step {step}")
 
 
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    """A tiny random-init BERT folder (config.json, model.safetensors, vocab.txt)."""
+    from test_text import _random_bert_weights, _write_bert
+
+    return _write_bert(tmp_path_factory.mktemp("bert"), _random_bert_weights(0))
+
+
+def test_latent_cache_stores_frozen_text_embeddings(
+    dataset, vae_workdir, cache_dir, bert_dir, tmp_path
+):
+    """A frozen encoder's caption embeddings are cached beside the latents, and the cached
+    source's batches carry them as the on-the-fly source's do; 'tiny' keeps token ids only."""
+    _, data_dir, _ = dataset
+    c = _config(data_dir)
+    c.text.kind, c.text.path, c.text.max_length = "bert", bert_dir, 12
+    c.dit.text_dropout = 0.5  # the empty caption's embedding goes into some rows
+    c = config_lib.validate(c)
+    out = str(tmp_path / "cache")
+    info = dit_input.write_latent_cache(c, vae_workdir, out)
+    text = dit_trainer.build_text_encoder(c)
+    assert info["text_identity"] == text.identity and info["text_dtype"] == "float32"
+
+    # Each record holds its caption's hidden states, as the encoder computes them.
+    records, _ = latent_cache.open_cache(out)
+    source = input_pipeline.open_tfds("video_clips", str(data_dir))
+    captions = [source[i]["caption"].decode() for i in range(len(source))]
+    ids, mask = text.tokenize(captions)
+    want = np.asarray(text.encode(text.params, ids, mask))
+    for i in range(len(records)):
+        r = latent_cache.decode_record(records[i])
+        assert r["caption_emb"].shape == (12, 32)
+        np.testing.assert_allclose(r["caption_emb"], want[i], atol=1e-5)
+        np.testing.assert_array_equal(r["caption_mask"], mask[i])
+    tiny_records, _ = latent_cache.open_cache(cache_dir)
+    assert "caption_emb" not in latent_cache.decode_record(tiny_records[0])
+
+    mesh = mesh_lib.create_mesh()
+    vae_model, vae_params = vae_trainer.load(c, vae_workdir, mesh)
+    fly, _, _ = dit_input.build(c, vae_model, vae_params, text, mesh)
+    c.data.source, c.data.cache_dir = "latent_cache", out
+    cached, _, _ = dit_input.build(c, None, None, text, mesh)  # no VAE needed
+    null_ids = text.tokenize([""])[0][0]
+    for step in range(2):
+        a, b = fly.local_batch(step), cached.local_batch(step)
+        assert a.keys() == b.keys() and "caption_emb" in a
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], atol=1e-5, err_msg=f"{k} at step {step}")
+        # The embeddings are those of the batch's captions (the empty one where dropped).
+        used = b["caption_mask"].any(-1)
+        fresh = text.encode(text.params, b["caption_ids"][used], b["caption_mask"][used])
+        np.testing.assert_allclose(b["caption_emb"][used], np.asarray(fresh), atol=1e-5)
+        assert not b["caption_emb"][~used].any()
+        dropped = (b["caption_ids"][used] == null_ids).all(-1)
+        assert 0 < dropped.sum() < len(dropped), step
+
+    # A cache written for another text encoder is refused, naming what differs.
+    tiny = _config(data_dir)
+    tiny.data.source, tiny.data.cache_dir = "latent_cache", out
+    with pytest.raises(ValueError, match="another text encoder.*text_kind.*'bert', 'tiny'"):
+        dit_input.build(tiny, None, None, dit_trainer.build_text_encoder(tiny), mesh)
+
+
+def test_latent_cache_record_keeps_bfloat16_embeddings():
+    emb = np.random.default_rng(0).normal(size=(3, 4)).astype(jnp.bfloat16)
+    latent, ids, mask = np.zeros((1, 2, 2, 4)), [1, 2, 0], [1, 1, 0]
+    narrow = latent_cache.encode_record(latent, ids, mask, 7, emb)
+    wide = latent_cache.encode_record(latent, ids, mask, 7, emb.astype(np.float32))
+    assert len(narrow) < len(wide)  # stored as 2-byte values
+    r = latent_cache.decode_record(narrow)
+    assert r["caption_emb"].dtype == np.float32
+    np.testing.assert_array_equal(r["caption_emb"], emb.astype(np.float32))
+    assert int(r["index"]) == 7 and r["caption_mask"].tolist() == [True, True, False]
+
+
+def _copy_with_bad_record(cache_dir, out, bad_index):
+    """The cache with record `bad_index` replaced by a bad example's (no VAE needed)."""
+    source, info = latent_cache.open_cache(cache_dir)
+    writer = latent_cache.Writer(out)
+    for i in range(len(source)):
+        writer.add(latent_cache.BAD_RECORD if i == bad_index else source[i])
+    writer.close({k: v for k, v in info.items() if k != "num_examples"})
+    return str(out)
+
+
 def test_dit_trains_and_resumes_from_the_latent_cache(dataset, vae_workdir, cache_dir, tmp_path):
     _, data_dir, _ = dataset
     c = _config(data_dir)
-    c.data.source, c.data.cache_dir = "latent_cache", cache_dir
+    # One of the 4 examples unusable: each step reads 8 (dit.rows x 1 segment = two epochs).
+    bad_cache = _copy_with_bad_record(cache_dir, tmp_path / "cache", bad_index=1)
+    c.data.source, c.data.cache_dir, c.data.max_bad_fraction = "latent_cache", bad_cache, 0.5
     workdir = str(tmp_path / "run")
     os.makedirs(workdir)
     os.symlink(os.path.join(vae_workdir, "vae"), os.path.join(workdir, "vae"))
@@ -237,10 +332,30 @@ def test_dit_trains_and_resumes_from_the_latent_cache(dataset, vae_workdir, cach
     c.dit.train.steps = 3
     _, resumed = dit_trainer.train(c, workdir, mesh, writer)
     assert [s for s, _ in resumed] == [3]
+    # The bad-example counts go to TensorBoard with the step's metrics, and survive the resume.
+    writer.flush()
+    scalars = writers.read_scalars(str(tmp_path / "tb"))
+    assert scalars["data/num_bad"] == [(1, 2.0), (2, 4.0), (3, 6.0)]
+    assert scalars["data/bad_fraction"] == [(s, 0.25) for s in (1, 2, 3)]
+    assert [s for s, _ in scalars["dit/loss"]] == [1, 2, 3]
     # The sampler's loader reads the same checkpoint layout.
     _, _, params, extras = dit_trainer.load(c, workdir, mesh)
     np.testing.assert_allclose(np.asarray(extras["latent_std"]), _cache_std(cache_dir), rtol=1e-6)
     writer.close()
+
+
+def test_run_stops_past_max_bad_fraction(dataset, cache_dir, tmp_path):
+    _, data_dir, _ = dataset
+    c = _config(data_dir)
+    c.data.source, c.data.max_bad_fraction = "latent_cache", 0.3
+    c.data.cache_dir = _copy_with_bad_record(cache_dir, tmp_path / "cache", bad_index=2)
+    text = dit_trainer.build_text_encoder(c)
+    batches, _, _ = dit_input.build(c, None, None, text, mesh_lib.create_mesh())
+    batches.local_batch(0)  # 2 of 8 bad: under 0.3
+    assert batches.metrics() == {"data/num_bad": 2, "data/bad_fraction": 0.25}
+    c.data.max_bad_fraction = 0.2
+    with pytest.raises(RuntimeError, match=r"4 of 16 examples were unusable, more than config"):
+        batches.local_batch(1)
 
 
 def _cache_std(cache_dir):
@@ -292,3 +407,23 @@ def test_bad_record_at_decode_time_is_skipped_and_counted(dataset):
     group = input_pipeline.step_groups(examples, 0, len(records), 0, 1)[0]
     assert group["num_bad"] == 1
     assert sorted(e["index"] for e in group["examples"]) == [0, 2, 3]
+
+
+def test_worker_processes_yield_the_same_groups_and_resume(dataset):
+    """data.worker_count=1: clips decoded in a grain worker process are the in-process ones."""
+    _, data_dir, _ = dataset
+    source = input_pipeline.open_tfds("video_clips", str(data_dir))
+    groups = input_pipeline.video_groups(_config(data_dir), source, 0, 1, examples_per_step=3)
+    inline = input_pipeline.DataIterator(groups)
+    expected = [inline(s) for s in range(3)]
+    workers = input_pipeline.DataIterator(groups, worker_count=1)
+    got = [workers(s) for s in range(2)]
+    state = workers.get_state()
+    resumed = input_pipeline.DataIterator(groups, worker_count=1)
+    resumed.set_state(json.loads(json.dumps(state)))  # as the checkpoint stores it
+    got.append(resumed(2))
+    for a, b in zip(got, expected):
+        assert a["num_bad"] == b["num_bad"]
+        assert [e["index"] for e in a["examples"]] == [e["index"] for e in b["examples"]]
+        for x, y in zip(a["examples"], b["examples"]):
+            np.testing.assert_array_equal(x["video"], y["video"])

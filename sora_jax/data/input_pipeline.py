@@ -24,7 +24,7 @@ import av
 import grain
 import jax
 import numpy as np
-from absl import logging
+from absl import flags, logging
 
 from sora_jax.data import clips
 
@@ -134,12 +134,16 @@ class DataIterator:
     `__call__(step)` returns the group of `step` (steps must come in order: the loop asks for
     step s after s - 1); `get_state()` / `set_state()` are JSON for the orbax checkpoint.
     With `worker_count > 0` records are decoded in that many worker processes (grain
-    multiprocessing: the program must parse absl flags and run under `__main__`).
+    multiprocessing: absl flags are marked parsed, with their defaults, where the program did
+    not parse them (a notebook, pytest); a script must run under `__main__`). The groups are
+    the same with or without workers.
     """
 
     def __init__(self, groups: grain.MapDataset, worker_count: int = 0, prefetch: int = 2):
         ds = groups.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch))
         if worker_count > 0:
+            if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags
+                flags.FLAGS.mark_as_parsed()
             ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
         self._iter = iter(ds)
         self._next_step = 0

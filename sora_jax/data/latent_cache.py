@@ -1,11 +1,13 @@
-"""Offline cache of VAE latents and caption token ids as array_record shards.
+"""Offline cache of VAE latents, caption token ids and text embeddings as array_record shards.
 
-Written once by `python -m sora_jax.cache_latents` (so the VAE and the tokenizer cost nothing
-during DiT training), read by the 'latent_cache' source. Record i holds source example i:
-{'latent': f32[t h w c] (the VAE posterior mean, not normalised), 'caption_ids': i32[lt],
-'caption_mask': bool[lt], 'index': i}, or an empty record where the example was bad (so record
-indices stay the source's). `cache_info.json` holds the count, the latent mean / std the trainer
-normalises with, and what the cache was made from.
+Written once by `python -m sora_jax.cache_latents` (so the VAE and a frozen text encoder cost
+nothing during DiT training), read by the 'latent_cache' source. Record i holds source example
+i: {'latent': f32[t h w c] (the VAE posterior mean, not normalised), 'caption_ids': i32[lt],
+'caption_mask': bool[lt], 'index': i} and, for a frozen text encoder (bert / t5 / clip), the
+caption's hidden states 'caption_emb' f[lt dim] in text.dtype (masked by caption_mask); or an
+empty record where the example was bad (so record indices stay the source's).
+`cache_info.json` holds the count, the latent mean / std the trainer normalises with, and what
+the cache was made from (VAE, text encoder identity).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 from pathlib import Path
 
 import grain
+import jax.numpy as jnp
 import numpy as np
 from array_record.python import array_record_module
 
@@ -23,15 +26,26 @@ INFO = "cache_info.json"
 SHARD_PATTERN = "latents-{:05d}.array_record"
 
 
-def encode_record(latent, caption_ids, caption_mask, index: int) -> bytes:
-    buf = io.BytesIO()
-    np.savez(
-        buf,
+# npz has no bfloat16: such embeddings are stored as their uint16 bits under this key.
+_BF16_KEY = "caption_emb_bf16"
+
+
+def encode_record(latent, caption_ids, caption_mask, index: int, caption_emb=None) -> bytes:
+    """caption_emb: f32 or bf16[lt dim] (a frozen encoder's), stored in its own dtype."""
+    arrays = dict(
         latent=np.asarray(latent, np.float32),
         caption_ids=np.asarray(caption_ids, np.int32),
         caption_mask=np.asarray(caption_mask, bool),
         index=np.int64(index),
     )
+    if caption_emb is not None:
+        emb = np.asarray(caption_emb)
+        if emb.dtype == jnp.bfloat16:
+            arrays[_BF16_KEY] = emb.view(np.uint16)
+        else:
+            arrays["caption_emb"] = emb.astype(np.float32)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
     return buf.getvalue()
 
 
@@ -39,11 +53,14 @@ BAD_RECORD = b""
 
 
 def decode_record(data: bytes) -> dict | None:
-    """The record's arrays, or None for a bad example's empty record."""
+    """The record's arrays ('caption_emb' as f32), or None for a bad example's empty record."""
     if not data:
         return None
     with np.load(io.BytesIO(data)) as z:
-        return {k: z[k] for k in z.files}
+        out = {k: z[k] for k in z.files}
+    if _BF16_KEY in out:
+        out["caption_emb"] = out.pop(_BF16_KEY).view(jnp.bfloat16).astype(np.float32)
+    return out
 
 
 class Writer:

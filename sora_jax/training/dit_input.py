@@ -1,13 +1,16 @@
 """DiT batches from the grain pipeline: config.data.source = 'tfds' or 'latent_cache'.
 
   'tfds'          decode clips (input_pipeline), encode them with the frozen VAE on the fly,
-                  tokenise captions, pack;
-  'latent_cache'  read latents and token ids written by `python -m sora_jax.cache_latents`,
-                  pack (no VAE, no tokenizer during training).
+                  tokenise captions (and embed them, for a frozen text encoder), pack;
+  'latent_cache'  read latents, token ids and (frozen text encoders) caption embeddings written
+                  by `python -m sora_jax.cache_latents`, pack (no VAE, no text encoder during
+                  training).
 
 Both see the same examples in the same order (a function of data.seed), normalise latents with
 the mean / std of the first `data.stats_examples` source examples, and pack with
-`dit_trainer.pack_batch`; so they give the same batches up to float error. Each host packs its
+`dit_trainer.pack_batch`; so they give the same batches up to float error. With a frozen text
+encoder (bert / t5 / clip) both add 'caption_emb' (the caption's hidden states) to the batch,
+so the train step never runs the encoder. Each host packs its
 own rows (dit.rows / process count) and the rows are assembled into global arrays with
 `jax.make_array_from_process_local_data`.
 """
@@ -18,8 +21,10 @@ import functools
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from sora_jax.data import input_pipeline, latent_cache, packing
 from sora_jax.models import vae_inference
@@ -48,12 +53,41 @@ def encode_examples(config, vae_model, vae_params, text_encoder, examples: list[
     return list(zip(latents, np.asarray(ids), np.asarray(mask)))
 
 
+def caption_embedder(text_encoder, batch_size: int = 32):
+    """`embed(captions) -> f32[n lt dim]`, a frozen text encoder's hidden states (None for a
+    trainable encoder). Batches are padded to `batch_size` (one compile); unlike the
+    EmbeddingCache nothing is kept, so memory stays flat over millions of distinct captions."""
+    if text_encoder.trainable:
+        return None
+    encode = jax.jit(text_encoder.encode)
+
+    def embed(captions: list[str]) -> np.ndarray:
+        out = [np.zeros((0, text_encoder.max_length, text_encoder.dim), np.float32)]
+        for s in range(0, len(captions), batch_size):
+            chunk = list(captions[s : s + batch_size])
+            ids, mask = text_encoder.tokenize(chunk + [""] * (batch_size - len(chunk)))
+            emb = encode(text_encoder.params, ids, mask)
+            out.append(np.asarray(emb, np.float32)[: len(chunk)])
+        return np.concatenate(out)
+
+    return embed
+
+
+def storage_dtype(config):
+    """The dtype caption embeddings are stored in in the latent cache (config.text.dtype)."""
+    return jnp.bfloat16 if config.text.dtype == "bfloat16" else np.float32
+
+
 class Batches:
     """`batch_fn(step)` for `loop.run`: global DiT batches, checkpointable (`get_state`)."""
 
-    def __init__(self, config, groups, to_items, null_ids, null_mask, mesh, worker_count=0):
+    def __init__(
+        self, config, groups, to_items, null_ids, null_mask, mesh, worker_count=0, null_emb=None
+    ):
+        """`to_items(examples) -> (pack_batch items, their caption embeddings f32[lt dim] each,
+        or None)`; `null_emb` f32[lt dim]: the empty caption's embedding (frozen encoders)."""
         self.config, self.to_items, self.mesh = config, to_items, mesh
-        self.null_ids, self.null_mask = null_ids, null_mask
+        self.null_ids, self.null_mask, self.null_emb = null_ids, null_mask, null_emb
         self.rows = config.dit.rows // jax.process_count()
         self.iterator = input_pipeline.DataIterator(groups, worker_count)
         self.num_bad = self.num_seen = 0  # examples skipped / read so far
@@ -68,11 +102,27 @@ class Batches:
                 f"config.data.max_bad_fraction={self.config.data.max_bad_fraction} (the paths "
                 "are in the log); fix or rebuild the dataset"
             )
-        items = self.to_items(group["examples"])
+        items, embs = self.to_items(group["examples"])
+        text_emb = None if embs is None else (embs, self.null_emb)
         rng = np.random.default_rng([self.config.data.seed, 2, step, jax.process_index()])
         return dit_trainer.pack_batch(
-            self.config, items, self.null_ids, self.null_mask, rng, step, rows=self.rows
+            self.config,
+            items,
+            self.null_ids,
+            self.null_mask,
+            rng,
+            step,
+            rows=self.rows,
+            text_emb=text_emb,
         )
+
+    def metrics(self) -> dict[str, float]:
+        """Unusable examples skipped so far, over all hosts (every host must call it)."""
+        counts = np.asarray([self.num_bad, self.num_seen], np.int64)
+        if jax.process_count() > 1:
+            counts = np.asarray(multihost_utils.process_allgather(counts)).sum(0)
+        num_bad, num_seen = (int(c) for c in counts)
+        return {"data/num_bad": num_bad, "data/bad_fraction": num_bad / max(num_seen, 1)}
 
     def __call__(self, step: int):
         sharding = mesh_lib.data_sharding(self.mesh)
@@ -94,6 +144,33 @@ def _patchify_items(config, mean, std, encoded):
     return items
 
 
+def _text_info(config, text_encoder) -> dict:
+    """What the latent cache's captions were tokenised / embedded with (in cache_info.json)."""
+    return dict(
+        text_kind=config.text.kind,
+        text_identity=text_encoder.identity,
+        text_max_length=config.text.max_length,
+        text_dtype=config.text.dtype,
+    )
+
+
+def _check_cache_text(info: dict, config, text_encoder, cache_dir: str):
+    """Token ids / embeddings of another text encoder would train on the wrong conditioning."""
+    want = _text_info(config, text_encoder)
+    if text_encoder.trainable:
+        del want["text_dtype"]  # token ids do not depend on it
+    # Caches written before these keys existed hold tiny-encoder ids of text.max_length.
+    old = dict(text_identity=None, text_max_length=config.text.max_length, text_dtype=None)
+    got = {k: info.get(k, old.get(k)) for k in want}
+    if got != want:
+        diff = {k: (got[k], want[k]) for k in want if got[k] != want[k]}
+        raise ValueError(
+            f"latent cache {cache_dir} was written for another text encoder "
+            f"(cache, config): {diff}; write it again with this config "
+            "(python -m sora_jax.cache_latents)"
+        )
+
+
 def build(config, vae_model, vae_params, text_encoder, mesh):
     """(Batches, latent_mean f32[c], latent_std f32[c]) for config.data.source."""
     d = config.data
@@ -102,6 +179,8 @@ def build(config, vae_model, vae_params, text_encoder, mesh):
         raise ValueError(f"config.dit.rows={rows} must be divisible by the {nproc} hosts")
     per_step = (rows // nproc) * config.dit.max_segments
     null_ids, null_mask = (np.asarray(a)[0] for a in text_encoder.tokenize([""]))
+    embed = caption_embedder(text_encoder)
+    null_emb = None if embed is None else embed([text_encoder.null_text])[0]
     if d.source == "tfds":
         source = input_pipeline.open_tfds(d.tfds_name, d.tfds_data_dir, d.tfds_split)
         encode = functools.partial(encode_examples, config, vae_model, vae_params, text_encoder)
@@ -115,10 +194,14 @@ def build(config, vae_model, vae_params, text_encoder, mesh):
         groups = input_pipeline.video_groups(config, source, jax.process_index(), nproc, per_step)
 
         def to_items(examples):
-            return _patchify_items(config, mean, std, encode(examples))
+            items = _patchify_items(config, mean, std, encode(examples))
+            return items, None if embed is None else list(embed([e["caption"] for e in examples]))
 
     elif d.source == "latent_cache":
         source, info = latent_cache.open_cache(d.cache_dir)
+        _check_cache_text(info, config, text_encoder, d.cache_dir)
+        if null_emb is not None:  # as the stored embeddings: rounded to text.dtype
+            null_emb = null_emb.astype(storage_dtype(config)).astype(np.float32)
         mean = np.asarray(info["latent_mean"], np.float32)
         std = np.asarray(info["latent_std"], np.float32)
         examples = input_pipeline.examples_dataset(
@@ -128,23 +211,26 @@ def build(config, vae_model, vae_params, text_encoder, mesh):
 
         def to_items(records):
             encoded = [(r["latent"], r["caption_ids"], r["caption_mask"]) for r in records]
-            return _patchify_items(config, mean, std, encoded)
+            items = _patchify_items(config, mean, std, encoded)
+            return items, None if embed is None else [r["caption_emb"] for r in records]
 
     else:
         raise ValueError(f"config.data.source={d.source!r} has no grain pipeline")
     logging.info("DiT data: %s, %d examples, latent std %s", d.source, len(source), std)
-    batches = Batches(config, groups, to_items, null_ids, null_mask, mesh, d.worker_count)
+    batches = Batches(config, groups, to_items, null_ids, null_mask, mesh, d.worker_count, null_emb)
     return batches, mean, std
 
 
 def write_latent_cache(config, workdir: str, output: str = "", chunk: int = 64) -> dict:
     """`python -m sora_jax.cache_latents`: encodes every example of the TFDS source once with the
-    workdir's VAE and writes the latent cache to `output`; returns its info (num_examples, num_bad, latent_mean/std, ...)."""
+    workdir's VAE (and, for a frozen text encoder, each caption with it) and writes the latent
+    cache to `output`; returns its info (num_examples, num_bad, latent_mean/std, ...)."""
     d = config.data
     output = output or d.cache_dir or os.path.join(workdir, "latent_cache")
     mesh = mesh_lib.create_mesh(config.mesh.num_devices)
     vae_model, vae_params = vae_trainer.load(config, workdir, mesh)
     text_encoder = dit_trainer.build_text_encoder(config)
+    embed = caption_embedder(text_encoder)
     source = input_pipeline.open_tfds(d.tfds_name, d.tfds_data_dir, d.tfds_split)
     opts = input_pipeline.clip_options(config)
     writer = latent_cache.Writer(output)
@@ -154,6 +240,9 @@ def write_latent_cache(config, workdir: str, output: str = "", chunk: int = 64) 
         examples = [input_pipeline.decode_example(opts, i, source[i]) for i in indices]
         good = [e for e in examples if e is not None]
         encoded = iter(encode_examples(config, vae_model, vae_params, text_encoder, good))
+        embs = iter([None] * len(good))
+        if embed is not None:
+            embs = iter(embed([e["caption"] for e in good]).astype(storage_dtype(config)))
         for i, example in zip(indices, examples):
             if example is None:
                 num_bad += 1
@@ -162,7 +251,7 @@ def write_latent_cache(config, workdir: str, output: str = "", chunk: int = 64) 
             latent, ids, mask = next(encoded)
             if i < d.stats_examples:
                 stats.append(latent)
-            writer.add(latent_cache.encode_record(latent, ids, mask, i))
+            writer.add(latent_cache.encode_record(latent, ids, mask, i, next(embs)))
         logging.info("cached %d / %d examples", indices[-1] + 1, len(source))
     mean, std = latent_stats(stats)
     info = writer.close(
@@ -172,7 +261,7 @@ def write_latent_cache(config, workdir: str, output: str = "", chunk: int = 64) 
             latent_std=std.tolist(),
             tfds=dict(name=d.tfds_name, data_dir=d.tfds_data_dir, split=d.tfds_split),
             vae_model=config.vae.model.to_dict(),
-            text_kind=config.text.kind,
+            **_text_info(config, text_encoder),
         )
     )
     logging.info("latent cache: %s (%d examples, %d bad)", output, info["num_examples"], num_bad)

@@ -61,11 +61,13 @@ def run(
 
     The batch and the rng of step s are pure functions of s (batch_fn(s),
     fold_in(key, s)), so a resumed run continues exactly as an uninterrupted one. A batch_fn
-    with `get_state` (an input pipeline's iterator) has its state saved with each checkpoint.
+    with `get_state` (an input pipeline's iterator) has its state saved with each checkpoint;
+    one with `metrics()` (e.g. 'data/num_bad') has them written with the step's metrics.
     `finalize(state) -> state` (optional) runs after the last step, before its checkpoint is
     written (e.g. statistics of the trained model that belong with it).
     """
     data_state = getattr(batch_fn, "get_state", None)
+    data_metrics = getattr(batch_fn, "metrics", None)
     start = int(jax.device_get(state.step))
     history: list[tuple[int, dict[str, float]]] = []
     progress = progress_lib.Progress(stage, t.steps, start=start, enabled=jax.process_index() == 0)
@@ -84,8 +86,13 @@ def run(
             now = time.perf_counter()
             m["steps_per_sec"] = (done - last_step) / max(now - last_t, 1e-9)
             last_t, last_step = now, done
+            scalars = {f"{stage}/{k}": v for k, v in m.items()}
+            if data_metrics is not None:  # already named by the input pipeline (data/...)
+                d = data_metrics()
+                scalars.update(d)
+                m.update(d)
             history.append((done, m))
-            writer.write_scalars(done, {f"{stage}/{k}": v for k, v in m.items()})
+            writer.write_scalars(done, scalars)
         if done == t.steps and finalize is not None:
             state = finalize(state)
         if data_state is None:
