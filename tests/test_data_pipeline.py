@@ -201,19 +201,25 @@ def vae_workdir(dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cache_dir(dataset, vae_workdir, tmp_path_factory):
+def vae(dataset, vae_workdir):
+    """(model, params) of the workdir's VAE, loaded once for the tests that encode."""
+    return vae_trainer.load(_config(dataset[1]), vae_workdir, mesh_lib.create_mesh())
+
+
+@pytest.fixture(scope="module")
+def cache_dir(dataset, vae_workdir, vae, tmp_path_factory):
     _, data_dir, _ = dataset
     out = str(tmp_path_factory.mktemp("cache"))
-    info = dit_input.write_latent_cache(_config(data_dir), vae_workdir, out)
+    info = dit_input.write_latent_cache(_config(data_dir), vae_workdir, out, vae=vae)
     assert info["num_examples"] == len(CLIPS) and info["num_bad"] == 0
     return out
 
 
-def test_cached_latents_give_the_same_batches_as_on_the_fly(dataset, vae_workdir, cache_dir):
+def test_cached_latents_give_the_same_batches_as_on_the_fly(dataset, vae, cache_dir):
     _, data_dir, _ = dataset
     c = _config(data_dir)
     mesh = mesh_lib.create_mesh()
-    vae_model, vae_params = vae_trainer.load(c, vae_workdir, mesh)
+    vae_model, vae_params = vae
     text = dit_trainer.build_text_encoder(c)
     fly, mean, std = dit_input.build(c, vae_model, vae_params, text, mesh)
     c.data.source, c.data.cache_dir = "latent_cache", cache_dir
@@ -236,9 +242,7 @@ def bert_dir(tmp_path_factory):
     return _write_bert(tmp_path_factory.mktemp("bert"), _random_bert_weights(0))
 
 
-def test_latent_cache_stores_frozen_text_embeddings(
-    dataset, vae_workdir, cache_dir, bert_dir, tmp_path
-):
+def test_latent_cache_stores_frozen_text_embeddings(dataset, vae, cache_dir, bert_dir, tmp_path):
     """A frozen encoder's caption embeddings are cached beside the latents, and the cached
     source's batches carry them as the on-the-fly source's do; 'tiny' keeps token ids only."""
     _, data_dir, _ = dataset
@@ -247,7 +251,7 @@ def test_latent_cache_stores_frozen_text_embeddings(
     c.dit.text_dropout = 0.5  # the empty caption's embedding goes into some rows
     c = config_lib.validate(c)
     out = str(tmp_path / "cache")
-    info = dit_input.write_latent_cache(c, vae_workdir, out)
+    info = dit_input.write_latent_cache(c, "", out, vae=vae)
     text = dit_trainer.build_text_encoder(c)
     assert info["text_identity"] == text.identity and info["text_dtype"] == "float32"
 
@@ -266,8 +270,7 @@ def test_latent_cache_stores_frozen_text_embeddings(
     assert "caption_emb" not in latent_cache.decode_record(tiny_records[0])
 
     mesh = mesh_lib.create_mesh()
-    vae_model, vae_params = vae_trainer.load(c, vae_workdir, mesh)
-    fly, _, _ = dit_input.build(c, vae_model, vae_params, text, mesh)
+    fly, _, _ = dit_input.build(c, *vae, text, mesh)
     c.data.source, c.data.cache_dir = "latent_cache", out
     cached, _, _ = dit_input.build(c, None, None, text, mesh)  # no VAE needed
     null_ids = text.tokenize([""])[0][0]

@@ -221,14 +221,16 @@ def build(config, vae_model, vae_params, text_encoder, mesh):
     return batches, mean, std
 
 
-def write_latent_cache(config, workdir: str, output: str = "", chunk: int = 64) -> dict:
+def write_latent_cache(config, workdir: str, output: str = "", chunk: int = 64, vae=None) -> dict:
     """`python -m sora_jax.cache_latents`: encodes every example of the TFDS source once with the
-    workdir's VAE (and, for a frozen text encoder, each caption with it) and writes the latent
-    cache to `output`; returns its info (num_examples, num_bad, latent_mean/std, ...)."""
+    workdir's VAE (or `vae` = (model, params) already loaded) and, for a frozen text encoder,
+    each caption with it; writes the latent cache to `output` and returns its info
+    (num_examples, num_bad, latent_mean/std, ...)."""
     d = config.data
     output = output or d.cache_dir or os.path.join(workdir, "latent_cache")
-    mesh = mesh_lib.create_mesh(config.mesh.num_devices)
-    vae_model, vae_params = vae_trainer.load(config, workdir, mesh)
+    if vae is None:
+        vae = vae_trainer.load(config, workdir, mesh_lib.create_mesh(config.mesh.num_devices))
+    vae_model, vae_params = vae
     text_encoder = dit_trainer.build_text_encoder(config)
     embed = caption_embedder(text_encoder)
     source = input_pipeline.open_tfds(d.tfds_name, d.tfds_data_dir, d.tfds_split)
