@@ -1,7 +1,7 @@
 """Input pipeline throughput per CPU core: decoded+resized+packed frames/s, and from cached latents.
 
   python benchmarks/input_pipeline.py [--config=configs/default.py] [--clips=48] [--steps=6]
-      [--step_rate=1.0]
+      [--step_rate=1.0] [--text_kind=bert --text_path=/models/all-MiniLM-L6-v2]
 
 Builds a TFDS video_clips dataset of moving-shapes mp4s (the config's resolutions and frame
 counts, at data.fps) in a temp dir, then times, in this one process (one core, worker_count=0):
@@ -10,8 +10,14 @@ counts, at data.fps) in a temp dir, then times, in this one process (one core, w
     grid: the VAE runs on the accelerator, not on the host);
   * 'latent_cache': the same groups read from an array_record latent cache, patchified, packed.
 Rates are frames per CPU second of this process (process_time: per core, and not skewed by
-other jobs on a shared machine). Prints frames/s per core for both and the host cores each needs to feed `--step_rate` DiT
-steps/s at the config's examples per step (dit.rows x dit.max_segments).
+other jobs on a shared machine). Prints frames/s per core for both and the host cores each needs
+to feed `--step_rate` DiT steps/s at the config's examples per step (dit.rows x dit.max_segments).
+
+With a frozen text encoder (`--text_kind`, `--text_path`: a local HF folder; config.text.dtype)
+the cache also stores each caption's embedding, as `cache_latents` does, and the batches carry
+them ('caption_emb'); it also times the encoder on the captions (captions/s per core on this
+CPU: what the cache saves the trainer, which otherwise encodes every step's captions) and
+reports the cache's bytes per record.
 """
 
 import argparse
@@ -24,7 +30,7 @@ import numpy as np
 
 from sora_jax import config as config_lib
 from sora_jax.data import input_pipeline, latent_cache, packing, tfds_builder
-from sora_jax.training import dit_trainer
+from sora_jax.training import dit_input, dit_trainer
 
 
 def _fake_latent(config, video, channels, rng):
@@ -32,7 +38,7 @@ def _fake_latent(config, video, channels, rng):
     return rng.normal(size=(t, h, w, channels)).astype(np.float32)
 
 
-def _time_groups(config, groups, to_latents, steps, null):
+def _time_groups(config, groups, to_latents, steps, null, null_emb=None):
     """(frames per CPU second, mean frames per example) over `steps` packed batches (after one
     warm-up). CPU time of this process, not wall time: per core, and not skewed by other load."""
     rng = np.random.default_rng(0)
@@ -43,13 +49,15 @@ def _time_groups(config, groups, to_latents, steps, null):
         if step == 1:
             start, frames, examples = time.process_time(), 0, 0
         group = groups[step]
-        items = []
-        for latent, n_frames, ids in to_latents(group["examples"]):
+        items, embs = [], []
+        for latent, n_frames, ids, emb in to_latents(group["examples"]):
             tok, pos = packing.patchify(latent, patch)
             items.append((tok, pos, ids, ids > 0))
+            embs.append(emb)
             frames += n_frames
             examples += 1
-        dit_trainer.pack_batch(config, items, null, null > 0, rng, step)
+        text_emb = None if null_emb is None else (embs, null_emb)
+        dit_trainer.pack_batch(config, items, null, null > 0, rng, step, text_emb=text_emb)
     seconds = time.process_time() - start
     return frames / seconds, frames / examples
 
@@ -60,8 +68,15 @@ def main():
     p.add_argument("--clips", type=int, default=48)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--step_rate", type=float, default=1.0)
+    p.add_argument("--text_kind", default="", help="a frozen encoder kind: bert, t5 or clip")
+    p.add_argument("--text_path", default="", help="its local HF folder")
+    p.add_argument("--text_dtype", default="", help="float32 or bfloat16 (default: config's)")
     args = p.parse_args()
-    c = config_lib.validate(config_lib.load(args.config))
+    c = config_lib.load(args.config)
+    if args.text_kind:
+        c.text.kind, c.text.path = args.text_kind, args.text_path
+        c.text.dtype = args.text_dtype or c.text.dtype
+    c = config_lib.validate(c)
     d, channels = c.data, c.vae.model.latent_channels
     per_step = c.dit.rows * c.dit.max_segments
     null = np.zeros(c.text.max_length, np.int32)
@@ -84,18 +99,33 @@ def main():
 
         def from_videos(examples):
             return [
-                (_fake_latent(c, e["video"], channels, rng), len(e["video"]), ids) for e in examples
+                (_fake_latent(c, e["video"], channels, rng), len(e["video"]), ids, None)
+                for e in examples
             ]
 
         video_fps, frames_per_example = _time_groups(c, groups, from_videos, args.steps, null)
+
+        text = dit_trainer.build_text_encoder(c)
+        embed = dit_input.caption_embedder(text, batch_size=per_step)
+        captions = [source[i]["caption"].decode() for i in range(len(source))]
+        text_rate, embs, null_emb = None, [None] * len(source), None
+        if embed is not None:
+            embed(captions[:1])  # compile
+            timed = (captions * args.steps)[: per_step * args.steps]  # `steps` steps' captions
+            start = time.process_time()
+            embed(timed)
+            text_rate = len(timed) / (time.process_time() - start)
+            embs = embed(captions).astype(dit_input.storage_dtype(c))
+            null_emb = embed([""])[0]
 
         writer = latent_cache.Writer(tmp / "cache")
         opts = input_pipeline.clip_options(c)
         for i in range(len(source)):
             video = input_pipeline.decode_example(opts, i, source[i])["video"]
             latent = _fake_latent(c, video, channels, rng)
-            writer.add(latent_cache.encode_record(latent, ids, ids > 0, i))
+            writer.add(latent_cache.encode_record(latent, ids, ids > 0, i, embs[i]))
         writer.close(dict(latent_mean=[0.0] * channels, latent_std=[1.0] * channels))
+        record_bytes = sum(p.stat().st_size for p in (tmp / "cache").glob("*.array_record"))
         cache, _ = latent_cache.open_cache(tmp / "cache")
         ct = config_lib.vae_compression(c)[0]
         examples = input_pipeline.examples_dataset(
@@ -104,9 +134,12 @@ def main():
         cached = input_pipeline.step_groups(examples, d.seed, per_step, 0, 1)
 
         def from_cache(records):
-            return [(r["latent"], 1 + ct * (len(r["latent"]) - 1), ids) for r in records]
+            return [
+                (r["latent"], 1 + ct * (len(r["latent"]) - 1), ids, r.get("caption_emb"))
+                for r in records
+            ]
 
-        cache_fps, _ = _time_groups(c, cached, from_cache, args.steps, null)
+        cache_fps, _ = _time_groups(c, cached, from_cache, args.steps, null, null_emb)
     need = args.step_rate * per_step * frames_per_example
     print(
         json.dumps(
@@ -119,6 +152,16 @@ def main():
                 "step_rate": args.step_rate,
                 "cores_needed_tfds": round(need / video_fps, 2),
                 "cores_needed_cache": round(need / cache_fps, 3),
+                "cache_bytes_per_record": round(record_bytes / len(source)),
+                **(
+                    {}
+                    if text_rate is None
+                    else {
+                        "text": f"{c.text.kind} {c.text.dtype} len {c.text.max_length}",
+                        "text_captions_per_s_per_core": round(text_rate, 1),
+                        "cores_to_encode_captions": round(args.step_rate * per_step / text_rate, 3),
+                    }
+                ),
             }
         )
     )
