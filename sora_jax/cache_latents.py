@@ -5,7 +5,8 @@
 
 Reads the dataset named by config.data.tfds_* (every example, in source order, sampled and
 resized as training does), encodes videos to VAE latents (the workdir's trained VAE) and
-captions to token ids, and writes array_record shards plus `cache_info.json` (latent mean / std)
+captions to token ids (and, for a frozen text encoder, to its embeddings in text.dtype), and
+writes array_record shards plus `cache_info.json` (latent mean / std, text encoder identity)
 to --output (default config.data.cache_dir, else <workdir>/latent_cache). Train from it with
 --config.data.source=latent_cache --config.data.cache_dir=<output>.
 """
