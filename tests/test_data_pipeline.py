@@ -212,6 +212,7 @@ def cache_dir(dataset, vae_workdir, vae, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("cache"))
     info = dit_input.write_latent_cache(_config(data_dir), vae_workdir, out, vae=vae)
     assert info["num_examples"] == len(CLIPS) and info["num_bad"] == 0
+    assert open(os.path.join(out, "bad_files.jsonl")).read() == ""
     return out
 
 
@@ -341,6 +342,9 @@ def test_dit_trains_and_resumes_from_the_latent_cache(dataset, vae_workdir, cach
     assert scalars["data/num_bad"] == [(1, 2.0), (2, 4.0), (3, 6.0)]
     assert scalars["data/bad_fraction"] == [(s, 0.25) for s in (1, 2, 3)]
     assert [s for s, _ in scalars["dit/loss"]] == [1, 2, 3]
+    bad = [json.loads(line) for line in open(os.path.join(workdir, "dit", "bad_files.jsonl"))]
+    assert [(b["step"], b["index"]) for b in bad] == [(s, 1) for s in (0, 0, 1, 1, 2, 2)]
+    assert "bad example in the latent cache" in bad[0]["reason"]
     # The sampler's loader reads the same checkpoint layout.
     _, _, params, extras = dit_trainer.load(c, workdir, mesh)
     np.testing.assert_allclose(np.asarray(extras["latent_std"]), _cache_std(cache_dir), rtol=1e-6)
@@ -404,12 +408,16 @@ def test_bad_record_at_decode_time_is_skipped_and_counted(dataset):
     records = [source[i] for i in range(len(source))]
     records[1] = dict(records[1], video=records[1]["video"][:100])  # truncated after building
     opts = input_pipeline.clip_options(c)
+    assert input_pipeline.decode_example(opts, 1, records[1]) is None
     examples = input_pipeline.examples_dataset(
-        records, lambda i, r: input_pipeline.decode_example(opts, i, r)
+        records, lambda i, r: input_pipeline.decode_or_report(opts, i, r)
     )
     group = input_pipeline.step_groups(examples, 0, len(records), 0, 1)[0]
     assert group["num_bad"] == 1
     assert sorted(e["index"] for e in group["examples"]) == [0, 2, 3]
+    [bad] = group["bad"]  # reported with its path and the error, for bad_files.jsonl
+    assert bad["index"] == 1 and bad["path"] == records[1]["path"].decode()
+    assert bad["reason"].startswith(("InvalidDataError", "ValueError")), bad["reason"]
 
 
 def test_worker_processes_yield_the_same_groups_and_resume(dataset):

@@ -2,7 +2,8 @@
 
   source (random access: a TFDS dataset's array_record shards, or the latent cache)
     -> per-example map, a pure function of (seed, source index): decode a clip in a worker
-       (`clips.training_clip`), or parse a cached latent
+       (`clips.training_clip`; a bad one becomes a report of its path and error), or parse a
+       cached latent
     -> global shuffle by seed, a new order every epoch (`shuffle(seed).repeat()`)
     -> host sharding: host p of P takes positions p, p + P, ... of that order, so in every epoch
        of N examples (N divisible by P) the hosts together see each example exactly once
@@ -10,8 +11,9 @@
 
 Everything is a grain `MapDataset`, so group s is a pure function of s: `DataIterator` keeps
 the grain iterator's state, which goes into the orbax checkpoint with the model, and a resumed
-run continues with exactly the next group. Unusable records (decode errors) come out as None
-and are counted per group ('num_bad'), never stopping the run. Packing the groups' latents
+run continues with exactly the next group. Unusable records (decode errors, a latent cache's
+bad examples) are counted per group ('num_bad', with the decode errors' paths and reasons in
+'bad'), never stopping the run. Packing the groups' latents
 into token rows happens in the trainer (`dit_trainer.pack_batch`), after VAE encoding.
 """
 
@@ -69,6 +71,15 @@ def clip_options(config) -> ClipOptions:
 
 def decode_example(options: ClipOptions, index: int, record: dict) -> dict | None:
     """{'video': uint8[t h w 3], 'caption': str, 'index': int} or None for a bad record."""
+    example = decode_or_report(options, index, record)
+    return None if BAD in example else example
+
+
+BAD = "bad"  # the key of a bad example's report
+
+
+def decode_or_report(options: ClipOptions, index: int, record: dict) -> dict:
+    """decode_example's example, or {'bad': {'index', 'path', 'reason'}} for a bad record."""
     rng = np.random.default_rng([options.seed, 5, int(index)])
     try:
         video = clips.training_clip(
@@ -82,9 +93,9 @@ def decode_example(options: ClipOptions, index: int, record: dict) -> dict | Non
             image_fraction=options.image_fraction,
         )
     except (ValueError, OSError, av.FFmpegError) as e:  # a bad file never stops the run
-        path = record.get("path", b"")
-        logging.warning("skipping example %d (%s): %s", index, _text(path), e)
-        return None
+        path = _text(record.get("path", b""))
+        logging.warning("skipping example %d (%s): %s", index, path, e)
+        return {BAD: dict(index=int(index), path=path, reason=f"{type(e).__name__}: {e}")}
     return dict(video=video, caption=_text(record["caption"]), index=int(index))
 
 
@@ -93,8 +104,11 @@ def _text(value) -> str:
 
 
 def _group(examples) -> dict:
-    good = [e for e in examples if e is not None]
-    return dict(examples=good, num_bad=len(examples) - len(good))
+    """A step's examples: the usable ones, the count of bad ones (None or reported), and the
+    reports ('bad': [{'index', 'path', 'reason'}])."""
+    good = [e for e in examples if e is not None and BAD not in e]
+    bad = [e[BAD] for e in examples if e is not None and BAD in e]
+    return dict(examples=good, num_bad=len(examples) - len(good), bad=bad)
 
 
 def examples_dataset(source, per_example) -> grain.MapDataset:
@@ -123,7 +137,7 @@ def step_groups(
 
 def video_groups(config, source, process_index: int, process_count: int, examples_per_step: int):
     """Step groups of decoded training videos from a TFDS (video_clips) source."""
-    per_example = functools.partial(decode_example, clip_options(config))
+    per_example = functools.partial(decode_or_report, clip_options(config))
     examples = examples_dataset(source, per_example)
     return step_groups(examples, config.data.seed, examples_per_step, process_index, process_count)
 

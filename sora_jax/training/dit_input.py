@@ -18,6 +18,7 @@ own rows (dit.rows / process count) and the rows are assembled into global array
 from __future__ import annotations
 
 import functools
+import json
 import os
 
 import jax
@@ -82,11 +83,23 @@ class Batches:
     """`batch_fn(step)` for `loop.run`: global DiT batches, checkpointable (`get_state`)."""
 
     def __init__(
-        self, config, groups, to_items, null_ids, null_mask, mesh, worker_count=0, null_emb=None
+        self,
+        config,
+        groups,
+        to_items,
+        null_ids,
+        null_mask,
+        mesh,
+        worker_count=0,
+        null_emb=None,
+        bad_files: str | None = None,
     ):
         """`to_items(examples) -> (pack_batch items, their caption embeddings f32[lt dim] each,
-        or None)`; `null_emb` f32[lt dim]: the empty caption's embedding (frozen encoders)."""
+        or None)`; `null_emb` f32[lt dim]: the empty caption's embedding (frozen encoders);
+        `bad_files`: a JSONL file the skipped examples' reports are appended to (with the step;
+        a step re-run after a restart may list its examples again)."""
         self.config, self.to_items, self.mesh = config, to_items, mesh
+        self.bad_files = bad_files
         self.null_ids, self.null_mask, self.null_emb = null_ids, null_mask, null_emb
         self.rows = config.dit.rows // jax.process_count()
         self.iterator = input_pipeline.DataIterator(groups, worker_count)
@@ -96,6 +109,9 @@ class Batches:
         group = self.iterator(step)
         self.num_bad += group["num_bad"]
         self.num_seen += group["num_bad"] + len(group["examples"])
+        if self.bad_files and group["bad"]:
+            with open(self.bad_files, "a") as f:
+                f.writelines(json.dumps(dict(b, step=step)) + "\n" for b in group["bad"])
         if self.num_bad > self.config.data.max_bad_fraction * self.num_seen:
             raise RuntimeError(
                 f"{self.num_bad} of {self.num_seen} examples were unusable, more than "
@@ -171,8 +187,15 @@ def _check_cache_text(info: dict, config, text_encoder, cache_dir: str):
         )
 
 
-def build(config, vae_model, vae_params, text_encoder, mesh):
-    """(Batches, latent_mean f32[c], latent_std f32[c]) for config.data.source."""
+def bad_files_path(directory: str) -> str:
+    """This host's JSONL of skipped examples in `directory` (one file per host)."""
+    i, n = jax.process_index(), jax.process_count()
+    return os.path.join(directory, "bad_files.jsonl" if n == 1 else f"bad_files.{i}-of-{n}.jsonl")
+
+
+def build(config, vae_model, vae_params, text_encoder, mesh, log_dir: str | None = None):
+    """(Batches, latent_mean f32[c], latent_std f32[c]) for config.data.source; skipped
+    examples are listed in `log_dir`'s bad_files.jsonl (`bad_files_path`) where it is given."""
     d = config.data
     rows, nproc = config.dit.rows, jax.process_count()
     if rows % nproc:
@@ -204,9 +227,15 @@ def build(config, vae_model, vae_params, text_encoder, mesh):
             null_emb = null_emb.astype(storage_dtype(config)).astype(np.float32)
         mean = np.asarray(info["latent_mean"], np.float32)
         std = np.asarray(info["latent_std"], np.float32)
-        examples = input_pipeline.examples_dataset(
-            source, lambda i, data: latent_cache.decode_record(data)
-        )
+
+        def per_record(i, data):
+            record = latent_cache.decode_record(data)
+            if record is None:  # bad when cached: the path is in the cache's bad_files.jsonl
+                why = f"bad example in the latent cache {d.cache_dir}"
+                return {input_pipeline.BAD: dict(index=i, path="", reason=why)}
+            return record
+
+        examples = input_pipeline.examples_dataset(source, per_record)
         groups = input_pipeline.step_groups(examples, d.seed, per_step, jax.process_index(), nproc)
 
         def to_items(records):
@@ -217,7 +246,13 @@ def build(config, vae_model, vae_params, text_encoder, mesh):
     else:
         raise ValueError(f"config.data.source={d.source!r} has no grain pipeline")
     logging.info("DiT data: %s, %d examples, latent std %s", d.source, len(source), std)
-    batches = Batches(config, groups, to_items, null_ids, null_mask, mesh, d.worker_count, null_emb)
+    bad_files = None
+    if log_dir:
+        os.makedirs(log_dir, exist_ok=True)
+        bad_files = bad_files_path(log_dir)
+    batches = Batches(
+        config, groups, to_items, null_ids, null_mask, mesh, d.worker_count, null_emb, bad_files
+    )
     return batches, mean, std
 
 
@@ -236,10 +271,12 @@ def write_latent_cache(config, workdir: str, output: str = "", chunk: int = 64, 
     source = input_pipeline.open_tfds(d.tfds_name, d.tfds_data_dir, d.tfds_split)
     opts = input_pipeline.clip_options(config)
     writer = latent_cache.Writer(output)
-    stats, num_bad = [], 0
+    stats, num_bad, reports = [], 0, []
     for start in range(0, len(source), chunk):
         indices = range(start, min(start + chunk, len(source)))
-        examples = [input_pipeline.decode_example(opts, i, source[i]) for i in indices]
+        examples = [input_pipeline.decode_or_report(opts, i, source[i]) for i in indices]
+        reports += [e[input_pipeline.BAD] for e in examples if input_pipeline.BAD in e]
+        examples = [None if input_pipeline.BAD in e else e for e in examples]
         good = [e for e in examples if e is not None]
         encoded = iter(encode_examples(config, vae_model, vae_params, text_encoder, good))
         embs = iter([None] * len(good))
@@ -255,6 +292,8 @@ def write_latent_cache(config, workdir: str, output: str = "", chunk: int = 64, 
                 stats.append(latent)
             writer.add(latent_cache.encode_record(latent, ids, mask, i, next(embs)))
         logging.info("cached %d / %d examples", indices[-1] + 1, len(source))
+    with open(os.path.join(output, "bad_files.jsonl"), "w") as f:  # paths and errors
+        f.writelines(json.dumps(r) + "\n" for r in reports)
     mean, std = latent_stats(stats)
     info = writer.close(
         dict(

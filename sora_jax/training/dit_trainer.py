@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -484,7 +485,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
         # Own videos are normalised with their own statistics (dit_input), the built-in set
         # with the VAE's stored ones; either way the DiT's checkpoint keeps the copy it trains
         # with (sampling uses that one), so a resumed run normalises as it started.
-        batch_fn, mean, std = dit_input.build(config, vae_model, vae_params, text_encoder, mesh)
+        batch_fn, mean, std = dit_input.build(
+            config, vae_model, vae_params, text_encoder, mesh, os.path.join(workdir, "dit")
+        )
         extras = _extras(mean, std)
     else:
         extras = vae_state.extras
