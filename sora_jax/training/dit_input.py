@@ -115,8 +115,9 @@ class Batches:
         if self.num_bad > self.config.data.max_bad_fraction * self.num_seen:
             raise RuntimeError(
                 f"{self.num_bad} of {self.num_seen} examples were unusable, more than "
-                f"config.data.max_bad_fraction={self.config.data.max_bad_fraction} (the paths "
-                "are in the log); fix or rebuild the dataset"
+                f"config.data.max_bad_fraction={self.config.data.max_bad_fraction} (their paths "
+                f"and errors are in the log and {self.bad_files or 'bad_files.jsonl'}); fix or "
+                "rebuild the dataset"
             )
         items, embs = self.to_items(group["examples"])
         text_emb = None if embs is None else (embs, self.null_emb)
@@ -228,10 +229,11 @@ def build(config, vae_model, vae_params, text_encoder, mesh, log_dir: str | None
         mean = np.asarray(info["latent_mean"], np.float32)
         std = np.asarray(info["latent_std"], np.float32)
 
+        why = f"bad example in the latent cache {d.cache_dir}"  # its path: the cache's list
+
         def per_record(i, data):
             record = latent_cache.decode_record(data)
-            if record is None:  # bad when cached: the path is in the cache's bad_files.jsonl
-                why = f"bad example in the latent cache {d.cache_dir}"
+            if record is None:
                 return {input_pipeline.BAD: dict(index=i, path="", reason=why)}
             return record
 
