@@ -1,12 +1,16 @@
-"""Recaptioning CLI: dense captions for every video of a manifest, on Apache Beam.
+"""Recaptioning CLI: dense captions for every video of a manifest or TFDS dataset, on Beam.
 
   python -m sora_jax.recaption --input videos.jsonl --output_dir recaptioned/ \
+      [--tfds_data_dir /data/tfds --tfds_name video_clips --split train instead of --input]
       [--captioner builtin --style grammar|detailed]
       [--captioner hf --model_path /models/blip --prompt "Describe the video." --batch_size 16]
       [--num_frames N] [--retry_failed] [any Beam pipeline option, e.g. --runner=DataflowRunner]
 
 The manifest is JSONL or CSV with a `path` column (relative paths are relative to the manifest)
-and optional `caption` / `id` / other columns, all kept. Writes output_dir/captions-<run>-*.jsonl
+and optional `caption` / `id` / other columns, all kept. A TFDS dataset (the array_record
+shards of `python -m sora_jax.build_dataset`) is read instead with --tfds_data_dir: example i is
+keyed `<name>/<split>/<i>`, its frames come from the stored clip's window, and its path, caption
+and clip metadata are kept. Writes output_dir/captions-<run>-*.jsonl
 (each row + `id`, `dense_caption`, `captioner`), output_dir/dead_letter-<run>-*.jsonl (rows that
 failed, with the error) and output_dir/manifest.jsonl (every captioned row). Re-running the same
 command processes only rows not captioned (or failed, without --retry_failed) before.
@@ -23,7 +27,7 @@ import sys
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from sora_jax.captioning import beam_pipeline, shapes_captioner
+from sora_jax.captioning import beam_pipeline, shapes_captioner, tfds_input
 from sora_jax.captioning.captioner_spec import KINDS, CaptionerSpec
 
 
@@ -31,7 +35,12 @@ def parse_args(argv: list[str]) -> tuple[beam_pipeline.RecaptionConfig, list[str
     parser = argparse.ArgumentParser(
         prog="python -m sora_jax.recaption", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--input", required=True, help="Manifest (.jsonl or .csv).")
+    parser.add_argument("--input", default="", help="Manifest (.jsonl or .csv).")
+    parser.add_argument(
+        "--tfds_data_dir", default="", help="Or a TFDS data_dir (python -m sora_jax.build_dataset)."
+    )
+    parser.add_argument("--tfds_name", default="video_clips", help="TFDS dataset name.")
+    parser.add_argument("--split", default="train", help="TFDS split.")
     parser.add_argument("--output_dir", required=True, help="Folder of the outputs.")
     parser.add_argument("--captioner", choices=KINDS, default="builtin")
     parser.add_argument("--style", choices=shapes_captioner.STYLES, default="grammar")
@@ -53,8 +62,11 @@ def parse_args(argv: list[str]) -> tuple[beam_pipeline.RecaptionConfig, list[str
             max_new_tokens=known.max_new_tokens,
             num_frames=known.num_frames,
         )
+        tfds = None
+        if known.tfds_data_dir:
+            tfds = tfds_input.TfdsInput(known.tfds_data_dir, known.tfds_name, known.split)
         cfg = beam_pipeline.RecaptionConfig(
-            known.input, known.output_dir, spec, known.batch_size, known.retry_failed
+            known.input, known.output_dir, spec, known.batch_size, known.retry_failed, tfds
         )
     except ValueError as e:
         parser.error(str(e))

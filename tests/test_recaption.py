@@ -120,38 +120,15 @@ def test_beam_job_captions_dead_letters_and_resumes(tmp_path, fmt):
     assert again["skipped"] == 6 and again["manifest_rows"] == 5
     assert len(_lines(os.path.join(out, "dead_letter-*.jsonl"))) == 1
 
-    retry = beam_pipeline.run(dataclasses.replace(cfg, retry_failed=True))
-    assert retry["captioned"] == 0 and retry["failed"] == 1 and retry["skipped"] == 5
-
-
-def test_new_rows_only_are_processed(tmp_path):
-    path, _ = _make_manifest(tmp_path, n=2)
-    out = str(tmp_path / "out")
-    cfg = beam_pipeline.RecaptionConfig(path, out, CaptionerSpec("builtin"))
-    assert beam_pipeline.run(cfg)["captioned"] == 2
+    # A row added to the manifest is the only new work (with the failure, retried).
     a = shapes.attributes_for_prompt("square", "blue", "large", "left", "slowly", "white")
     video_io.write_video(tmp_path / "videos" / "new.mp4", shapes.render(a, 9, 32, 32))
     with open(path, "a") as f:
         f.write(json.dumps({"path": "videos/new.mp4", "id": "new"}) + "\n")
-    counts = beam_pipeline.run(cfg)
-    assert counts["captioned"] == 1 and counts["skipped"] == 3 and counts["manifest_rows"] == 3
+    retry = beam_pipeline.run(dataclasses.replace(cfg, retry_failed=True))
+    assert retry["captioned"] == 1 and retry["failed"] == 1 and retry["skipped"] == 5
     rows = {r["id"]: r for r in _lines(os.path.join(out, "manifest.jsonl"))}
-    assert rows["new"]["dense_caption"] == shapes.caption(a)
-
-
-def test_cli_and_bad_arguments(tmp_path, capsys):
-    from sora_jax import recaption
-
-    path, _ = _make_manifest(tmp_path, n=2)
-    out = str(tmp_path / "out")
-    counts = recaption.main(["--input", path, "--output_dir", out, "--runner=DirectRunner"])
-    assert counts["captioned"] == 2 and counts["failed"] == 1
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["captioned"] == 2
-    with pytest.raises(SystemExit):
-        recaption.main(["--input", path, "--output_dir", out, "--captioner", "hf"])
-    assert "needs the path" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="suffix"):
-        beam_pipeline.run(beam_pipeline.RecaptionConfig(str(tmp_path / "m.txt"), out))
+    assert len(rows) == 6 and rows["new"]["dense_caption"] == shapes.caption(a)
 
 
 def _tiny_transformers_captioner(path):
@@ -255,3 +232,70 @@ def test_recaptioned_manifest_replaces_training_captions(tmp_path):
     c.data.captions_manifest = str(tmp_path / "missing.jsonl")
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         dit_trainer._captions(c, examples)
+
+
+def test_tfds_clip_window_frames_are_evenly_spaced(tmp_path):
+    from sora_jax.captioning import tfds_input
+
+    video = shapes.MovingShapes(2, 1, (17,), ((32, 32),), image_fraction=0.0)[0]["video"]
+    video_io.write_video(tmp_path / "v.mp4", video, fps=8)
+    decoded = video_io.read_video(tmp_path / "v.mp4")
+    data = np.frombuffer((tmp_path / "v.mp4").read_bytes(), np.uint8)
+    record = dict(video=data, num_frames=17, fps=8.0, start=0.5, end=1.5)  # frames 4 .. 11
+    np.testing.assert_array_equal(tfds_input.read_frames(record, 3), decoded[[4, 8, 11]])
+    np.testing.assert_array_equal(tfds_input.read_frames(record, 0), decoded[4:12])
+    np.testing.assert_array_equal(manifest.evenly_spaced(5, 3), [0, 2, 4])
+    np.testing.assert_array_equal(manifest.evenly_spaced(2, 3), [0, 1])
+
+
+def test_beam_job_over_a_tfds_dataset_and_rerun(tmp_path, capsys):
+    pytest.importorskip("tensorflow_datasets")
+    from sora_jax import recaption
+    from sora_jax.captioning import tfds_input
+    from sora_jax.data import tfds_builder
+
+    folder = tfds_builder.export_moving_shapes(
+        tmp_path / "src", 4, seed=5, frame_choices=(9,), resolutions=((32, 32), (32, 48))
+    )
+    data_dir = str(tmp_path / "tfds")
+    tfds_builder.build(folder, data_dir)
+    out = str(tmp_path / "out")
+    source = tfds_input.TfdsInput(data_dir)
+    cfg = beam_pipeline.RecaptionConfig("", out, CaptionerSpec("builtin"), 3, tfds=source)
+    counts = beam_pipeline.run(cfg)
+    assert counts["captioned"] == 4 and counts["failed"] == 0 and counts["skipped"] == 0
+    assert counts["manifest_rows"] == 4 and counts["max_batch_size"] == 3
+    rows = _lines(os.path.join(out, "manifest.jsonl"))
+    assert sorted(r["id"] for r in rows) == [f"video_clips/train/{i}" for i in range(4)]
+    truth = shapes.MovingShapes(5, 4, (9,), ((32, 32), (32, 48)))
+    for row in rows:
+        assert row["id"] == f"video_clips/train/{row['tfds_index']}"
+        i = int(os.path.basename(row["path"])[:-4])  # the exported file's example index
+        assert row["caption"] == truth[i]["caption"]  # the original caption is kept
+        assert row["dense_caption"] == truth[i]["caption"]  # measured from the stored clip
+        assert row["num_frames"] == 9 and row["end"] == pytest.approx(9 / 8)
+    assert not _lines(os.path.join(out, "dead_letter-*.jsonl"))
+
+    # The CLI over the same dataset (Beam options passed through): nothing new to do.
+    capsys.readouterr()
+    again = recaption.main(
+        ["--tfds_data_dir", data_dir, "--output_dir", out, "--runner=DirectRunner"]
+    )
+    assert again["captioned"] == 0 and again["decoded"] == 0 and again["skipped"] == 4
+    assert again["manifest_rows"] == 4
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] == 4
+    with pytest.raises(SystemExit):
+        recaption.main(["--input", "m.jsonl", "--output_dir", out, "--captioner", "hf"])
+    assert "needs the path" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        recaption.main(["--output_dir", out])
+    assert "exactly one input" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="suffix"):
+        beam_pipeline.run(beam_pipeline.RecaptionConfig(str(tmp_path / "m.txt"), out))
+    with pytest.raises(SystemExit):
+        recaption.main(["--input", "m.jsonl", "--tfds_data_dir", data_dir, "--output_dir", out])
+    assert "exactly one input" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="cannot open TFDS dataset 'video_clips'.*missing"):
+        beam_pipeline.run(
+            dataclasses.replace(cfg, tfds=tfds_input.TfdsInput(str(tmp_path / "missing")))
+        )

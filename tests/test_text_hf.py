@@ -8,6 +8,7 @@ transformers come with the `test` extra (the tests are skipped with a reason wit
 import importlib.util
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -329,6 +330,56 @@ def test_real_minilm_matches_transformers():
     model = transformers.BertModel.from_pretrained(folder, add_pooling_layer=False).eval()
     enc, ids, mask = _torch_bert_matches(folder, model, 24)
     assert enc.dim == 384 and ids[0, 0] == 101 and ids[1, :2].tolist() == [101, 102]
+
+
+# --------------------------------------------------------------------------- tokenizers
+
+
+def test_tokenizer_falls_back_to_autotokenizer_without_tokenizer_json(tmp_path):
+    """A GPT-2 / CLIP style folder (vocab.json + merges.txt + tokenizer_config.json, no
+    tokenizer.json or vocab.txt) is read through transformers' AutoTokenizer."""
+    from sora_jax.text.hf_tokenizer import load_tokenizer
+
+    # Byte-level BPE over the characters of a few words, merging r+e, re+d, Ġ+red.
+    vocab = {"<|endoftext|>": 0}
+    for ch in sorted(set("aredcirclemovesleft")) + ["Ġ"]:
+        vocab[ch] = len(vocab)  # a 1 ... v 13, Ġ 14
+    merges = [("r", "e"), ("re", "d"), ("Ġ", "red")]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)  # re 15, red 16, Ġred 17
+    src = tmp_path / "src"
+    os.makedirs(src)
+    with open(src / "vocab.json", "w") as f:
+        json.dump(vocab, f)
+    with open(src / "merges.txt", "w") as f:
+        f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    tok = transformers.GPT2Tokenizer(str(src / "vocab.json"), str(src / "merges.txt"))
+    saved = tmp_path / "saved"
+    tok.save_pretrained(saved)  # tokenizer_config.json + tokenizer.json
+    legacy = tmp_path / "legacy"  # the saved config with the vocabulary files, no tokenizer.json
+    os.makedirs(legacy)
+    shutil.copy(saved / "tokenizer_config.json", legacy)
+    for f in ("vocab.json", "merges.txt"):
+        shutil.copy(src / f, legacy)
+    assert not (legacy / "tokenizer.json").exists() and not (legacy / "vocab.txt").exists()
+
+    texts = ["a red circle", "moves", ""]
+    ids, mask = load_tokenizer(str(legacy), 6)(texts)
+    # "a red circle" -> a, Ġred, Ġ, c, i, r (truncated to 6); padding is <|endoftext|> (0).
+    np.testing.assert_array_equal(
+        ids, [[1, 17, 14, 2, 6, 10], [8, 9, 13, 4, 11, 0], [0, 0, 0, 0, 0, 0]]
+    )
+    np.testing.assert_array_equal(mask.sum(axis=1), [6, 5, 0])
+    # The same tokens as the tokenizer.json that save_pretrained wrote (the first-choice path).
+    ids_json, mask_json = load_tokenizer(str(saved), 6)(texts)
+    np.testing.assert_array_equal(ids_json, ids)
+    np.testing.assert_array_equal(mask_json, mask)
+    ids_pad, _ = load_tokenizer(str(legacy), 6, pad_id=3)(texts)
+    assert ids_pad[1, 5] == 3 and (ids_pad[2] == 3).all() and ids_pad[0, 5] == 10
+    with pytest.raises(FileNotFoundError, match="tokenizer folder not found"):
+        load_tokenizer(str(tmp_path / "missing"), 6)
+    with pytest.raises(ValueError, match="max_length must be >= 1"):
+        load_tokenizer(str(legacy), 0)
 
 
 # --------------------------------------------------------------------------- sharding

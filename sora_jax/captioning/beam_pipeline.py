@@ -3,6 +3,8 @@ Spark through standard pipeline options).
 
   manifest lines -> rows -> skip rows already done (join with earlier outputs by key)
     -> DecodeFrames (PyAV, per row)      --failed--> dead letter
+  (or TFDS example indices -> keys -> skip those done -> DecodeTfdsRecord: read the record,
+   decode its clip window; see captioning/tfds_input.py)
     -> BatchElements(batch_size)
     -> CaptionBatch (captioner loaded once per worker process; a failing batch is retried
        item by item so one bad item fails alone)  --failed--> dead letter
@@ -27,7 +29,7 @@ from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils import shared
 
-from sora_jax.captioning import manifest
+from sora_jax.captioning import manifest, tfds_input
 from sora_jax.captioning.captioner_spec import CaptionerSpec
 
 CAPTIONS = "captions"
@@ -95,6 +97,29 @@ class DecodeFrames(beam.DoFn):
         yield row, frames
 
 
+class DecodeTfdsRecord(beam.DoFn):
+    """{'id', 'tfds_index'} -> (row of the record's fields, uint8[k h w 3] frames of its clip
+    window); the dataset is opened once per DoFn instance. Failures -> dead letter."""
+
+    def __init__(self, source: tfds_input.TfdsInput, num_frames: int):
+        self.source, self.num_frames = source, num_frames
+
+    def setup(self):
+        self._records = self.source.open()
+
+    def process(self, row: dict):
+        try:
+            record = self._records[row["tfds_index"]]
+            row = tfds_input.record_row(record, row["id"], row["tfds_index"])
+            frames = tfds_input.read_frames(record, self.num_frames)
+        except Exception as e:  # noqa: BLE001
+            Metrics.counter(_NS, "failed").inc()
+            yield beam.pvalue.TaggedOutput(_FAILED, _dead_letter(row, "decode", e))
+            return
+        Metrics.counter(_NS, "decoded").inc()
+        yield row, frames
+
+
 class _Loaded:
     """Weak-referenceable holder of a captioner, for `shared.Shared`."""
 
@@ -144,18 +169,22 @@ class CaptionBatch(beam.DoFn):
 
 @dataclasses.dataclass(frozen=True)
 class RecaptionConfig:
-    """A recaption job: `input` manifest (.jsonl / .csv), `output_dir`, the captioner, the
-    batch size of the captioner's calls, and whether rows in an earlier dead letter are retried."""
+    """A recaption job: its input (an `input` manifest (.jsonl / .csv) or a `tfds` dataset
+    split, exactly one), `output_dir`, the captioner, the batch size of the captioner's calls,
+    and whether rows in an earlier dead letter are retried."""
 
     input: str
     output_dir: str
     captioner: CaptionerSpec = CaptionerSpec()
     batch_size: int = 8
     retry_failed: bool = False
+    tfds: tfds_input.TfdsInput | None = None
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if bool(self.input) == (self.tfds is not None):
+            raise ValueError("give exactly one input: a manifest or a TFDS dataset")
 
 
 def _glob(output_dir: str, kind: str) -> str:
@@ -168,15 +197,42 @@ def _has_match(pattern: str) -> bool:
     return bool(FileSystems.match([pattern])[0].metadata_list)
 
 
+def _read_manifest(p: beam.Pipeline, path: str):
+    """(key, row) of every manifest line (`ok`) and dead letters of malformed ones."""
+    fmt = manifest.manifest_format(path)
+    header = manifest.csv_header(path) if fmt == "csv" else None
+    return (
+        p
+        | "ReadManifest" >> beam.io.ReadFromText(path, skip_header_lines=int(fmt == "csv"))
+        | "Parse" >> beam.ParDo(ParseRow(fmt, header, path)).with_outputs(_FAILED, main="ok")
+    )
+
+
+def _tfds_keys(p: beam.Pipeline, source: tfds_input.TfdsInput, shard: int = 1000):
+    """(key, {'id', 'tfds_index'}) of every example of the split, from index ranges (records
+    are read only for the examples still to do)."""
+    n = len(source.open())
+
+    def keyed(bounds):
+        for i in range(*bounds):
+            yield source.key(i), dict(id=source.key(i), tfds_index=i)
+
+    return (
+        p
+        | "IndexRanges" >> beam.Create([(s, min(s + shard, n)) for s in range(0, n, shard)])
+        | "Keys" >> beam.FlatMap(keyed)
+    )
+
+
 def build(p: beam.Pipeline, cfg: RecaptionConfig, run_id: str) -> None:
     """Adds the recaption job to pipeline `p` (outputs named with `run_id`)."""
-    fmt = manifest.manifest_format(cfg.input)
-    header = manifest.csv_header(cfg.input) if fmt == "csv" else None
-    parsed = (
-        p
-        | "ReadManifest" >> beam.io.ReadFromText(cfg.input, skip_header_lines=int(fmt == "csv"))
-        | "Parse" >> beam.ParDo(ParseRow(fmt, header, cfg.input)).with_outputs(_FAILED, main="ok")
-    )
+    if cfg.tfds is None:
+        parsed = _read_manifest(p, cfg.input)
+        rows, parse_failed = parsed.ok, parsed[_FAILED]
+        decode = DecodeFrames(cfg.captioner.frames)
+    else:
+        rows, parse_failed = _tfds_keys(p, cfg.tfds), p | "NoParseFailures" >> beam.Create([])
+        decode = DecodeTfdsRecord(cfg.tfds, cfg.captioner.frames)
     done_globs = [_glob(cfg.output_dir, CAPTIONS)]
     if not cfg.retry_failed:
         done_globs.append(_glob(cfg.output_dir, DEAD_LETTER))
@@ -189,11 +245,10 @@ def build(p: beam.Pipeline, cfg: RecaptionConfig, run_id: str) -> None:
     ]
     done = done | "Done" >> beam.Flatten() if done else p | "NoneDone" >> beam.Create([])
     decoded = (
-        {"row": parsed.ok, "done": done}
+        {"row": rows, "done": done}
         | "JoinDone" >> beam.CoGroupByKey()
         | "Pending" >> beam.FlatMap(_pending)
-        | "Decode"
-        >> beam.ParDo(DecodeFrames(cfg.captioner.frames)).with_outputs(_FAILED, main="ok")
+        | "Decode" >> beam.ParDo(decode).with_outputs(_FAILED, main="ok")
     )
     captioned = (
         decoded.ok
@@ -211,7 +266,7 @@ def build(p: beam.Pipeline, cfg: RecaptionConfig, run_id: str) -> None:
         )
     )
     (
-        (parsed[_FAILED], decoded[_FAILED], captioned[_FAILED])
+        (parse_failed, decoded[_FAILED], captioned[_FAILED])
         | "Failures" >> beam.Flatten()
         | "FailureJson" >> beam.Map(to_json)
         | "WriteDeadLetter"

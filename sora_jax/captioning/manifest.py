@@ -84,9 +84,15 @@ def read_frames(path: str, num_frames: int = 0) -> np.ndarray:
             frames = video_io.read_frames(tmp.name)
     else:
         frames = video_io.read_frames(path)
-    if num_frames and len(frames) > num_frames:
-        frames = frames[np.linspace(0, len(frames) - 1, num_frames).round().astype(int)]
-    return frames
+    return frames[evenly_spaced(len(frames), num_frames)]
+
+
+def evenly_spaced(n: int, num_frames: int) -> np.ndarray:
+    """i64[k]: indices of `num_frames` evenly spaced items of n, first and last included
+    (all n when num_frames is 0 or >= n)."""
+    if not num_frames or n <= num_frames:
+        return np.arange(n)
+    return np.linspace(0, n - 1, num_frames).round().astype(np.int64)
 
 
 def read_jsonl(pattern: str) -> list[dict]:
