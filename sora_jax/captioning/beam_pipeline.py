@@ -80,6 +80,18 @@ def _pending(keyed):
     yield rows[0]
 
 
+def _decoded(row: dict, read):
+    """Yields read()'s (row, frames), or `row`'s dead letter when reading fails."""
+    try:
+        out = read()
+    except Exception as e:  # noqa: BLE001
+        Metrics.counter(_NS, "failed").inc()
+        yield beam.pvalue.TaggedOutput(_FAILED, _dead_letter(row, "decode", e))
+        return
+    Metrics.counter(_NS, "decoded").inc()
+    yield out
+
+
 class DecodeFrames(beam.DoFn):
     """row -> (row, uint8[k h w 3] frames) sampled with PyAV; failures -> dead letter."""
 
@@ -87,14 +99,7 @@ class DecodeFrames(beam.DoFn):
         self.num_frames = num_frames
 
     def process(self, row: dict):
-        try:
-            frames = manifest.read_frames(row["path"], self.num_frames)
-        except Exception as e:  # noqa: BLE001
-            Metrics.counter(_NS, "failed").inc()
-            yield beam.pvalue.TaggedOutput(_FAILED, _dead_letter(row, "decode", e))
-            return
-        Metrics.counter(_NS, "decoded").inc()
-        yield row, frames
+        yield from _decoded(row, lambda: (row, manifest.read_frames(row["path"], self.num_frames)))
 
 
 class DecodeTfdsRecord(beam.DoFn):
@@ -108,16 +113,14 @@ class DecodeTfdsRecord(beam.DoFn):
         self._records = self.source.open()
 
     def process(self, row: dict):
-        try:
+        def read():
             record = self._records[row["tfds_index"]]
-            row = tfds_input.record_row(record, row["id"], row["tfds_index"])
-            frames = tfds_input.read_frames(record, self.num_frames)
-        except Exception as e:  # noqa: BLE001
-            Metrics.counter(_NS, "failed").inc()
-            yield beam.pvalue.TaggedOutput(_FAILED, _dead_letter(row, "decode", e))
-            return
-        Metrics.counter(_NS, "decoded").inc()
-        yield row, frames
+            return (
+                tfds_input.record_row(record, row["id"], row["tfds_index"]),
+                tfds_input.read_frames(record, self.num_frames),
+            )
+
+        yield from _decoded(row, read)
 
 
 class _Loaded:
