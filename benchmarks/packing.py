@@ -1,6 +1,7 @@
 """Patch-n'-pack on a realistic size mix: padding, packer speed, packed vs padded-to-bucket.
 
-  python benchmarks/packing.py [--steps=8] [--hidden=384] [--depth=1]
+  python benchmarks/packing.py [--steps=8] [--hidden=384] [--depth=1] \
+      [--pack_lengths=128,256,640]
 
 The stream mixes images (20 %) and videos of 1-8 s at 240p / 360p / 480p / 720p, landscape
 16:9, portrait 9:16 and square, scaled down to run on a CPU: one latent frame per second
@@ -11,10 +12,12 @@ The stream mixes images (20 %) and videos of 1-8 s at 240p / 360p / 480p / 720p,
    `Packer(seq_len, rows, max_segments, buffer_size)` over the stream.
 2. DiT train steps (tiny DiT from configs/tiny.py, widened by --hidden): packed batches of
    `rows x seq_len` vs padded-to-bucket batches with the same token budget (one video per row,
-   padded to the next of the power-of-two buckets up to seq_len, rows = budget / bucket).
-   Same stream, same process, the two arms' steps interleaved (the CPU is shared: timings
-   are noisy, interleaving exposes both arms to the same load). Reports useful (non-padding)
-   tokens/s of each and their ratio.
+   padded to the next of the power-of-two buckets up to seq_len, rows = budget / bucket),
+   and length-bucketed packed batches (`Packer(..., seq_lens=--pack_lengths)`: rows of one
+   of a few lengths, same token budget, short videos packed into short rows).
+   Same stream, same process, the arms' steps interleaved (the CPU is shared: timings
+   are noisy, interleaving exposes all arms to the same load). Reports useful (non-padding)
+   tokens/s of each and their ratios to padded-to-bucket.
 """
 
 import argparse
@@ -50,14 +53,14 @@ def stream(rng, sizes, dim):
         yield key, rng.standard_normal((n, dim)).astype(np.float32), packing.grid_positions(grid)
 
 
-def packer_throughput(sizes, dim, seq_len, rows, max_segments, buffer_size):
+def packer_throughput(sizes, dim, seq_len, rows, max_segments, buffer_size, seq_lens=()):
     """Packs the whole stream; returns (examples/s, tokens/s, padding per batch)."""
     items = list(stream(np.random.default_rng(1), sizes, dim))
-    packer = packing.Packer(seq_len, rows, max_segments, buffer_size)
+    packer = packing.Packer(seq_len, rows, max_segments, buffer_size, seq_lens)
     t0 = time.perf_counter()
     batches = [b for item in items if (b := packer.add(*item)) is not None]
     dt = time.perf_counter() - t0
-    tokens = sum(len(t) for _, t, _ in items) - sum(len(t) for _, t, _ in packer._buffer)
+    tokens = sum(len(b.batch["segment_ids"].nonzero()[0]) for b in batches)
     examples = sum(len(b.keys) for b in batches)
     return examples / dt, tokens / dt, [b.padding_fraction for b in batches]
 
@@ -82,6 +85,9 @@ def main():
     p.add_argument("--seq_len", type=int, default=640)
     p.add_argument("--rows", type=int, default=4)
     p.add_argument("--buffer_size", type=int, default=64)
+    p.add_argument(
+        "--pack_lengths", default="128,256,640", help="row lengths of the length-bucketed arm"
+    )
     args = p.parse_args()
     c = config_lib.load(args.config)
     c.dit.model.hidden, c.dit.model.depth = args.hidden, args.depth
@@ -94,19 +100,21 @@ def main():
     longest = max(int(np.prod(s)) for s in sizes)
     assert longest <= args.seq_len, longest
 
-    ex_s, tok_s, fracs = packer_throughput(
-        sizes, dim, args.seq_len, args.rows, 16, args.buffer_size
-    )
+    pack_lengths = tuple(int(x) for x in args.pack_lengths.split(","))
     print(
         f"stream: {len(sizes)} examples, mean {np.mean([np.prod(s) for s in sizes]):.0f} "
         f"tokens, longest {longest}; Packer(seq_len={args.seq_len}, rows={args.rows}, "
         f"max_segments=16, buffer_size={args.buffer_size})"
     )
-    print(
-        f"packer (1 core, numpy): {ex_s:,.0f} examples/s, {tok_s:,.0f} tokens/s; padding per "
-        f"batch mean {np.mean(fracs):.2%}, median {np.median(fracs):.2%}, max {np.max(fracs):.2%}"
-        f" over {len(fracs)} batches"
-    )
+    for lengths in ((), pack_lengths):
+        ex_s, tok_s, fracs = packer_throughput(
+            sizes, dim, args.seq_len, args.rows, 16, args.buffer_size, lengths
+        )
+        print(
+            f"packer seq_lens={lengths or (args.seq_len,)} (1 core, numpy): {ex_s:,.0f} "
+            f"examples/s, {tok_s:,.0f} tokens/s; padding per batch mean {np.mean(fracs):.2%}, "
+            f"median {np.median(fracs):.2%}, max {np.max(fracs):.2%} over {len(fracs)} batches"
+        )
 
     text = dit_trainer.build_text_encoder(c)
     ids, mask = (np.asarray(a) for a in text.tokenize(["a red circle moves right"]))
@@ -126,6 +134,14 @@ def main():
     packer = packing.Packer(args.seq_len, args.rows, 16, args.buffer_size)
     packed = (with_text(b.batch, 16) for it in items if (b := packer.add(*it)) is not None)
     padded = (with_text(b, 1) for b in bucketed(items, buckets, budget))
+    lpacker = packing.Packer(args.seq_len, args.rows, 16, args.buffer_size, pack_lengths)
+    segments = {l: s for l, (_, s) in lpacker.shapes.items()}
+    length_packed = (
+        with_text(b.batch, segments[b.batch["segment_ids"].shape[1]])
+        for it in items
+        if (b := lpacker.add(*it)) is not None
+    )
+    sources = {"packed": packed, "padded": padded, "length_packed": length_packed}
 
     steps = {}  # (rows, seq_len, segments) -> (state, jitted step)
 
@@ -141,11 +157,12 @@ def main():
             steps[(r, l, s)] = (state, fn)
         return steps[(r, l, s)]
 
-    useful = {"packed": 0, "padded": 0}
-    seconds = {"packed": 0.0, "padded": 0.0}
-    padding = {"packed": [], "padded": []}
+    useful = dict.fromkeys(sources, 0)
+    seconds = dict.fromkeys(sources, 0.0)
+    padding = {arm: [] for arm in sources}
+    lengths = {arm: [] for arm in sources}
     for _ in range(args.steps):
-        for arm, source in (("packed", packed), ("padded", padded)):
+        for arm, source in sources.items():
             batch = next(source)
             state, fn = step_for(batch)
             t0 = time.perf_counter()
@@ -153,17 +170,20 @@ def main():
             seconds[arm] += time.perf_counter() - t0
             useful[arm] += int((batch["segment_ids"] > 0).sum())
             padding[arm].append(packing.padding_fraction(batch["segment_ids"]))
+            lengths[arm].append(batch["segment_ids"].shape[1])
     rate = {arm: useful[arm] / seconds[arm] for arm in useful}
     print(
         f"DiT hidden={args.hidden} depth={args.depth}, {budget} tokens per step, "
-        f"{args.steps} steps per arm, interleaved; buckets {buckets}"
+        f"{args.steps} steps per arm, interleaved; padded buckets {buckets}, packed row "
+        f"lengths {pack_lengths} (rows, segments {lpacker.shapes})"
     )
-    for arm in ("packed", "padded"):
+    for arm in sources:
         print(
             f"{arm}: {rate[arm]:,.0f} useful tokens/s (padding {np.mean(padding[arm]):.1%}, "
-            f"{seconds[arm] / args.steps:.2f} s/step)"
+            f"{seconds[arm] / args.steps:.2f} s/step, row lengths {lengths[arm]})"
         )
-    print(f"packed / padded-to-bucket useful tokens/s: {rate['packed'] / rate['padded']:.2f}")
+    for arm in ("packed", "length_packed"):
+        print(f"{arm} / padded-to-bucket useful tokens/s: {rate[arm] / rate['padded']:.2f}")
 
 
 if __name__ == "__main__":
