@@ -15,9 +15,13 @@ The stream mixes images (20 %) and videos of 1-8 s at 240p / 360p / 480p / 720p,
    padded to the next of the power-of-two buckets up to seq_len, rows = budget / bucket),
    and length-bucketed packed batches (`Packer(..., seq_lens=--pack_lengths)`: rows of one
    of a few lengths, same token budget, short videos packed into short rows).
-   Same stream, same process, the arms' steps interleaved (the CPU is shared: timings
-   are noisy, interleaving exposes all arms to the same load). Reports useful (non-padding)
-   tokens/s of each and their ratios to padded-to-bucket.
+   Same stream, same process. Every arm packs the WHOLE stream; a dense step's time depends
+   on its shape only, so each distinct shape is compiled once and timed `--steps` times, the
+   shapes' steps interleaved (the CPU is shared: interleaving exposes all to the same load),
+   and an arm's time is the sum over its batches of their shape's best (and median) time.
+   This weighs each arm's shapes as the whole stream does (6 sampled steps per arm did not:
+   their lengths varied from run to run). Reports useful (non-padding) tokens/s of each and
+   their ratios to padded-to-bucket.
 """
 
 import argparse
@@ -132,58 +136,74 @@ def main():
 
     items = list(stream(np.random.default_rng(2), sizes, dim))
     packer = packing.Packer(args.seq_len, args.rows, 16, args.buffer_size)
-    packed = (with_text(b.batch, 16) for it in items if (b := packer.add(*it)) is not None)
-    padded = (with_text(b, 1) for b in bucketed(items, buckets, budget))
     lpacker = packing.Packer(args.seq_len, args.rows, 16, args.buffer_size, pack_lengths)
     segments = {l: s for l, (_, s) in lpacker.shapes.items()}
-    length_packed = (
-        with_text(b.batch, segments[b.batch["segment_ids"].shape[1]])
-        for it in items
-        if (b := lpacker.add(*it)) is not None
-    )
-    sources = {"packed": packed, "padded": padded, "length_packed": length_packed}
-
-    steps = {}  # (rows, seq_len, segments) -> (state, jitted step)
-
-    def step_for(batch):
-        r, l = batch["segment_ids"].shape
-        s = batch["caption_ids"].shape[1]
-        if (r, l, s) not in steps:
-            cv = c.copy_and_resolve_references()
-            cv.dit.seq_len, cv.dit.rows, cv.dit.max_segments = l, r, s
-            state = dit_trainer.init_state(cv, dit, text, tx, mesh, None)
-            fn = jax.jit(dit_trainer.make_train_step(cv, dit, text, tx))
-            jax.block_until_ready(fn(state, batch, jax.random.PRNGKey(0)))  # compile
-            steps[(r, l, s)] = (state, fn)
-        return steps[(r, l, s)]
-
+    sources = {
+        "packed": ((b.batch, 16) for it in items if (b := packer.add(*it)) is not None),
+        "padded": ((b, 1) for b in bucketed(items, buckets, budget)),
+        "length_packed": (
+            (b.batch, segments[b.batch["segment_ids"].shape[1]])
+            for it in items
+            if (b := lpacker.add(*it)) is not None
+        ),
+    }
+    # Every batch of the whole stream, per arm: its shape (rows, length, segments) and useful
+    # tokens; one batch of each shape is kept to be timed.
+    shapes = {arm: [] for arm in sources}
     useful = dict.fromkeys(sources, 0)
-    seconds = dict.fromkeys(sources, 0.0)
     padding = {arm: [] for arm in sources}
-    lengths = {arm: [] for arm in sources}
-    for _ in range(args.steps):
-        for arm, source in sources.items():
-            batch = next(source)
-            state, fn = step_for(batch)
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(state, batch, jax.random.PRNGKey(0)))
-            seconds[arm] += time.perf_counter() - t0
+    examples = {}
+    for arm, source in sources.items():
+        for batch, segs in source:
+            key = batch["segment_ids"].shape + (segs,)
+            shapes[arm].append(key)
             useful[arm] += int((batch["segment_ids"] > 0).sum())
             padding[arm].append(packing.padding_fraction(batch["segment_ids"]))
-            lengths[arm].append(batch["segment_ids"].shape[1])
-    rate = {arm: useful[arm] / seconds[arm] for arm in useful}
+            examples.setdefault(key, with_text(batch, segs))
+
+    steps = {}  # (rows, seq_len, segments) -> (state, jitted step)
+    for r, l, s in examples:
+        cv = c.copy_and_resolve_references()
+        cv.dit.seq_len, cv.dit.rows, cv.dit.max_segments = l, r, s
+        state = dit_trainer.init_state(cv, dit, text, tx, mesh, None)
+        fn = jax.jit(dit_trainer.make_train_step(cv, dit, text, tx))
+        jax.block_until_ready(fn(state, examples[(r, l, s)], jax.random.PRNGKey(0)))  # compile
+        steps[(r, l, s)] = (state, fn)
+    times = {key: [] for key in steps}
+    for _ in range(args.steps):  # the shapes' steps interleaved: all see the same load
+        for key, (state, fn) in steps.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(state, examples[key], jax.random.PRNGKey(0)))
+            times[key].append(time.perf_counter() - t0)
     print(
-        f"DiT hidden={args.hidden} depth={args.depth}, {budget} tokens per step, "
-        f"{args.steps} steps per arm, interleaved; padded buckets {buckets}, packed row "
-        f"lengths {pack_lengths} (rows, segments {lpacker.shapes})"
+        f"DiT hidden={args.hidden} depth={args.depth}, {budget} tokens per step; padded buckets "
+        f"{buckets}, packed row lengths {pack_lengths} (rows, segments {lpacker.shapes}); "
+        f"{args.steps} timed steps per shape, interleaved"
     )
-    for arm in sources:
+    for key in sorted(times, key=lambda k: (k[1], k[0])):
         print(
-            f"{arm}: {rate[arm]:,.0f} useful tokens/s (padding {np.mean(padding[arm]):.1%}, "
-            f"{seconds[arm] / args.steps:.2f} s/step, row lengths {lengths[arm]})"
+            f"  shape rows={key[0]} length={key[1]} segments={key[2]}: best "
+            f"{min(times[key]):.2f} s, median {np.median(times[key]):.2f} s"
+        )
+    # Step time depends on the shape only (dense compute): an arm's time over the whole
+    # stream is the sum over its batches of their shape's step time.
+    rate = {}
+    for stat, f in (("best", min), ("median", np.median)):
+        rate[stat] = {arm: useful[arm] / sum(f(times[k]) for k in shapes[arm]) for arm in sources}
+    for arm in sources:
+        counts = {
+            l: [k[1] for k in shapes[arm]].count(l) for l in sorted({k[1] for k in shapes[arm]})
+        }
+        print(
+            f"{arm}: {len(shapes[arm])} batches (row length: count {counts}), padding "
+            f"{np.mean(padding[arm]):.1%}; useful tokens/s {rate['best'][arm]:,.0f} (best step "
+            f"times), {rate['median'][arm]:,.0f} (median)"
         )
     for arm in ("packed", "length_packed"):
-        print(f"{arm} / padded-to-bucket useful tokens/s: {rate[arm] / rate['padded']:.2f}")
+        print(
+            f"{arm} / padded-to-bucket useful tokens/s: {rate['best'][arm] / rate['best']['padded']:.2f}"
+            f" (best step times), {rate['median'][arm] / rate['median']['padded']:.2f} (median)"
+        )
 
 
 if __name__ == "__main__":
