@@ -1,6 +1,7 @@
 """Patch-n'-pack on a realistic size mix: padding, packer speed, packed vs padded-to-bucket.
 
-  python benchmarks/packing.py [--steps=8] [--hidden=384] [--depth=1]
+  python benchmarks/packing.py [--steps=8] [--hidden=384] [--depth=1] \
+      [--pack_lengths=128,256,640]
 
 The stream mixes images (20 %) and videos of 1-8 s at 240p / 360p / 480p / 720p, landscape
 16:9, portrait 9:16 and square, scaled down to run on a CPU: one latent frame per second
@@ -11,10 +12,16 @@ The stream mixes images (20 %) and videos of 1-8 s at 240p / 360p / 480p / 720p,
    `Packer(seq_len, rows, max_segments, buffer_size)` over the stream.
 2. DiT train steps (tiny DiT from configs/tiny.py, widened by --hidden): packed batches of
    `rows x seq_len` vs padded-to-bucket batches with the same token budget (one video per row,
-   padded to the next of the power-of-two buckets up to seq_len, rows = budget / bucket).
-   Same stream, same process, the two arms' steps interleaved (the CPU is shared: timings
-   are noisy, interleaving exposes both arms to the same load). Reports useful (non-padding)
-   tokens/s of each and their ratio.
+   padded to the next of the power-of-two buckets up to seq_len, rows = budget / bucket),
+   and length-bucketed packed batches (`Packer(..., seq_lens=--pack_lengths)`: rows of one
+   of a few lengths, same token budget, short videos packed into short rows).
+   Same stream, same process. Every arm packs the WHOLE stream; a dense step's time depends
+   on its shape only, so each distinct shape is compiled once and timed `--steps` times, the
+   shapes' steps interleaved (the CPU is shared: interleaving exposes all to the same load),
+   and an arm's time is the sum over its batches of their shape's best (and median) time.
+   This weighs each arm's shapes as the whole stream does (6 sampled steps per arm did not:
+   their lengths varied from run to run). Reports useful (non-padding) tokens/s of each and
+   their ratios to padded-to-bucket.
 """
 
 import argparse
@@ -50,14 +57,14 @@ def stream(rng, sizes, dim):
         yield key, rng.standard_normal((n, dim)).astype(np.float32), packing.grid_positions(grid)
 
 
-def packer_throughput(sizes, dim, seq_len, rows, max_segments, buffer_size):
+def packer_throughput(sizes, dim, seq_len, rows, max_segments, buffer_size, seq_lens=()):
     """Packs the whole stream; returns (examples/s, tokens/s, padding per batch)."""
     items = list(stream(np.random.default_rng(1), sizes, dim))
-    packer = packing.Packer(seq_len, rows, max_segments, buffer_size)
+    packer = packing.Packer(seq_len, rows, max_segments, buffer_size, seq_lens)
     t0 = time.perf_counter()
     batches = [b for item in items if (b := packer.add(*item)) is not None]
     dt = time.perf_counter() - t0
-    tokens = sum(len(t) for _, t, _ in items) - sum(len(t) for _, t, _ in packer._buffer)
+    tokens = sum(len(b.batch["segment_ids"].nonzero()[0]) for b in batches)
     examples = sum(len(b.keys) for b in batches)
     return examples / dt, tokens / dt, [b.padding_fraction for b in batches]
 
@@ -82,6 +89,9 @@ def main():
     p.add_argument("--seq_len", type=int, default=640)
     p.add_argument("--rows", type=int, default=4)
     p.add_argument("--buffer_size", type=int, default=64)
+    p.add_argument(
+        "--pack_lengths", default="128,256,640", help="row lengths of the length-bucketed arm"
+    )
     args = p.parse_args()
     c = config_lib.load(args.config)
     c.dit.model.hidden, c.dit.model.depth = args.hidden, args.depth
@@ -94,19 +104,21 @@ def main():
     longest = max(int(np.prod(s)) for s in sizes)
     assert longest <= args.seq_len, longest
 
-    ex_s, tok_s, fracs = packer_throughput(
-        sizes, dim, args.seq_len, args.rows, 16, args.buffer_size
-    )
+    pack_lengths = tuple(int(x) for x in args.pack_lengths.split(","))
     print(
         f"stream: {len(sizes)} examples, mean {np.mean([np.prod(s) for s in sizes]):.0f} "
         f"tokens, longest {longest}; Packer(seq_len={args.seq_len}, rows={args.rows}, "
         f"max_segments=16, buffer_size={args.buffer_size})"
     )
-    print(
-        f"packer (1 core, numpy): {ex_s:,.0f} examples/s, {tok_s:,.0f} tokens/s; padding per "
-        f"batch mean {np.mean(fracs):.2%}, median {np.median(fracs):.2%}, max {np.max(fracs):.2%}"
-        f" over {len(fracs)} batches"
-    )
+    for lengths in ((), pack_lengths):
+        ex_s, tok_s, fracs = packer_throughput(
+            sizes, dim, args.seq_len, args.rows, 16, args.buffer_size, lengths
+        )
+        print(
+            f"packer seq_lens={lengths or (args.seq_len,)} (1 core, numpy): {ex_s:,.0f} "
+            f"examples/s, {tok_s:,.0f} tokens/s; padding per batch mean {np.mean(fracs):.2%}, "
+            f"median {np.median(fracs):.2%}, max {np.max(fracs):.2%} over {len(fracs)} batches"
+        )
 
     text = dit_trainer.build_text_encoder(c)
     ids, mask = (np.asarray(a) for a in text.tokenize(["a red circle moves right"]))
@@ -124,46 +136,74 @@ def main():
 
     items = list(stream(np.random.default_rng(2), sizes, dim))
     packer = packing.Packer(args.seq_len, args.rows, 16, args.buffer_size)
-    packed = (with_text(b.batch, 16) for it in items if (b := packer.add(*it)) is not None)
-    padded = (with_text(b, 1) for b in bucketed(items, buckets, budget))
-
-    steps = {}  # (rows, seq_len, segments) -> (state, jitted step)
-
-    def step_for(batch):
-        r, l = batch["segment_ids"].shape
-        s = batch["caption_ids"].shape[1]
-        if (r, l, s) not in steps:
-            cv = c.copy_and_resolve_references()
-            cv.dit.seq_len, cv.dit.rows, cv.dit.max_segments = l, r, s
-            state = dit_trainer.init_state(cv, dit, text, tx, mesh, None)
-            fn = jax.jit(dit_trainer.make_train_step(cv, dit, text, tx))
-            jax.block_until_ready(fn(state, batch, jax.random.PRNGKey(0)))  # compile
-            steps[(r, l, s)] = (state, fn)
-        return steps[(r, l, s)]
-
-    useful = {"packed": 0, "padded": 0}
-    seconds = {"packed": 0.0, "padded": 0.0}
-    padding = {"packed": [], "padded": []}
-    for _ in range(args.steps):
-        for arm, source in (("packed", packed), ("padded", padded)):
-            batch = next(source)
-            state, fn = step_for(batch)
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(state, batch, jax.random.PRNGKey(0)))
-            seconds[arm] += time.perf_counter() - t0
+    lpacker = packing.Packer(args.seq_len, args.rows, 16, args.buffer_size, pack_lengths)
+    segments = {l: s for l, (_, s) in lpacker.shapes.items()}
+    sources = {
+        "packed": ((b.batch, 16) for it in items if (b := packer.add(*it)) is not None),
+        "padded": ((b, 1) for b in bucketed(items, buckets, budget)),
+        "length_packed": (
+            (b.batch, segments[b.batch["segment_ids"].shape[1]])
+            for it in items
+            if (b := lpacker.add(*it)) is not None
+        ),
+    }
+    # Every batch of the whole stream, per arm: its shape (rows, length, segments) and useful
+    # tokens; one batch of each shape is kept to be timed.
+    shapes = {arm: [] for arm in sources}
+    useful = dict.fromkeys(sources, 0)
+    padding = {arm: [] for arm in sources}
+    examples = {}
+    for arm, source in sources.items():
+        for batch, segs in source:
+            key = batch["segment_ids"].shape + (segs,)
+            shapes[arm].append(key)
             useful[arm] += int((batch["segment_ids"] > 0).sum())
             padding[arm].append(packing.padding_fraction(batch["segment_ids"]))
-    rate = {arm: useful[arm] / seconds[arm] for arm in useful}
+            examples.setdefault(key, with_text(batch, segs))
+
+    steps = {}  # (rows, seq_len, segments) -> (state, jitted step)
+    for r, l, s in examples:
+        cv = c.copy_and_resolve_references()
+        cv.dit.seq_len, cv.dit.rows, cv.dit.max_segments = l, r, s
+        state = dit_trainer.init_state(cv, dit, text, tx, mesh, None)
+        fn = jax.jit(dit_trainer.make_train_step(cv, dit, text, tx))
+        jax.block_until_ready(fn(state, examples[(r, l, s)], jax.random.PRNGKey(0)))  # compile
+        steps[(r, l, s)] = (state, fn)
+    times = {key: [] for key in steps}
+    for _ in range(args.steps):  # the shapes' steps interleaved: all see the same load
+        for key, (state, fn) in steps.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(state, examples[key], jax.random.PRNGKey(0)))
+            times[key].append(time.perf_counter() - t0)
     print(
-        f"DiT hidden={args.hidden} depth={args.depth}, {budget} tokens per step, "
-        f"{args.steps} steps per arm, interleaved; buckets {buckets}"
+        f"DiT hidden={args.hidden} depth={args.depth}, {budget} tokens per step; padded buckets "
+        f"{buckets}, packed row lengths {pack_lengths} (rows, segments {lpacker.shapes}); "
+        f"{args.steps} timed steps per shape, interleaved"
     )
-    for arm in ("packed", "padded"):
+    for key in sorted(times, key=lambda k: (k[1], k[0])):
         print(
-            f"{arm}: {rate[arm]:,.0f} useful tokens/s (padding {np.mean(padding[arm]):.1%}, "
-            f"{seconds[arm] / args.steps:.2f} s/step)"
+            f"  shape rows={key[0]} length={key[1]} segments={key[2]}: best "
+            f"{min(times[key]):.2f} s, median {np.median(times[key]):.2f} s"
         )
-    print(f"packed / padded-to-bucket useful tokens/s: {rate['packed'] / rate['padded']:.2f}")
+    # Step time depends on the shape only (dense compute): an arm's time over the whole
+    # stream is the sum over its batches of their shape's step time.
+    rate = {}
+    for stat, f in (("best", min), ("median", np.median)):
+        rate[stat] = {arm: useful[arm] / sum(f(times[k]) for k in shapes[arm]) for arm in sources}
+    for arm in sources:
+        counts = {
+            l: [k[1] for k in shapes[arm]].count(l) for l in sorted({k[1] for k in shapes[arm]})
+        }
+        print(
+            f"{arm}: {len(shapes[arm])} batches (row length: count {counts}), padding "
+            f"{np.mean(padding[arm]):.1%}; useful tokens/s {rate['best'][arm]:,.0f} (best step "
+            f"times), {rate['median'][arm]:,.0f} (median)"
+        )
+    for arm in ("packed", "length_packed"):
+        print(
+            f"{arm} / padded-to-bucket useful tokens/s: {rate['best'][arm] / rate['best']['padded']:.2f}"
+            f" (best step times), {rate['median'][arm] / rate['median']['padded']:.2f} (median)"
+        )
 
 
 if __name__ == "__main__":

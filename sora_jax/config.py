@@ -42,6 +42,7 @@ ADDED_KEYS = {
     "dit.model.dtype": "float32",
     "dit.model.remat_policy": "none",
     "dit.model.attention_impl": "xla",
+    "dit.pack_lengths": (),
     "dit.token_drop.rate": 0.0,
     "dit.token_drop.schedule": "constant",
     "dit.token_drop.start_rate": 0.0,
@@ -369,6 +370,14 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     )
     _validate_condition(config)
     _validate_dit_options(config)
+    _row_shapes(config)
+    _check(
+        not config.dit.pack_lengths or d.source == "moving_shapes",
+        "dit.pack_lengths",
+        config.dit.pack_lengths,
+        f"length-bucketed batches need the in-memory latent cache (data.source='moving_shapes'), "
+        f"not {d.source!r}",
+    )
     longest = max(num_tokens(config, f, *r) for f in d.frame_choices for r in d.resolutions)
     _check(
         longest <= config.dit.seq_len,
@@ -464,6 +473,27 @@ def _validate_mesh(config):
             config.dit.rows,
             f"must be divisible by the data x fsdp devices x dit.train.grad_accum_steps ({split})",
         )
+        _check(
+            all(r % split == 0 for r, _ in _row_shapes(config).values()),
+            "dit.pack_lengths",
+            config.dit.pack_lengths,
+            f"rows per length {_row_shapes(config)} must be divisible by the data x fsdp "
+            f"devices x dit.train.grad_accum_steps ({split})",
+        )
+    _check(
+        m.sequence == -1 or all(l % seq == 0 for l in _row_shapes(config)),
+        "dit.pack_lengths",
+        config.dit.pack_lengths,
+        f"must be divisible by the sequence split {seq}",
+    )
+
+
+def _row_shapes(config) -> dict[int, tuple[int, int]]:
+    dc = config.dit
+    try:
+        return packing.row_shapes(dc.seq_len, dc.rows, dc.max_segments, dc.pack_lengths)
+    except ValueError as e:
+        raise ValueError(f"config.dit.pack_lengths={tuple(dc.pack_lengths)}: {e}") from None
 
 
 def _one_of(config, key: str, options: Sequence[str]):

@@ -353,3 +353,64 @@ def test_dry_run_counts_without_allocating(capsys):
     assert summary["dit_params"] == depth * block + rest
     out = capsys.readouterr().out
     assert f"DiT {depth * block + rest:,}" in out and "GFLOP" in out
+
+
+def test_length_bucketed_batches_in_the_trainer():
+    from test_train import micro_config
+
+    from sora_jax.data import packing
+    from sora_jax.parallel import mesh as mesh_lib
+    from sora_jax.training import dit_trainer
+    from sora_jax.training import train_state as ts
+
+    c = micro_config()
+    c.dit.pack_lengths = (16, 32)
+    c = config_lib.validate(c)
+    shapes = packing.row_shapes(32, 8, 4, (16, 32))
+    assert shapes == {16: (16, 2), 32: (8, 4)}
+    rng = np.random.default_rng(0)
+    tokens, positions = [], []
+    for i, grid in enumerate([(1, 2, 2), (2, 2, 3), (1, 4, 4), (2, 3, 4), (3, 2, 5)] * 6):
+        lat = rng.standard_normal((grid[0], 2 * grid[1], 2 * grid[2], 4)).astype(np.float32)
+        lat[..., 0] = i  # feature 0 of every token: the video's id
+        tok, pos = patchify(lat, tuple(c.dit.patch))
+        tokens.append(tok)
+        positions.append(pos)
+    text = dit_trainer.build_text_encoder(c)
+    ids, mask = text.tokenize(["a small red circle on a grey background"] * len(tokens))
+    cache = dit_trainer.LatentCache(tokens, positions, ids, mask, np.zeros(4), np.ones(4))
+    null = [a[0] for a in text.tokenize([""])]
+    seen = {}
+    for step in range(8):
+        batch = dit_trainer.dit_batch(c, cache, *null, step)
+        seg = batch["segment_ids"]
+        rows, length = seg.shape
+        assert (rows, batch["caption_ids"].shape[1]) == shapes[length]
+        sizes = []
+        for r in range(rows):
+            for s in range(1, seg[r].max() + 1):
+                where = seg[r] == s
+                i = int(batch["tokens"][r, where][0, 0])
+                np.testing.assert_array_equal(batch["tokens"][r, where], tokens[i])
+                np.testing.assert_array_equal(batch["positions"][r, where], positions[i])
+                sizes.append(len(tokens[i]))
+        # A 32-token batch is one of videos over 16 tokens (short ones only fill its gaps).
+        assert max(sizes) <= length and (length == 16 or max(sizes) > 16), (length, sizes)
+        seen[length] = batch
+    assert set(seen) == {16, 32}
+    dit = dit_trainer.build_dit(c, text.dim)
+    tx = ts.make_optimizer(c.dit.train)
+    state = dit_trainer.init_state(c, dit, text, tx, mesh_lib.create_mesh(1), None)
+    step_fn = jax.jit(dit_trainer.make_train_step(c, dit, text, tx))
+    # The step takes its segment count from the batch (2 here, dit.max_segments = 4).
+    _, m = step_fn(state, seen[16], jax.random.PRNGKey(0))
+    assert np.isfinite(float(m["loss"])) and float(m["loss"]) > 0
+    pad = packing.padding_fraction(seen[16]["segment_ids"])
+    assert float(m["padding_fraction"]) == pytest.approx(pad, abs=1e-6)
+    c.dit.pack_lengths = (12, 32)
+    with pytest.raises(ValueError, match=r"dit.pack_lengths.*\[12\] do not divide"):
+        config_lib.validate(c)
+    c.dit.pack_lengths, c.data.source, c.data.cache_dir = (16, 32), "latent_cache", "/x"
+    c.data.target_area, c.data.max_frames = 16 * 16, 5
+    with pytest.raises(ValueError, match="dit.pack_lengths.*moving_shapes"):
+        config_lib.validate(c)

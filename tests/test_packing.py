@@ -175,6 +175,78 @@ def test_packer_oldest_item_always_leaves():
     assert packer.pending_keys == [2]
 
 
+def test_row_shapes_same_budget_and_errors():
+    assert packing.row_shapes(640, 4, 16) == {640: (4, 16)}
+    assert packing.row_shapes(640, 4, 16, (640, 128, 256)) == {
+        128: (20, 4),
+        256: (10, 7),
+        640: (4, 16),
+    }
+    with pytest.raises(ValueError, match="longest = 640"):
+        packing.row_shapes(640, 4, 16, (128, 256))
+    with pytest.raises(ValueError, match=r"\[384\] do not divide .* 2560"):
+        packing.row_shapes(640, 4, 16, (384, 640))
+    with pytest.raises(ValueError, match="buffer_size"):
+        Packer(64, 1, 4, 0, (8, 64))
+
+
+def test_length_buckets_oldest_long_item_does_not_starve():
+    # Short items (8-token rows) always hold more buffered tokens than the one 10-token item
+    # (64-token rows): it waits until it is `buffer_size` batches old, then its length goes.
+    packer = Packer(seq_len=64, num_rows=1, max_segments=8, buffer_size=4, seq_lens=(8, 64))
+    assert packer.shapes == {8: (8, 1), 64: (1, 8)}
+    batches = [packer.add(0, *_item(10))]
+    key = 1
+    while len([b for b in batches if b is not None]) < 6:
+        batches.append(packer.add(key, *_item(8)))
+        key += 1
+    batches = [b for b in batches if b is not None]
+    lengths = [b.batch["segment_ids"].shape[1] for b in batches]
+    assert lengths == [8, 8, 8, 8, 64, 8], lengths
+    assert 0 in batches[4].keys and all(0 not in b.keys for b in batches[:4])
+    # The long row's tail gap is filled with short items (padding only at the tail).
+    assert batches[4].keys[0] == 0 and len(batches[4].keys) > 1
+    assert batches[0].batch["tokens"].shape == (8, 8, 2)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(st.integers(1, 64), min_size=1, max_size=40),
+    st.sets(st.sampled_from([8, 16, 32]), max_size=3),
+    st.integers(1, 8),
+    st.integers(1, 3),
+)
+def test_length_bucketed_packer_property(sizes, short_lengths, buffer_size, max_segments):
+    seq_lens = tuple(short_lengths) + (64,)
+    packer = Packer(64, 2, max_segments, buffer_size, seq_lens)
+    shapes = packer.shapes
+    out, arrival = [], {}
+    for key, n in enumerate(sizes):
+        arrival[key] = len(out)
+        tok = np.full((n, 2), key, np.float32) + np.arange(n, dtype=np.float32)[:, None]
+        pos = np.stack([np.arange(n)] * 3, -1).astype(np.int32)
+        if (b := packer.add(key, tok, pos)) is not None:
+            out.append(b)
+    out += packer.flush()
+    assert sorted(k for b in out for k in b.keys) == list(range(len(sizes)))
+    own = {k: min(l for l in shapes if l >= n) for k, n in enumerate(sizes)}
+    for i, b in enumerate(out):
+        segs = b.batch["segment_ids"]
+        rows, length = segs.shape
+        assert rows == shapes[length][0] and segs.max() <= shapes[length][1]
+        assert any(own[k] == length for k in b.keys)  # a batch of its own length's items
+        assert all(own[k] <= length for k in b.keys)
+        for row in segs:
+            nz = np.flatnonzero(row == 0)
+            assert nz.size == 0 or np.all(row[nz[0] :] == 0)
+        for k, p, o in zip(b.keys, b.placements, unpack(b.batch["tokens"], b.placements)):
+            n = sizes[k]
+            np.testing.assert_array_equal(o[:, 0], k + np.arange(n, dtype=np.float32))
+            sl = slice(p.start, p.start + p.length)
+            np.testing.assert_array_equal(b.batch["positions"][p.row, sl, 0], np.arange(n))
+            assert i - arrival[k] < 2 * buffer_size  # no starvation, flush included
+
+
 # --------------------------------------------------------------------- property-based
 
 

@@ -18,7 +18,9 @@ their true positions, before packing; ``drop_rate`` schedules the rate over trai
 Two ways to pack:
   * ``pack(items, seq_len, num_rows, max_segments)``: one batch from a list, first-fit in
     the given order; what does not fit is reported (placement ``None``), not packed.
-  * ``Packer``: a stream packer with a bounded look-ahead buffer (see its docstring).
+  * ``Packer``: a stream packer with a bounded look-ahead buffer (see its docstring); with
+    several row lengths (``seq_lens``) it packs length-bucketed batches: short videos go to
+    short rows, so they do not pay dense attention over the longest row length.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "padding_fraction",
     "PackedBatch",
     "Packer",
+    "row_shapes",
     "DROP_SCHEDULES",
     "DROP_DISTRIBUTIONS",
     "drop_rate",
@@ -285,6 +288,29 @@ class PackedBatch:
     padding_fraction: float
 
 
+def row_shapes(
+    seq_len: int, num_rows: int, max_segments: int, seq_lens: Sequence[int] = ()
+) -> dict[int, tuple[int, int]]:
+    """``{row length: (rows, max segments)}`` of length-bucketed batches, shortest first.
+
+    Every shape holds the same token budget ``num_rows * seq_len`` (rows = budget / length) and
+    about the same number of caption slots (segments scale with the length, at least one).
+    ``seq_lens`` empty means one length, ``seq_len``; otherwise its longest must be ``seq_len``
+    (it holds the longest example) and every length must divide the budget.
+    """
+    _check_sizes(seq_len, num_rows, max_segments)
+    lengths = sorted({int(l) for l in seq_lens}) or [int(seq_len)]
+    budget = seq_len * num_rows
+    if lengths[0] < 1 or lengths[-1] != seq_len:
+        raise ValueError(f"seq_lens {tuple(seq_lens)}: want lengths >= 1, the longest = {seq_len}")
+    bad = [l for l in lengths if budget % l]
+    if bad:
+        raise ValueError(
+            f"seq_lens {bad} do not divide the token budget num_rows * seq_len = {budget}"
+        )
+    return {l: (budget // l, max(1, -(-max_segments * l // seq_len))) for l in lengths}
+
+
 class Packer:
     """Streaming greedy first-fit packer with a bounded look-ahead buffer.
 
@@ -302,47 +328,75 @@ class Packer:
     ``buffer_size`` batches: no starvation), then the others largest-first (first-fit
     decreasing leaves little padding). Items that do not fit stay buffered, in arrival order.
     No item is ever dropped: each key comes out exactly once (keys must be unique).
+
+    Length buckets (``seq_lens``, e.g. ``(128, 256, 640)``; default just ``seq_len``): each
+    batch is ``rows x L`` for one length ``L`` of ``row_shapes`` (same token budget for all, so
+    only ``len(seq_lens)`` shapes compile). An item belongs to the shortest length it fits;
+    a batch of length ``L`` takes that length's items (its oldest first, then largest-first),
+    then fills the tail gaps with shorter lengths' items (free: a dense row costs the same
+    whatever it holds). Which length: the one with the most buffered tokens, except that
+    once the oldest item has waited ``buffer_size`` batches its length goes next; so every
+    item leaves within ``2 * buffer_size`` batches of its arrival.
     """
 
-    def __init__(self, seq_len: int, num_rows: int, max_segments: int, buffer_size: int):
-        _check_sizes(seq_len, num_rows, max_segments)
+    def __init__(
+        self,
+        seq_len: int,
+        num_rows: int,
+        max_segments: int,
+        buffer_size: int,
+        seq_lens: Sequence[int] = (),
+    ):
+        self.shapes = row_shapes(seq_len, num_rows, max_segments, seq_lens)
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
         self.seq_len, self.num_rows = seq_len, num_rows
         self.max_segments, self.buffer_size = max_segments, buffer_size
-        self._buffer: list[tuple[Hashable, np.ndarray, np.ndarray]] = []
+        # (key, tokens, positions, row length it belongs to, batches emitted at its arrival)
+        self._buffer: list[tuple[Hashable, np.ndarray, np.ndarray, int, int]] = []
         self._dim: int | None = None
+        self._emitted = 0
 
     @property
     def pending_keys(self) -> list[Hashable]:
         """Keys still buffered, in arrival order."""
-        return [k for k, _, _ in self._buffer]
+        return [b[0] for b in self._buffer]
 
     def add(self, key: Hashable, tokens: np.ndarray, positions: np.ndarray) -> PackedBatch | None:
         """Buffers one item; returns a batch once the buffer holds ``buffer_size`` items."""
         tokens, positions = np.asarray(tokens), np.asarray(positions)
         _validate_item(repr(key), tokens, positions, self.seq_len, self._dim)
         self._dim = tokens.shape[1]
-        self._buffer.append((key, tokens, positions))
+        length = min(l for l in self.shapes if l >= tokens.shape[0])
+        self._buffer.append((key, tokens, positions, length, self._emitted))
         return self.pop_batch() if len(self._buffer) >= self.buffer_size else None
+
+    def _next_length(self) -> int:
+        if len(self.shapes) == 1 or self._emitted - self._buffer[0][4] >= self.buffer_size:
+            return self._buffer[0][3]
+        tokens = dict.fromkeys(self.shapes, 0)
+        for _, t, _, l, _ in self._buffer:
+            tokens[l] += t.shape[0]
+        return max(self.shapes, key=lambda l: (tokens[l], -l))
 
     def pop_batch(self) -> PackedBatch | None:
         """Packs one batch from the buffered items now; None if the buffer is empty."""
         if not self._buffer:
             return None
-        rest = sorted(range(1, len(self._buffer)), key=lambda i: -self._buffer[i][1].shape[0])
-        order = [0] + rest
+        length = self._next_length()
+        rows, max_segments = self.shapes[length]
+        own = [i for i, b in enumerate(self._buffer) if b[3] == length]
+        shorter = [i for i, b in enumerate(self._buffer) if b[3] < length]
+        size = lambda i: -self._buffer[i][1].shape[0]  # noqa: E731
+        order = own[:1] + sorted(own[1:], key=size) + sorted(shorter, key=size)
         chosen = [self._buffer[i] for i in order]
         batch, placements = pack(
-            [(t, p) for _, t, p in chosen],
-            self.seq_len,
-            self.num_rows,
-            self.max_segments,
-            dim=self._dim,
+            [(b[1], b[2]) for b in chosen], length, rows, max_segments, dim=self._dim
         )
         placed = {i for i, p in zip(order, placements) if p is not None}
-        keys = [k for (k, _, _), p in zip(chosen, placements) if p is not None]
+        keys = [b[0] for b, p in zip(chosen, placements) if p is not None]
         self._buffer = [b for i, b in enumerate(self._buffer) if i not in placed]
+        self._emitted += 1
         return PackedBatch(
             batch=batch,
             keys=keys,

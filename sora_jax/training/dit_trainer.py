@@ -210,11 +210,39 @@ def dit_batch(
     """The packed batch of step `step` (a pure function of the step).
 
     Draws `rows * max_segments` cached videos at random and packs them with `pack_batch`.
+    With `dit.pack_lengths` the step first draws a row length L (with probability its
+    videos' share of the cache's tokens, videos belonging to the shortest length they fit)
+    and packs rows x L (`packing.row_shapes`): L's videos first, then shorter ones into the
+    tails' gaps.
     """
     dc = config.dit
     rng = np.random.default_rng([config.data.seed, 2, step])
     n = len(cache.tokens)
+    shapes = packing.row_shapes(dc.seq_len, dc.rows, dc.max_segments, dc.pack_lengths)
+    if len(shapes) > 1:
+        # A stream of its own: without pack_lengths, batches stay exactly as they were.
+        lrng = np.random.default_rng([config.data.seed, 6, step])
+        sizes = np.array([len(t) for t in cache.tokens])
+        lengths = np.array(sorted(shapes))
+        own = lengths[np.searchsorted(lengths, sizes)]  # shortest row length each fits
+        share = np.array([sizes[own == l].sum() for l in lengths], np.float64)
+        length = int(lrng.choice(lengths, p=share / share.sum()))
+        rows, segments = shapes[length]
+        idx = np.flatnonzero(own == length)
+        shorter = np.flatnonzero(own < length)
+        draw = np.concatenate(
+            [
+                lrng.choice(idx, size=min(len(idx), rows * segments), replace=False),
+                lrng.choice(shorter, size=min(len(shorter), rows * segments), replace=False),
+            ]
+        ).astype(int)
+        return _pack_drawn(config, cache, null_ids, null_mask, rng, step, draw, length, rows)
     draw = rng.choice(n, size=min(n, dc.rows * dc.max_segments), replace=False)
+    return _pack_drawn(config, cache, null_ids, null_mask, rng, step, draw)
+
+
+def _pack_drawn(config, cache, null_ids, null_mask, rng, step, draw, seq_len=None, rows=None):
+    """`pack_batch` of the cached videos `draw` (indices)."""
     items = [
         (cache.tokens[i], cache.positions[i], cache.caption_ids[i], cache.caption_mask[i])
         for i in draw
@@ -225,7 +253,9 @@ def dit_batch(
             [cache.text_emb[cache.text_index[i]] for i in draw],
             cache.text_emb[cache.text_null_index],
         )
-    return pack_batch(config, items, null_ids, null_mask, rng, step, text_emb=emb)
+    return pack_batch(
+        config, items, null_ids, null_mask, rng, step, rows=rows, text_emb=emb, seq_len=seq_len
+    )
 
 
 def pack_batch(
@@ -237,10 +267,12 @@ def pack_batch(
     step: int,
     rows=None,
     text_emb=None,
+    seq_len=None,
 ):
     """Packs (tokens f32[l d], positions i32[l 3], caption ids i32[lt], mask bool[lt]) items
-    first-fit into `rows` (default dit.rows) sequences of `seq_len` tokens (those that do not
-    fit are left out), after dropping tokens at the `dit.token_drop` rate; `rng` replaces
+    first-fit into `rows` (default dit.rows) sequences of `seq_len` (default dit.seq_len; one
+    of `dit.pack_lengths`, whose row_shapes give the rows and segments) tokens (those that do
+    not fit are left out), after dropping tokens at the `dit.token_drop` rate; `rng` replaces
     captions by the empty one at rate `text_dropout` (CFG).
 
     Adds 'num_tokens' f32[rows max_segments] (whole videos' token counts) when tokens are
@@ -250,6 +282,13 @@ def pack_batch(
     encoder, 'caption_emb' f32[rows max_segments lt dim].
     """
     dc = config.dit
+    max_segments = dc.max_segments
+    if seq_len is not None and seq_len != dc.seq_len:
+        rows_l, max_segments = packing.row_shapes(
+            dc.seq_len, dc.rows, dc.max_segments, dc.pack_lengths
+        )[seq_len]
+        rows = rows_l if rows is None else rows
+    seq_len = dc.seq_len if seq_len is None else seq_len
     rows = dc.rows if rows is None else rows
     td = dc.token_drop
     rate = packing.drop_rate(step, td.rate, td.schedule, td.start_rate, td.schedule_steps)
@@ -260,14 +299,14 @@ def pack_batch(
         drng = np.random.default_rng([config.data.seed, 5, step])
         rates = packing.example_drop_rates(drng, len(items), rate, td.per_example, td.max_rate)
         kept = [packing.drop_tokens(drng, t, p, r)[:2] for (t, p), r in zip(kept, rates)]
-    batch, placements = packing.pack(kept, dc.seq_len, rows, dc.max_segments)
+    batch, placements = packing.pack(kept, seq_len, rows, max_segments)
     lt = len(null_ids)
-    ids = np.zeros((rows, dc.max_segments, lt), np.int32)
-    mask = np.zeros((rows, dc.max_segments, lt), bool)
+    ids = np.zeros((rows, max_segments, lt), np.int32)
+    mask = np.zeros((rows, max_segments, lt), bool)
     drop = rng.random(len(items)) < dc.text_dropout
     emb = None
     if text_emb is not None:
-        emb = np.zeros((rows, dc.max_segments) + text_emb[1].shape, np.float32)
+        emb = np.zeros((rows, max_segments) + text_emb[1].shape, np.float32)
     for j, ((_, _, cap_ids, cap_mask), p, dropped) in enumerate(zip(items, placements, drop)):
         if p is None:
             continue
@@ -284,7 +323,7 @@ def pack_batch(
     }
     if dropping:
         # Tokens of each whole video, for the resolution-dependent time shift.
-        num_tokens = np.zeros((rows, dc.max_segments), np.float32)
+        num_tokens = np.zeros((rows, max_segments), np.float32)
         for (tok, _, _, _), p in zip(items, placements):
             if p is not None:
                 num_tokens[p.row, p.segment - 1] = len(tok)
@@ -326,12 +365,12 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
     batch brings cached 'caption_emb' (then the encoder does not run in the step at all).
     """
     objective = objectives.from_config(config)
-    num_seg = config.dit.max_segments
     accum = config.dit.train.grad_accum_steps
 
     def draw(batch, rng):
         """The step's randomness for the whole batch (so microbatching does not change it)."""
         x0, seg = batch["tokens"], batch["segment_ids"]
+        num_seg = batch["caption_mask"].shape[1]  # per row length with dit.pack_lengths
         rng_t, rng_n = jax.random.split(rng)
         # Tokens per segment f32[b s]: the token-dependent time shift of each video (the whole
         # video's count when tokens were dropped).
