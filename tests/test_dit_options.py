@@ -257,6 +257,19 @@ def test_config_rejects_bad_dit_options():
             config_lib.validate(c)
 
 
+def _tagged_latents(shapes, c):
+    """Random f32[t h w 4] latents patchified; feature 0 of every token is its video's index."""
+    rng = np.random.default_rng(0)
+    tokens, positions = [], []
+    for i, shape in enumerate(shapes):
+        lat = rng.standard_normal((*shape, 4)).astype(np.float32)
+        lat[..., 0] = i
+        tok, pos = patchify(lat, tuple(c.dit.patch))
+        tokens.append(tok)
+        positions.append(pos)
+    return tokens, positions
+
+
 def test_dropped_tokens_never_reach_the_batch_or_the_loss():
     from test_train import micro_config
 
@@ -267,14 +280,7 @@ def test_dropped_tokens_never_reach_the_batch_or_the_loss():
     c = micro_config()
     c.dit.token_drop.rate = 0.5
     c.diffusion.shift_mode, c.diffusion.shift_in_training = "tokens", True
-    rng = np.random.default_rng(0)
-    tokens, positions = [], []
-    for i, (t, h, w) in enumerate([(2, 4, 6), (1, 4, 4), (2, 4, 4), (1, 6, 4)] * 4):
-        lat = rng.standard_normal((t, h, w, 4)).astype(np.float32)
-        lat[..., 0] = i  # feature 0 of every token: the item's id
-        tok, pos = patchify(lat, tuple(c.dit.patch))
-        tokens.append(tok)
-        positions.append(pos)
+    tokens, positions = _tagged_latents([(2, 4, 6), (1, 4, 4), (2, 4, 4), (1, 6, 4)] * 4, c)
     text = dit_trainer.build_text_encoder(c)
     ids, mask = text.tokenize(["a small red circle on a grey background"] * len(tokens))
     null = [a[0] for a in text.tokenize([""])]
@@ -368,14 +374,8 @@ def test_length_bucketed_batches_in_the_trainer():
     c = config_lib.validate(c)
     shapes = packing.row_shapes(32, 8, 4, (16, 32))
     assert shapes == {16: (16, 2), 32: (8, 4)}
-    rng = np.random.default_rng(0)
-    tokens, positions = [], []
-    for i, grid in enumerate([(1, 2, 2), (2, 2, 3), (1, 4, 4), (2, 3, 4), (3, 2, 5)] * 6):
-        lat = rng.standard_normal((grid[0], 2 * grid[1], 2 * grid[2], 4)).astype(np.float32)
-        lat[..., 0] = i  # feature 0 of every token: the video's id
-        tok, pos = patchify(lat, tuple(c.dit.patch))
-        tokens.append(tok)
-        positions.append(pos)
+    grids = [(1, 2, 2), (2, 2, 3), (1, 4, 4), (2, 3, 4), (3, 2, 5)] * 6
+    tokens, positions = _tagged_latents([(t, 2 * h, 2 * w) for t, h, w in grids], c)
     text = dit_trainer.build_text_encoder(c)
     ids, mask = text.tokenize(["a small red circle on a grey background"] * len(tokens))
     cache = dit_trainer.LatentCache(tokens, positions, ids, mask, np.zeros(4), np.ones(4))
