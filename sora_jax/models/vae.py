@@ -318,7 +318,9 @@ class FrameAttention(nn.Module):
         y = PerFrameGroupNorm(self.norm_groups, dtype=self.dtype, name="norm")(x)
 
         def proj(name, init=nn.initializers.lecun_normal()):
-            return nn.Dense(c, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=init, name=name)
+            return nn.Dense(
+                c, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=init, name=name
+            )
 
         q, k, v = (
             einops.rearrange(proj(n)(y), "b t h w c -> (b t) (h w) 1 c")  # BTNH, one head
