@@ -202,9 +202,8 @@ def test_encoder_is_causal(request, which):
     assert float(jnp.abs(m1[:, 2] - m2[:, 2]).max()) > 1e-3
 
 
-@pytest.mark.parametrize("which", ["vae_and_params", "vae_attn_and_params"])
-def test_image_shares_latent_space_with_first_frame(request, which):
-    model, params = request.getfixturevalue(which)
+def test_image_shares_latent_space_with_first_frame(vae_and_params):
+    model, params = vae_and_params
     x = _video(4, b=2, t=9)
     m_video, lv_video = model.encode(params, x)
     m_image, lv_image = model.encode(params, x[:, :1])
