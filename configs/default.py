@@ -83,6 +83,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.vae.model.norm_groups = 16
     c.vae.model.patch_size = 1  # pixel-unshuffle stem (>1: convs run at 1/patch resolution)
     c.vae.model.shortcuts = True  # DC-AE-style residual autoencoding: much faster to train
+    # Per-frame self-attention after the encoder's and decoder's mid residual blocks (keeps
+    # causality and chunked == full; spatial tiles see only their own part of a frame).
+    c.vae.model.mid_attention = False
     c.vae.kl_weight = 1e-6
     c.vae.mse_weight = 1.0  # L2 next to L1 weighs the few large errors (edges, small shapes)
     # Train with posterior samples (a VAE) or with the mean (a KL-regularised autoencoder,

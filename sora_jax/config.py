@@ -32,6 +32,7 @@ TEXT_KINDS = ("tiny", "bert", "t5", "clip")
 ADDED_KEYS = {
     "vae.model.patch_size": 1,
     "vae.model.shortcuts": False,
+    "vae.model.mid_attention": False,
     "vae.latent_noise": 0.0,
     "dit.model.abs_positions": False,
     "dit.model.cond_embedding": False,

@@ -9,6 +9,7 @@ import pytest
 from sora_jax.models.vae import (
     CausalConv3d,
     CausalVAE,
+    FrameAttention,
     PerFrameGroupNorm,
     channel_shortcut,
     kl_divergence,
@@ -44,6 +45,25 @@ def vae_and_params():
     model = CausalVAE(**TINY)
     params = jax.jit(model.init)(
         {"params": jax.random.key(0), "posterior": jax.random.key(1)}, _video(0, t=1)
+    )
+    return _Jitted(model), params
+
+
+@pytest.fixture(scope="module")
+def vae_attn_and_params():
+    """TINY with mid-block attention whose output projections are random (they start at zero,
+    which would make the blocks the identity and the causality checks vacuous)."""
+    model = CausalVAE(**TINY, mid_attention=True)
+    params = jax.jit(model.init)(
+        {"params": jax.random.key(0), "posterior": jax.random.key(1)}, _video(0, t=1)
+    )
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, v: (
+            jax.random.normal(jax.random.key(len(path)), v.shape) * 0.3
+            if any(getattr(k, "key", None) == "to_out" for k in path)
+            else v
+        ),
+        params,
     )
     return _Jitted(model), params
 
@@ -169,8 +189,9 @@ def test_encode_rejects_bad_frame_count_and_size(vae_and_params):
         model.decode(params, jnp.zeros((1, 1, 4, 4, 3)))
 
 
-def test_encoder_is_causal(vae_and_params):
-    model, params = vae_and_params
+@pytest.mark.parametrize("which", ["vae_and_params", "vae_attn_and_params"])
+def test_encoder_is_causal(request, which):
+    model, params = request.getfixturevalue(which)
     x = _video(2, t=9)
     x2 = x.at[:, 5:].set(_video(3, t=4))  # change frames >= 5
     m1, lv1 = model.encode(params, x)
@@ -194,8 +215,9 @@ def test_image_shares_latent_space_with_first_frame(vae_and_params):
     np.testing.assert_allclose(d_image[:, 0], d_video[:, 0], atol=1e-5, rtol=0)
 
 
-def test_decoder_is_causal(vae_and_params):
-    model, params = vae_and_params
+@pytest.mark.parametrize("which", ["vae_and_params", "vae_attn_and_params"])
+def test_decoder_is_causal(request, which):
+    model, params = request.getfixturevalue(which)
     z = jax.random.normal(jax.random.key(5), (1, 3, 4, 4, 4))
     z2 = z.at[:, 2].add(1.0)
     d1 = model.decode(params, z)
@@ -226,6 +248,32 @@ def test_im2col_and_conv_paths_agree():
     small, big = CausalConv3d(5, im2col_max_inputs=10**6), CausalConv3d(5, im2col_max_inputs=0)
     params = small.init(jax.random.key(9), x)
     np.testing.assert_allclose(small.apply(params, x), big.apply(params, x), atol=1e-5)
+
+
+def test_frame_attention_is_per_frame_global_in_space_and_matches_softmax():
+    """Frames never mix; every position of a frame sees every other; the values are
+    x + softmax(q k^T / sqrt(c)) v W_out + b_out; a fresh block is the identity."""
+    attn = FrameAttention(norm_groups=2)
+    x = jax.random.normal(jax.random.key(20), (2, 3, 3, 4, 6))
+    fresh = attn.init(jax.random.key(21), x)
+    np.testing.assert_array_equal(attn.apply(fresh, x), x)  # zero output projection
+    p = jax.tree.map(
+        lambda v: jax.random.normal(jax.random.key(v.size), v.shape) * 0.5, fresh["params"]
+    )
+    y = attn.apply({"params": p}, x)
+    y2 = attn.apply({"params": p}, x.at[:, 1, 0, 0].add(3.0))  # one pixel of frame 1
+    np.testing.assert_allclose(y[:, [0, 2]], y2[:, [0, 2]], atol=1e-6, rtol=0)
+    assert float(jnp.abs(y[:, 1] - y2[:, 1]).min()) > 0  # every position of frame 1 moved
+    norm = PerFrameGroupNorm(2).apply({"params": p["norm"]}, x)
+    q, k, v = (norm @ p[n]["kernel"] + p[n]["bias"] for n in ("to_q", "to_k", "to_v"))
+    q, k, v = (np.asarray(a).reshape(2, 3, 12, 6) for a in (q, k, v))
+    logits = np.einsum("btqc,btkc->btqk", q, k) / np.sqrt(6.0)
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    o = np.einsum("btqk,btkc->btqc", w / w.sum(-1, keepdims=True), v)
+    expected = np.asarray(x).reshape(2, 3, 12, 6) + o @ p["to_out"]["kernel"] + p["to_out"]["bias"]
+    np.testing.assert_allclose(np.asarray(y).reshape(2, 3, 12, 6), expected, atol=1e-4)
+    with pytest.raises(ValueError, match="no cache"):
+        attn.apply({"params": p}, x, jnp.zeros(1), stream=True)
 
 
 def test_group_norm_is_per_frame():

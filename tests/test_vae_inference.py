@@ -47,16 +47,32 @@ def model_params():
     return model, _init(model)
 
 
-@pytest.fixture(scope="module")
-def vae():
-    """(model, params, x f32[2 21 8 12 3], its mean, logvar, decode(mean)) all at once."""
-    model = CausalVAE(**TINY)
+@functools.lru_cache(maxsize=None)
+def _full(mid_attention: bool):
+    """(model, params, x f32[2 21 8 12 3], its mean, logvar, decode(mean)) all at once. With
+    ``mid_attention`` the attention output projections are made non-zero (they start at zero:
+    an identity block would make the comparisons vacuous)."""
+    model = CausalVAE(**TINY, mid_attention=mid_attention)
     params = _init(model)
+    if mid_attention:
+        params = jax.tree_util.tree_map_with_path(
+            lambda path, v: (
+                0.3 * jax.random.normal(jax.random.key(len(path)), v.shape)
+                if any(getattr(k, "key", None) == "to_out" for k in path)
+                else v
+            ),
+            params,
+        )
     x = _video(1, 21, b=2)
     full = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode))
     mean, logvar = full(params, x)
     dec = jax.jit(lambda p, z: model.apply({"params": p}, z, method=model.decode))
     return model, params, x, mean, logvar, dec(params, mean)
+
+
+@pytest.fixture(scope="module")
+def vae():
+    return _full(False)
 
 
 def _loop(model, params, method, x, first, size):
@@ -77,12 +93,15 @@ def _step(model, method):
     return jax.jit(lambda p, x, c: model.apply({"params": p}, x, c, method=method))
 
 
-@pytest.mark.parametrize("t", [1, 5, 9, 17, 21])
-def test_streamed_encode_decode_equal_full_for_every_length_and_chunk(vae, t):
+@pytest.mark.parametrize(
+    "t, mid_attention", [(1, False), (5, False), (9, False), (17, False), (21, False), (21, True)]
+)
+def test_streamed_encode_decode_equal_full_for_every_length_and_chunk(t, mid_attention):
     """Every length T = 1 + 4k and chunks of 1 + 4m first / 4m later frames (several m): the
     chunk-by-chunk result equals the whole-video one (prefixes: the VAE is causal). T = 1 is
-    the image path: a 1-frame first chunk gives the video's latent / decoded frame 0."""
-    model, params, x, mean, logvar, recon = vae
+    the image path: a 1-frame first chunk gives the video's latent / decoded frame 0. The
+    per-frame mid-block attention keeps this exact."""
+    model, params, x, mean, logvar, recon = _full(mid_attention)
     t_lat = 1 + (t - 1) // 4
     for first, size in [(1, 4), (5, 8), (1, 12)]:
         m, lv = _loop(model, params, "encode_chunk", x[:, :t], first, size)
@@ -94,11 +113,11 @@ def test_streamed_encode_decode_equal_full_for_every_length_and_chunk(vae, t):
         np.testing.assert_allclose(y, recon[:, :t], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("t, chunk", [(21, 2)])
-def test_scan_chunked_encode_decode_equal_full(vae, t, chunk):
-    """The lax.scan driver (one program; 5 latent frames after the first in chunks of 2, the
-    last end-padded) == the whole-video path."""
-    model, params, x, mean, logvar, recon = vae
+@pytest.mark.parametrize("t, chunk, mid_attention", [(21, 2, False), (17, 3, True)])
+def test_scan_chunked_encode_decode_equal_full(t, chunk, mid_attention):
+    """The lax.scan driver (one program; the latent frames after the first in chunks, the
+    last end-padded) == the whole-video path, with and without mid-block attention."""
+    model, params, x, mean, logvar, recon = _full(mid_attention)
     t_lat = 1 + (t - 1) // 4
     m, lv = jax.jit(lambda p, x: vi.chunked_encode(model, p, x, chunk))(params, x[:, :t])
     np.testing.assert_allclose(m, mean[:, :t_lat], atol=1e-5, rtol=0)
@@ -313,6 +332,33 @@ def test_weights_load_synthetic_safetensors_and_forward(tmp_path, model_params):
     img = jnp.repeat(jnp.repeat(jnp.repeat(block, 4, axis=2), 4, axis=3), 3, axis=4)
     m, _, _ = _step(model, "encode_chunk")(zp, img, None)
     np.testing.assert_allclose(m, jnp.repeat(block, 4, axis=-1), atol=1e-6)
+
+
+def test_weights_map_mid_attention_as_diffusers_attentions(tmp_path):
+    """Mid-block attention maps to ``mid_block.attentions.0`` (group_norm, to_q/k/v, to_out.0;
+    linear weights transposed to PyTorch's (out, in)); a file in that layout loads and runs,
+    a wrongly shaped projection is named."""
+    model = CausalVAE(**TINY, mid_attention=True)
+    params = _init(model)
+    tensors = vae_weights.to_external(params, model)
+    rng = np.random.default_rng(1)
+    tensors = {k: (0.1 * rng.normal(size=v.shape)).astype(np.float32) for k, v in tensors.items()}
+    for part in ("encoder", "decoder"):
+        for n in ("to_q", "to_k", "to_v", "to_out.0"):
+            assert tensors[f"{part}.mid_block.attentions.0.{n}.weight"].shape == (16, 16)
+        assert tensors[f"{part}.mid_block.attentions.0.group_norm.weight"].shape == (16,)
+    path = str(tmp_path / "attn.safetensors")
+    vae_weights.save(path, vae_weights.from_external(tensors, model), model)
+    loaded = vae_weights.load(path, model)
+    np.testing.assert_array_equal(
+        loaded["decoder"]["mid_attn"]["to_k"]["kernel"],
+        tensors["decoder.mid_block.attentions.0.to_k.weight"].T,
+    )
+    m, _ = model.apply({"params": loaded}, _video(3, 5), method=model.encode)
+    assert m.shape == (1, 2, 2, 3, 4) and bool(jnp.all(jnp.isfinite(m)))
+    bad = {**tensors, "encoder.mid_block.attentions.0.to_v.weight": np.zeros((16, 8), np.float32)}
+    with pytest.raises(ValueError, match=r"to_v.weight' has shape \(16, 8\), expected \(16, 16\)"):
+        vae_weights.from_external(bad, model)
 
 
 def test_weights_mismatch_errors_name_the_key(model_params):

@@ -29,6 +29,11 @@ Trainability: with ``shortcuts`` (default) every down/upsampling and width chang
 parameter-free path (``channel_shortcut``: channel-group averages down, channel copies up, as in
 DC-AE), so the untrained model already passes block-averaged pixels to the latent and back.
 ``patch_size > 1`` folds p x p pixels into channels before the first conv (pixel-unshuffle stem).
+
+Mid-block attention (``mid_attention``): single-head self-attention over the (h, w) positions of
+each frame after the encoder's and the decoder's mid residual block. Being per-frame it keeps
+causality and streaming exact (it holds no cache); spatial tiles, however, see only their own
+part of a frame, so tiled inference with it is approximate (as the per-frame group norm is).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ __all__ = [
     "ResBlock3d",
     "Downsample3d",
     "Upsample3d",
+    "FrameAttention",
     "Encoder",
     "Decoder",
     "CausalVAE",
@@ -290,6 +296,42 @@ class Upsample3d(nn.Module):
         return (y, {"conv": c}) if stream else y
 
 
+class FrameAttention(nn.Module):
+    """Residual single-head self-attention among the (h, w) positions of each frame.
+
+    ``f32[b t h w c] -> f32[b t h w c]``: group norm, q/k/v projections, softmax attention over
+    the ``h * w`` positions of the same (example, frame), output projection, added to ``x``.
+    Frames never see each other, so causality holds and streaming needs no cache (with
+    ``stream`` the new cache is ``None``). The output projection starts at zero: a new block
+    is the identity and leaves the shortcut paths' reconstruction untouched at step 0.
+    Parameters: ``norm``; ``to_q``, ``to_k``, ``to_v``, ``to_out`` with ``kernel f32[c c]``.
+    """
+
+    norm_groups: int = 8
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, cache: Cache = None, *, stream: bool = False):
+        if cache is not None:
+            raise ValueError("FrameAttention holds no cache; got one")
+        b, t, h, w, c = x.shape
+        y = PerFrameGroupNorm(self.norm_groups, dtype=self.dtype, name="norm")(x)
+
+        def proj(name, init=nn.initializers.lecun_normal()):
+            return nn.Dense(
+                c, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=init, name=name
+            )
+
+        q, k, v = (
+            einops.rearrange(proj(n)(y), "b t h w c -> (b t) (h w) 1 c")  # BTNH, one head
+            for n in ("to_q", "to_k", "to_v")
+        )
+        o = jax.nn.dot_product_attention(q, k, v, implementation="xla")  # f32[(b t) (h w) 1 c]
+        o = einops.rearrange(o, "(b t) (h w) 1 c -> b t h w c", b=b, h=h)
+        out = x.astype(self.dtype) + proj("to_out", nn.initializers.zeros)(o)
+        return (out, None) if stream else out
+
+
 def channel_shortcut(x: jax.Array, features: int) -> jax.Array:
     """Parameter-free ``f32[... c] -> f32[... features]``: averages groups of channels
     (c > features) or repeats channels (c < features).
@@ -332,6 +374,7 @@ class Encoder(nn.Module):
     norm_groups: int
     patch_size: int = 1
     shortcuts: bool = True
+    mid_attention: bool = False
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -363,6 +406,8 @@ class Encoder(nn.Module):
                 )
                 h = run(down, h)
         h = run(ResBlock3d(ch[-1], self.norm_groups, self.dtype, name="mid_res"), h)
+        if self.mid_attention:
+            h = run(FrameAttention(self.norm_groups, self.dtype, name="mid_attn"), h)
         out = nn.silu(PerFrameGroupNorm(self.norm_groups, dtype=self.dtype, name="norm_out")(h))
         out = run(CausalConv3d(2 * self.latent_channels, dtype=self.dtype, name="conv_out"), out)
         if self.shortcuts:  # into the mean only, not the log-variance
@@ -386,6 +431,7 @@ class Decoder(nn.Module):
     norm_groups: int
     patch_size: int = 1
     shortcuts: bool = True
+    mid_attention: bool = False
     out_channels: int = 3
     dtype: jnp.dtype = jnp.float32
 
@@ -402,6 +448,8 @@ class Decoder(nn.Module):
         if self.shortcuts:
             h = h + channel_shortcut(z, ch[-1])
         h = run(ResBlock3d(ch[-1], self.norm_groups, self.dtype, name="mid_res"), h)
+        if self.mid_attention:
+            h = run(FrameAttention(self.norm_groups, self.dtype, name="mid_attn"), h)
         for level in reversed(range(len(ch))):
             for i in range(self.num_res_blocks):
                 block = ResBlock3d(
@@ -448,6 +496,7 @@ class CausalVAE(nn.Module):
     norm_groups: int = 8
     patch_size: int = 1  # pixel-unshuffle stem: spatial compression is patch * 2^(levels-1)
     shortcuts: bool = True  # parameter-free residual paths around every reshaping layer
+    mid_attention: bool = False  # per-frame self-attention after the mid residual blocks
     dtype: jnp.dtype = jnp.float32
 
     # ---- static geometry (usable on the unbound module) ---------------------------------
@@ -503,6 +552,7 @@ class CausalVAE(nn.Module):
             norm_groups=self.norm_groups,
             patch_size=self.patch_size,
             shortcuts=self.shortcuts,
+            mid_attention=self.mid_attention,
             dtype=self.dtype,
         )
         self.decoder = Decoder(
@@ -513,6 +563,7 @@ class CausalVAE(nn.Module):
             norm_groups=self.norm_groups,
             patch_size=self.patch_size,
             shortcuts=self.shortcuts,
+            mid_attention=self.mid_attention,
             dtype=self.dtype,
         )
 

@@ -21,14 +21,19 @@ as in diffusers' ``up_blocks``):
     (norm2, conv2 likewise; skip ->)              ....resnets.{i}.conv_shortcut.conv.*
     encoder/down{l}_sample/conv/...               encoder.down_blocks.{l}.downsamplers.0.conv.conv.*
     encoder/mid_res/...                           encoder.mid_block.resnets.0.*
+    encoder/mid_attn/norm/{scale,bias}            encoder.mid_block.attentions.0.group_norm.{weight,bias}
+    encoder/mid_attn/to_{q,k,v}/{kernel,bias}     encoder.mid_block.attentions.0.to_{q,k,v}.{weight,bias}
+    encoder/mid_attn/to_out/{kernel,bias}         encoder.mid_block.attentions.0.to_out.0.{weight,bias}
     encoder/norm_out/{scale,bias}                 encoder.conv_norm_out.{weight,bias}
     encoder/conv_out/...                          encoder.conv_out.conv.*
     decoder/conv_in, mid_res, norm_out, conv_out  decoder.{conv_in.conv, mid_block.resnets.0, conv_norm_out, conv_out.conv}.*
+    decoder/mid_attn/...                          decoder.mid_block.attentions.0.* (as the encoder's)
     decoder/up{l}_res{i}/...                      decoder.up_blocks.{L-1-l}.resnets.{i}.*
     decoder/up{l}_sample/conv/...                 decoder.up_blocks.{L-1-l}.upsamplers.0.conv.conv.*
 
 Layouts: conv ``weight`` is PyTorch's ``(out, in, kt, kh, kw)``, the Flax ``kernel`` is
 ``(kt, kh, kw, in, out)`` (a transpose: both are cross-correlations, nothing is flipped);
+the attention projections are linear layers: PyTorch ``(out, in)``, Flax ``kernel`` ``(in, out)``;
 group-norm ``weight`` is the Flax ``scale``; biases are ``(out,)``. Tensors are read as float32.
 """
 
@@ -55,7 +60,23 @@ _RES_SUB = {
     "conv2": "conv2.conv",
     "skip": "conv_shortcut.conv",
 }
+_ATTN_SUB = {
+    "norm": "group_norm",
+    "to_q": "to_q",
+    "to_k": "to_k",
+    "to_v": "to_v",
+    "to_out": "to_out.0",
+}
 _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias"}
+
+
+def _torch_axes(ndim: int) -> tuple[int, ...]:
+    """Axis order taking a Flax kernel to PyTorch's layout (conv 5-D or linear 2-D)."""
+    return _TORCH_FROM_FLAX if ndim == 5 else (1, 0)
+
+
+def _flax_axes(ndim: int) -> tuple[int, ...]:
+    return _FLAX_FROM_TORCH if ndim == 5 else (1, 0)
 
 
 def external_name(path: tuple[str, ...], num_levels: int) -> str:
@@ -80,12 +101,18 @@ def external_name(path: tuple[str, ...], num_levels: int) -> str:
         name = kind.format(level) + ".0"
     elif block == "mid_res":
         name = "mid_block.resnets.0"
+    elif block == "mid_attn":
+        name = "mid_block.attentions.0"
     if name is None:
         raise ValueError(f"param {'/'.join(path)} is not part of the CausalVAE layout")
     if "resnets" in name:
         if len(rest) != 1 or rest[0] not in _RES_SUB:
             raise ValueError(f"param {'/'.join(path)} is not part of the CausalVAE layout")
         name += "." + _RES_SUB[rest[0]]
+    elif "attentions" in name:
+        if len(rest) != 1 or rest[0] not in _ATTN_SUB:
+            raise ValueError(f"param {'/'.join(path)} is not part of the CausalVAE layout")
+        name += "." + _ATTN_SUB[rest[0]]
     elif "samplers" in name:
         if rest != ["conv"]:
             raise ValueError(f"param {'/'.join(path)} is not part of the CausalVAE layout")
@@ -110,7 +137,7 @@ def to_external(params, model: vae_lib.CausalVAE) -> dict[str, np.ndarray]:
     for path, value in flax.traverse_util.flatten_dict(flax.core.unfreeze(params)).items():
         value = np.asarray(value, np.float32)
         if path[-1] == "kernel":
-            value = np.ascontiguousarray(value.transpose(_TORCH_FROM_FLAX))
+            value = np.ascontiguousarray(value.transpose(_torch_axes(value.ndim)))
         out[external_name(path, _num_levels(model))] = value
     return out
 
@@ -127,7 +154,7 @@ def from_external(tensors: dict, model: vae_lib.CausalVAE, strict: bool = True):
         name = external_name(path, _num_levels(model))
         expected = spec.shape
         if path[-1] == "kernel":
-            expected = tuple(spec.shape[i] for i in _TORCH_FROM_FLAX)
+            expected = tuple(spec.shape[i] for i in _torch_axes(len(spec.shape)))
         if name not in tensors:
             problems.append(f"missing tensor {name!r} (shape {expected}, for {'/'.join(path)})")
             continue
@@ -136,11 +163,11 @@ def from_external(tensors: dict, model: vae_lib.CausalVAE, strict: bool = True):
         if value.shape != expected:
             problems.append(
                 f"tensor {name!r} has shape {value.shape}, expected {expected} "
-                f"(for {'/'.join(path)}{', PyTorch layout (out, in, kt, kh, kw)' if path[-1] == 'kernel' else ''})"
+                f"(for {'/'.join(path)}{', PyTorch layout (out, in, ...)' if path[-1] == 'kernel' else ''})"
             )
             continue
         if path[-1] == "kernel":
-            value = value.transpose(_FLAX_FROM_TORCH)
+            value = value.transpose(_flax_axes(value.ndim))
         params[path] = jnp.asarray(value, jnp.float32)
     unused = sorted(set(tensors) - used)
     if strict and unused:

@@ -49,6 +49,7 @@ def build_vae(config: ml_collections.ConfigDict) -> vae_lib.CausalVAE:
         norm_groups=m.norm_groups,
         patch_size=m.patch_size,
         shortcuts=m.shortcuts,
+        mid_attention=m.mid_attention,
     )
 
 
