@@ -1,7 +1,7 @@
 """Patch-n'-pack on a realistic size mix: padding, packer speed, packed vs padded-to-bucket.
 
   python benchmarks/packing.py [--steps=8] [--hidden=384] [--depth=1] \
-      [--pack_lengths=128,256,640]
+      [--pack_lengths=128,256,640] [--max_segments=16] [--pack_segments=6]
 
 The stream mixes images (20 %) and videos of 1-8 s at 240p / 360p / 480p / 720p, landscape
 16:9, portrait 9:16 and square, scaled down to run on a CPU: one latent frame per second
@@ -89,6 +89,12 @@ def main():
     p.add_argument("--seq_len", type=int, default=640)
     p.add_argument("--rows", type=int, default=4)
     p.add_argument("--buffer_size", type=int, default=64)
+    p.add_argument("--max_segments", type=int, default=16, help="videos per row, packed arm")
+    # Length-bucketed rows hold one or two long videos or a few short ones: <= 5 on this
+    # stream, and every caption slot costs cross-attention for each token of the row.
+    p.add_argument(
+        "--pack_segments", type=int, default=6, help="videos per row, length-bucketed arm"
+    )
     p.add_argument(
         "--pack_lengths", default="128,256,640", help="row lengths of the length-bucketed arm"
     )
@@ -96,7 +102,7 @@ def main():
     c = config_lib.load(args.config)
     c.dit.model.hidden, c.dit.model.depth = args.hidden, args.depth
     c.dit.model.num_heads = args.hidden // 64
-    c.dit.seq_len, c.dit.rows, c.dit.max_segments = args.seq_len, args.rows, 16
+    c.dit.seq_len, c.dit.rows, c.dit.max_segments = args.seq_len, args.rows, args.max_segments
     c = config_lib.validate(c)
     pt, ph, pw = c.dit.patch
     dim = pt * ph * pw * c.vae.model.latent_channels
@@ -108,11 +114,12 @@ def main():
     print(
         f"stream: {len(sizes)} examples, mean {np.mean([np.prod(s) for s in sizes]):.0f} "
         f"tokens, longest {longest}; Packer(seq_len={args.seq_len}, rows={args.rows}, "
-        f"max_segments=16, buffer_size={args.buffer_size})"
+        f"max_segments={args.max_segments} (length-bucketed: {args.pack_segments}), "
+        f"buffer_size={args.buffer_size})"
     )
-    for lengths in ((), pack_lengths):
+    for lengths, segs in (((), args.max_segments), (pack_lengths, args.pack_segments)):
         ex_s, tok_s, fracs = packer_throughput(
-            sizes, dim, args.seq_len, args.rows, 16, args.buffer_size, lengths
+            sizes, dim, args.seq_len, args.rows, segs, args.buffer_size, lengths
         )
         print(
             f"packer seq_lens={lengths or (args.seq_len,)} (1 core, numpy): {ex_s:,.0f} "
@@ -135,11 +142,15 @@ def main():
         return batch
 
     items = list(stream(np.random.default_rng(2), sizes, dim))
-    packer = packing.Packer(args.seq_len, args.rows, 16, args.buffer_size)
-    lpacker = packing.Packer(args.seq_len, args.rows, 16, args.buffer_size, pack_lengths)
+    packer = packing.Packer(args.seq_len, args.rows, args.max_segments, args.buffer_size)
+    lpacker = packing.Packer(
+        args.seq_len, args.rows, args.pack_segments, args.buffer_size, pack_lengths
+    )
     segments = {l: s for l, (_, s) in lpacker.shapes.items()}
     sources = {
-        "packed": ((b.batch, 16) for it in items if (b := packer.add(*it)) is not None),
+        "packed": (
+            (b.batch, args.max_segments) for it in items if (b := packer.add(*it)) is not None
+        ),
         "padded": ((b, 1) for b in bucketed(items, buckets, budget)),
         "length_packed": (
             (b.batch, segments[b.batch["segment_ids"].shape[1]])

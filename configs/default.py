@@ -189,8 +189,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.dit.rows = 8  # packed sequences per batch
     c.dit.max_segments = 16  # videos per packed sequence at most
     # Length-bucketed packing, e.g. (256, 1024): each step packs rows of one of these lengths
-    # (the longest = seq_len; same token budget rows * seq_len, segments scaled with the
-    # length; packing.row_shapes), so short videos do not pay dense attention over seq_len.
+    # (the longest = seq_len; same token budget rows * seq_len and max_segments per row;
+    # packing.row_shapes), so short videos do not pay dense attention over seq_len.
     # One compile per length. () = every row seq_len. Only with data.source='moving_shapes'.
     c.dit.pack_lengths = ()
     c.dit.latent_cache_size = 16_384  # examples encoded once by the frozen VAE

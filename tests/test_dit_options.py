@@ -373,7 +373,7 @@ def test_length_bucketed_batches_in_the_trainer():
     c.dit.pack_lengths = (16, 32)
     c = config_lib.validate(c)
     shapes = packing.row_shapes(32, 8, 4, (16, 32))
-    assert shapes == {16: (16, 2), 32: (8, 4)}
+    assert shapes == {16: (16, 4), 32: (8, 4)}
     grids = [(1, 2, 2), (2, 2, 3), (1, 4, 4), (2, 3, 4), (3, 2, 5)] * 6
     tokens, positions = _tagged_latents([(t, 2 * h, 2 * w) for t, h, w in grids], c)
     text = dit_trainer.build_text_encoder(c)
@@ -381,8 +381,11 @@ def test_length_bucketed_batches_in_the_trainer():
     cache = dit_trainer.LatentCache(tokens, positions, ids, mask, np.zeros(4), np.ones(4))
     null = [a[0] for a in text.tokenize([""])]
     seen = {}
+    plan = dit_trainer.length_plan(c, cache)  # what the trainer computes once
     for step in range(8):
         batch = dit_trainer.dit_batch(c, cache, *null, step)
+        for k, v in dit_trainer.dit_batch(c, cache, *null, step, plan=plan).items():
+            np.testing.assert_array_equal(v, batch[k])
         seg = batch["segment_ids"]
         rows, length = seg.shape
         assert (rows, batch["caption_ids"].shape[1]) == shapes[length]
@@ -402,7 +405,6 @@ def test_length_bucketed_batches_in_the_trainer():
     tx = ts.make_optimizer(c.dit.train)
     state = dit_trainer.init_state(c, dit, text, tx, mesh_lib.create_mesh(1), None)
     step_fn = jax.jit(dit_trainer.make_train_step(c, dit, text, tx))
-    # The step takes its segment count from the batch (2 here, dit.max_segments = 4).
     _, m = step_fn(state, seen[16], jax.random.PRNGKey(0))
     assert np.isfinite(float(m["loss"])) and float(m["loss"]) > 0
     pad = packing.padding_fraction(seen[16]["segment_ids"])

@@ -178,8 +178,8 @@ def test_packer_oldest_item_always_leaves():
 def test_row_shapes_same_budget_and_errors():
     assert packing.row_shapes(640, 4, 16) == {640: (4, 16)}
     assert packing.row_shapes(640, 4, 16, (640, 128, 256)) == {
-        128: (20, 4),
-        256: (10, 7),
+        128: (20, 16),
+        256: (10, 16),
         640: (4, 16),
     }
     with pytest.raises(ValueError, match="longest = 640"):

@@ -294,7 +294,10 @@ def row_shapes(
     """``{row length: (rows, max segments)}`` of length-bucketed batches, shortest first.
 
     Every shape holds the same token budget ``num_rows * seq_len`` (rows = budget / length) and
-    about the same number of caption slots (segments scale with the length, at least one).
+    the same ``max_segments`` per row: with length buckets a long row holds one or two long
+    videos and a short row several short ones, so scaling the slots with the length would
+    starve the short rows and give the long ones caption slots they never use (each slot costs
+    cross-attention for every token of the row; benchmarks/RESULTS.md, issue 4 session 7).
     ``seq_lens`` empty means one length, ``seq_len``; otherwise its longest must be ``seq_len``
     (it holds the longest example) and every length must divide the budget.
     """
@@ -308,7 +311,7 @@ def row_shapes(
         raise ValueError(
             f"seq_lens {bad} do not divide the token budget num_rows * seq_len = {budget}"
         )
-    return {l: (budget // l, max(1, -(-max_segments * l // seq_len))) for l in lengths}
+    return {l: (budget // l, max_segments) for l in lengths}
 
 
 class Packer:

@@ -204,39 +204,58 @@ def build_latent_cache(
     )
 
 
+def length_plan(config, cache: LatentCache):
+    """For `dit.pack_lengths`: (row lengths i[k], each cached video's shortest row length it
+    fits i[n], the lengths' shares of the cache's tokens f[k]); None without pack_lengths.
+    Depends only on the cache, so a trainer computes it once and passes it to `dit_batch`."""
+    dc = config.dit
+    shapes = packing.row_shapes(dc.seq_len, dc.rows, dc.max_segments, dc.pack_lengths)
+    if len(shapes) == 1:
+        return None
+    sizes = np.array([len(t) for t in cache.tokens])
+    lengths = np.array(sorted(shapes))
+    own = lengths[np.searchsorted(lengths, sizes)]  # shortest row length each fits
+    share = np.array([sizes[own == l].sum() for l in lengths], np.float64)
+    return lengths, own, share / share.sum()
+
+
 def dit_batch(
-    config, cache: LatentCache, null_ids: np.ndarray, null_mask: np.ndarray, step: int
+    config,
+    cache: LatentCache,
+    null_ids: np.ndarray,
+    null_mask: np.ndarray,
+    step: int,
+    plan="auto",
 ) -> dict[str, np.ndarray]:
     """The packed batch of step `step` (a pure function of the step).
 
     Draws `rows * max_segments` cached videos at random and packs them with `pack_batch`.
     With `dit.pack_lengths` the step first draws a row length L (with probability its
-    videos' share of the cache's tokens, videos belonging to the shortest length they fit)
-    and packs rows x L (`packing.row_shapes`): L's videos first, then shorter ones into the
-    tails' gaps.
+    videos' share of the cache's tokens, videos belonging to the shortest length they fit:
+    `plan` = `length_plan(config, cache)`, computed here unless given) and packs rows x L
+    (`packing.row_shapes`): L's videos first, then shorter ones into the tails' gaps.
     """
     dc = config.dit
     rng = np.random.default_rng([config.data.seed, 2, step])
-    n = len(cache.tokens)
-    shapes = packing.row_shapes(dc.seq_len, dc.rows, dc.max_segments, dc.pack_lengths)
-    if len(shapes) > 1:
+    if isinstance(plan, str):
+        plan = length_plan(config, cache)
+    if plan is not None:
         # A stream of its own: without pack_lengths, batches stay exactly as they were.
+        lengths, own, p = plan
         lrng = np.random.default_rng([config.data.seed, 6, step])
-        sizes = np.array([len(t) for t in cache.tokens])
-        lengths = np.array(sorted(shapes))
-        own = lengths[np.searchsorted(lengths, sizes)]  # shortest row length each fits
-        share = np.array([sizes[own == l].sum() for l in lengths], np.float64)
-        length = int(lrng.choice(lengths, p=share / share.sum()))
-        rows, segments = shapes[length]
+        length = int(lrng.choice(lengths, p=p))
+        rows = dc.rows * dc.seq_len // length  # the same token budget for every length
+        videos = rows * dc.max_segments
         idx = np.flatnonzero(own == length)
         shorter = np.flatnonzero(own < length)
         draw = np.concatenate(
             [
-                lrng.choice(idx, size=min(len(idx), rows * segments), replace=False),
-                lrng.choice(shorter, size=min(len(shorter), rows * segments), replace=False),
+                lrng.choice(idx, size=min(len(idx), videos), replace=False),
+                lrng.choice(shorter, size=min(len(shorter), videos), replace=False),
             ]
         ).astype(int)
         return _pack_drawn(config, cache, null_ids, null_mask, rng, step, draw, length, rows)
+    n = len(cache.tokens)
     draw = rng.choice(n, size=min(n, dc.rows * dc.max_segments), replace=False)
     return _pack_drawn(config, cache, null_ids, null_mask, rng, step, draw)
 
@@ -270,9 +289,9 @@ def pack_batch(
     seq_len=None,
 ):
     """Packs (tokens f32[l d], positions i32[l 3], caption ids i32[lt], mask bool[lt]) items
-    first-fit into `rows` (default dit.rows) sequences of `seq_len` (default dit.seq_len; one
-    of `dit.pack_lengths`, whose row_shapes give the rows and segments) tokens (those that do
-    not fit are left out), after dropping tokens at the `dit.token_drop` rate; `rng` replaces
+    first-fit into `rows` (default dit.rows) sequences of `seq_len` (default dit.seq_len) tokens
+    with at most dit.max_segments videos each (those that do not fit are left out), after
+    dropping tokens at the `dit.token_drop` rate; `rng` replaces
     captions by the empty one at rate `text_dropout` (CFG).
 
     Adds 'num_tokens' f32[rows max_segments] (whole videos' token counts) when tokens are
@@ -283,11 +302,6 @@ def pack_batch(
     """
     dc = config.dit
     max_segments = dc.max_segments
-    if seq_len is not None and seq_len != dc.seq_len:
-        rows_l, max_segments = packing.row_shapes(
-            dc.seq_len, dc.rows, dc.max_segments, dc.pack_lengths
-        )[seq_len]
-        rows = rows_l if rows is None else rows
     seq_len = dc.seq_len if seq_len is None else seq_len
     rows = dc.rows if rows is None else rows
     td = dc.token_drop
@@ -370,7 +384,7 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
     def draw(batch, rng):
         """The step's randomness for the whole batch (so microbatching does not change it)."""
         x0, seg = batch["tokens"], batch["segment_ids"]
-        num_seg = batch["caption_mask"].shape[1]  # per row length with dit.pack_lengths
+        num_seg = batch["caption_mask"].shape[1]  # caption slots per row, from the batch
         rng_t, rng_n = jax.random.split(rng)
         # Tokens per segment f32[b s]: the token-dependent time shift of each video (the whole
         # video's count when tokens were dropped).
@@ -540,7 +554,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
         cache = build_latent_cache(
             config, vae_model, vae_params, text_encoder, stats["latent_mean"], stats["latent_std"]
         )
-        batch_fn = functools.partial(dit_batch, config, cache, null_ids, null_mask)
+        plan = length_plan(config, cache)
+        batch_fn = functools.partial(dit_batch, config, cache, null_ids, null_mask, plan=plan)
     step_fn = loop.jit_train_step(
         make_train_step(config, dit, text_encoder, tx, text_encoder.params),
         mesh,
