@@ -194,6 +194,9 @@ def get_config() -> ml_collections.ConfigDict:
     # One compile per length. () = every row seq_len. Only with data.source='moving_shapes'.
     c.dit.pack_lengths = ()
     c.dit.latent_cache_size = 16_384  # examples encoded once by the frozen VAE
+    # Share of the cached videos whose first frame also trains as an image under the video's
+    # caption (motion words included): the image pass of factorised sampling (sample.factorized).
+    c.dit.first_frames = 0.0
     c.dit.text_dropout = 0.1  # caption replaced by the empty one, for CFG
     # Token dropping (NaViT): before packing, each video keeps a random subset of its tokens
     # (at their true positions), so more videos fit per row; the dropped ones are in neither
@@ -281,6 +284,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.sample.height = 64
     c.sample.width = 96
     c.sample.seed = 0
+    # Factorised text->video (as Emu Video): sample the first frame as an image from the text,
+    # then the video with that frame given (image->video). For models trained with
+    # dit.condition on the first frame: motion words then steer a frame the model can see.
+    c.sample.factorized = False
     # Prompt expansion in the sampling CLI (sora_jax/prompts.py): rewrite each prompt in the
     # training captions' style first, with the local instruction-tuned LM folder `prompt_lm`,
     # or, when it is '', the built-in moving-shapes expander.

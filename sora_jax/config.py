@@ -44,6 +44,8 @@ ADDED_KEYS = {
     "dit.model.remat_policy": "none",
     "dit.model.attention_impl": "xla",
     "dit.pack_lengths": (),
+    "sample.factorized": False,
+    "dit.first_frames": 0.0,
     "dit.token_drop.rate": 0.0,
     "dit.token_drop.schedule": "constant",
     "dit.token_drop.start_rate": 0.0,
@@ -362,6 +364,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "dit.patch",
         config.dit.patch,
         "must be three positive sizes (t, h, w)",
+    )
+    _check(
+        0.0 <= config.dit.first_frames <= 1.0,
+        "dit.first_frames",
+        config.dit.first_frames,
+        "must be in [0, 1]",
     )
     _check(
         0.0 <= config.dit.text_dropout < 1.0,

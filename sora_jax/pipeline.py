@@ -167,6 +167,7 @@ class Pipeline:
         end_frames: np.ndarray | None = None,
         edit_video: np.ndarray | None = None,
         edit_strength: float = 1.0,
+        factorized: bool | None = None,
         progress: bool = False,
         **sampling,
     ) -> np.ndarray:
@@ -184,6 +185,10 @@ class Pipeline:
         the first are used) is noised to time `edit_strength` in [0, 1] on the objective's
         path and denoised under the prompts: 0 returns its VAE round trip, 1 ignores it.
 
+        `factorized` (None: config.sample.factorized) samples a video without given frames in
+        two passes: the first frame as an image from the prompt (same seed), then the video
+        with that frame given.
+
         `progress` prints a progress line with ETA over the sampler steps to stderr.
         """
         prompts = list(prompts)
@@ -192,6 +197,20 @@ class Pipeline:
         c = self.config
         ct, _ = config_lib.vae_compression(c)
         gen_frames = generated_frames(c, num_frames)
+        factorized = c.sample.factorized if factorized is None else factorized
+        given = (start_frames, end_frames, edit_video)
+        if factorized and gen_frames > 1 and all(v is None for v in given):
+            kw = dict(height=height, width=width, seed=seed, negative_prompt=negative_prompt)
+            image = self.generate(prompts, num_frames=1, progress=progress, **kw, **sampling)
+            return self.generate(
+                prompts,
+                num_frames=num_frames,
+                start_frames=image,
+                factorized=False,
+                progress=progress,
+                **kw,
+                **sampling,
+            )
         if end_frames is not None and gen_frames != num_frames:
             raise ValueError(
                 f"num_frames={num_frames}: with frames given at the end the video must have "

@@ -76,6 +76,11 @@ _EXTEND = flags.DEFINE_enum(
 )
 _CONNECT = flags.DEFINE_list("connect", None, "Two videos a,b (or `--connect a b`) to connect.")
 _EDIT = flags.DEFINE_float("edit", None, "SDEdit strength in [0, 1] for --video.")
+_FACTORIZED = flags.DEFINE_bool(
+    "factorized",
+    None,
+    "Text->video as text->image then image->video (default: config.sample.factorized).",
+)
 _EXPAND = flags.DEFINE_bool(
     "expand_prompt", None, "Expand prompts to the caption style (default: config.sample)."
 )
@@ -189,6 +194,7 @@ def main(argv):
             guidance_scale=_GUIDANCE.value,
             guidance_interval=interval,
             guidance_rescale=_RESCALE.value,
+            factorized=_FACTORIZED.value,
             progress=True,
             **mode,
         )

@@ -184,6 +184,34 @@ def _cache_args():
     return cache, null_ids, null_mask
 
 
+def test_first_frames_of_videos_join_the_cache_as_images_with_the_video_caption():
+    c = micro_config()
+    c.dit.latent_cache_size = 12
+    mesh = mesh_lib.create_mesh(1)
+    vae = vae_trainer.build_vae(c)
+    vae_params = vae_trainer.init_state(c, vae, ts.make_optimizer(c.vae.train), mesh).params
+    text = dit_trainer.build_text_encoder(c)
+    ch = c.vae.model.latent_channels
+    stats = (np.zeros(ch, np.float32), np.ones(ch, np.float32))
+    plain = dit_trainer.build_latent_cache(c, vae, vae_params, text, *stats)
+    c.dit.first_frames = 1.0
+    cache = dit_trainer.build_latent_cache(c, vae, vae_params, text, *stats)
+    videos = [i for i, p in enumerate(plain.positions) if p[:, 0].max() > 0]
+    assert 0 < len(videos) < 12 and len(cache.tokens) == 12 + len(videos)
+    for i, j in enumerate(videos):
+        k = 12 + i
+        first = plain.positions[j][:, 0] == 0  # the first latent frame's tokens
+        np.testing.assert_array_equal(cache.tokens[k], plain.tokens[j][first])
+        np.testing.assert_array_equal(cache.positions[k], plain.positions[j][first])
+        np.testing.assert_array_equal(cache.caption_ids[k], plain.caption_ids[j])
+    for name in ("tokens", "positions"):
+        for a, b in zip(getattr(cache, name)[:12], getattr(plain, name)):
+            np.testing.assert_array_equal(a, b)
+    c.dit.first_frames = 1.5
+    with pytest.raises(ValueError, match="dit.first_frames"):
+        config_lib.validate(c)
+
+
 def test_given_tokens_are_left_out_of_the_loss():
     c = _cond_config(1.0)
     text, batch = _fixed_dit_batch(c)
@@ -351,6 +379,22 @@ def test_edit_strength_zero_is_the_round_trip_and_one_is_text_to_video(pipe, cli
     np.testing.assert_array_equal(pipe.edit([prompt], video, 1.0, **KW), plain)
     half = pipe.edit([prompt], video, 0.5, **KW)
     assert psnr(half[0], ref) < 100 and not np.array_equal(half, plain)
+
+
+def test_factorized_text_to_video_is_text_to_image_then_image_to_video(pipe, clip):
+    prompt, _ = clip
+    image = pipe.generate([prompt], **dict(KW, num_frames=1))
+    out = pipe.generate([prompt], factorized=True, **KW)
+    np.testing.assert_array_equal(out, pipe.image_to_video([prompt], image[0, 0], **KW))
+    assert psnr(out[0, :1], _round_trip(pipe, image[0])[0]) > 40  # the image is frame 0
+    assert not np.array_equal(out, pipe.generate([prompt], **KW))
+    # config.sample.factorized is the default; an image is sampled in one pass either way.
+    pipe.config.sample.factorized = True
+    try:
+        np.testing.assert_array_equal(pipe.generate([prompt], **KW), out)
+        np.testing.assert_array_equal(pipe.generate([prompt], **dict(KW, num_frames=1)), image)
+    finally:
+        pipe.config.sample.factorized = False
 
 
 def test_mode_errors_are_clear(pipe, clip):

@@ -178,17 +178,27 @@ def build_latent_cache(
     )
     mean, std = np.asarray(latent_mean, np.float32), np.asarray(latent_std, np.float32)
     flat = np.concatenate([l.reshape(-1, l.shape[-1]) for l in latents])
+    captions = _captions(config, examples)
+    # First frames of videos as images under the video's caption: the causal VAE's first
+    # latent frame is that frame's image latent, and factorised sampling's image pass learns
+    # where a shape that "moves right" starts.
+    rng = np.random.default_rng([config.data.seed, 7])
+    extra = [
+        i for i, l in enumerate(latents) if len(l) > 1 and rng.random() < config.dit.first_frames
+    ]
+    latents = list(latents) + [latents[i][:1] for i in extra]
+    captions = list(captions) + [captions[i] for i in extra]
     tokens, positions = [], []
     for l in latents:
         tok, pos = packing.patchify((l - mean) / std, tuple(config.dit.patch))
         tokens.append(tok.astype(np.float32))
         positions.append(pos)
-    captions = _captions(config, examples)
     ids, mask = text_encoder.tokenize(captions)
     text = caption_embeddings(config, text_encoder, captions)
     logging.info(
-        "latent cache: %d videos, %d tokens, latent std %s (normalised: %s)",
+        "latent cache: %d videos (+ %d first frames), %d tokens, latent std %s (normalised: %s)",
         n,
+        len(extra),
         sum(len(t) for t in tokens),
         np.round(std, 3),
         np.round(((flat - mean) / std).std(0), 3),
