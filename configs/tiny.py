@@ -57,15 +57,14 @@ def get_config():
     c.dit.max_segments = 8
     c.dit.latent_cache_size = 2048
     # Factorised text->video (as Emu Video): every video trains as image->video (its first
-    # frame given), every video's first frame also as an image under the video's caption, and
-    # sampling draws the first frame from the text, then the video from that frame. Trained
-    # jointly from noise, the tiny DiT never tied the direction words to motion (direction at
-    # chance, 0.13); given the first frame it follows them (0.94 on rendered frames; 0.41 on
-    # its own first frames). Other modes (extend, connect) are untrained here: the default
-    # config's mask_types mix trains them. benchmarks/RESULTS.md, "Issue 2 (session 7)".
+    # frame given) and sampling draws the first frame from the text (an image), then the video
+    # from that frame. Trained jointly from noise, the tiny DiT never tied the direction words
+    # to motion (direction at chance, 0.13); given the first frame it follows them (0.94 on
+    # rendered first frames, 0.41 on its own). dit.first_frames = 1 cut image->video to 0.28
+    # (fewer video tokens per step). Other modes (extend, connect) are untrained here: the
+    # default config's mask_types mix trains them. benchmarks/RESULTS.md, "Issue 2 (session 7)".
     c.dit.condition.rate = 1.0
     c.dit.condition.mask_types = dict(first=1.0, first_k=0.0, last_k=0.0, both_ends=0.0, random=0.0)
-    c.dit.first_frames = 1.0
     c.sample.factorized = True
     c.dit.train.steps = 1500
     c.dit.train.learning_rate = 1e-3
