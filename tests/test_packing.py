@@ -194,7 +194,7 @@ def test_length_buckets_oldest_long_item_does_not_starve():
     # Short items (8-token rows) always hold more buffered tokens than the one 10-token item
     # (64-token rows): it waits until it is `buffer_size` batches old, then its length goes.
     packer = Packer(seq_len=64, num_rows=1, max_segments=8, buffer_size=4, seq_lens=(8, 64))
-    assert packer.shapes == {8: (8, 1), 64: (1, 8)}
+    assert packer.shapes == {8: (8, 8), 64: (1, 8)}
     batches = [packer.add(0, *_item(10))]
     key = 1
     while len([b for b in batches if b is not None]) < 6:
