@@ -215,8 +215,9 @@ def build_latent_cache(
 
 
 def length_plan(config, cache: LatentCache):
-    """For `dit.pack_lengths`: (row lengths i[k], each cached video's shortest row length it
-    fits i[n], the lengths' shares of the cache's tokens f[k]); None without pack_lengths.
+    """For `dit.pack_lengths`: (row lengths i[k], rows per batch of each length i[k] (from
+    `packing.row_shapes`), each cached video's shortest row length it fits i[n], the lengths'
+    shares of the cache's tokens f[k]); None without pack_lengths.
     Depends only on the cache, so a trainer computes it once and passes it to `dit_batch`."""
     dc = config.dit
     shapes = packing.row_shapes(dc.seq_len, dc.rows, dc.max_segments, dc.pack_lengths)
@@ -224,9 +225,10 @@ def length_plan(config, cache: LatentCache):
         return None
     sizes = np.array([len(t) for t in cache.tokens])
     lengths = np.array(sorted(shapes))
+    rows = np.array([shapes[l][0] for l in lengths])
     own = lengths[np.searchsorted(lengths, sizes)]  # shortest row length each fits
     share = np.array([sizes[own == l].sum() for l in lengths], np.float64)
-    return lengths, own, share / share.sum()
+    return lengths, rows, own, share / share.sum()
 
 
 def dit_batch(
@@ -251,10 +253,10 @@ def dit_batch(
         plan = length_plan(config, cache)
     if plan is not None:
         # A stream of its own: without pack_lengths, batches stay exactly as they were.
-        lengths, own, p = plan
+        lengths, rows_per_length, own, p = plan
         lrng = np.random.default_rng([config.data.seed, 6, step])
         length = int(lrng.choice(lengths, p=p))
-        rows = dc.rows * dc.seq_len // length  # the same token budget for every length
+        rows = int(rows_per_length[np.searchsorted(lengths, length)])
         videos = rows * dc.max_segments
         idx = np.flatnonzero(own == length)
         shorter = np.flatnonzero(own < length)
