@@ -219,6 +219,11 @@ def get_config() -> ml_collections.ConfigDict:
         dict(first=0.4, first_k=0.2, last_k=0.15, both_ends=0.15, random=0.1)
     )
     c.dit.condition.random_frame_prob = 0.5  # per-frame probability of the 'random' type
+    # Noise augmentation of the given frames (as SVD): each conditioned video's given frames
+    # are noised to a time drawn uniformly in [0, noise] (their own per-token time), so the
+    # model learns to use imperfect given frames, e.g. a generated first frame (factorised
+    # sampling). Sampling gives them time diffusion.condition_noise. 0: clean given frames.
+    c.dit.condition.noise = 0.0
     c.dit.train = _train_config(steps=100_000, learning_rate=3e-4, warmup_steps=1000)
     # Microbatches per step: gradients summed inside the jitted step (same update as the whole
     # batch at 1/k of the activation memory). The batch must split into k equal microbatches
@@ -271,6 +276,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.diffusion.guidance_scale = 4.0
     c.diffusion.guidance_interval = (0.0, 1.0)
     c.diffusion.guidance_rescale = 0.0
+    # Time of the given frames while sampling (see dit.condition.noise); the output keeps them
+    # clean.
+    c.diffusion.condition_noise = 0.0
 
     # Samples written at the end of training (and the sampling CLI's defaults).
     c.sample = ml_collections.ConfigDict()
@@ -288,6 +296,10 @@ def get_config() -> ml_collections.ConfigDict:
     # then the video with that frame given (image->video). For models trained with
     # dit.condition on the first frame: motion words then steer a frame the model can see.
     c.sample.factorized = False
+    # The prompt of the factorised image pass: 'same' (the video's prompt, as Emu Video) or
+    # 'first_frame' (sora_jax.prompts.first_frame_prompt: a moving-shapes caption without its
+    # motion clause, the form of the training images' captions; other prompts unchanged).
+    c.sample.image_prompt = "same"
     # Prompt expansion in the sampling CLI (sora_jax/prompts.py): rewrite each prompt in the
     # training captions' style first, with the local instruction-tuned LM folder `prompt_lm`,
     # or, when it is '', the built-in moving-shapes expander.

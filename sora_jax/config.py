@@ -25,6 +25,7 @@ from sora_jax.parallel.partitioning import DEFAULT_RULES as _RULES
 STAGES = ("vae", "dit")
 DATA_SOURCES = ("moving_shapes", "tfds", "latent_cache")
 TEXT_KINDS = ("tiny", "bert", "t5", "clip")
+IMAGE_PROMPTS = ("same", "first_frame")  # sample.image_prompt
 
 
 # Keys added after configs were first saved to workdirs, with the value that reproduces what a
@@ -45,6 +46,7 @@ ADDED_KEYS = {
     "dit.model.attention_impl": "xla",
     "dit.pack_lengths": (),
     "sample.factorized": False,
+    "sample.image_prompt": "same",
     "dit.first_frames": 0.0,
     "dit.token_drop.rate": 0.0,
     "dit.token_drop.schedule": "constant",
@@ -58,6 +60,8 @@ ADDED_KEYS = {
     "dit.condition.mask_types.both_ends": 0.15,
     "dit.condition.mask_types.random": 0.1,
     "dit.condition.random_frame_prob": 0.5,
+    "dit.condition.noise": 0.0,
+    "diffusion.condition_noise": 0.0,
     "diffusion.objective": "rectified_flow",
     "diffusion.mode_scale": 1.29,
     "diffusion.shift_mode": "fixed",
@@ -427,6 +431,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
     s = config.sample
     _check_size(config, "sample", s.num_frames, s.height, s.width)
+    _one_of(config, "sample.image_prompt", IMAGE_PROMPTS)
     _positive(config, "eval.num_prompts")
     _check(
         config.mesh.num_devices == -1 or config.mesh.num_devices > 0,
@@ -574,6 +579,7 @@ def _validate_condition(config):
         k.random_frame_prob,
         "must be in (0, 1)",
     )
+    _check(0.0 <= k.noise < 1.0, "dit.condition.noise", k.noise, "must be in [0, 1)")
 
 
 def _validate_dit_options(config):
@@ -642,6 +648,12 @@ def _validate_diffusion(config):
         "diffusion.guidance_rescale",
         f.guidance_rescale,
         "must be in [0, 1]",
+    )
+    _check(
+        0.0 <= f.condition_noise < 1.0,
+        "diffusion.condition_noise",
+        f.condition_noise,
+        "must be in [0, 1)",
     )
     d = f.ddpm
     _one_of(config, "diffusion.ddpm.prediction", ddpm.PREDICTIONS)

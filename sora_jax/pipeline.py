@@ -31,6 +31,7 @@ import numpy as np
 from sora_jax import config as config_lib
 from sora_jax import gallery
 from sora_jax import inference_checkpoint
+from sora_jax import prompts as prompts_lib
 from sora_jax.data import packing, video_io
 from sora_jax.diffusion import conditioning, guidance, objectives, samplers
 from sora_jax.logging import progress as progress_lib
@@ -71,6 +72,7 @@ SAMPLING_OPTIONS = {
     "guidance_scale": "guidance_scale",
     "guidance_interval": "guidance_interval",
     "guidance_rescale": "guidance_rescale",
+    "condition_noise": "condition_noise",
 }
 
 
@@ -87,6 +89,7 @@ class SamplerSettings:
     guidance_scale: float
     guidance_interval: tuple[float, float]
     guidance_rescale: float
+    condition_noise: float = 0.0  # time of the given frames (noise augmentation; 0: clean)
     t_start: float = 1.0  # < 1: start from a noised input at this time (SDEdit)
 
     @classmethod
@@ -112,6 +115,7 @@ class SamplerSettings:
             guidance_scale=float(f.guidance_scale),
             guidance_interval=tuple(float(v) for v in f.guidance_interval),
             guidance_rescale=float(f.guidance_rescale),
+            condition_noise=float(f.condition_noise),
         )
 
     def time_grid(self, num_tokens: int) -> jax.Array:
@@ -186,8 +190,8 @@ class Pipeline:
         path and denoised under the prompts: 0 returns its VAE round trip, 1 ignores it.
 
         `factorized` (None: config.sample.factorized) samples a video without given frames in
-        two passes: the first frame as an image from the prompt (same seed), then the video
-        with that frame given.
+        two passes: the first frame as an image from the prompt (same seed; rewritten as
+        config.sample.image_prompt says), then the video with that frame given.
 
         `progress` prints a progress line with ETA over the sampler steps to stderr.
         """
@@ -201,7 +205,10 @@ class Pipeline:
         given = (start_frames, end_frames, edit_video)
         if factorized and gen_frames > 1 and all(v is None for v in given):
             kw = dict(height=height, width=width, seed=seed, negative_prompt=negative_prompt)
-            image = self.generate(prompts, num_frames=1, progress=progress, **kw, **sampling)
+            image_prompts = prompts
+            if c.sample.image_prompt == "first_frame":
+                image_prompts = [prompts_lib.first_frame_prompt(p) for p in prompts]
+            image = self.generate(image_prompts, num_frames=1, progress=progress, **kw, **sampling)
             return self.generate(
                 prompts,
                 num_frames=num_frames,
@@ -488,21 +495,30 @@ def _sample_tokens(dit, patch, grid, settings: SamplerSettings, params, *args, r
     seg = jnp.ones((2 * n, num_tok), jnp.int32)
     pos = jnp.broadcast_to(positions, (2 * n, num_tok, 3))
 
-    def impose(x):
-        """Given frames' clean tokens in place of the sampler's state."""
-        return x if cond is None else jnp.where(cond[1][..., None], cond[0], x)
+    noise = jax.random.normal(key, (n, num_tok, dit.patch_dim))
+    tc = settings.condition_noise
+    given = None
+    if cond is not None:
+        # Given tokens at their own fixed time tc (noise augmentation; clean at tc = 0).
+        given = cond[0]
+        if tc > 0:
+            eps = jax.random.normal(jax.random.fold_in(key, 2), noise.shape)
+            given = settings.objective.corrupt(cond[0], eps, jnp.float32(tc))
+
+    def impose(x, tokens):
+        """Given frames' `tokens` in place of the sampler's state."""
+        return x if cond is None else jnp.where(cond[1][..., None], tokens, x)
 
     def model_fn(x, time):
         """Guided model output f32[n l d] at x f32[n l d], scalar time."""
         kw = {}
         if cond is not None:
-            # Given tokens are clean, at their own time 0 (the unconditional rows too: CFG
-            # only guides the text).
-            t_tok = jnp.where(cond[1], 0.0, time)
+            # The unconditional rows see the given tokens too: CFG only guides the text.
+            t_tok = jnp.where(cond[1], tc, time)
             kw = dict(t_tok=jnp.concatenate([t_tok, t_tok]), cond_mask=jnp.tile(cond[1], (2, 1)))
         if report:
             jax.debug.callback(_report_time, time)
-        x = impose(x)
+        x = impose(x, given)
         out = dit.apply(
             {"params": params["dit"]},
             jnp.concatenate([x, x]),
@@ -522,7 +538,6 @@ def _sample_tokens(dit, patch, grid, settings: SamplerSettings, params, *args, r
             settings.guidance_rescale,
         )
 
-    noise = jax.random.normal(key, (n, num_tok, dit.patch_dim))
     if edit is not None:
         noise = samplers.start_state(settings.objective, edit, noise, settings.t_start)
     x = samplers.sample(
@@ -534,7 +549,7 @@ def _sample_tokens(dit, patch, grid, settings: SamplerSettings, params, *args, r
         eta=settings.eta,
         rng=jax.random.fold_in(key, 1),
     )
-    return impose(x)
+    return impose(x, None if cond is None else cond[0])
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

@@ -154,6 +154,18 @@ class GrammarExpander:
         )
 
 
+def first_frame_prompt(prompt: str) -> str:
+    """The caption of a moving-shapes video prompt's first frame: the same caption without
+    its motion clause ('a red circle moves left slowly on a grey background' -> 'a red circle
+    on a grey background'), the form the training images are captioned in. A prompt outside
+    the grammar is returned unchanged."""
+    try:
+        attrs = shapes.parse_caption(prompt)
+    except ValueError:
+        return prompt
+    return shapes.caption(dict(attrs, direction=None, speed=None))
+
+
 SYSTEM_PROMPT = (
     "You rewrite short video prompts into the detailed captions a text-to-video model was "
     "trained on. A caption names the shape's size, colour and shape, how it moves (direction "

@@ -68,6 +68,9 @@ _INTERVAL = flags.DEFINE_list(
     "guidance_interval", None, "t_lo,t_hi: apply CFG only for t in [t_lo, t_hi] (1 = noise)."
 )
 _RESCALE = flags.DEFINE_float("guidance_rescale", None, "CFG std rescale phi in [0, 1].")
+_COND_NOISE = flags.DEFINE_float(
+    "condition_noise", None, "Time of given frames in [0, 1) (default: config.diffusion)."
+)
 _OUT = flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/cli_samples).")
 _IMAGE = flags.DEFINE_string("image", None, "Image->video: the first frame (.png, .jpg, ...).")
 _VIDEO = flags.DEFINE_string("video", None, "Video to --extend or to --edit (.mp4, .gif).")
@@ -194,6 +197,7 @@ def main(argv):
             guidance_scale=_GUIDANCE.value,
             guidance_interval=interval,
             guidance_rescale=_RESCALE.value,
+            condition_noise=_COND_NOISE.value,
             factorized=_FACTORIZED.value,
             progress=True,
             **mode,

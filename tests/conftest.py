@@ -1,8 +1,16 @@
 """Test set-up: simulate 8 CPU devices before jax is imported anywhere."""
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Many tests (and the CLIs they start as subprocesses, which inherit the environment) compile
+# the same micro-config programs: a persistent compilation cache shared by the whole run
+# (both xdist workers included) compiles each once. Its entries are keyed by the program, the
+# jax version and the compile options, so a stale entry is never used.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "sora_jax_tests_jax_cache")
+)

@@ -17,6 +17,7 @@ from test_train import _fixed_dit_batch, micro_config, run_cli
 
 from sora_jax import config as config_lib
 from sora_jax import pipeline as pipeline_lib
+from sora_jax import prompts as prompts_lib
 from sora_jax.data import shapes, video_io
 from sora_jax.diffusion import conditioning, samplers
 from sora_jax.diffusion import objectives as obj
@@ -236,6 +237,65 @@ def test_given_tokens_are_left_out_of_the_loss():
     )
 
 
+class _SpyDiT:
+    """The DiT, recording the inputs of every `apply` (the train step run eagerly)."""
+
+    def __init__(self, dit):
+        self.dit, self.calls = dit, []
+
+    def apply(self, variables, x, *args, **kw):
+        self.calls.append((np.asarray(x), {k: np.asarray(v) for k, v in kw.items()}))
+        return self.dit.apply(variables, x, *args, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.dit, name)
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.5])
+def test_given_frames_are_noised_to_their_own_time_in_training(noise):
+    c = _cond_config(1.0)
+    c.dit.condition.noise = 1.0
+    with pytest.raises(ValueError, match="dit.condition.noise"):
+        config_lib.validate(c)
+    c.dit.condition.noise = noise
+    text, batch = _fixed_dit_batch(c)
+    dit = dit_trainer.build_dit(c, text.dim)
+    tx = ts.make_optimizer(c.dit.train)
+    state = dit_trainer.init_state(c, dit, text, tx, mesh_lib.create_mesh(1), None)
+    spy = _SpyDiT(dit)
+    with jax.disable_jit():
+        dit_trainer.make_train_step(c, spy, text, tx)(state, batch, jax.random.PRNGKey(0))
+    (x, kw), seg = spy.calls[0], batch["segment_ids"]
+    cond, x0 = kw["cond_mask"], batch["tokens"]
+    np.testing.assert_array_equal(cond, batch["cond_mask"] & (seg > 0))
+    tc = kw["t_tok"][cond]
+    if noise == 0:
+        np.testing.assert_array_equal(tc, 0.0)
+        np.testing.assert_array_equal(x[cond], x0[cond])
+        return
+    # One time per conditioned video, drawn in [0, noise]; its given tokens are noised to it.
+    assert tc.min() >= 0 and tc.max() <= noise and len(np.unique(tc)) > 1
+    for r, s in set(zip(np.nonzero(cond)[0], seg[cond])):  # segment ids are per row
+        times = kw["t_tok"][r][cond[r] & (seg[r] == s)]
+        assert np.all(times == times[0])
+    moved = np.abs(x[cond] - x0[cond]).mean(-1)
+    assert np.all(moved[tc > 0.05] > 0) and np.corrcoef(tc, moved)[0, 1] > 0.5
+
+
+def test_sampling_noises_given_frames_and_returns_them_clean(pipe, clip, monkeypatch):
+    prompt, video = clip
+    got = _capture(monkeypatch)
+    clean = pipe.image_to_video([prompt], video[0], **KW)
+    noised = pipe.image_to_video([prompt], video[0], condition_noise=0.3, **KW)
+    (t0, t1), sl = got[-2:], slice(0, TOKENS_PER_FRAME)
+    np.testing.assert_array_equal(t1[0, sl], t0[0, sl])  # the given frame comes back clean
+    np.testing.assert_array_equal(noised[0, 0], clean[0, 0])
+    # The model saw a noised given frame, so the generated frames change.
+    assert np.abs(t1[0, TOKENS_PER_FRAME:] - t0[0, TOKENS_PER_FRAME:]).mean() > 1e-3
+    with pytest.raises(ValueError, match="diffusion.condition_noise"):
+        pipe.image_to_video([prompt], video[0], condition_noise=1.0, **KW)
+
+
 # ---------------------------------------------------------------------- samplers from t_start
 
 
@@ -395,6 +455,16 @@ def test_factorized_text_to_video_is_text_to_image_then_image_to_video(pipe, cli
         np.testing.assert_array_equal(pipe.generate([prompt], **dict(KW, num_frames=1)), image)
     finally:
         pipe.config.sample.factorized = False
+    # image_prompt 'first_frame': the image pass is prompted without the motion clause.
+    still = prompts_lib.first_frame_prompt(prompt)
+    assert " moves " in prompt and " moves " not in still
+    pipe.config.sample.image_prompt = "first_frame"
+    try:
+        out = pipe.generate([prompt], factorized=True, **KW)
+    finally:
+        pipe.config.sample.image_prompt = "same"
+    image = pipe.generate([still], **dict(KW, num_frames=1))
+    np.testing.assert_array_equal(out, pipe.image_to_video([prompt], image[0, 0], **KW))
 
 
 def test_mode_errors_are_clear(pipe, clip):

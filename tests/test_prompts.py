@@ -26,6 +26,14 @@ def test_grammar_expander_keeps_the_given_and_fills_the_rest():
     assert len(fillings) >= 6
 
 
+def test_first_frame_prompt_drops_the_motion_clause_only():
+    video = "a small red circle moves up-left slowly on a grey checkered background"
+    assert prompts.first_frame_prompt(video) == "a small red circle on a grey checkered background"
+    image = "a large blue square on a white background"
+    assert prompts.first_frame_prompt(image) == image
+    assert prompts.first_frame_prompt("a cat walks left") == "a cat walks left"  # not grammar
+
+
 def test_grammar_expander_fillings_are_spread_over_the_grammar():
     drawn = [prompts.GrammarExpander().expand("a blue square", seed=s) for s in range(300)]
     for name, options in (("size", shapes.SIZES), ("speed", shapes.SPEEDS)):

@@ -51,12 +51,15 @@ def micro_config(vae_steps=3, dit_steps=3):
     c.dit.train.checkpoint_every = 2
     c.dit.train.warmup_steps = 0
     c.dit.train.learning_rate = 3e-3
-    # Plain text->video and every mask type (tiny trains image->video only, sampled factorised).
+    # Plain text->video, every mask type and clean given frames (tiny trains image->video
+    # only, with noised given frames, sampled factorised).
     c.dit.condition.rate = 0.25
     c.dit.condition.mask_types = dict(
         first=0.4, first_k=0.2, last_k=0.15, both_ends=0.15, random=0.1
     )
     c.sample.factorized = False
+    c.sample.image_prompt = "same"
+    c.dit.condition.noise = c.diffusion.condition_noise = 0.0
     c.diffusion.sample_steps = 3
     c.sample.prompts = ("a large red circle moves right steadily on a grey background",)
     c.sample.num_frames, c.sample.height, c.sample.width = 5, 16, 24

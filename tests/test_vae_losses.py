@@ -110,8 +110,11 @@ def test_gan_train_step_off_before_start_on_after():
         return rec / n, -fake / n
 
     kernel = vae_trainer._get_at(params, vae_losses.last_layer_path)
-    g_rec = jax.grad(lambda k: losses(k)[0])(kernel)
-    g_gan = jax.grad(lambda k: losses(k)[1])(kernel)
+    # One jitted program (op-by-op 3D convs and their gradients take a minute on CPU).
+    grads = jax.jit(
+        lambda k: (jax.grad(lambda u: losses(u)[0])(k), jax.grad(lambda u: losses(u)[1])(k))
+    )
+    g_rec, g_gan = grads(kernel)
     expect = np.linalg.norm(g_rec) / (np.linalg.norm(g_gan) + 1e-4)
     np.testing.assert_allclose(m1["gan_adaptive_weight"], expect, rtol=1e-3)
 
@@ -202,8 +205,9 @@ def test_latent_stats_stored_with_the_checkpoint_and_restored(tmp_path):
     np.testing.assert_allclose(state.extras["latent_std"], std, rtol=1e-5)
     assert np.all(std > 0) and not np.allclose(mean, 0) and not np.allclose(std, 1)
     # ... equal to the statistics of the encoded batches computed directly.
+    encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode)[0])
     zs = [
-        np.asarray(model.apply({"params": state.ema_params}, x, method=model.encode)[0])
+        np.asarray(encode(state.ema_params, x))
         for i in range(2)
         for x in vae_trainer.vae_batch(c, c.vae.train.steps + i).values()
     ]

@@ -392,6 +392,7 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
     """
     objective = objectives.from_config(config)
     accum = config.dit.train.grad_accum_steps
+    cond_noise = float(config.dit.condition.noise)
 
     def draw(batch, rng):
         """The step's randomness for the whole batch (so microbatching does not change it)."""
@@ -403,7 +404,10 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
         counts = jnp.sum(seg[:, :, None] == jnp.arange(1, num_seg + 1), axis=1)
         counts = batch.get("num_tokens", counts.astype(jnp.float32))
         t = objective.sample_t(rng_t, seg.shape[:1] + (num_seg,), counts)
-        return t, jax.random.normal(rng_n, x0.shape, x0.dtype)
+        # Given frames' time per segment f32[b s] (noise augmentation; a stream of its own so
+        # that it leaves t and the noise unchanged).
+        t_cond = cond_noise * jax.random.uniform(jax.random.fold_in(rng, 2), t.shape)
+        return t, jax.random.normal(rng_n, x0.shape, x0.dtype), t_cond
 
     def loss_mask(batch):
         """bool[b l]: the tokens that carry loss (not padding, not given frames)."""
@@ -413,7 +417,7 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
     def loss_fn(params, inputs):
         """Sum of the squared errors of (a microbatch of) the batch / the whole batch's count
         of loss elements (`denoms`, the same in every row)."""
-        batch, t, noise, denoms = inputs
+        batch, t, noise, t_cond, denoms = inputs
         if "caption_emb" in batch:
             text = batch["caption_emb"]
         else:
@@ -426,10 +430,16 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
         x_t = objective.corrupt(x0, noise, t_tok)
         valid = loss_mask(batch)
         if "cond_mask" in batch:
-            # Given frames: clean latents at their own time 0, and no loss on them.
+            # Given frames: at their own time (0, clean, without noise augmentation), and no
+            # loss on them.
             cond = batch["cond_mask"] & (seg > 0)
-            x_t = jnp.where(cond[..., None], x0, x_t)
-            kw = dict(t_tok=jnp.where(cond, 0.0, t_tok[..., 0]), cond_mask=cond)
+            if cond_noise > 0:
+                tc_tok = jnp.take_along_axis(t_cond, jnp.maximum(seg - 1, 0), axis=1)
+                x_given = objective.corrupt(x0, noise, tc_tok[..., None])
+            else:
+                tc_tok, x_given = 0.0, x0
+            x_t = jnp.where(cond[..., None], x_given, x_t)
+            kw = dict(t_tok=jnp.where(cond, tc_tok, t_tok[..., 0]), cond_mask=cond)
         else:
             kw = {}
         out = dit.apply(
@@ -447,14 +457,14 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
         return jnp.sum(diff**2 * weight) / denoms[0], {}
 
     def train_step(state: ts.TrainState, batch, rng):
-        t, noise = draw(batch, rng)
+        t, noise, t_cond = draw(batch, rng)
         seg = batch["segment_ids"]
         denom = jnp.sum(loss_mask(batch)) * batch["tokens"].shape[-1]
         # denom is the same for every microbatch: broadcast it along the batch axis.
         denoms = jnp.full(seg.shape[:1], denom, jnp.float32)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (loss, aux), grads = grad_accum.sum_gradients(
-            grad_fn, state.params, (batch, t, noise, denoms), accum
+            grad_fn, state.params, (batch, t, noise, t_cond, denoms), accum
         )
         aux["padding_fraction"] = 1.0 - jnp.mean(seg > 0)
         if "cond_mask" in batch:
