@@ -404,9 +404,11 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
         counts = jnp.sum(seg[:, :, None] == jnp.arange(1, num_seg + 1), axis=1)
         counts = batch.get("num_tokens", counts.astype(jnp.float32))
         t = objective.sample_t(rng_t, seg.shape[:1] + (num_seg,), counts)
-        # Given frames' time per segment f32[b s] (noise augmentation; a stream of its own so
-        # that it leaves t and the noise unchanged).
-        t_cond = cond_noise * jax.random.uniform(jax.random.fold_in(rng, 2), t.shape)
+        # Given frames' time per segment f32[b s] with noise augmentation, else None (a
+        # stream of its own, so that it leaves t and the noise unchanged).
+        t_cond = None
+        if cond_noise > 0:
+            t_cond = cond_noise * jax.random.uniform(jax.random.fold_in(rng, 2), t.shape)
         return t, jax.random.normal(rng_n, x0.shape, x0.dtype), t_cond
 
     def loss_mask(batch):
@@ -426,15 +428,16 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
                 text_encoder, text_params, batch["caption_ids"], batch["caption_mask"]
             )
         x0, seg = batch["tokens"], batch["segment_ids"]
-        t_tok = jnp.take_along_axis(t, jnp.maximum(seg - 1, 0), axis=1)[..., None]
+        per_token = lambda a: jnp.take_along_axis(a, jnp.maximum(seg - 1, 0), axis=1)  # noqa: E731
+        t_tok = per_token(t)[..., None]
         x_t = objective.corrupt(x0, noise, t_tok)
         valid = loss_mask(batch)
         if "cond_mask" in batch:
             # Given frames: at their own time (0, clean, without noise augmentation), and no
             # loss on them.
             cond = batch["cond_mask"] & (seg > 0)
-            if cond_noise > 0:
-                tc_tok = jnp.take_along_axis(t_cond, jnp.maximum(seg - 1, 0), axis=1)
+            if t_cond is not None:
+                tc_tok = per_token(t_cond)
                 x_given = objective.corrupt(x0, noise, tc_tok[..., None])
             else:
                 tc_tok, x_given = 0.0, x0
