@@ -72,35 +72,39 @@ def run(
     history: list[tuple[int, dict[str, float]]] = []
     progress = progress_lib.Progress(stage, t.steps, start=start, enabled=jax.process_index() == 0)
     last_t, last_step = time.perf_counter(), start
-    for step in range(start, t.steps):
-        batch = mesh_lib.shard_batch(batch_fn(step), mesh)
-        state, metrics = train_step(state, batch, jax.random.fold_in(key, step))
-        done = step + 1
-        if done % t.log_every == 0 or done == t.steps:
-            m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            if not np.isfinite(m["loss"]):
-                raise FloatingPointError(
-                    f"{stage}: loss is {m['loss']} at step {done}; stopping (last checkpoint: "
-                    f"{ckpt.latest_step()}). Lower the learning rate or check the data."
-                )
-            now = time.perf_counter()
-            m["steps_per_sec"] = (done - last_step) / max(now - last_t, 1e-9)
-            last_t, last_step = now, done
-            scalars = {f"{stage}/{k}": v for k, v in m.items()}
-            if data_metrics is not None:  # already named by the input pipeline (data/...)
-                d = data_metrics()
-                scalars.update(d)
-                m.update(d)
-            history.append((done, m))
-            writer.write_scalars(done, scalars)
-        if done == t.steps and finalize is not None:
-            state = finalize(state)
-        if data_state is None:
-            ckpt.save(done, state, force=done == t.steps)
-        else:
-            ckpt.save(done, state, force=done == t.steps, data_state=data_state())
-        progress.update(done, extra=f"loss {history[-1][1]['loss']:.4f}" if history else "")
-    ckpt.wait()
+    # An interrupt (Ctrl-C, preemption, NaN stop) first lets an in-flight async save commit:
+    # the work it holds is finished and must not be lost.
+    try:
+        for step in range(start, t.steps):
+            batch = mesh_lib.shard_batch(batch_fn(step), mesh)
+            state, metrics = train_step(state, batch, jax.random.fold_in(key, step))
+            done = step + 1
+            if done % t.log_every == 0 or done == t.steps:
+                m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                if not np.isfinite(m["loss"]):
+                    raise FloatingPointError(
+                        f"{stage}: loss is {m['loss']} at step {done}; stopping (last checkpoint: "
+                        f"{ckpt.latest_step()}). Lower the learning rate or check the data."
+                    )
+                now = time.perf_counter()
+                m["steps_per_sec"] = (done - last_step) / max(now - last_t, 1e-9)
+                last_t, last_step = now, done
+                scalars = {f"{stage}/{k}": v for k, v in m.items()}
+                if data_metrics is not None:  # already named by the input pipeline (data/...)
+                    d = data_metrics()
+                    scalars.update(d)
+                    m.update(d)
+                history.append((done, m))
+                writer.write_scalars(done, scalars)
+            if done == t.steps and finalize is not None:
+                state = finalize(state)
+            if data_state is None:
+                ckpt.save(done, state, force=done == t.steps)
+            else:
+                ckpt.save(done, state, force=done == t.steps, data_state=data_state())
+            progress.update(done, extra=f"loss {history[-1][1]['loss']:.4f}" if history else "")
+    finally:
+        ckpt.wait()
     writer.flush()
     if start >= t.steps:
         logging.info("%s: already trained to step %d; skipping", stage, start)
