@@ -188,6 +188,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.dit.seq_len = 1024
     c.dit.rows = 8  # packed sequences per batch
     c.dit.max_segments = 16  # videos per packed sequence at most
+    # Caption tokens per packed sequence at most (0 = off): the DiT packs each row's captions
+    # into this many tokens, so text projections and cross-attention follow the captions'
+    # real lengths rather than max_segments * text.max_length (here 320 a row).
+    c.dit.text_tokens = 0
     # Length-bucketed packing, e.g. (256, 1024): each step packs rows of one of these lengths
     # (the longest = seq_len; same token budget rows * seq_len and max_segments per row;
     # packing.row_shapes), so short videos do not pay dense attention over seq_len.

@@ -45,6 +45,7 @@ ADDED_KEYS = {
     "dit.model.remat_policy": "none",
     "dit.model.attention_impl": "xla",
     "dit.pack_lengths": (),
+    "dit.text_tokens": 0,
     "sample.factorized": False,
     "sample.image_prompt": "same",
     "dit.first_frames": 0.0,
@@ -380,6 +381,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "dit.text_dropout",
         config.dit.text_dropout,
         "must be in [0, 1)",
+    )
+    tt = config.dit.text_tokens
+    _check(
+        tt == 0 or tt >= config.text.max_length,
+        "dit.text_tokens",
+        tt,
+        f"must be 0 (off) or hold one whole caption (>= text.max_length={config.text.max_length})",
     )
     _validate_condition(config)
     _validate_dit_options(config)

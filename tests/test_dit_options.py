@@ -125,6 +125,22 @@ def test_packed_equals_one_at_a_time(setup):
         np.testing.assert_allclose(packed[0, start : start + n], alone[0], atol=TOL, rtol=TOL)
 
 
+def test_text_packing_changes_outputs_only_past_the_budget(setup):
+    """text_tokens=7 packs each row's captions (3 + 4 valid of 2 x 4 slot tokens): the same
+    outputs as every slot's tokens. At 5 the second caption loses two tokens: its video
+    changes, the first does not."""
+    ex = _examples()
+    args = _inputs([[0, 1], [1, 0], [1]], ex)[0]
+    want = np.asarray(setup["apply"](setup["params"], *args))
+    out = {}
+    for m in (7, 5):
+        model = setup["model"].clone(text_tokens=m)
+        out[m] = np.asarray(jax.jit(model.apply)({"params": setup["params"]}, *args))
+    np.testing.assert_allclose(out[7], want, atol=TOL, rtol=TOL)
+    np.testing.assert_allclose(out[5][0, :12], want[0, :12], atol=TOL, rtol=TOL)
+    assert np.abs(out[5][0, 12:18] - want[0, 12:18]).max() > 1e-3
+
+
 def test_every_param_has_logical_axes(setup):
     flat = jax.tree_util.tree_flatten_with_path(
         setup["boxed"], is_leaf=lambda x: isinstance(x, nn.Partitioned)
@@ -215,7 +231,11 @@ def test_bad_options_are_rejected():
         _model(remat_policy="sometimes").init(jax.random.PRNGKey(0), *args)
 
 
-@pytest.mark.parametrize("kw", [{}, {"text_attention": "joint", "mlp": "swiglu"}])
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"text_attention": "joint", "mlp": "swiglu"}, {"text_tokens": 6}],
+    ids=["cross", "joint", "packed-text"],
+)
 def test_flops_counter_matches_xla_cost_analysis(kw):
     model = DiT(patch_dim=16, hidden=128, depth=2, num_heads=4, text_dim=32, **kw)
     b, l, s, lt = 1, 128, 2, 8
@@ -231,7 +251,7 @@ def test_flops_counter_matches_xla_cost_analysis(kw):
     cost = jax.jit(model.apply).lower(params, *args).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     xla = cost["flops"] / (b * l)
-    ours = flops_lib.dit_flops_per_token(model, l, s * lt)["forward"]
+    ours = flops_lib.dit_flops_per_token(model, l, model.text_tokens or s * lt)["forward"]
     # Matmuls only: a little below XLA's count, which includes elementwise ops.
     assert 0.9 * xla < ours <= xla, (ours, xla)
     assert flops_lib.param_count(params) == sum(x.size for x in jax.tree.leaves(params))
@@ -359,6 +379,49 @@ def test_dry_run_counts_without_allocating(capsys):
     assert summary["dit_params"] == depth * block + rest
     out = capsys.readouterr().out
     assert f"DiT {depth * block + rest:,}" in out and "GFLOP" in out
+
+
+def test_text_budget_in_the_trainer():
+    """dit.text_tokens: batches keep each row's captions within it, and the train step's loss
+    is the one of the model that sees every caption slot."""
+    from test_train import micro_config
+
+    from sora_jax.parallel import mesh as mesh_lib
+    from sora_jax.training import dit_trainer
+    from sora_jax.training import train_state as ts
+
+    c = micro_config()
+    c.dit.text_tokens = 20
+    c = config_lib.validate(c)
+    grids = [(1, 2, 2), (2, 2, 3), (1, 1, 2)] * 10
+    tokens, positions = _tagged_latents([(t, 2 * h, 2 * w) for t, h, w in grids], c)
+    text = dit_trainer.build_text_encoder(c)
+    captions = ["a small red circle", "a big blue square moves left on a grey background"]
+    ids, mask = text.tokenize([captions[i % 2] for i in range(len(tokens))])
+    assert 4 <= mask.sum(-1).min() and mask.sum(-1).max() <= 16
+    cache = dit_trainer.LatentCache(tokens, positions, ids, mask, np.zeros(4), np.ones(4))
+    null = [a[0] for a in text.tokenize([""])]
+    batch = dit_trainer.dit_batch(c, cache, *null, 0)
+    per_row = batch["caption_mask"].sum((1, 2))
+    assert per_row.max() <= 20 and (batch["segment_ids"] > 0).sum() > 0
+    # Without the budget the same draw packs more caption tokens into some row.
+    c0 = c.copy_and_resolve_references()
+    c0.dit.text_tokens = 0
+    assert dit_trainer.dit_batch(c0, cache, *null, 0)["caption_mask"].sum((1, 2)).max() > 20
+    losses = []
+    mesh = mesh_lib.create_mesh(1)
+    for m in (20, 0):
+        cm = c.copy_and_resolve_references()
+        cm.dit.text_tokens = m
+        dit = dit_trainer.build_dit(cm, text.dim)
+        tx = ts.make_optimizer(cm.dit.train)
+        state = dit_trainer.init_state(cm, dit, text, tx, mesh, None)
+        step_fn = jax.jit(dit_trainer.make_train_step(cm, dit, text, tx))
+        losses.append(float(step_fn(state, batch, jax.random.PRNGKey(0))[1]["loss"]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5) and losses[0] > 0
+    c.dit.text_tokens = 15
+    with pytest.raises(ValueError, match=r"dit.text_tokens.*text.max_length=16"):
+        config_lib.validate(c)
 
 
 def test_length_bucketed_batches_in_the_trainer():

@@ -247,6 +247,46 @@ def test_length_bucketed_packer_property(sizes, short_lengths, buffer_size, max_
             assert i - arrival[k] < 2 * buffer_size  # no starvation, flush included
 
 
+def test_text_budget_limits_each_rows_captions():
+    # Captions of 5, 4, 3, 6 tokens, budget 8: 5 -> row 0; 4 would overflow row 0's text
+    # (9 > 8) -> row 1; 3 -> row 0 (8); 6 fits no row's text -> dropped.
+    items = [_item(2)] * 4
+    _, pl = pack(items, 10, 2, 4, text_lengths=[5, 4, 3, 6], text_tokens=8)
+    assert [(p.row, p.segment) if p else None for p in pl] == [(0, 1), (1, 1), (0, 2), None]
+    # Without the budget all four fit the token and segment limits.
+    assert all(pack(items, 10, 2, 4, text_lengths=[5, 4, 3, 6])[1])
+    with pytest.raises(ValueError, match="item 1: caption of 9 tokens exceeds text_tokens 8"):
+        pack(items[:2], 10, 2, 4, text_lengths=[1, 9], text_tokens=8)
+    with pytest.raises(ValueError, match="one text length per item"):
+        pack(items, 10, 2, 4, text_tokens=8)
+    with pytest.raises(ValueError, match="text_tokens must be >= 0"):
+        Packer(10, 2, 4, 4, text_tokens=-1)
+    with pytest.raises(ValueError, match="caption of 9 tokens exceeds text_tokens 8"):
+        Packer(10, 2, 4, 4, text_tokens=8).add("k", *_item(2), text_length=9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 64), st.integers(0, 12)), min_size=1, max_size=40),
+    st.sampled_from([12, 16, 30]),
+    st.integers(1, 8),
+)
+def test_packer_text_budget_property(items, text_tokens, buffer_size):
+    packer = Packer(64, 2, 4, buffer_size, (16, 64), text_tokens=text_tokens)
+    out = []
+    for key, (n, m) in enumerate(items):
+        if (b := packer.add(key, *_item(n, fill=key), text_length=m)) is not None:
+            out.append(b)
+    out += packer.flush()
+    assert sorted(k for b in out for k in b.keys) == list(range(len(items)))  # none lost
+    for b in out:
+        text = np.zeros(b.batch["segment_ids"].shape[0], int)
+        for k, p in zip(b.keys, b.placements):
+            text[p.row] += items[k][1]
+            assert np.all(b.batch["tokens"][p.row, p.start : p.start + p.length] == k)
+        assert text.max() <= text_tokens
+
+
 # --------------------------------------------------------------------- property-based
 
 

@@ -194,22 +194,52 @@ def _validate_item(i, tokens, positions, seq_len: int, dim: int | None) -> None:
 
 
 def _first_fit(
-    lengths: Sequence[int], seq_len: int, num_rows: int, max_segments: int
+    lengths: Sequence[int],
+    seq_len: int,
+    num_rows: int,
+    max_segments: int,
+    text_lengths: Sequence[int],
+    text_tokens: int,
 ) -> list[tuple[int, int, int] | None]:
-    """(row, segment, start) for each length in order, or None where no row can take it."""
+    """(row, segment, start) for each length in order, or None where no row can take it
+    (with ``text_tokens`` > 0 a row's text lengths must also sum to at most it)."""
     used = [0] * num_rows
     count = [0] * num_rows
+    text = [0] * num_rows
+    text_cap = text_tokens or float("inf")
     out: list[tuple[int, int, int] | None] = []
-    for n in lengths:
+    for n, m in zip(lengths, text_lengths):
         for r in range(num_rows):
-            if count[r] < max_segments and used[r] + n <= seq_len:
+            if count[r] < max_segments and used[r] + n <= seq_len and text[r] + m <= text_cap:
                 count[r] += 1
                 out.append((r, count[r], used[r]))
                 used[r] += n
+                text[r] += m
                 break
         else:
             out.append(None)
     return out
+
+
+def _text_lengths(text_lengths, n: int, text_tokens: int) -> list[int]:
+    """Validated caption lengths of ``n`` items (zeros when there is no text budget)."""
+    _check_text_tokens(text_tokens)
+    if not text_tokens:
+        return [0] * n
+    if text_lengths is None or len(text_lengths) != n:
+        raise ValueError(f"text_tokens={text_tokens} needs one text length per item ({n} items)")
+    return [_check_text_length(i, m, text_tokens) for i, m in enumerate(text_lengths)]
+
+
+def _check_text_tokens(text_tokens: int) -> None:
+    if text_tokens < 0:
+        raise ValueError(f"text_tokens must be >= 0, got {text_tokens}")
+
+
+def _check_text_length(item, m, text_tokens: int) -> int:
+    if text_tokens and not 0 <= int(m) <= text_tokens:
+        raise ValueError(f"item {item}: caption of {m} tokens exceeds text_tokens {text_tokens}")
+    return int(m)
 
 
 def _check_sizes(seq_len: int, num_rows: int, max_segments: int) -> None:
@@ -225,13 +255,16 @@ def pack(
     max_segments: int,
     *,
     dim: int | None = None,
+    text_lengths: Sequence[int] | None = None,
+    text_tokens: int = 0,
 ) -> tuple[dict[str, np.ndarray], list[Placement | None]]:
     """Packs ``(tokens f32[n_i d], positions i32[n_i 3])`` items first-fit into one batch.
 
     Each item, in the given order, goes to the first row with ``>= n_i`` free tokens and
     fewer than ``max_segments`` segments; items that fit nowhere get placement ``None``
     (dropped: the caller decides what to do with them). ``dim`` is only needed when
-    ``items`` is empty.
+    ``items`` is empty. With ``text_tokens`` > 0 a row also holds at most that many caption
+    tokens, item i's caption having ``text_lengths[i]`` (the DiT's ``text_tokens``).
 
     Returns ``batch`` = {'tokens': f32[num_rows seq_len d],
     'segment_ids': i32[num_rows seq_len] (0 = padding), 'positions': i32[num_rows seq_len 3]}
@@ -245,7 +278,10 @@ def pack(
         dim = items[0][0].shape[-1]
     for i, (t, p) in enumerate(items):
         _validate_item(i, t, p, seq_len, dim)
-    slots = _first_fit([t.shape[0] for t, _ in items], seq_len, num_rows, max_segments)
+    text_lengths = _text_lengths(text_lengths, len(items), text_tokens)
+    slots = _first_fit(
+        [t.shape[0] for t, _ in items], seq_len, num_rows, max_segments, text_lengths, text_tokens
+    )
     tokens = np.zeros((num_rows, seq_len, dim), np.float32)
     segment_ids = np.zeros((num_rows, seq_len), np.int32)
     positions = np.zeros((num_rows, seq_len, 3), np.int32)
@@ -340,6 +376,9 @@ class Packer:
     whatever it holds). Which length: the one with the most buffered tokens, except that
     once the oldest item has waited ``buffer_size`` batches its length goes next; so every
     item leaves within ``2 * buffer_size`` batches of its arrival.
+
+    Caption budget (``text_tokens`` > 0): each item brings its caption's length
+    (``add(..., text_length=)``) and a row's captions hold at most ``text_tokens`` tokens.
     """
 
     def __init__(
@@ -349,14 +388,18 @@ class Packer:
         max_segments: int,
         buffer_size: int,
         seq_lens: Sequence[int] = (),
+        text_tokens: int = 0,
     ):
         self.shapes = row_shapes(seq_len, num_rows, max_segments, seq_lens)
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+        _check_text_tokens(text_tokens)
         self.seq_len, self.num_rows = seq_len, num_rows
         self.max_segments, self.buffer_size = max_segments, buffer_size
-        # (key, tokens, positions, row length it belongs to, batches emitted at its arrival)
-        self._buffer: list[tuple[Hashable, np.ndarray, np.ndarray, int, int]] = []
+        self.text_tokens = text_tokens
+        # (key, tokens, positions, row length it belongs to, batches emitted at its arrival,
+        # caption length)
+        self._buffer: list[tuple[Hashable, np.ndarray, np.ndarray, int, int, int]] = []
         self._dim: int | None = None
         self._emitted = 0
 
@@ -365,20 +408,23 @@ class Packer:
         """Keys still buffered, in arrival order."""
         return [b[0] for b in self._buffer]
 
-    def add(self, key: Hashable, tokens: np.ndarray, positions: np.ndarray) -> PackedBatch | None:
+    def add(
+        self, key: Hashable, tokens: np.ndarray, positions: np.ndarray, text_length: int = 0
+    ) -> PackedBatch | None:
         """Buffers one item; returns a batch once the buffer holds ``buffer_size`` items."""
         tokens, positions = np.asarray(tokens), np.asarray(positions)
         _validate_item(repr(key), tokens, positions, self.seq_len, self._dim)
+        text_length = _check_text_length(repr(key), text_length, self.text_tokens)
         self._dim = tokens.shape[1]
         length = min(l for l in self.shapes if l >= tokens.shape[0])
-        self._buffer.append((key, tokens, positions, length, self._emitted))
+        self._buffer.append((key, tokens, positions, length, self._emitted, text_length))
         return self.pop_batch() if len(self._buffer) >= self.buffer_size else None
 
     def _next_length(self) -> int:
         if len(self.shapes) == 1 or self._emitted - self._buffer[0][4] >= self.buffer_size:
             return self._buffer[0][3]
         tokens = dict.fromkeys(self.shapes, 0)
-        for _, t, _, l, _ in self._buffer:
+        for _, t, _, l, _, _ in self._buffer:
             tokens[l] += t.shape[0]
         return max(self.shapes, key=lambda l: (tokens[l], -l))
 
@@ -394,7 +440,13 @@ class Packer:
         order = own[:1] + sorted(own[1:], key=size) + sorted(shorter, key=size)
         chosen = [self._buffer[i] for i in order]
         batch, placements = pack(
-            [(b[1], b[2]) for b in chosen], length, rows, max_segments, dim=self._dim
+            [(b[1], b[2]) for b in chosen],
+            length,
+            rows,
+            max_segments,
+            dim=self._dim,
+            text_lengths=[b[5] for b in chosen],
+            text_tokens=self.text_tokens,
         )
         placed = {i for i, p in zip(order, placements) if p is not None}
         keys = [b[0] for b, p in zip(chosen, placements) if p is not None]

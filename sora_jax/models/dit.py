@@ -286,6 +286,8 @@ class DiT(nn.Module):
     be in ``[0, s]`` (0 = padding). Outputs on padding tokens are exactly zero. ``t_tok``
     (optional) replaces ``t`` by a time per token (0 on clean conditioning tokens);
     ``cond_mask`` marks the conditioning tokens for the ``cond_embedding`` (if enabled).
+    With ``text_tokens`` each row's caption tokens are packed into that many before the text
+    projections (see the attribute).
     """
 
     patch_dim: int
@@ -310,6 +312,12 @@ class DiT(nn.Module):
     text_attention: str = "cross"  # TEXT_ATTENTIONS
     attention_layout: str = "full"  # ATTENTION_LAYOUTS
     remat_policy: str = "none"  # REMAT_POLICIES
+    # Caption tokens per row after packing the row's captions: the valid tokens of its
+    # segments' captions, in slot order, then padding. 0 (or >= s * lt): every slot's lt tokens.
+    # Text projections and cross-attention then cost text_tokens per row, not
+    # max_segments * lt; the data must keep each row's captions within it
+    # (`packing.pack(..., text_tokens=)`): tokens past it are not seen.
+    text_tokens: int = 0
 
     def _check_options(self):
         for name, value, options in (
@@ -320,6 +328,8 @@ class DiT(nn.Module):
         ):
             if value not in options:
                 raise ValueError(f"DiT: {name}={value!r}; choose one of {options}")
+        if self.text_tokens < 0:
+            raise ValueError(f"DiT: text_tokens={self.text_tokens} must be >= 0")
         if self.hidden % self.num_heads:
             raise ValueError(
                 f"DiT: hidden {self.hidden} not divisible by num_heads {self.num_heads}"
@@ -378,10 +388,17 @@ class DiT(nn.Module):
             c_tok = time_mlp(t_tok) + jnp.take_along_axis(c_pool, seg_index, axis=1)
 
         # Text tokens of segment j+1 carry id j+1, so a token only sees its own caption.
-        text_kv = layers.dense(self.hidden, "text_proj", ("text_embed", "embed"))(text)
-        text_kv = text_kv.reshape(b, s * lt, self.hidden)
+        text = text.reshape(b, s * lt, -1)
         text_ids = jnp.where(text_mask, jnp.arange(1, s + 1, dtype=jnp.int32)[None, :, None], 0)
         text_ids = text_ids.reshape(b, s * lt)
+        text_slot = jnp.broadcast_to(jnp.arange(s * lt) // lt, (b, s * lt))
+        if 0 < self.text_tokens < s * lt:
+            # Pack the row's caption tokens: valid ones first (a stable sort keeps slot order).
+            keep = jnp.argsort(text_ids == 0, axis=1, stable=True)[:, : self.text_tokens]
+            text = jnp.take_along_axis(text, keep[..., None], axis=1)
+            text_ids = jnp.take_along_axis(text_ids, keep, axis=1)
+            text_slot = keep // lt
+        text_kv = layers.dense(self.hidden, "text_proj", ("text_embed", "embed"))(text)
         cross_mask = segment_mask(segment_ids, text_ids)
         masks = {}
         for layout in set(self._layouts()):
@@ -395,7 +412,7 @@ class DiT(nn.Module):
             masks[layout] = video
         text_c = None
         if self.text_attention == "joint":
-            text_c = jnp.repeat(c_seg, lt, axis=1)  # [b s*lt hidden]
+            text_c = jnp.take_along_axis(c_seg, text_slot[..., None], axis=1)  # [b m hidden]
 
         h = layers.dense(self.hidden, "patch_embed", ("patch", "embed"))(x.astype(self.dtype))
         if self.abs_positions:

@@ -105,9 +105,7 @@ def analytic_flops(config) -> float:
     text_encoder = dit_trainer.build_text_encoder(config)
     dit = dit_trainer.build_dit(config, text_encoder.dim)
     dc = config.dit
-    per_token = flops_lib.dit_flops_per_token(
-        dit, dc.seq_len, dc.max_segments * config.text.max_length
-    )
+    per_token = flops_lib.dit_flops_per_token(dit, dc.seq_len, dit_trainer.row_text_tokens(config))
     return per_token["train"] * dc.rows * dc.seq_len
 
 

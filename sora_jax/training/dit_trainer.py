@@ -47,6 +47,13 @@ def build_text_encoder(config) -> encoders.TextEncoder:
     )
 
 
+def row_text_tokens(config) -> int:
+    """Caption tokens the DiT projects and attends per packed row: dit.text_tokens when it
+    packs the row's captions, else every slot's (max_segments x text.max_length)."""
+    slots = config.dit.max_segments * config.text.max_length
+    return min(config.dit.text_tokens, slots) if config.dit.text_tokens else slots
+
+
 def build_dit(config, text_dim: int) -> dit_lib.DiT:
     m = config.dit.model
     pt, ph, pw = config.dit.patch
@@ -65,6 +72,7 @@ def build_dit(config, text_dim: int) -> dit_lib.DiT:
         text_attention=m.text_attention,
         attention_layout=m.attention_layout,
         remat_policy=m.remat_policy,
+        text_tokens=config.dit.text_tokens,
         # All-to-all sequence parallelism is the explicit choice (sora_jax/parallel/sequence.py);
         # 'gspmd' leaves the split attention to the compiler.
         attention_impl="sequence_parallel"
@@ -302,7 +310,8 @@ def pack_batch(
 ):
     """Packs (tokens f32[l d], positions i32[l 3], caption ids i32[lt], mask bool[lt]) items
     first-fit into `rows` (default dit.rows) sequences of `seq_len` (default dit.seq_len) tokens
-    with at most dit.max_segments videos each (those that do not fit are left out), after
+    with at most dit.max_segments videos and dit.text_tokens caption tokens (if > 0) each
+    (those that do not fit are left out), after
     dropping tokens at the `dit.token_drop` rate; `rng` replaces
     captions by the empty one at rate `text_dropout` (CFG).
 
@@ -325,11 +334,22 @@ def pack_batch(
         drng = np.random.default_rng([config.data.seed, 5, step])
         rates = packing.example_drop_rates(drng, len(items), rate, td.per_example, td.max_rate)
         kept = [packing.drop_tokens(drng, t, p, r)[:2] for (t, p), r in zip(kept, rates)]
-    batch, placements = packing.pack(kept, seq_len, rows, max_segments)
+    drop = rng.random(len(items)) < dc.text_dropout
+    text_lengths = [
+        int(np.sum(null_mask if dropped else cap_mask))
+        for (_, _, _, cap_mask), dropped in zip(items, drop)
+    ]
+    batch, placements = packing.pack(
+        kept,
+        seq_len,
+        rows,
+        max_segments,
+        text_lengths=text_lengths,
+        text_tokens=dc.text_tokens,
+    )
     lt = len(null_ids)
     ids = np.zeros((rows, max_segments, lt), np.int32)
     mask = np.zeros((rows, max_segments, lt), bool)
-    drop = rng.random(len(items)) < dc.text_dropout
     emb = None
     if text_emb is not None:
         emb = np.zeros((rows, max_segments) + text_emb[1].shape, np.float32)
@@ -516,7 +536,7 @@ def model_summary(config) -> dict[str, float]:
     dit = build_dit(config, text_encoder.dim)
     params = abstract_params(config, dit, text_encoder)
     dc = config.dit
-    flops = flops_lib.dit_flops_per_token(dit, dc.seq_len, dc.max_segments * config.text.max_length)
+    flops = flops_lib.dit_flops_per_token(dit, dc.seq_len, row_text_tokens(config))
     return {
         "dit_params": flops_lib.param_count(params["dit"]),
         "text_params": flops_lib.param_count(params.get("text", {})),
