@@ -34,7 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.max_frames = 17  # clips: the most frames sampled (1 + 4k), at data.fps
     c.data.target_area = 64 * 64  # clips: resized to about this many pixels, aspect kept
     c.data.stats_examples = 256  # latent mean / std from this many examples (grain sources)
-    c.data.encode_batch_size = 4  # 'tfds': videos per VAE call (per shape) when encoding
+    # Videos per VAE call (per shape) when encoding the latent cache or a 'tfds' stream. On CPU
+    # small batches stay in cache: the tiny cache encodes 2x faster at 4 than at 32.
+    c.data.encode_batch_size = 4
     c.data.worker_count = 0  # grain decode worker processes (0: decode in the main process)
     c.data.max_bad_fraction = 0.05  # more unusable examples than this stops the run
     # Recaptioned training captions: a JSONL manifest with `id` and `dense_caption` (from

@@ -109,7 +109,7 @@ def encode_videos(
     vae_model,
     vae_params,
     videos: list[np.ndarray],
-    batch_size: int = 32,
+    batch_size: int = 4,
     inference: vae_inference.InferenceConfig = vae_inference.InferenceConfig(),
 ):
     """Posterior means f32[t' h' w' c] for uint8 videos of any (mixed) sizes; long or large
@@ -182,6 +182,7 @@ def build_latent_cache(
         vae_model,
         vae_params,
         [e["video"] for e in examples],
+        batch_size=config.data.encode_batch_size,
         inference=vae_inference.from_config(config),
     )
     mean, std = np.asarray(latent_mean, np.float32), np.asarray(latent_std, np.float32)
