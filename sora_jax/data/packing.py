@@ -173,6 +173,18 @@ class Placement:
     grid: tuple[int, int, int]  # the item's patch grid (t, h, w), from its positions
 
 
+@dataclasses.dataclass(frozen=True)
+class _Buffered:
+    """One item waiting in a ``Packer``."""
+
+    key: Hashable
+    tokens: np.ndarray
+    positions: np.ndarray
+    length: int  # the row length it belongs to
+    arrival: int  # batches emitted when it arrived
+    text_length: int  # its caption's tokens
+
+
 def padding_fraction(segment_ids: np.ndarray) -> float:
     """Fraction of padding tokens (segment id 0) in ``i32[rows seq_len]``."""
     segment_ids = np.asarray(segment_ids)
@@ -397,16 +409,14 @@ class Packer:
         self.seq_len, self.num_rows = seq_len, num_rows
         self.max_segments, self.buffer_size = max_segments, buffer_size
         self.text_tokens = text_tokens
-        # (key, tokens, positions, row length it belongs to, batches emitted at its arrival,
-        # caption length)
-        self._buffer: list[tuple[Hashable, np.ndarray, np.ndarray, int, int, int]] = []
+        self._buffer: list[_Buffered] = []
         self._dim: int | None = None
         self._emitted = 0
 
     @property
     def pending_keys(self) -> list[Hashable]:
         """Keys still buffered, in arrival order."""
-        return [b[0] for b in self._buffer]
+        return [b.key for b in self._buffer]
 
     def add(
         self, key: Hashable, tokens: np.ndarray, positions: np.ndarray, text_length: int = 0
@@ -417,15 +427,16 @@ class Packer:
         text_length = _check_text_length(repr(key), text_length, self.text_tokens)
         self._dim = tokens.shape[1]
         length = min(l for l in self.shapes if l >= tokens.shape[0])
-        self._buffer.append((key, tokens, positions, length, self._emitted, text_length))
+        self._buffer.append(_Buffered(key, tokens, positions, length, self._emitted, text_length))
         return self.pop_batch() if len(self._buffer) >= self.buffer_size else None
 
     def _next_length(self) -> int:
-        if len(self.shapes) == 1 or self._emitted - self._buffer[0][4] >= self.buffer_size:
-            return self._buffer[0][3]
+        oldest = self._buffer[0]
+        if len(self.shapes) == 1 or self._emitted - oldest.arrival >= self.buffer_size:
+            return oldest.length
         tokens = dict.fromkeys(self.shapes, 0)
-        for _, t, _, l, _, _ in self._buffer:
-            tokens[l] += t.shape[0]
+        for b in self._buffer:
+            tokens[b.length] += b.tokens.shape[0]
         return max(self.shapes, key=lambda l: (tokens[l], -l))
 
     def pop_batch(self) -> PackedBatch | None:
@@ -434,22 +445,22 @@ class Packer:
             return None
         length = self._next_length()
         rows, max_segments = self.shapes[length]
-        own = [i for i, b in enumerate(self._buffer) if b[3] == length]
-        shorter = [i for i, b in enumerate(self._buffer) if b[3] < length]
-        size = lambda i: -self._buffer[i][1].shape[0]  # noqa: E731
+        own = [i for i, b in enumerate(self._buffer) if b.length == length]
+        shorter = [i for i, b in enumerate(self._buffer) if b.length < length]
+        size = lambda i: -self._buffer[i].tokens.shape[0]  # noqa: E731
         order = own[:1] + sorted(own[1:], key=size) + sorted(shorter, key=size)
         chosen = [self._buffer[i] for i in order]
         batch, placements = pack(
-            [(b[1], b[2]) for b in chosen],
+            [(b.tokens, b.positions) for b in chosen],
             length,
             rows,
             max_segments,
             dim=self._dim,
-            text_lengths=[b[5] for b in chosen],
+            text_lengths=[b.text_length for b in chosen],
             text_tokens=self.text_tokens,
         )
         placed = {i for i, p in zip(order, placements) if p is not None}
-        keys = [b[0] for b, p in zip(chosen, placements) if p is not None]
+        keys = [b.key for b, p in zip(chosen, placements) if p is not None]
         self._buffer = [b for i, b in enumerate(self._buffer) if i not in placed]
         self._emitted += 1
         return PackedBatch(
