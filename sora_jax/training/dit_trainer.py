@@ -336,16 +336,17 @@ def pack_batch(
         rates = packing.example_drop_rates(drng, len(items), rate, td.per_example, td.max_rate)
         kept = [packing.drop_tokens(drng, t, p, r)[:2] for (t, p), r in zip(kept, rates)]
     drop = rng.random(len(items)) < dc.text_dropout
-    text_lengths = [
-        int(np.sum(null_mask if dropped else cap_mask))
-        for (_, _, _, cap_mask), dropped in zip(items, drop)
+    # Each item's caption as the model sees it: the empty one where CFG dropped it.
+    captions = [
+        (null_ids, null_mask) if dropped else (cap_ids, cap_mask)
+        for (_, _, cap_ids, cap_mask), dropped in zip(items, drop)
     ]
     batch, placements = packing.pack(
         kept,
         seq_len,
         rows,
         max_segments,
-        text_lengths=text_lengths,
+        text_lengths=[int(np.sum(m)) for _, m in captions],
         text_tokens=dc.text_tokens,
     )
     lt = len(null_ids)
@@ -354,11 +355,11 @@ def pack_batch(
     emb = None
     if text_emb is not None:
         emb = np.zeros((rows, max_segments) + text_emb[1].shape, np.float32)
-    for j, ((_, _, cap_ids, cap_mask), p, dropped) in enumerate(zip(items, placements, drop)):
+    for j, ((cap_ids, cap_mask), p, dropped) in enumerate(zip(captions, placements, drop)):
         if p is None:
             continue
-        ids[p.row, p.segment - 1] = null_ids if dropped else cap_ids
-        mask[p.row, p.segment - 1] = null_mask if dropped else cap_mask
+        ids[p.row, p.segment - 1] = cap_ids
+        mask[p.row, p.segment - 1] = cap_mask
         if emb is not None:
             emb[p.row, p.segment - 1] = text_emb[1] if dropped else text_emb[0][j]
     out = {
