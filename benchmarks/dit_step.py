@@ -23,6 +23,7 @@ from sora_jax.models import flops as flops_lib
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.training import dit_trainer
 from sora_jax.training import train_state as ts
+from sora_jax.models import builders
 
 
 def load_config(spec: str):
@@ -59,8 +60,8 @@ def main():
     c.data.resolutions = ((64, 64),)
     c = config_lib.validate(c)
 
-    text = dit_trainer.build_text_encoder(c)
-    dit = dit_trainer.build_dit(c, text.dim)
+    text = builders.build_text_encoder(c)
+    dit = builders.build_dit(c, text.dim)
     tx = ts.make_optimizer(c.dit.train)
     state = dit_trainer.init_state(c, dit, text, tx, mesh_lib.create_mesh(1), None)
     step = jax.jit(dit_trainer.make_train_step(c, dit, text, tx))

@@ -13,10 +13,10 @@ import json
 
 from absl import app, flags
 
-from sora_jax import pipeline as pipeline_lib
 from sora_jax import prompts
 from sora_jax.data import shapes
 from sora_jax.evaluation import prompt_eval
+from sora_jax.inference import pipeline as pipeline_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained workdir.")
 _NUM = flags.DEFINE_integer("num_prompts", None, "Prompts (default: config.eval.num_prompts).")

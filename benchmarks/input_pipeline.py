@@ -29,8 +29,15 @@ from pathlib import Path
 import numpy as np
 
 from sora_jax import config as config_lib
-from sora_jax.data import input_pipeline, latent_cache, packing, tfds_builder
-from sora_jax.training import dit_input, dit_trainer
+from sora_jax.data import (
+    batches,
+    dit_input,
+    input_pipeline,
+    latent_cache,
+    packing,
+    tfds_builder,
+)
+from sora_jax.models import builders
 
 
 def _fake_latent(config, video, channels, rng):
@@ -57,7 +64,7 @@ def _time_groups(config, groups, to_latents, steps, null, null_emb=None):
             frames += n_frames
             examples += 1
         text_emb = None if null_emb is None else (embs, null_emb)
-        dit_trainer.pack_batch(config, items, null, null > 0, rng, step, text_emb=text_emb)
+        batches.pack_batch(config, items, null, null > 0, rng, step, text_emb=text_emb)
     seconds = time.process_time() - start
     return frames / seconds, frames / examples
 
@@ -105,7 +112,7 @@ def main():
 
         video_fps, frames_per_example = _time_groups(c, groups, from_videos, args.steps, null)
 
-        text = dit_trainer.build_text_encoder(c)
+        text = builders.build_text_encoder(c)
         embed = dit_input.caption_embedder(text, batch_size=per_step)
         captions = [source[i]["caption"].decode() for i in range(len(source))]
         text_rate, embs, null_emb = None, [None] * len(source), None

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from sora_jax import config as config_lib
-from sora_jax.training import dit_trainer, vae_trainer
+from sora_jax.models import builders
 
 
 def count(tree) -> int:
@@ -23,14 +23,14 @@ def count(tree) -> int:
 
 def sizes(path: str) -> dict:
     c = config_lib.validate(config_lib.load(path))
-    vae = vae_trainer.build_vae(c)
+    vae = builders.build_vae(c)
     t, h, w = c.vae.train.buckets[0]
     x = jax.ShapeDtypeStruct((1, t, h, w, 3), jnp.float32)
     vae_params = jax.eval_shape(
         lambda x: vae.init({"params": jax.random.key(0), "posterior": jax.random.key(0)}, x), x
     )["params"]
-    text = dit_trainer.build_text_encoder(c)
-    dit = dit_trainer.build_dit(c, text.dim)
+    text = builders.build_text_encoder(c)
+    dit = builders.build_dit(c, text.dim)
     lt, l, s = c.text.max_length, c.dit.seq_len, c.dit.max_segments
     args = (
         jax.ShapeDtypeStruct((1, l, dit.patch_dim), jnp.float32),

@@ -42,6 +42,7 @@ from sora_jax.data import shapes as moving_shapes
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.training import dit_trainer
 from sora_jax.training import train_state as ts
+from sora_jax.models import builders
 
 SHORT_SIDES = {240: 2, 360: 3, 480: 4, 720: 6}  # pixels -> patches (scaled down)
 
@@ -145,14 +146,14 @@ def main():
         )
 
     # Every example gets a caption of the moving-shapes grammar (images 8-9 tokens, videos 11-12).
-    text = dit_trainer.build_text_encoder(c)
+    text = builders.build_text_encoder(c)
     crng = np.random.default_rng(3)
     captions = [
         moving_shapes.caption(moving_shapes.sample_attributes(crng, is_image=t == 1))
         for t, _, _ in sizes
     ]
     ids, mask = (np.asarray(a) for a in text.tokenize(captions))
-    dit = dit_trainer.build_dit(c, text.dim)
+    dit = builders.build_dit(c, text.dim)
     tx = ts.make_optimizer(c.dit.train)
     mesh = mesh_lib.create_mesh(1)
     budget = args.rows * args.seq_len

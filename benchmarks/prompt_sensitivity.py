@@ -13,9 +13,9 @@ import argparse
 
 import numpy as np
 
-from sora_jax import pipeline
 from sora_jax.data import shapes
 from sora_jax.evaluation import prompt_eval, prompt_following
+from sora_jax.inference import pipeline
 
 
 def _next(options, value):

@@ -14,11 +14,12 @@ import argparse
 import jax
 import numpy as np
 
-from sora_jax import pipeline
 from sora_jax.data import shapes
 from sora_jax.evaluation import prompt_eval
 from sora_jax.parallel import mesh as mesh_lib
-from sora_jax.training import vae_trainer
+from sora_jax.inference import loader
+from sora_jax import config as config_lib
+from sora_jax.models import builders
 
 LEVELS = (0.0, 0.1, 0.2, 0.4)
 
@@ -28,20 +29,20 @@ def main():
     p.add_argument("--workdir", required=True)
     p.add_argument("--num_videos", type=int, default=32)
     args = p.parse_args()
-    c = pipeline.load_config(args.workdir)
-    model, params = vae_trainer.load(c, args.workdir, mesh_lib.create_mesh(1))
+    c = config_lib.load_saved(args.workdir)
+    model, params = loader.load_vae(c, args.workdir, mesh_lib.create_mesh(1))
     s = c.sample
     attrs = prompt_eval.eval_prompts(args.num_videos, c.eval.seed, s.num_frames, s.height, s.width)
     videos = np.stack([shapes.render(a, s.num_frames, s.height, s.width) for a in attrs])
     encode = jax.jit(lambda x: model.apply({"params": params}, x, method=model.encode)[0])
     decode = jax.jit(lambda z: model.apply({"params": params}, z, method=model.decode))
-    z = encode(vae_trainer.to_model_range(videos))
+    z = encode(builders.to_model_range(videos))
     std = z.reshape(-1, z.shape[-1]).std(axis=0)
     direction = {}
     print(f"latent std per channel: {np.round(np.asarray(std), 3)}")
     for level in LEVELS:
         noise = jax.random.normal(jax.random.key(0), z.shape)
-        recon = vae_trainer.to_uint8(decode(z + level * std * noise))
+        recon = builders.to_uint8(decode(z + level * std * noise))
         l1 = float(np.abs(recon.astype(np.float32) - videos).mean())
         r = prompt_eval.evaluate_videos(list(recon), attrs)
         direction[level] = r["direction_accuracy"]

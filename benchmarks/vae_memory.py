@@ -32,11 +32,10 @@ def child(args) -> dict:
     import jax.numpy as jnp
 
     from sora_jax import config as config_lib
-    from sora_jax.models import vae_inference
-    from sora_jax.training import vae_trainer
+    from sora_jax.models import builders, vae_inference
 
     config = config_lib.load(args.config)
-    model = vae_trainer.build_vae(config)
+    model = builders.build_vae(config)
     t_lat, h_lat, w_lat, c = model.latent_shape(args.frames, args.height, args.width)
     x1 = jnp.zeros((1, 1, args.height, args.width, 3))
     init = jax.jit(lambda k: model.init({"params": k}, x1, sample_posterior=False)["params"])

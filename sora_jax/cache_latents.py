@@ -13,12 +13,16 @@ to --output (default config.data.cache_dir, else <workdir>/latent_cache). Train 
 
 from __future__ import annotations
 
+import os
+
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
 from sora_jax import config as config_lib
-from sora_jax.training import dit_input
+from sora_jax.data import dit_input
+from sora_jax.inference import loader
+from sora_jax.parallel import mesh as mesh_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory holding the trained VAE.")
@@ -32,7 +36,11 @@ def main(argv):
         raise app.UsageError("--workdir is required (the run whose VAE encodes the videos)")
     config = config_lib.validate(_CONFIG.value)
     if jax.process_index() == 0:
-        dit_input.write_latent_cache(config, _WORKDIR.value, _OUTPUT.value)
+        mesh = mesh_lib.create_mesh(config.mesh.num_devices)
+        vae = loader.load_vae(config, _WORKDIR.value, mesh)
+        output = _OUTPUT.value or config.data.cache_dir
+        output = output or os.path.join(_WORKDIR.value, "latent_cache")
+        dit_input.write_latent_cache(config, vae, output)
 
 
 if __name__ == "__main__":

@@ -7,15 +7,17 @@ overrides; `validate` checks the values themselves and how they fit together
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import runpy
 from collections.abc import Sequence
 
 import ml_collections
 
+from sora_jax.data import packing
 from sora_jax.diffusion import conditioning, ddpm, objectives, samplers
 from sora_jax.diffusion import rectified_flow as rf
-from sora_jax.data import packing
 from sora_jax.models import attention
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import vae as vae_lib
@@ -173,6 +175,29 @@ def json_tuples(x):
     if isinstance(x, list):
         return tuple(json_tuples(v) for v in x)
     return x
+
+
+CONFIG_FILE = "config.json"  # in a training workdir and in an exported checkpoint
+
+
+def save(config: ml_collections.ConfigDict, directory: str):
+    """Writes `directory`/config.json."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
+        f.write(config.to_json(indent=2))
+
+
+def load_saved(directory: str) -> ml_collections.ConfigDict:
+    """The validated config of a training workdir or an exported checkpoint."""
+    path = os.path.join(directory, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{path} not found: give a directory written by `python -m sora_jax.train` (a "
+            f"workdir) or by `python -m sora_jax.export` (it holds the config and the weights)"
+        )
+    with open(path) as f:
+        saved = fill_added_keys(json.load(f))
+    return validate(ml_collections.ConfigDict(json_tuples(saved)))
 
 
 def load_with_arg(path: str, arg: str) -> ml_collections.ConfigDict:

@@ -19,6 +19,7 @@ from absl import app, flags
 
 from sora_jax.data import shapes
 from sora_jax.evaluation import prompt_eval
+from sora_jax.inference import pipeline as pipeline_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to evaluate.")
 _NUM = flags.DEFINE_integer("num_prompts", None, "Prompts (default: config.eval).")
@@ -61,10 +62,8 @@ def main(argv):
     else:
         if not _WORKDIR.value:
             raise app.UsageError("--workdir is required (or --real / --noise)")
-        from sora_jax import pipeline  # noqa: PLC0415 (only the model path needs jax)
-
         try:
-            pipe = pipeline.load_pipeline(_WORKDIR.value)
+            pipe = pipeline_lib.load_pipeline(_WORKDIR.value)
         except (FileNotFoundError, ValueError) as e:
             raise app.UsageError(str(e)) from None
         e = pipe.config.eval

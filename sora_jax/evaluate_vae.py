@@ -18,6 +18,8 @@ import json
 
 from absl import app, flags
 
+from sora_jax.evaluation import vae_eval
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding a VAE checkpoint.")
 _NUM = flags.DEFINE_integer("num_videos", 32, "Held-out videos to reconstruct.")
 _SEED = flags.DEFINE_integer("seed", None, "Data seed of the held-out videos (config.eval.seed).")
@@ -38,8 +40,6 @@ def main(argv):
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required")
     try:
-        from sora_jax.evaluation import vae_eval  # noqa: PLC0415 (jax once the flags are fine)
-
         result = vae_eval.evaluate_workdir(
             _WORKDIR.value,
             _NUM.value,

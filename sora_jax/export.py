@@ -4,7 +4,7 @@
 
 Writes the latest VAE and DiT checkpoints' EMA params (no optimizer state, no raw params),
 optionally cast to bfloat16, with the model config, the latent shift/scale and the
-text-encoder reference beside them (format: `sora_jax/inference_checkpoint.py`). Load it
+text-encoder reference beside them (format: `sora_jax/inference/export_format.py`). Load it
 with `sora_jax.load_pipeline("exports/tiny")`, or sample from it with
 `python -m sora_jax.sample --workdir=exports/tiny --prompt "..."`.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from sora_jax import inference_checkpoint
+from sora_jax.inference import exporter
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to export.")
 _OUT = flags.DEFINE_string("out", None, "Folder for the inference checkpoint (new or empty).")
@@ -28,7 +28,7 @@ def main(argv):
     if not _WORKDIR.value or not _OUT.value:
         raise app.UsageError("--workdir (a training workdir) and --out (a new folder) are required")
     try:
-        out = inference_checkpoint.export_workdir(
+        out = exporter.export_workdir(
             _WORKDIR.value,
             _OUT.value,
             bf16=_BF16.value,

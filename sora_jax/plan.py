@@ -3,7 +3,7 @@
   python -m sora_jax.plan --config=configs/tiny.py [--config.dit.model.hidden=1152 ...] \
       [--mesh=data:4,fsdp:8] [--device_kind=v5p] [--json=plan.json]
 
-See sora_jax/parallel/planning.py for what is counted and how (nothing is allocated).
+See sora_jax/training/planning.py for what is counted and how (nothing is allocated).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from sora_jax import config as config_lib
-from sora_jax.parallel.planning import DEVICES, config_mesh_shape, parse_mesh, plan, report
+from sora_jax.training.planning import DEVICES, config_mesh_shape, parse_mesh, plan, report
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
 _MESH = flags.DEFINE_string(

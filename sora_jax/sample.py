@@ -39,10 +39,11 @@ import os
 from absl import app, flags
 
 from sora_jax import config as config_lib
-from sora_jax import pipeline as pipeline_lib
 from sora_jax import prompts as prompts_lib
 from sora_jax.data import video_io
 from sora_jax.diffusion import samplers
+from sora_jax.inference import pipeline as pipeline_lib
+from sora_jax.inference import samples
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Training workdir or exported checkpoint folder (config + weights)."
@@ -166,7 +167,7 @@ def main(argv):
             raise app.UsageError("--guidance_interval must be two numbers: t_lo,t_hi")
     try:
         # Inputs first: a bad file or frame count fails before the checkpoints load.
-        config = pipeline_lib.load_config(_WORKDIR.value)
+        config = config_lib.load_saved(_WORKDIR.value)
         s = config.sample
         given = lambda flag, default: default if flag.value is None else flag.value  # noqa: E731
         num_frames = given(_FRAMES, s.num_frames)
@@ -180,7 +181,7 @@ def main(argv):
         if expansions:
             prompts = [e.expanded for e in expansions]
         pipe = pipeline_lib.load_pipeline(_WORKDIR.value)
-        paths = pipeline_lib.write_samples(
+        paths = samples.write_samples(
             pipe,
             prompts,
             _OUT.value or os.path.join(_WORKDIR.value, "cli_samples"),

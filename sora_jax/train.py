@@ -19,12 +19,13 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from sora_jax import config as config_lib
-from sora_jax import pipeline as pipeline_lib
 from sora_jax.evaluation import prompt_eval
+from sora_jax.inference import pipeline as pipeline_lib
+from sora_jax.inference import samples
 from sora_jax.logging import writers
 from sora_jax.parallel import distributed
 from sora_jax.parallel import mesh as mesh_lib
-from sora_jax.training import dit_trainer, vae_trainer
+from sora_jax.training import dit_trainer, planning, vae_trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
@@ -35,7 +36,7 @@ _DRY_RUN = flags.DEFINE_bool(
 
 def dry_run(config: ml_collections.ConfigDict) -> dict:
     """Validates the config and prints the DiT's size and cost (nothing is allocated)."""
-    summary = dit_trainer.model_summary(config_lib.validate(config))
+    summary = planning.model_summary(config_lib.validate(config))
     m = config.dit.model
     print(
         f"DiT hidden={m.hidden} depth={m.depth} heads={m.num_heads} mlp={m.mlp} "
@@ -62,10 +63,10 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in 
 
 def check_workdir_config(config: ml_collections.ConfigDict, workdir: str):
     """A resumed run must use the config it started with (else checkpoints mismatch)."""
-    path = os.path.join(workdir, pipeline_lib.CONFIG_FILE)
+    path = os.path.join(workdir, config_lib.CONFIG_FILE)
     if not os.path.exists(path):
         return
-    old = pipeline_lib.load_config(workdir)
+    old = config_lib.load_saved(workdir)
     for stage in ("vae", "dit"):
         # Compare through JSON, where tuples and lists are the same thing.
         was, now = (json.loads(c[stage].model.to_json()) for c in (old, config))
@@ -81,7 +82,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     config = config_lib.validate(config)
     check_workdir_config(config, workdir)
     if jax.process_index() == 0:
-        pipeline_lib.save_config(config, workdir)
+        config_lib.save(config, workdir)
     mesh = mesh_lib.from_config(config.mesh)
     writer = writers.MetricWriter(os.path.join(workdir, "tensorboard"))
     logging.info(
@@ -100,7 +101,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             pipe = pipeline_lib.load_pipeline(workdir)
             if jax.process_index() == 0:
                 s = config.sample
-                pipeline_lib.write_samples(
+                samples.write_samples(
                     pipe,
                     list(s.prompts),
                     os.path.join(workdir, "samples"),

@@ -9,6 +9,10 @@ from sora_jax import config as config_lib
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.training import dit_trainer, loop
 from sora_jax.training import train_state as ts
+from sora_jax.parallel import partitioning
+from sora_jax.data import packing
+from sora_jax.models import builders
+from sora_jax.data import batches
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
@@ -49,27 +53,27 @@ def fixed_batch(c):
     ch = c.vae.model.latent_channels
     for t, h, w in [(2, 4, 6), (1, 4, 4), (2, 4, 4), (1, 6, 4)] * 8:
         lat = np.broadcast_to(rng.normal(size=(1, 1, 1, ch)), (t, h, w, ch)).astype(np.float32)
-        tok, pos = dit_trainer.packing.patchify(lat, tuple(c.dit.patch))
+        tok, pos = packing.patchify(lat, tuple(c.dit.patch))
         tokens.append(tok)
         positions.append(pos)
-    text = dit_trainer.build_text_encoder(c)
+    text = builders.build_text_encoder(c)
     ids, mask = text.tokenize(["a small red circle on a grey background"] * len(tokens))
-    cache = dit_trainer.LatentCache(tokens, positions, ids, mask, np.zeros(ch), np.ones(ch))
+    cache = batches.LatentCache(tokens, positions, ids, mask, np.zeros(ch), np.ones(ch))
     null_ids, null_mask = (a[0] for a in text.tokenize([""]))
-    return dit_trainer.dit_batch(c, cache, null_ids, null_mask, 0)
+    return batches.dit_batch(c, cache, null_ids, null_mask, 0)
 
 
 def build(c, mesh):
     """(initial state placed on `mesh`, jitted sharded train step)."""
-    text = dit_trainer.build_text_encoder(c)
-    dit = dit_trainer.build_dit(c, text.dim)
+    text = builders.build_text_encoder(c)
+    dit = builders.build_dit(c, text.dim)
     tx = ts.make_optimizer(c.dit.train)
     state = dit_trainer.init_state(c, dit, text, tx, mesh, None)
     step = loop.jit_train_step(
         dit_trainer.make_train_step(c, dit, text, tx),
         mesh,
         loop.shardings_of(state),
-        dit_trainer.partitioning.rules_from_config(c.mesh.rules),
+        partitioning.rules_from_config(c.mesh.rules),
     )
     return state, step
 

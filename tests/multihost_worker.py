@@ -18,9 +18,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 from dit_setup import fixed_batch, run_steps, tiny_config  # noqa: E402
 
+from sora_jax.common import checkpoint  # noqa: E402
 from sora_jax.parallel import distributed  # noqa: E402
 from sora_jax.parallel import mesh as mesh_lib  # noqa: E402
-from sora_jax.training import checkpoint  # noqa: E402
 
 
 def main(process_id, num_processes, port, outdir):

@@ -4,7 +4,7 @@ message naming the problem (before any checkpoint loads where possible)."""
 import pytest
 from test_train import micro_config, run_cli
 
-from sora_jax import pipeline as pipeline_lib
+from sora_jax import config as config_lib
 
 PROMPT = "--prompt=a large red circle moves right steadily on a grey background"
 
@@ -40,7 +40,7 @@ def test_help_lists_the_modes(module, expected):
 @pytest.fixture()
 def config_only(tmp_path):
     """A workdir holding a config but no checkpoint (training never ran)."""
-    pipeline_lib.save_config(micro_config(), str(tmp_path))
+    config_lib.save(micro_config(), str(tmp_path))
     return tmp_path
 
 

@@ -9,8 +9,12 @@ import pytest
 
 pytest.importorskip("tensorflow_datasets")
 
+from test_train import micro_config, run_cli  # noqa: E402
+
 from sora_jax import config as config_lib  # noqa: E402
+from sora_jax.common import checkpoint  # noqa: E402
 from sora_jax.data import (  # noqa: E402
+    dit_input,  # noqa: E402
     input_pipeline,
     latent_cache,
     manifest,
@@ -20,9 +24,10 @@ from sora_jax.data import (  # noqa: E402
 )
 from sora_jax.logging import writers  # noqa: E402
 from sora_jax.parallel import mesh as mesh_lib  # noqa: E402
-from sora_jax.training import checkpoint, dit_input, dit_trainer, vae_trainer  # noqa: E402
+from sora_jax.training import dit_trainer, vae_trainer  # noqa: E402
 from sora_jax.training import train_state as ts  # noqa: E402
-from test_train import micro_config, run_cli  # noqa: E402
+from sora_jax.inference import loader  # noqa: E402
+from sora_jax.models import builders  # noqa: E402
 
 # (name, height, width, fps, frames) of the good clips: different sizes, rates and lengths.
 CLIPS = (("a", 32, 48, 8, 9), ("b", 48, 32, 12, 17), ("c", 32, 32, 24, 5), ("d", 32, 48, 8, 1))
@@ -172,7 +177,7 @@ def test_resume_from_checkpoint_yields_the_next_batch(dataset, tmp_path):
     it = input_pipeline.DataIterator(groups)
     for s in range(3):
         it(s)
-    ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"), save_every=1, with_data=True)
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"), save_every=1)
     ckpt.save(3, {"w": np.zeros(2)}, data_state=it.get_state())
     ckpt.wait()
     resumed = input_pipeline.DataIterator(groups)
@@ -192,7 +197,7 @@ def vae_workdir(dataset, tmp_path_factory):
     _, data_dir, _ = dataset
     workdir = str(tmp_path_factory.mktemp("run"))
     c = _config(data_dir)
-    model = vae_trainer.build_vae(c)
+    model = builders.build_vae(c)
     state = vae_trainer.init_state(c, model, ts.make_optimizer(c.vae.train), mesh_lib.create_mesh())
     ckpt = checkpoint.for_stage(c, workdir, "vae")
     ckpt.save(1, state, force=True)
@@ -203,14 +208,14 @@ def vae_workdir(dataset, tmp_path_factory):
 @pytest.fixture(scope="module")
 def vae(dataset, vae_workdir):
     """(model, params) of the workdir's VAE, loaded once for the tests that encode."""
-    return vae_trainer.load(_config(dataset[1]), vae_workdir, mesh_lib.create_mesh())
+    return loader.load_vae(_config(dataset[1]), vae_workdir, mesh_lib.create_mesh())
 
 
 @pytest.fixture(scope="module")
 def cache_dir(dataset, vae_workdir, vae, tmp_path_factory):
     _, data_dir, _ = dataset
     out = str(tmp_path_factory.mktemp("cache"))
-    info = dit_input.write_latent_cache(_config(data_dir), vae_workdir, out, vae=vae)
+    info = dit_input.write_latent_cache(_config(data_dir), vae, out)
     assert info["num_examples"] == len(CLIPS) and info["num_bad"] == 0
     assert open(os.path.join(out, "bad_files.jsonl")).read() == ""
     return out
@@ -221,7 +226,7 @@ def test_cached_latents_give_the_same_batches_as_on_the_fly(dataset, vae, cache_
     c = _config(data_dir)
     mesh = mesh_lib.create_mesh()
     vae_model, vae_params = vae
-    text = dit_trainer.build_text_encoder(c)
+    text = builders.build_text_encoder(c)
     fly, mean, std = dit_input.build(c, vae_model, vae_params, text, mesh)
     c.data.source, c.data.cache_dir = "latent_cache", cache_dir
     cached, cmean, cstd = dit_input.build(c, vae_model, vae_params, text, mesh)
@@ -252,8 +257,8 @@ def test_latent_cache_stores_frozen_text_embeddings(dataset, vae, cache_dir, ber
     c.dit.text_dropout = 0.5  # the empty caption's embedding goes into some rows
     c = config_lib.validate(c)
     out = str(tmp_path / "cache")
-    info = dit_input.write_latent_cache(c, "", out, vae=vae)
-    text = dit_trainer.build_text_encoder(c)
+    info = dit_input.write_latent_cache(c, vae, out)
+    text = builders.build_text_encoder(c)
     assert info["text_identity"] == text.identity and info["text_dtype"] == "float32"
 
     # Each record holds its caption's hidden states, as the encoder computes them.
@@ -292,7 +297,7 @@ def test_latent_cache_stores_frozen_text_embeddings(dataset, vae, cache_dir, ber
     tiny = _config(data_dir)
     tiny.data.source, tiny.data.cache_dir = "latent_cache", out
     with pytest.raises(ValueError, match="another text encoder.*text_kind.*'bert', 'tiny'"):
-        dit_input.build(tiny, None, None, dit_trainer.build_text_encoder(tiny), mesh)
+        dit_input.build(tiny, None, None, builders.build_text_encoder(tiny), mesh)
 
 
 def test_latent_cache_record_keeps_bfloat16_embeddings():
@@ -330,7 +335,7 @@ def test_dit_trains_and_resumes_from_the_latent_cache(dataset, vae_workdir, cach
     writer = writers.MetricWriter(str(tmp_path / "tb"))
     _, first = dit_trainer.train(c, workdir, mesh, writer)
     assert [s for s, _ in first] == [1, 2] and all(np.isfinite(m["loss"]) for _, m in first)
-    ckpt = checkpoint.for_stage(c, workdir, "dit", with_data=True)
+    ckpt = checkpoint.for_stage(c, workdir, "dit")
     assert ckpt.restore_data()["step"] == 2
     ckpt.close()
     c.dit.train.steps = 3
@@ -346,7 +351,7 @@ def test_dit_trains_and_resumes_from_the_latent_cache(dataset, vae_workdir, cach
     assert [(b["step"], b["index"]) for b in bad] == [(s, 1) for s in (0, 0, 1, 1, 2, 2)]
     assert "bad example in the latent cache" in bad[0]["reason"]
     # The sampler's loader reads the same checkpoint layout.
-    _, _, params, extras = dit_trainer.load(c, workdir, mesh)
+    _, _, params, extras = loader.load_dit(c, workdir, mesh)
     np.testing.assert_allclose(np.asarray(extras["latent_std"]), _cache_std(cache_dir), rtol=1e-6)
     writer.close()
 
@@ -356,7 +361,7 @@ def test_run_stops_past_max_bad_fraction(dataset, cache_dir, tmp_path):
     c = _config(data_dir)
     c.data.source, c.data.max_bad_fraction = "latent_cache", 0.3
     c.data.cache_dir = _copy_with_bad_record(cache_dir, tmp_path / "cache", bad_index=2)
-    text = dit_trainer.build_text_encoder(c)
+    text = builders.build_text_encoder(c)
     batches, _, _ = dit_input.build(c, None, None, text, mesh_lib.create_mesh())
     batches.local_batch(0)  # 2 of 8 bad: under 0.3
     assert batches.metrics() == {"data/num_bad": 2, "data/bad_fraction": 0.25}

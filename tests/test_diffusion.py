@@ -12,13 +12,15 @@ import pytest
 from test_train import _fixed_dit_batch, _parent, micro_config
 
 from sora_jax import config as config_lib
-from sora_jax import pipeline as pipeline_lib
 from sora_jax.diffusion import analytic, ddpm, guidance, samplers
 from sora_jax.diffusion import objectives as obj
 from sora_jax.diffusion import rectified_flow as rf
+from sora_jax.inference import pipeline as pipeline_lib
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.training import dit_trainer, vae_trainer
 from sora_jax.training import train_state as ts
+from sora_jax.inference import loader
+from sora_jax.models import builders
 
 D, N = 4, 20_000
 
@@ -289,7 +291,7 @@ def test_tiny_dit_ddpm_train_step_reduces_loss(prediction):
     c.diffusion.ddpm.min_snr_gamma = 5.0 if prediction == "v" else 0.0
     config_lib.validate(c)
     text, batch = _fixed_dit_batch(c)
-    dit = dit_trainer.build_dit(c, text.dim)
+    dit = builders.build_dit(c, text.dim)
     tx = ts.make_optimizer(c.dit.train)
     state = dit_trainer.init_state(c, dit, text, tx, mesh_lib.create_mesh(1), None)
     step = jax.jit(dit_trainer.make_train_step(c, dit, text, tx))
@@ -303,10 +305,10 @@ def test_tiny_dit_ddpm_train_step_reduces_loss(prediction):
 def _random_pipeline(c):
     """A pipeline over freshly initialised (randomly perturbed) VAE and DiT params."""
     mesh = mesh_lib.create_mesh(1)
-    vae = vae_trainer.build_vae(c)
+    vae = builders.build_vae(c)
     vae_params = vae_trainer.init_state(c, vae, ts.make_optimizer(c.vae.train), mesh).params
-    text = dit_trainer.build_text_encoder(c)
-    dit = dit_trainer.build_dit(c, text.dim)
+    text = builders.build_text_encoder(c)
+    dit = builders.build_dit(c, text.dim)
     ch = c.vae.model.latent_channels
     state = dit_trainer.init_state(
         c,
@@ -322,9 +324,18 @@ def _random_pipeline(c):
     params = jax.tree.unflatten(
         tree, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
     )
-    return pipeline_lib.Pipeline(
-        c, vae, vae_params, dit, text, params, np.zeros(ch, np.float32), np.ones(ch, np.float32)
+    model = loader.InferenceModel(
+        config=c,
+        vae=vae,
+        vae_params=vae_params,
+        dit=dit,
+        text_encoder=text,
+        params=params,
+        latent_mean=np.zeros(ch, np.float32),
+        latent_std=np.ones(ch, np.float32),
+        name="random",
     )
+    return pipeline_lib.Pipeline(model)
 
 
 @pytest.mark.parametrize("objective", ["rectified_flow", "ddpm"])

@@ -11,6 +11,8 @@ from sora_jax import config as config_lib
 from sora_jax.data.packing import pack, patchify
 from sora_jax.models import flops as flops_lib
 from sora_jax.models.dit import DiT, self_attention_mask
+from sora_jax.models import builders
+from sora_jax.data import batches
 
 PATCH, C = (1, 2, 2), 3
 PATCH_DIM, TEXT_DIM, LT, L, S = 12, 16, 4, 24, 2
@@ -301,13 +303,13 @@ def test_dropped_tokens_never_reach_the_batch_or_the_loss():
     c.dit.token_drop.rate = 0.5
     c.diffusion.shift_mode, c.diffusion.shift_in_training = "tokens", True
     tokens, positions = _tagged_latents([(2, 4, 6), (1, 4, 4), (2, 4, 4), (1, 6, 4)] * 4, c)
-    text = dit_trainer.build_text_encoder(c)
+    text = builders.build_text_encoder(c)
     ids, mask = text.tokenize(["a small red circle on a grey background"] * len(tokens))
     null = [a[0] for a in text.tokenize([""])]
 
     def batch_for(toks):
-        cache = dit_trainer.LatentCache(toks, positions, ids, mask, np.zeros(4), np.ones(4))
-        return dit_trainer.dit_batch(c, cache, *null, 0)
+        cache = batches.LatentCache(toks, positions, ids, mask, np.zeros(4), np.ones(4))
+        return batches.dit_batch(c, cache, *null, 0)
 
     batch = batch_for(tokens)
     seg, pos = batch["segment_ids"], batch["positions"]
@@ -331,7 +333,7 @@ def test_dropped_tokens_never_reach_the_batch_or_the_loss():
     one = [t.copy() for t in tokens]
     one[i][np.flatnonzero(kept[i])[-1]] += 5.0
     b3 = batch_for(one)
-    dit = dit_trainer.build_dit(c, text.dim)
+    dit = builders.build_dit(c, text.dim)
     tx = ts.make_optimizer(c.dit.train)
     state = dit_trainer.init_state(c, dit, text, tx, mesh_lib.create_mesh(1), None)
     step = jax.jit(dit_trainer.make_train_step(c, dit, text, tx))
@@ -395,25 +397,25 @@ def test_text_budget_in_the_trainer():
     c = config_lib.validate(c)
     grids = [(1, 2, 2), (2, 2, 3), (1, 1, 2)] * 10
     tokens, positions = _tagged_latents([(t, 2 * h, 2 * w) for t, h, w in grids], c)
-    text = dit_trainer.build_text_encoder(c)
+    text = builders.build_text_encoder(c)
     captions = ["a small red circle", "a big blue square moves left on a grey background"]
     ids, mask = text.tokenize([captions[i % 2] for i in range(len(tokens))])
     assert 4 <= mask.sum(-1).min() and mask.sum(-1).max() <= 16
-    cache = dit_trainer.LatentCache(tokens, positions, ids, mask, np.zeros(4), np.ones(4))
+    cache = batches.LatentCache(tokens, positions, ids, mask, np.zeros(4), np.ones(4))
     null = [a[0] for a in text.tokenize([""])]
-    batch = dit_trainer.dit_batch(c, cache, *null, 0)
+    batch = batches.dit_batch(c, cache, *null, 0)
     per_row = batch["caption_mask"].sum((1, 2))
     assert per_row.max() <= 20 and (batch["segment_ids"] > 0).sum() > 0
     # Without the budget the same draw packs more caption tokens into some row.
     c0 = c.copy_and_resolve_references()
     c0.dit.text_tokens = 0
-    assert dit_trainer.dit_batch(c0, cache, *null, 0)["caption_mask"].sum((1, 2)).max() > 20
+    assert batches.dit_batch(c0, cache, *null, 0)["caption_mask"].sum((1, 2)).max() > 20
     losses = []
     mesh = mesh_lib.create_mesh(1)
     for m in (20, 0):
         cm = c.copy_and_resolve_references()
         cm.dit.text_tokens = m
-        dit = dit_trainer.build_dit(cm, text.dim)
+        dit = builders.build_dit(cm, text.dim)
         tx = ts.make_optimizer(cm.dit.train)
         state = dit_trainer.init_state(cm, dit, text, tx, mesh, None)
         step_fn = jax.jit(dit_trainer.make_train_step(cm, dit, text, tx))
@@ -439,15 +441,15 @@ def test_length_bucketed_batches_in_the_trainer():
     assert shapes == {16: (16, 4), 32: (8, 4)}
     grids = [(1, 2, 2), (2, 2, 3), (1, 4, 4), (2, 3, 4), (3, 2, 5)] * 6
     tokens, positions = _tagged_latents([(t, 2 * h, 2 * w) for t, h, w in grids], c)
-    text = dit_trainer.build_text_encoder(c)
+    text = builders.build_text_encoder(c)
     ids, mask = text.tokenize(["a small red circle on a grey background"] * len(tokens))
-    cache = dit_trainer.LatentCache(tokens, positions, ids, mask, np.zeros(4), np.ones(4))
+    cache = batches.LatentCache(tokens, positions, ids, mask, np.zeros(4), np.ones(4))
     null = [a[0] for a in text.tokenize([""])]
     seen = {}
-    plan = dit_trainer.length_plan(c, cache)  # what the trainer computes once
+    plan = batches.length_plan(c, cache)  # what the trainer computes once
     for step in range(8):
-        batch = dit_trainer.dit_batch(c, cache, *null, step)
-        for k, v in dit_trainer.dit_batch(c, cache, *null, step, plan=plan).items():
+        batch = batches.dit_batch(c, cache, *null, step)
+        for k, v in batches.dit_batch(c, cache, *null, step, plan=plan).items():
             np.testing.assert_array_equal(v, batch[k])
         seg = batch["segment_ids"]
         rows, length = seg.shape
@@ -464,7 +466,7 @@ def test_length_bucketed_batches_in_the_trainer():
         assert max(sizes) <= length and (length == 16 or max(sizes) > 16), (length, sizes)
         seen[length] = batch
     assert set(seen) == {16, 32}
-    dit = dit_trainer.build_dit(c, text.dim)
+    dit = builders.build_dit(c, text.dim)
     tx = ts.make_optimizer(c.dit.train)
     state = dit_trainer.init_state(c, dit, text, tx, mesh_lib.create_mesh(1), None)
     step_fn = jax.jit(dit_trainer.make_train_step(c, dit, text, tx))

@@ -14,12 +14,16 @@ import pytest
 from test_train import ROOT, micro_config, run_cli
 
 import sora_jax
-from sora_jax import inference_checkpoint
-from sora_jax import pipeline as pipeline_lib
+from sora_jax.common import checkpoint
 from sora_jax.data import video_io
+from sora_jax.inference import export_format, exporter
+from sora_jax.inference import pipeline as pipeline_lib
 from sora_jax.parallel import mesh as mesh_lib
-from sora_jax.training import checkpoint, dit_trainer, vae_trainer
+from sora_jax.training import dit_trainer, vae_trainer
 from sora_jax.training import train_state as ts
+from sora_jax.inference import samples
+from sora_jax import config as config_lib
+from sora_jax.models import builders
 
 PROMPT = "a large red circle moves right steadily on a grey background"
 KW = dict(num_frames=5, height=16, width=24, seed=3)
@@ -39,16 +43,16 @@ def workdir(tmp_path_factory):
     init, so the DiT's adaLN-Zero outputs are not zero) and non-trivial latent statistics."""
     path = str(tmp_path_factory.mktemp("run"))
     c = micro_config()
-    pipeline_lib.save_config(c, path)
+    config_lib.save(c, path)
     mesh = mesh_lib.create_mesh(1)
-    vae = vae_trainer.init_state(c, vae_trainer.build_vae(c), ts.make_optimizer(c.vae.train), mesh)
-    text = dit_trainer.build_text_encoder(c)
+    vae = vae_trainer.init_state(c, builders.build_vae(c), ts.make_optimizer(c.vae.train), mesh)
+    text = builders.build_text_encoder(c)
     ch = c.vae.model.latent_channels
     stats = dit_trainer._extras(
         np.linspace(-0.3, 0.2, ch).astype(np.float32), np.linspace(0.5, 1.5, ch).astype(np.float32)
     )
     dit = dit_trainer.init_state(
-        c, dit_trainer.build_dit(c, text.dim), text, ts.make_optimizer(c.dit.train), mesh, stats
+        c, builders.build_dit(c, text.dim), text, ts.make_optimizer(c.dit.train), mesh, stats
     )
     for stage, state in (("vae", vae), ("dit", dit)):
         state = state.replace(
@@ -75,8 +79,8 @@ FRESH = """
 import sys, numpy as np, jax, sora_jax
 pipe = sora_jax.load_pipeline(sys.argv[1])
 video = pipe.generate([{prompt!r}], **{kw!r})
-leaves = jax.tree.leaves({{"vae": pipe.vae_params, **pipe.params}})
-np.savez(sys.argv[2], video=video, mean=pipe.latent_mean, std=pipe.latent_std,
+leaves = jax.tree.leaves({{"vae": pipe.model.vae_params, **pipe.model.params}})
+np.savez(sys.argv[2], video=video, mean=pipe.model.latent_mean, std=pipe.model.latent_std,
          **{{f"p{{i}}": np.asarray(x) for i, x in enumerate(leaves)}})
 """
 
@@ -103,26 +107,26 @@ def test_export_reloads_in_a_fresh_process_and_samples_bitwise_equal(workdir, pi
     )
     assert r.returncode == 0, r.stderr
     after = np.load(tmp_path / "a.npz")
-    ema = _leaves({"vae": before.vae_params, **before.params})
+    ema = _leaves({"vae": before.model.vae_params, **before.model.params})
     for i, x in enumerate(ema):
         np.testing.assert_array_equal(after[f"p{i}"], x)
         assert after[f"p{i}"].dtype == np.float32
-    np.testing.assert_array_equal(after["mean"], before.latent_mean)
-    np.testing.assert_array_equal(after["std"], before.latent_std)
+    np.testing.assert_array_equal(after["mean"], before.model.latent_mean)
+    np.testing.assert_array_equal(after["std"], before.model.latent_std)
     # The raw (non-EMA) params differ, so the export did pick the EMA ones.
     raw = ocp.StandardCheckpointer().restore(
         os.path.join(workdir, "dit", "checkpoints", "7", "default")
     )
-    for a, b in zip(_leaves(raw["ema_params"]), _leaves(before.params)):
+    for a, b in zip(_leaves(raw["ema_params"]), _leaves(before.model.params)):
         np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(_leaves(raw["params"])[0], _leaves(before.params)[0])
+    assert not np.array_equal(_leaves(raw["params"])[0], _leaves(before.model.params)[0])
     assert after["video"].dtype == np.uint8 and after["video"].std() > 1
     np.testing.assert_array_equal(after["video"], video)
 
 
 def test_bf16_export_loads_and_samples(pipe, tmp_path):
-    f32 = inference_checkpoint.save_pipeline(pipe, str(tmp_path / "f32"))
-    bf16 = inference_checkpoint.save_pipeline(pipe, str(tmp_path / "bf16"), bf16=True)
+    f32 = exporter.save_model(pipe.model, str(tmp_path / "f32"))
+    bf16 = exporter.save_model(pipe.model, str(tmp_path / "bf16"), bf16=True)
     size = {
         p: sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(p) for f in fs)
         for p in (f32, bf16)
@@ -130,7 +134,7 @@ def test_bf16_export_loads_and_samples(pipe, tmp_path):
     assert size[bf16] < 0.7 * size[f32], size
     loaded = sora_jax.load_pipeline(bf16)
     assert json.loads((tmp_path / "bf16" / "export.json").read_text())["dtype"] == "bfloat16"
-    for a, b in zip(_leaves(loaded.params), _leaves(pipe.params)):
+    for a, b in zip(_leaves(loaded.model.params), _leaves(pipe.model.params)):
         assert a.dtype == np.float32  # computed in float32 after loading
         np.testing.assert_array_equal(a, b.astype(jax.numpy.bfloat16).astype(np.float32))
     video = loaded.generate([PROMPT], **KW)
@@ -142,24 +146,24 @@ def test_bf16_export_loads_and_samples(pipe, tmp_path):
 
 def test_export_errors_are_clear(workdir, pipe, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        inference_checkpoint.export_workdir(str(tmp_path / "none"), str(tmp_path / "out"))
+        exporter.export_workdir(str(tmp_path / "none"), str(tmp_path / "out"))
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(FileExistsError, match="not empty"):
-        inference_checkpoint.export_workdir(workdir, str(tmp_path / "full"))
+        exporter.export_workdir(workdir, str(tmp_path / "full"))
     with pytest.raises(FileExistsError, match="not an exported checkpoint; will not replace"):
-        inference_checkpoint.export_workdir(workdir, workdir, overwrite=True)
+        exporter.export_workdir(workdir, workdir, overwrite=True)
     empty = tmp_path / "empty"
-    pipeline_lib.save_config(micro_config(), str(empty))
+    config_lib.save(micro_config(), str(empty))
     with pytest.raises(FileNotFoundError, match="no VAE checkpoint"):
-        inference_checkpoint.export_workdir(str(empty), str(tmp_path / "out"))
+        exporter.export_workdir(str(empty), str(tmp_path / "out"))
     with pytest.raises(FileNotFoundError, match="export.json not found"):
-        inference_checkpoint.read_meta(workdir)
+        export_format.read_meta(workdir)
     # Weights that do not fit the config's models are named as such.
-    out = inference_checkpoint.save_pipeline(pipe, str(tmp_path / "ok"))
-    c = pipeline_lib.load_config(out)
+    out = exporter.save_model(pipe.model, str(tmp_path / "ok"))
+    c = config_lib.load_saved(out)
     c.dit.model.hidden = 64
-    pipeline_lib.save_config(c, out)
+    config_lib.save(c, out)
     with pytest.raises(ValueError, match="do not fit the models of its config.json"):
         sora_jax.load_pipeline(out)
 
@@ -189,7 +193,7 @@ class _Gallery(html.parser.HTMLParser):
 def test_samples_carry_provenance_and_a_gallery_lists_them(workdir, pipe, tmp_path):
     prompts = [PROMPT, "a small <blue> square moves up quickly on a black background"]
     out = str(tmp_path / "samples")
-    paths = pipeline_lib.write_samples(pipe, prompts, out, **KW)
+    paths = samples.write_samples(pipe, prompts, out, **KW)
     expected = (
         f"AI-generated by sora_jax; model: {os.path.basename(workdir)}; prompt: {PROMPT}; seed: 3"
     )

@@ -16,16 +16,20 @@ from test_diffusion import CONVERGED, TARGETS, _random_pipeline, err
 from test_train import _fixed_dit_batch, micro_config, run_cli
 
 from sora_jax import config as config_lib
-from sora_jax import pipeline as pipeline_lib
 from sora_jax import prompts as prompts_lib
+from sora_jax.common import checkpoint
 from sora_jax.data import shapes, video_io
 from sora_jax.diffusion import conditioning, samplers
 from sora_jax.diffusion import objectives as obj
 from sora_jax.evaluation import prompt_eval
+from sora_jax.inference import pipeline as pipeline_lib
 from sora_jax.models.dit import DiT
 from sora_jax.parallel import mesh as mesh_lib
-from sora_jax.training import checkpoint, dit_trainer, vae_trainer
+from sora_jax.training import dit_trainer, vae_trainer
 from sora_jax.training import train_state as ts
+from sora_jax.data import packing
+from sora_jax.models import builders
+from sora_jax.data import batches
 
 # ------------------------------------------------------------------------------ the DiT
 
@@ -165,7 +169,7 @@ def test_batches_condition_at_the_rate_and_rate_zero_is_unchanged():
     assert multi >= 8 and 0.2 < conditioned / multi < 0.8, (conditioned, multi)
     # Rates over many steps.
     cache_batches = [
-        dit_trainer.dit_batch(_cond_config(0.5), *_cache_args(), step) for step in range(20)
+        batches.dit_batch(_cond_config(0.5), *_cache_args(), step) for step in range(20)
     ]
     assert 0.05 < np.mean([b["cond_mask"].mean() for b in cache_batches]) < 0.4
 
@@ -175,12 +179,12 @@ def _cache_args():
     rng = np.random.default_rng(0)
     tokens, positions = [], []
     for t in (1, 2, 3, 4) * 8:
-        tok, pos = dit_trainer.packing.patchify(rng.normal(size=(t, 2, 2, 4)), tuple(c.dit.patch))
+        tok, pos = packing.patchify(rng.normal(size=(t, 2, 2, 4)), tuple(c.dit.patch))
         tokens.append(tok.astype(np.float32))
         positions.append(pos)
-    text = dit_trainer.build_text_encoder(c)
+    text = builders.build_text_encoder(c)
     ids, mask = text.tokenize(["a small red circle on a grey background"] * len(tokens))
-    cache = dit_trainer.LatentCache(tokens, positions, ids, mask, np.zeros(4), np.ones(4))
+    cache = batches.LatentCache(tokens, positions, ids, mask, np.zeros(4), np.ones(4))
     null_ids, null_mask = (a[0] for a in text.tokenize([""]))
     return cache, null_ids, null_mask
 
@@ -189,14 +193,14 @@ def test_first_frames_of_videos_join_the_cache_as_images_with_the_video_caption(
     c = micro_config()
     c.dit.latent_cache_size = 12
     mesh = mesh_lib.create_mesh(1)
-    vae = vae_trainer.build_vae(c)
+    vae = builders.build_vae(c)
     vae_params = vae_trainer.init_state(c, vae, ts.make_optimizer(c.vae.train), mesh).params
-    text = dit_trainer.build_text_encoder(c)
+    text = builders.build_text_encoder(c)
     ch = c.vae.model.latent_channels
     stats = (np.zeros(ch, np.float32), np.ones(ch, np.float32))
-    plain = dit_trainer.build_latent_cache(c, vae, vae_params, text, *stats)
+    plain = batches.build_latent_cache(c, vae, vae_params, text, *stats)
     c.dit.first_frames = 1.0
-    cache = dit_trainer.build_latent_cache(c, vae, vae_params, text, *stats)
+    cache = batches.build_latent_cache(c, vae, vae_params, text, *stats)
     videos = [i for i, p in enumerate(plain.positions) if p[:, 0].max() > 0]
     assert 0 < len(videos) < 12 and len(cache.tokens) == 12 + len(videos)
     for i, j in enumerate(videos):
@@ -218,7 +222,7 @@ def test_given_tokens_are_left_out_of_the_loss():
     text, batch = _fixed_dit_batch(c)
     cm = batch["cond_mask"]
     assert cm.any() and (~cm & (batch["segment_ids"] > 0)).any()
-    dit = dit_trainer.build_dit(c, text.dim)
+    dit = builders.build_dit(c, text.dim)
     tx = ts.make_optimizer(c.dit.train)
     state = dit_trainer.init_state(c, dit, text, tx, mesh_lib.create_mesh(1), None)
     assert "cond_embed" in state.params["dit"]
@@ -259,7 +263,7 @@ def test_given_frames_are_noised_to_their_own_time_in_training(noise):
         config_lib.validate(c)
     c.dit.condition.noise = noise
     text, batch = _fixed_dit_batch(c)
-    dit = dit_trainer.build_dit(c, text.dim)
+    dit = builders.build_dit(c, text.dim)
     tx = ts.make_optimizer(c.dit.train)
     state = dit_trainer.init_state(c, dit, text, tx, mesh_lib.create_mesh(1), None)
     spy = _SpyDiT(dit)
@@ -376,16 +380,16 @@ def _round_trip(pipe, video):
     lat = pipe._encode(video[None], H, W)
     grid = (lat.shape[1], H // 4, W // 4)
     out = pipeline_lib._decode(
-        pipe.vae,
+        pipe.model.vae,
         pipeline_lib.vae_inference.from_config(pipe.config),
         (1, 2, 2),
         grid,
-        pipe.vae_params,
+        pipe.model.vae_params,
         pipe._tokens(lat),
-        pipe.latent_mean,
-        pipe.latent_std,
+        pipe.model.latent_mean,
+        pipe.model.latent_std,
     )
-    return pipeline_lib.vae_trainer.to_uint8(out)[0], pipe._tokens(lat)[0]
+    return pipeline_lib.builders.to_uint8(out)[0], pipe._tokens(lat)[0]
 
 
 def psnr(a, b):
@@ -507,15 +511,15 @@ def workdir(tmp_path_factory):
     """A workdir with freshly initialised VAE and DiT checkpoints (no training needed)."""
     path = str(tmp_path_factory.mktemp("modes"))
     c = micro_config()
-    pipeline_lib.save_config(c, path)
+    config_lib.save(c, path)
     mesh = mesh_lib.create_mesh(1)
-    vae = vae_trainer.build_vae(c)
+    vae = builders.build_vae(c)
     states = {"vae": vae_trainer.init_state(c, vae, ts.make_optimizer(c.vae.train), mesh)}
-    text = dit_trainer.build_text_encoder(c)
+    text = builders.build_text_encoder(c)
     ch = c.vae.model.latent_channels
     states["dit"] = dit_trainer.init_state(
         c,
-        dit_trainer.build_dit(c, text.dim),
+        builders.build_dit(c, text.dim),
         text,
         ts.make_optimizer(c.dit.train),
         mesh,

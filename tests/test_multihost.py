@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from dit_setup import ROOT, build, fixed_batch, run_steps, tiny_config
 
+from sora_jax.common import checkpoint
 from sora_jax.parallel import distributed
 from sora_jax.parallel import mesh as mesh_lib
-from sora_jax.training import checkpoint
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multihost_worker.py")
 

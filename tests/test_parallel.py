@@ -185,7 +185,7 @@ def test_logical_rules_map_names_to_mesh_axes():
 
 
 def test_plan_counts_params_memory_and_flops_without_allocating():
-    from sora_jax.parallel import planning as plan_lib
+    from sora_jax.training import planning as plan_lib
 
     c = tiny_config()
     replicated = plan_lib.plan(c, plan_lib.parse_mesh("data:8"), "h100", count_xla=False)

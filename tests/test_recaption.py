@@ -12,6 +12,7 @@ import pytest
 from sora_jax.captioning import beam_pipeline, manifest, shapes_captioner
 from sora_jax.captioning.captioner_spec import CaptionerSpec
 from sora_jax.data import shapes, video_io
+from sora_jax.data import batches
 
 beam = pytest.importorskip("apache_beam")
 
@@ -203,7 +204,6 @@ def test_transformers_captioner_through_the_pipeline(tmp_path, monkeypatch):
 def test_recaptioned_manifest_replaces_training_captions(tmp_path):
     from sora_jax import config as config_lib
     from sora_jax.captioning import export_shapes
-    from sora_jax.training import dit_trainer
 
     c = config_lib.load(os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py"))
     c.data.seed = 3
@@ -219,19 +219,19 @@ def test_recaptioned_manifest_replaces_training_captions(tmp_path):
     recaptioned.write_text(
         json.dumps({"id": "moving_shapes/3/1", "dense_caption": "a new caption"}) + "\n"
     )
-    assert dit_trainer._captions(c, examples) == [e["caption"] for e in examples]  # off
+    assert batches.captions_of(c, examples) == [e["caption"] for e in examples]  # off
     c.data.captions_manifest = str(recaptioned)
-    assert dit_trainer._captions(c, examples) == [
+    assert batches.captions_of(c, examples) == [
         examples[0]["caption"],
         "a new caption",
         examples[2]["caption"],
     ]
     recaptioned.write_text(json.dumps({"id": "moving_shapes/3/1"}) + "\n")
     with pytest.raises(ValueError, match="needs 'id' and 'dense_caption'"):
-        dit_trainer._captions(c, examples)
+        batches.captions_of(c, examples)
     c.data.captions_manifest = str(tmp_path / "missing.jsonl")
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
-        dit_trainer._captions(c, examples)
+        batches.captions_of(c, examples)
 
 
 def test_tfds_clip_window_frames_are_evenly_spaced(tmp_path):

@@ -15,13 +15,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from sora_jax.data import shapes
 from sora_jax.text import cache as cache_lib
 from sora_jax.text import clip as clip_lib
 from sora_jax.text import t5 as t5_lib
 from sora_jax.text.encoders import build_text_encoder
+from sora_jax.data import packing
+from sora_jax.inference import loader
+from sora_jax.models import builders
+from sora_jax.data import batches
 
 torch = pytest.importorskip("torch", reason="torch (the PyTorch reference) is in the test extra")
 transformers = pytest.importorskip("transformers", reason="transformers is in the test extra")
@@ -490,7 +495,7 @@ def test_frozen_t5_in_dit_training_and_sampling_uses_cached_embeddings(tmp_path,
     from test_train import micro_config
 
     from sora_jax import config as config_lib
-    from sora_jax import pipeline as pipeline_lib
+    from sora_jax.inference import pipeline as pipeline_lib
     from sora_jax.parallel import mesh as mesh_lib
     from sora_jax.training import dit_trainer
     from sora_jax.training import train_state as ts
@@ -499,27 +504,27 @@ def test_frozen_t5_in_dit_training_and_sampling_uses_cached_embeddings(tmp_path,
     c.text.kind, c.text.path, c.text.cache_dir = "t5", t5_dir, str(tmp_path / "emb")
     c.dit.text_dropout = 0.3
     c = config_lib.validate(c)
-    text = dit_trainer.build_text_encoder(c)
+    text = builders.build_text_encoder(c)
     rng = np.random.default_rng(0)
     source = shapes.MovingShapes(seed=0, num_examples=32)
     captions = [source[i]["caption"] for i in range(32)]
     tokens, positions = [], []
     for t, h, w in [(2, 4, 6), (1, 4, 4), (2, 4, 4), (1, 6, 4)] * 8:
         lat = rng.normal(size=(t, h, w, c.vae.model.latent_channels)).astype(np.float32)
-        tok, pos = dit_trainer.packing.patchify(lat, tuple(c.dit.patch))
+        tok, pos = packing.patchify(lat, tuple(c.dit.patch))
         tokens.append(tok)
         positions.append(pos)
     ids, mask = text.tokenize(captions)
-    emb_fields = dit_trainer.caption_embeddings(c, text, captions)
+    emb_fields = batches.caption_embeddings(c, text, captions)
     assert len(emb_fields["text_emb"]) == len(set(captions) | {""}) > 2
-    cache = dit_trainer.LatentCache(
+    cache = batches.LatentCache(
         tokens, positions, ids, mask, np.zeros(4), np.ones(4), **emb_fields
     )
     disk = cache_lib.EmbeddingCache(text, c.text.cache_dir)  # what the next run reads back
     assert len(disk) == len(cache.text_emb)
 
     null_ids, null_mask = (a[0] for a in text.tokenize([""]))
-    batch = dit_trainer.dit_batch(c, cache, null_ids, null_mask, 0)
+    batch = batches.dit_batch(c, cache, null_ids, null_mask, 0)
     emb, mask = batch["caption_emb"], batch["caption_mask"]
     used = mask.any(-1)
     fresh = np.asarray(text.encode(text.params, batch["caption_ids"][used], mask[used]))
@@ -531,7 +536,7 @@ def test_frozen_t5_in_dit_training_and_sampling_uses_cached_embeddings(tmp_path,
     # The frozen encoder has no params in the train state; the step with cached embeddings
     # gives the loss the in-step encoder gives.
     mesh = mesh_lib.create_mesh(1)
-    dit = dit_trainer.build_dit(c, text.dim)
+    dit = builders.build_dit(c, text.dim)
     tx = ts.make_optimizer(c.dit.train)
     state = dit_trainer.init_state(c, dit, text, tx, mesh, None)
     assert set(state.params) == {"dit"}
@@ -542,7 +547,8 @@ def test_frozen_t5_in_dit_training_and_sampling_uses_cached_embeddings(tmp_path,
     np.testing.assert_allclose(float(m1["loss"]), float(m2["loss"]), rtol=1e-5)
 
     # Sampling: prompt and negative embeddings come through the same (on-disk) cache.
-    pipe = pipeline_lib.Pipeline(c, None, None, dit, text, dict(state.params), None, None)
+    model = loader.InferenceModel(c, None, None, dit, text, dict(state.params), None, None, "t")
+    pipe = pipeline_lib.Pipeline(model)
     prompts = ["a large red circle moves right steadily on a grey background", ""]
     got, got_mask = pipe.text_embeddings(prompts)
     assert pipe.text_cache.misses == 1 and pipe.text_cache.hits == 1  # "" was on disk

@@ -13,13 +13,14 @@ from dit_setup import fixed_batch
 from ml_collections import config_flags
 
 from sora_jax import config as config_lib
-from sora_jax import pipeline as pipeline_lib
 from sora_jax import train
 from sora_jax.data import video_io
+from sora_jax.inference import pipeline as pipeline_lib
 from sora_jax.logging import writers
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.training import dit_trainer, vae_trainer
 from sora_jax.training import train_state as ts
+from sora_jax.models import builders
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
@@ -94,8 +95,8 @@ def test_full_run_writes_checkpoints_samples_logs_eval(trained):
     # One source of latent statistics: the VAE checkpoint's, copied into the DiT's.
     mean, std = vae_trainer.load_latent_stats(micro_config(), workdir, mesh_lib.create_mesh(1))
     pipe = pipeline_lib.load_pipeline(workdir)
-    np.testing.assert_array_equal(pipe.latent_mean, mean)
-    np.testing.assert_array_equal(pipe.latent_std, std)
+    np.testing.assert_array_equal(pipe.model.latent_mean, mean)
+    np.testing.assert_array_equal(pipe.model.latent_std, std)
     assert not np.allclose(std, 1.0)
 
 
@@ -177,7 +178,7 @@ def test_evaluate_vae_writes_metrics_and_videos(trained, tmp_path):
 def test_missing_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         pipeline_lib.load_pipeline(str(tmp_path))
-    pipeline_lib.save_config(micro_config(), str(tmp_path))
+    config_lib.save(micro_config(), str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no VAE checkpoint"):
         pipeline_lib.load_pipeline(str(tmp_path))
 
@@ -209,14 +210,14 @@ def test_resume_after_kill_reproduces_the_same_losses(tmp_path, monkeypatch):
 
 def _fixed_dit_batch(c):
     """(text encoder, the packed batch of step 0 over random one-colour latents)."""
-    return dit_trainer.build_text_encoder(c), fixed_batch(c)
+    return builders.build_text_encoder(c), fixed_batch(c)
 
 
 def test_dit_train_step_reduces_loss_and_sharded_equals_single_device():
     c = micro_config()
     text, batch = _fixed_dit_batch(c)
     assert (batch["segment_ids"] > 0).mean() > 0.5
-    dit = dit_trainer.build_dit(c, text.dim)
+    dit = builders.build_dit(c, text.dim)
     tx = ts.make_optimizer(c.dit.train)
     losses = {}
     states = {}
@@ -241,7 +242,7 @@ def test_dit_train_step_reduces_loss_and_sharded_equals_single_device():
 
 def test_vae_latent_noise_is_applied_and_deterministic():
     c = micro_config()
-    model = vae_trainer.build_vae(c)
+    model = builders.build_vae(c)
     tx = ts.make_optimizer(c.vae.train)
     mesh = mesh_lib.create_mesh(1)
     state = vae_trainer.init_state(c, model, tx, mesh)
@@ -306,15 +307,15 @@ def test_config_overrides_and_errors():
 
 def test_workdir_configs_saved_before_added_keys_still_load(tmp_path):
     c = config_lib.load(TINY)
-    pipeline_lib.save_config(c, str(tmp_path))
-    path = tmp_path / pipeline_lib.CONFIG_FILE
+    config_lib.save(c, str(tmp_path))
+    path = tmp_path / config_lib.CONFIG_FILE
     saved = json.loads(path.read_text())
     assert saved["dit"]["model"]["abs_positions"] is True  # tiny's own value is kept
     for key in config_lib.ADDED_KEYS:
         node, leaf = _parent(saved, key)
         del node[leaf]
     path.write_text(json.dumps(saved))
-    old = pipeline_lib.load_config(str(tmp_path))
+    old = config_lib.load_saved(str(tmp_path))
     for key, value in config_lib.ADDED_KEYS.items():
         assert old[key] == value, key
     assert old.dit.train.steps == c.dit.train.steps  # the rest is as saved

@@ -8,11 +8,13 @@ import pytest
 from test_train import micro_config
 
 from sora_jax import config as config_lib
+from sora_jax.common import checkpoint
 from sora_jax.models import discriminator as disc_lib
 from sora_jax.models import lpips as lpips_lib
 from sora_jax.parallel import mesh as mesh_lib
-from sora_jax.training import checkpoint, vae_losses, vae_trainer
 from sora_jax.training import train_state as ts
+from sora_jax.training import vae_losses, vae_trainer
+from sora_jax.models import builders
 
 SMALL = dict(widths=(4, 8), depths=(1, 2))
 
@@ -67,7 +69,7 @@ def _gan_config(start_step):
 
 def test_gan_train_step_off_before_start_on_after():
     c = _gan_config(start_step=1)
-    model, disc = vae_trainer.build_vae(c), vae_trainer.build_discriminator(c)
+    model, disc = builders.build_vae(c), vae_trainer.build_discriminator(c)
     tx, disc_tx = ts.make_optimizer(c.vae.train), vae_trainer.disc_optimizer(c)
     state = vae_trainer.init_state(c, model, tx, mesh_lib.create_mesh(1), disc, disc_tx)
     batch = vae_trainer.vae_batch(c, 0)
@@ -177,7 +179,7 @@ def test_perceptual_loss_in_the_train_step(tmp_path):
     c.vae.perceptual.path = path
     c.vae.train.batch_size = 2
     config_lib.validate(c)
-    model, tx = vae_trainer.build_vae(c), ts.make_optimizer(c.vae.train)
+    model, tx = builders.build_vae(c), ts.make_optimizer(c.vae.train)
     state = vae_trainer.init_state(c, model, tx, mesh_lib.create_mesh(1))
     step = jax.jit(
         vae_trainer.make_train_step(model, tx, c.vae, perceptual=vae_trainer.build_perceptual(c))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from sora_jax.captioning import hf_captioner, shapes_captioner
+
 KINDS = ("builtin", "hf")
 
 
@@ -44,9 +46,5 @@ class CaptionerSpec:
     def load(self):
         """The captioner: an object with `caption(videos: list[uint8[t h w 3]]) -> list[str]`."""
         if self.kind == "builtin":
-            from sora_jax.captioning import shapes_captioner
-
             return shapes_captioner.ShapesCaptioner(self.style)
-        from sora_jax.captioning import hf_captioner
-
         return hf_captioner.HFCaptioner(self.path, self.prompt, self.max_new_tokens)

@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from sora_jax.captioning import manifest
+from sora_jax.data import clips
 
 # Record fields copied into the output row (besides `path` and `caption`).
 _META = ("num_frames", "fps", "height", "width", "duration", "start", "end")
@@ -74,7 +75,5 @@ def window_indices(record: dict) -> np.ndarray:
 
 def read_frames(record: dict, num_frames: int = 0) -> np.ndarray:
     """uint8[k h w 3]: `num_frames` evenly spaced frames of the clip window (0 = all)."""
-    from sora_jax.data import clips
-
     idx = window_indices(record)
     return clips.decode_frames(record["video"], idx[manifest.evenly_spaced(len(idx), num_frames)])

@@ -14,7 +14,7 @@ the grain iterator's state, which goes into the orbax checkpoint with the model,
 run continues with exactly the next group. Unusable records (decode errors, a latent cache's
 bad examples) are counted per group ('num_bad', with the decode errors' paths and reasons in
 'bad'), never stopping the run. Packing the groups' latents
-into token rows happens in the trainer (`dit_trainer.pack_batch`), after VAE encoding.
+into token rows happens in `batches.pack_batch`, after VAE encoding.
 """
 
 from __future__ import annotations

@@ -14,8 +14,11 @@ import os
 import jax
 import numpy as np
 
+from sora_jax import config as config_lib
 from sora_jax.data import shapes, video_io
 from sora_jax.evaluation import reconstruction as rec
+from sora_jax.inference import loader
+from sora_jax.models import lpips as lpips_lib
 from sora_jax.models import vae_inference
 from sora_jax.parallel import mesh as mesh_lib
 
@@ -77,7 +80,6 @@ def lpips_metrics(videos: np.ndarray, recon: np.ndarray, path: str, batch_size: 
     """LPIPS (lower is closer; weights from ``path``, see sora_jax/models/lpips.py) of
     ``recon`` (f32 in [0, 1]) against ``videos`` (uint8): overall, first frame, the rest, per
     frame index, as ``metrics`` does for PSNR and SSIM."""
-    from sora_jax.models import lpips as lpips_lib  # noqa: PLC0415
 
     fn = jax.jit(lpips_lib.distance_fn(*lpips_lib.load(path)))
     x = videos.astype(np.float32) / 127.5 - 1.0
@@ -130,10 +132,7 @@ def evaluate_workdir(
     """``python -m sora_jax.evaluate_vae`` (see there): the workdir's VAE on held-out videos;
     writes ``metrics.json`` and side-by-side videos to ``out``; returns the metrics dict.
     LPIPS is reported when ``lpips_path`` (default: config.vae.perceptual.path) is set."""
-    from sora_jax import pipeline  # noqa: PLC0415 (pipeline imports the trainers)
-    from sora_jax.training import vae_trainer  # noqa: PLC0415
-
-    config = pipeline.load_config(workdir)
+    config = config_lib.load_saved(workdir)
     seed = config.eval.seed if seed is None else seed
     if seed == config.data.seed:
         raise ValueError(
@@ -143,7 +142,7 @@ def evaluate_workdir(
         raise ValueError(f"--num_videos={num_videos}: must be >= 1")
     s = config.sample
     frames, height, width = frames or s.num_frames, height or s.height, width or s.width
-    model, params = vae_trainer.load(config, workdir, mesh_lib.create_mesh(1))
+    model, params = loader.load_vae(config, workdir, mesh_lib.create_mesh(1))
     videos = held_out_videos(seed, num_videos, frames, height, width)
     cfg = vae_inference.from_config(config)
     recon = reconstruct_videos(model, params, videos, cfg, batch_size)

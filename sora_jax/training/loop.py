@@ -10,11 +10,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from sora_jax.common import checkpoint
 from sora_jax.logging import progress as progress_lib
 from sora_jax.logging import writers
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.parallel import partitioning
-from sora_jax.training import checkpoint
 
 
 def shardings_of(tree):

@@ -20,14 +20,15 @@ import numpy as np
 import optax
 from absl import logging
 
+from sora_jax.common import checkpoint
 from sora_jax.data import shapes
+from sora_jax.models import builders
 from sora_jax.models import discriminator as disc_lib
 from sora_jax.models import lpips as lpips_lib
 from sora_jax.models import vae as vae_lib
 from sora_jax.parallel import mesh as mesh_lib
-from sora_jax.training import checkpoint, loop
+from sora_jax.training import loop, vae_losses
 from sora_jax.training import train_state as ts
-from sora_jax.training import vae_losses
 
 
 class VAEState(ts.TrainState):
@@ -36,31 +37,6 @@ class VAEState(ts.TrainState):
 
     disc_params: Any = None
     disc_opt_state: Any = None
-
-
-def build_vae(config: ml_collections.ConfigDict) -> vae_lib.CausalVAE:
-    m = config.vae.model
-    return vae_lib.CausalVAE(
-        base_channels=m.base_channels,
-        channel_mults=tuple(m.channel_mults),
-        num_res_blocks=m.num_res_blocks,
-        latent_channels=m.latent_channels,
-        temporal_downsample=tuple(bool(d) for d in m.temporal_downsample),
-        norm_groups=m.norm_groups,
-        patch_size=m.patch_size,
-        shortcuts=m.shortcuts,
-        mid_attention=m.mid_attention,
-    )
-
-
-def to_model_range(video: np.ndarray) -> np.ndarray:
-    """uint8[... 3] in [0, 255] -> f32 in [-1, 1]."""
-    return video.astype(np.float32) / 127.5 - 1.0
-
-
-def to_uint8(x) -> np.ndarray:
-    """f32 in [-1, 1] -> uint8 in [0, 255]."""
-    return np.asarray(jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255)).astype(np.uint8)
 
 
 @functools.lru_cache(maxsize=None)
@@ -84,11 +60,11 @@ def vae_batch(config: ml_collections.ConfigDict, step: int) -> dict[str, np.ndar
     source = _bucket_source(d.seed, d.num_examples, frames, h, w)
     first = step * t.batch_size
     videos = [source[(first + i) % len(source)]["video"] for i in range(t.batch_size)]
-    batch = {"video": to_model_range(np.stack(videos))}
+    batch = {"video": builders.to_model_range(np.stack(videos))}
     if t.image_batch_size > 0:
         images = _bucket_source(d.seed + 1, d.num_examples, 1, h, w)
         first = step * t.image_batch_size
-        batch["image"] = to_model_range(
+        batch["image"] = builders.to_model_range(
             np.stack(
                 [images[(first + i) % len(images)]["video"] for i in range(t.image_batch_size)]
             )
@@ -275,11 +251,12 @@ def init_state(config, model, tx, mesh, disc=None, disc_tx=None) -> VAEState:
     t, h, w = config.vae.train.buckets[0]
     x = jnp.zeros((1, t, h, w, 3), jnp.float32)
     c = config.vae.model.latent_channels
+    init_vae = builders.vae_init_fn(config, model)
 
     def init(key):
-        # The VAE draws from `key` itself (as before the GAN existed: same init), the
-        # discriminator from a stream of its own.
-        params = model.init({"params": key, "posterior": key}, x, sample_posterior=False)["params"]
+        # The VAE draws from `key` itself, the discriminator from a stream of its own (so
+        # adding a GAN leaves the VAE's init unchanged).
+        params = init_vae(key)
         base = ts.create(params, tx, _stats_extras(np.zeros(c), np.ones(c)))
         state = VAEState(**{f: getattr(base, f) for f in base.__dataclass_fields__})
         if disc is not None:
@@ -332,7 +309,7 @@ def _restore(ckpt: checkpoint.Checkpointer, target: VAEState) -> VAEState:
 
 def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
     """Trains (or resumes, or skips if finished) the VAE; returns (model, state, history)."""
-    model = build_vae(config)
+    model = builders.build_vae(config)
     t = config.vae.train
     tx = ts.make_optimizer(t)
     disc = build_discriminator(config)
@@ -364,7 +341,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
 def load_state(config, workdir: str, mesh) -> tuple[vae_lib.CausalVAE, VAEState]:
     """(model, state) from the workdir's latest VAE checkpoint; ``state.extras`` always holds
     the latent statistics (computed here for checkpoints written before they were stored)."""
-    model = build_vae(config)
+    model = builders.build_vae(config)
     tx = ts.make_optimizer(config.vae.train)
     disc = build_discriminator(config)
     disc_tx = disc_optimizer(config) if disc is not None else None

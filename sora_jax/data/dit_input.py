@@ -8,7 +8,7 @@
 
 Both see the same examples in the same order (a function of data.seed), normalise latents with
 the mean / std of the first `data.stats_examples` source examples, and pack with
-`dit_trainer.pack_batch`; so they give the same batches up to float error. With a frozen text
+`batches.pack_batch`; so they give the same batches up to float error. With a frozen text
 encoder (bert / t5 / clip) both add 'caption_emb' (the caption's hidden states) to the batch,
 so the train step never runs the encoder. Each host packs its
 own rows (dit.rows / process count) and the rows are assembled into global arrays with
@@ -27,10 +27,9 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from sora_jax.data import input_pipeline, latent_cache, packing
-from sora_jax.models import vae_inference
+from sora_jax.data import batches, input_pipeline, latent_cache, packing
+from sora_jax.models import builders, vae_inference
 from sora_jax.parallel import mesh as mesh_lib
-from sora_jax.training import dit_trainer, vae_trainer
 
 
 def latent_stats(latents: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -43,7 +42,7 @@ def encode_examples(config, vae_model, vae_params, text_encoder, examples: list[
     """[(latent f32[t h w c], caption ids i32[lt], mask bool[lt])] of decoded examples."""
     if not examples:
         return []
-    latents = dit_trainer.encode_videos(
+    latents = batches.encode_videos(
         vae_model,
         vae_params,
         [e["video"] for e in examples],
@@ -122,7 +121,7 @@ class Batches:
         items, embs = self.to_items(group["examples"])
         text_emb = None if embs is None else (embs, self.null_emb)
         rng = np.random.default_rng([self.config.data.seed, 2, step, jax.process_index()])
-        return dit_trainer.pack_batch(
+        return batches.pack_batch(
             self.config,
             items,
             self.null_ids,
@@ -258,17 +257,13 @@ def build(config, vae_model, vae_params, text_encoder, mesh, log_dir: str | None
     return batches, mean, std
 
 
-def write_latent_cache(config, workdir: str, output: str = "", chunk: int = 64, vae=None) -> dict:
-    """`python -m sora_jax.cache_latents`: encodes every example of the TFDS source once with the
-    workdir's VAE (or `vae` = (model, params) already loaded) and, for a frozen text encoder,
-    each caption with it; writes the latent cache to `output` and returns its info
-    (num_examples, num_bad, latent_mean/std, ...)."""
+def write_latent_cache(config, vae, output: str, chunk: int = 64) -> dict:
+    """`python -m sora_jax.cache_latents`: encodes every example of the TFDS source once with
+    `vae` = (model, params) and, for a frozen text encoder, each caption with it; writes the
+    latent cache to `output` and returns its info (num_examples, num_bad, latent_mean/std, ...)."""
     d = config.data
-    output = output or d.cache_dir or os.path.join(workdir, "latent_cache")
-    if vae is None:
-        vae = vae_trainer.load(config, workdir, mesh_lib.create_mesh(config.mesh.num_devices))
     vae_model, vae_params = vae
-    text_encoder = dit_trainer.build_text_encoder(config)
+    text_encoder = builders.build_text_encoder(config)
     embed = caption_embedder(text_encoder)
     source = input_pipeline.open_tfds(d.tfds_name, d.tfds_data_dir, d.tfds_split)
     opts = input_pipeline.clip_options(config)

@@ -54,6 +54,23 @@ class Checkpointer:
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
         ).state
 
+    def restore_fields(self, fields: dict, step: int | None = None) -> dict:
+        """Only the named fields of a saved train state, e.g. {'ema_params': abstract tree,
+        'extras': ...}: the optimizer state and anything else saved beside them are not read
+        (what inference needs from a training checkpoint)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint found in {self.directory}")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, fields)
+        args = ocp.args.PyTreeRestore(
+            item=abstract,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+            partial_restore=True,
+        )
+        if not self.with_data:
+            return self._manager.restore(step, args=args)
+        return self._manager.restore(step, args=ocp.args.Composite(state=args)).state
+
     def restore_data(self, step: int | None = None) -> dict:
         """The data iterator state saved with step `step` (default: the latest)."""
         step = self.latest_step() if step is None else step
@@ -69,12 +86,23 @@ class Checkpointer:
         self._manager.close()
 
 
-def for_stage(config, workdir: str, stage: str, with_data: bool = False) -> Checkpointer:
+def stage_directory(workdir: str, stage: str) -> str:
+    """Where a training stage ('vae' or 'dit') keeps its checkpoints in `workdir`."""
+    return os.path.join(workdir, stage, "checkpoints")
+
+
+def stage_has_data(config, stage: str) -> bool:
+    """Whether a stage's checkpoints hold the input pipeline's state beside the train state:
+    the DiT trained from a grain source."""
+    return stage == "dit" and config.data.source != "moving_shapes"
+
+
+def for_stage(config, workdir: str, stage: str) -> Checkpointer:
     """The checkpointer of a training stage ('vae' or 'dit') under `workdir`."""
     t = config[stage].train
     return Checkpointer(
-        os.path.join(workdir, stage, "checkpoints"),
+        stage_directory(workdir, stage),
         save_every=t.checkpoint_every,
         keep=t.keep_checkpoints,
-        with_data=with_data,
+        with_data=stage_has_data(config, stage),
     )

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from sora_jax.models import builders
 from sora_jax.models import flops as flops_lib
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.parallel import partitioning
@@ -56,9 +57,25 @@ def config_mesh_shape(config) -> dict[str, int]:
     return {a: i * d for a, i, d in zip(mesh_lib.AXES, ici, dcn)}
 
 
+def model_summary(config) -> dict[str, float]:
+    """Parameter counts and matmul FLOPs per token of the configured DiT (no allocation)."""
+    text_encoder = builders.build_text_encoder(config)
+    dit = builders.build_dit(config, text_encoder.dim)
+    params = builders.abstract_dit_params(config, dit, text_encoder)
+    dc = config.dit
+    flops = flops_lib.dit_flops_per_token(dit, dc.seq_len, builders.row_text_tokens(config))
+    return {
+        "dit_params": flops_lib.param_count(params["dit"]),
+        "text_params": flops_lib.param_count(params.get("text", {})),
+        "forward_flops_per_token": flops["forward"],
+        "train_flops_per_token": flops["train"] + flops["remat"],
+        "tokens_per_step": dc.rows * dc.seq_len,
+    }
+
+
 def _abstract_state(config):
-    text_encoder = dit_trainer.build_text_encoder(config)
-    dit = dit_trainer.build_dit(config, text_encoder.dim)
+    text_encoder = builders.build_text_encoder(config)
+    dit = builders.build_dit(config, text_encoder.dim)
     tx = ts.make_optimizer(config.dit.train)
     init = dit_trainer.boxed_init(config, dit, text_encoder, tx, None)
     return dit, text_encoder, tx, jax.eval_shape(init, jax.random.PRNGKey(0))
@@ -102,10 +119,10 @@ def activation_bytes(config, shape: dict[str, int]) -> int:
 def analytic_flops(config) -> float:
     """Training FLOPs per step of the DiT (3 x forward, matmuls and attention; see
     sora_jax/models/flops.py)."""
-    text_encoder = dit_trainer.build_text_encoder(config)
-    dit = dit_trainer.build_dit(config, text_encoder.dim)
+    text_encoder = builders.build_text_encoder(config)
+    dit = builders.build_dit(config, text_encoder.dim)
     dc = config.dit
-    per_token = flops_lib.dit_flops_per_token(dit, dc.seq_len, dit_trainer.row_text_tokens(config))
+    per_token = flops_lib.dit_flops_per_token(dit, dc.seq_len, builders.row_text_tokens(config))
     return per_token["train"] * dc.rows * dc.seq_len
 
 

@@ -1,4 +1,5 @@
-"""Inference checkpoints: the EMA weights a sampler needs, without optimizer state.
+"""The exported inference checkpoint format: the EMA weights a sampler needs, without
+optimizer state.
 
 An exported folder holds
   config.json   the run's whole config (same format as a training workdir's);
@@ -9,7 +10,8 @@ An exported folder holds
   params/       orbax (StandardCheckpointer) tree {'vae', 'dit'[, 'text']} of EMA params, in
                 float32 or cast to bfloat16 (half the bytes; loading casts back to float32, so
                 float32 exports sample bit for bit like the workdir they came from).
-Written by `python -m sora_jax.export`; read by `sora_jax.load_pipeline(path)`.
+Written by `python -m sora_jax.export` (`exporter`); read by `loader.load` (behind
+`sora_jax.load_pipeline(path)`).
 """
 
 from __future__ import annotations
@@ -18,20 +20,17 @@ import json
 import os
 import shutil
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from sora_jax import config as config_lib
 from sora_jax.parallel import mesh as mesh_lib
-from sora_jax.training import checkpoint, dit_trainer, vae_trainer
-from sora_jax.training import train_state as ts
 
 FORMAT = "sora_jax.inference/1"
 META_FILE = "export.json"
-CONFIG_FILE = "config.json"  # as in a workdir: pipeline.load_config reads both
 PARAMS_DIR = "params"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -49,7 +48,7 @@ def text_reference(config: ml_collections.ConfigDict) -> dict:
     return ref
 
 
-def _check_out(out: str, overwrite: bool) -> str:
+def check_out(out: str, overwrite: bool) -> str:
     out = os.path.abspath(out)
     if os.path.isdir(out) and os.listdir(out):
         if not overwrite:
@@ -76,7 +75,7 @@ def save(
     """Writes an inference checkpoint of `params` {'vae', 'dit'[, 'text']} to `out`."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}: must be one of {sorted(DTYPES)}")
-    out = _check_out(out, overwrite)
+    out = check_out(out, overwrite)
     if os.path.exists(out):
         shutil.rmtree(out)
     os.makedirs(out, exist_ok=True)
@@ -87,8 +86,7 @@ def save(
         ckptr.wait_until_finished()
     finally:
         ckptr.close()
-    with open(os.path.join(out, CONFIG_FILE), "w") as f:
-        f.write(config.to_json(indent=2))
+    config_lib.save(config, out)
     meta = {
         "format": FORMAT,
         "name": name,
@@ -102,54 +100,6 @@ def save(
     with open(os.path.join(out, META_FILE), "w") as f:
         json.dump(meta, f, indent=2)
     return out
-
-
-def export_workdir(
-    workdir: str,
-    out: str,
-    *,
-    bf16: bool = False,
-    name: str | None = None,
-    overwrite: bool = False,
-) -> str:
-    """Exports a training workdir's latest EMA params to `out`; returns `out`'s path."""
-    from sora_jax import pipeline as pipeline_lib  # it imports this module for `load`
-
-    if not os.path.isdir(workdir):
-        raise FileNotFoundError(f"--workdir={workdir} does not exist")
-    if is_export(workdir):
-        raise ValueError(f"{workdir} is already an exported checkpoint, not a training workdir")
-    _check_out(out, overwrite)  # before the (slow) loading
-    pipe = pipeline_lib.load_pipeline(workdir)
-    steps = {
-        f"{stage}_step": checkpoint.for_stage(pipe.config, workdir, stage).latest_step()
-        for stage in ("vae", "dit")
-    }
-    source = {"workdir": os.path.abspath(workdir), **steps}
-    return save_pipeline(pipe, out, bf16=bf16, name=name, source=source, overwrite=overwrite)
-
-
-def save_pipeline(
-    pipe,
-    out: str,
-    *,
-    bf16: bool = False,
-    name: str | None = None,
-    source: dict | None = None,
-    overwrite: bool = False,
-) -> str:
-    """Exports a loaded `pipeline.Pipeline` (its EMA params) to `out`; returns `out`'s path."""
-    return save(
-        out,
-        pipe.config,
-        {"vae": pipe.vae_params, **pipe.params},
-        pipe.latent_mean,
-        pipe.latent_std,
-        name=name or os.path.basename(os.path.abspath(out)),
-        dtype="bfloat16" if bf16 else "float32",
-        source=source,
-        overwrite=overwrite,
-    )
 
 
 def read_meta(path: str) -> dict:
@@ -166,27 +116,10 @@ def read_meta(path: str) -> dict:
     return meta
 
 
-def _abstract_params(config, vae, dit, text_encoder) -> dict:
-    """The param tree the config's models expect, as shape/dtype structs (nothing built)."""
-    mesh = mesh_lib.create_mesh(1)
-    vae_state = jax.eval_shape(
-        lambda: vae_trainer.init_state(config, vae, ts.make_optimizer(config.vae.train), mesh)
-    )
-    dit_params = nn.unbox(dit_trainer.abstract_params(config, dit, text_encoder))
-    return {"vae": vae_state.params, **dit_params}
-
-
-def load(path: str, config: ml_collections.ConfigDict, mesh=None):
-    """(vae, vae_params, dit, text_encoder, params {'dit'[, 'text']}, latent_mean, latent_std,
-    meta) of an exported checkpoint; params float32, replicated over `mesh` (default: one
-    device). A checkpoint whose tree does not fit the config's models raises ValueError."""
-    meta = read_meta(path)
-    vae = vae_trainer.build_vae(config)
-    text_encoder = dit_trainer.build_text_encoder(config)
-    dit = dit_trainer.build_dit(config, text_encoder.dim)
-    expected = _abstract_params(config, vae, dit, text_encoder)
+def read_params(path: str, meta: dict, expected, mesh) -> dict:
+    """The stored params tree (cast to float32, replicated over `mesh`) of the shapes in
+    `expected` (the config's models, as shape/dtype structs); ValueError where they differ."""
     stored = DTYPES[meta["dtype"]]
-    mesh = mesh or mesh_lib.create_mesh(1)
     target = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, stored, sharding=mesh_lib.replicated(mesh)),
         expected,
@@ -200,15 +133,4 @@ def load(path: str, config: ml_collections.ConfigDict, mesh=None):
         ) from e
     finally:
         ckptr.close()
-    params = jax.tree.map(lambda x: x.astype(jnp.float32), restored)
-    vae_params = params.pop("vae")
-    return (
-        vae,
-        vae_params,
-        dit,
-        text_encoder,
-        params,
-        np.asarray(meta["latent_mean"], np.float32),
-        np.asarray(meta["latent_std"], np.float32),
-        meta,
-    )
+    return jax.tree.map(lambda x: x.astype(jnp.float32), restored)

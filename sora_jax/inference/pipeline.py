@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
-import re
 from collections.abc import Sequence
 
 import einops
@@ -29,38 +26,13 @@ import ml_collections
 import numpy as np
 
 from sora_jax import config as config_lib
-from sora_jax import gallery
-from sora_jax import inference_checkpoint
 from sora_jax import prompts as prompts_lib
 from sora_jax.data import packing, video_io
 from sora_jax.diffusion import conditioning, guidance, objectives, samplers
+from sora_jax.inference import loader
 from sora_jax.logging import progress as progress_lib
-from sora_jax.models import vae_inference
-from sora_jax.parallel import mesh as mesh_lib
+from sora_jax.models import builders, vae_inference
 from sora_jax.text import cache as text_cache_lib
-from sora_jax.training import dit_trainer, vae_trainer
-
-CONFIG_FILE = "config.json"
-
-
-def save_config(config: ml_collections.ConfigDict, workdir: str):
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-        f.write(config.to_json(indent=2))
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The validated config of a training workdir or an exported checkpoint."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"{path} not found: give a directory written by `python -m sora_jax.train` (a "
-            f"workdir) or by `python -m sora_jax.export` (it holds the config and the weights)"
-        )
-    with open(path) as f:
-        saved = config_lib.fill_added_keys(json.load(f))
-    return config_lib.validate(ml_collections.ConfigDict(config_lib.json_tuples(saved)))
-
 
 # Sampling options of `Pipeline.generate` -> their config.diffusion keys.
 SAMPLING_OPTIONS = {
@@ -131,22 +103,23 @@ class SamplerSettings:
 class Pipeline:
     """A ready-to-sample text-to-video model; params are pytrees, calls are jitted."""
 
-    config: ml_collections.ConfigDict
-    vae: object
-    vae_params: object
-    dit: object
-    text_encoder: object
-    params: dict  # {'dit': ..., 'text': ...} (EMA)
-    latent_mean: np.ndarray
-    latent_std: np.ndarray
-    name: str = "sora_jax"  # the model name written into every video's provenance metadata
+    model: loader.InferenceModel
     # Frozen text encoders: prompt embeddings cache (made on first use; config.text.cache_dir).
     text_cache: text_cache_lib.EmbeddingCache | None = None
+
+    @property
+    def config(self) -> ml_collections.ConfigDict:
+        return self.model.config
+
+    @property
+    def name(self) -> str:
+        """The model name written into every video's provenance metadata."""
+        return self.model.name
 
     def text_embeddings(self, texts: Sequence[str]) -> tuple[jax.Array, np.ndarray]:
         """(f32[n lt dim], bool[n lt]) for `texts`: through the embedding cache for a frozen
         encoder, else the (EMA) trained encoder's params."""
-        enc = self.text_encoder
+        enc = self.model.text_encoder
         if not enc.trainable:
             if self.text_cache is None:
                 self.text_cache = text_cache_lib.EmbeddingCache(
@@ -156,7 +129,7 @@ class Pipeline:
             self.text_cache.flush()
             return jnp.asarray(emb), mask
         ids, mask = enc.tokenize(texts)
-        return _encode_text(enc, self.params["text"], ids, mask), mask
+        return _encode_text(enc, self.model.params["text"], ids, mask), mask
 
     def generate(
         self,
@@ -249,11 +222,11 @@ class Pipeline:
             _progress = progress_lib.SamplerProgress(np.asarray(settings.time_grid(num_tok)))
         try:
             tokens = _sample_tokens(
-                self.dit,
+                self.model.dit,
                 patch,
                 grid,
                 settings,
-                self.params,
+                self.model.params,
                 text,
                 text_mask,
                 jax.random.PRNGKey(seed),
@@ -266,29 +239,28 @@ class Pipeline:
                 _progress.finish()
         finally:
             _progress = None
+        m = self.model
         videos = _decode(
-            self.vae,
+            m.vae,
             vae_inference.from_config(c),
             patch,
             grid,
-            self.vae_params,
+            m.vae_params,
             tokens,
-            self.latent_mean,
-            self.latent_std,
+            m.latent_mean,
+            m.latent_std,
         )
-        return vae_trainer.to_uint8(videos)[:, :num_frames]
+        return builders.to_uint8(videos)[:, :num_frames]
 
     def _encode(self, video: np.ndarray, height: int, width: int) -> np.ndarray:
         """Normalised latents f32[n t' h' w' c] of uint8[n t h w 3] (t = 1 + k*compression),
         resized to height x width first."""
         video = np.stack([video_io.resize(v, height, width) for v in video])
+        m = self.model
         latents = _encode(
-            self.vae,
-            vae_inference.from_config(self.config),
-            self.vae_params,
-            vae_trainer.to_model_range(video),
+            m.vae, vae_inference.from_config(m.config), m.vae_params, builders.to_model_range(video)
         )
-        return (np.asarray(latents) - self.latent_mean) / self.latent_std
+        return (np.asarray(latents) - m.latent_mean) / m.latent_std
 
     def _tokens(self, latents: np.ndarray) -> np.ndarray:
         """f32[n t h w c] latents -> f32[n l d] tokens (the order of `packing.patchify`)."""
@@ -575,64 +547,4 @@ def load_pipeline(path: str, mesh=None) -> Pipeline:
     """A ready-to-sample Pipeline from an exported inference checkpoint
     (`python -m sora_jax.export`) or from a training workdir (its latest VAE and DiT
     checkpoints, EMA params)."""
-    config = load_config(path)
-    mesh = mesh or mesh_lib.local_mesh()
-    if inference_checkpoint.is_export(path):
-        *parts, meta = inference_checkpoint.load(path, config, mesh)
-        return Pipeline(config, *parts, name=meta["name"])
-    vae, vae_params = vae_trainer.load(config, path, mesh)
-    dit, text_encoder, params, extras = dit_trainer.load(config, path, mesh)
-    return Pipeline(
-        config,
-        vae,
-        vae_params,
-        dit,
-        text_encoder,
-        params,
-        np.asarray(extras["latent_mean"]),
-        np.asarray(extras["latent_std"]),
-        name=os.path.basename(os.path.abspath(path)),
-    )
-
-
-def slug(text: str, max_len: int = 60) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:max_len] or "video"
-
-
-def provenance(model: str, prompt: str, seed: int) -> dict[str, str]:
-    """Container metadata marking a video as AI-generated: mp4 keeps every key, gif the
-    'comment' (see `video_io`); `video_io.read_metadata(path)` reads them back."""
-    return {
-        "title": prompt,
-        "artist": f"sora_jax model {model}",
-        "comment": f"AI-generated by sora_jax; model: {model}; prompt: {prompt}; seed: {seed}",
-    }
-
-
-def write_samples(
-    pipe: Pipeline,
-    prompts: Sequence[str],
-    out_dir: str,
-    *,
-    num_frames: int,
-    height: int,
-    width: int,
-    seed: int = 0,
-    **kwargs,
-) -> list[str]:
-    """Generates one video per prompt and writes each as .mp4 and .gif, with provenance
-    metadata, then (re)writes `out_dir`/index.html, a gallery of every video there; returns
-    the video paths."""
-    videos = pipe.generate(
-        prompts, num_frames=num_frames, height=height, width=width, seed=seed, **kwargs
-    )
-    os.makedirs(out_dir, exist_ok=True)
-    paths = []
-    for i, (prompt, video) in enumerate(zip(prompts, videos)):
-        meta = provenance(pipe.name, prompt, seed)
-        for ext in ("mp4", "gif"):
-            path = os.path.join(out_dir, f"{i:02d}_{slug(prompt)}_seed{seed}.{ext}")
-            video_io.write_video(path, np.asarray(video), fps=pipe.config.data.fps, metadata=meta)
-            paths.append(path)
-    gallery.write_gallery(out_dir)
-    return paths
+    return Pipeline(loader.load(path, mesh))

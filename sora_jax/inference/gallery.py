@@ -1,7 +1,7 @@
 """A samples folder's index.html: every video in it with its prompt and provenance.
 
 Built from the files themselves: each .mp4's container metadata gives the prompt ('title')
-and the provenance line ('comment', see `pipeline.provenance`), so a folder that several
+and the provenance line (`comment`, see `samples.provenance`), so a folder that several
 sampling runs wrote into gets one page listing all of them. Videos play inline (HTML5
 <video>, the .gif of the same name as a fallback for browsers without H.264).
 """

@@ -1,0 +1,56 @@
+"""Exporting a model for inference (`python -m sora_jax.export`): a training workdir's latest
+EMA params, or a loaded model, written in the `export_format`."""
+
+from __future__ import annotations
+
+import os
+
+from sora_jax.common import checkpoint
+from sora_jax.inference import export_format, loader
+
+
+def save_model(
+    model: loader.InferenceModel,
+    out: str,
+    *,
+    bf16: bool = False,
+    name: str | None = None,
+    source: dict | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Exports a loaded model (its EMA params) to `out`; returns `out`'s path."""
+    return export_format.save(
+        out,
+        model.config,
+        {"vae": model.vae_params, **model.params},
+        model.latent_mean,
+        model.latent_std,
+        name=name or os.path.basename(os.path.abspath(out)),
+        dtype="bfloat16" if bf16 else "float32",
+        source=source,
+        overwrite=overwrite,
+    )
+
+
+def export_workdir(
+    workdir: str,
+    out: str,
+    *,
+    bf16: bool = False,
+    name: str | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Exports a training workdir's latest EMA params to `out`; returns `out`'s path."""
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"--workdir={workdir} does not exist")
+    if export_format.is_export(workdir):
+        raise ValueError(f"{workdir} is already an exported checkpoint, not a training workdir")
+    export_format.check_out(out, overwrite)  # before the (slow) loading
+    model = loader.load_workdir(workdir)
+    steps = {}
+    for stage in ("vae", "dit"):
+        ckpt = checkpoint.for_stage(model.config, workdir, stage)
+        steps[f"{stage}_step"] = ckpt.latest_step()
+        ckpt.close()
+    source = {"workdir": os.path.abspath(workdir), **steps}
+    return save_model(model, out, bf16=bf16, name=name, source=source, overwrite=overwrite)

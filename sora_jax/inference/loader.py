@@ -1,0 +1,146 @@
+"""Loading a model for inference: EMA params only, from a training workdir or an export.
+
+One loader for both kinds of folder (`load`). From a workdir it reads only the EMA params
+(and the DiT's latent statistics) out of the latest VAE and DiT training checkpoints:
+no optimizer, no discriminator is built and their saved state is never read. From an
+exported checkpoint (`export_format`) it reads the stored params tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from sora_jax import config as config_lib
+from sora_jax.common import checkpoint
+from sora_jax.inference import export_format
+from sora_jax.models import builders
+from sora_jax.parallel import mesh as mesh_lib
+from sora_jax.parallel import partitioning
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class InferenceModel:
+    """Everything sampling needs, by name."""
+
+    config: ml_collections.ConfigDict
+    vae: object  # models.vae.CausalVAE
+    vae_params: dict  # EMA
+    dit: object  # models.dit.DiT
+    text_encoder: object  # text.encoders.TextEncoder (frozen ones carry their own params)
+    params: dict  # {'dit': ..., 'text': ... for a trained encoder} (EMA)
+    latent_mean: np.ndarray  # f32[c]: latents are normalised as (z - mean) / std
+    latent_std: np.ndarray  # f32[c]
+    name: str  # written into every video's provenance metadata
+
+
+def _checkpointer(config, workdir: str, stage: str) -> checkpoint.Checkpointer:
+    ckpt = checkpoint.for_stage(config, workdir, stage)
+    if ckpt.latest_step() is None:
+        ckpt.close()
+        raise FileNotFoundError(
+            f"no {stage.upper() if stage == 'vae' else 'DiT'} checkpoint under "
+            f"{ckpt.directory}: train the '{stage}' stage first "
+            f"(python -m sora_jax.train --config=... --workdir={workdir})"
+        )
+    return ckpt
+
+
+def _restore_fields(config, workdir: str, stage: str, fields: dict) -> dict:
+    ckpt = _checkpointer(config, workdir, stage)
+    try:
+        return ckpt.restore_fields(fields)
+    finally:
+        ckpt.close()
+
+
+def load_vae(config, workdir: str, mesh: Mesh | None = None):
+    """(VAE module, EMA params replicated over `mesh`) from a workdir's latest VAE checkpoint."""
+    mesh = mesh or mesh_lib.create_mesh(1)
+    vae = builders.build_vae(config)
+    replicated = mesh_lib.replicated(mesh)
+    target = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+        builders.abstract_vae_params(config, vae),
+    )
+    return vae, _restore_fields(config, workdir, "vae", {"ema_params": target})["ema_params"]
+
+
+def load_dit(config, workdir: str, mesh: Mesh):
+    """(DiT, text encoder, EMA params sharded as config.mesh.rules say, extras)."""
+    text_encoder = builders.build_text_encoder(config)
+    dit = builders.build_dit(config, text_encoder.dim)
+    rules = partitioning.rules_from_config(config.mesh.rules)
+    boxed = builders.abstract_dit_params(config, dit, text_encoder)
+    shardings = partitioning.shardings(boxed, mesh, rules)
+    params = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        nn.unbox(boxed),
+        shardings,
+    )
+    c = config.vae.model.latent_channels
+    stat = jax.ShapeDtypeStruct((c,), jnp.float32, sharding=mesh_lib.replicated(mesh))
+    extras = {"latent_mean": stat, "latent_std": stat}
+    out = _restore_fields(config, workdir, "dit", {"ema_params": params, "extras": extras})
+    return dit, text_encoder, out["ema_params"], out["extras"]
+
+
+def load_workdir(workdir: str, mesh: Mesh | None = None) -> InferenceModel:
+    """The latest VAE and DiT checkpoints' EMA params of a training workdir."""
+    config = config_lib.load_saved(workdir)
+    mesh = mesh or mesh_lib.local_mesh()
+    vae, vae_params = load_vae(config, workdir, mesh)
+    dit, text_encoder, params, extras = load_dit(config, workdir, mesh)
+    return InferenceModel(
+        config=config,
+        vae=vae,
+        vae_params=vae_params,
+        dit=dit,
+        text_encoder=text_encoder,
+        params=params,
+        latent_mean=np.asarray(extras["latent_mean"]),
+        latent_std=np.asarray(extras["latent_std"]),
+        name=os.path.basename(os.path.abspath(workdir)),
+    )
+
+
+def load_export(path: str, mesh: Mesh | None = None) -> InferenceModel:
+    """An exported checkpoint's params (float32, replicated over `mesh`; default one device).
+    A checkpoint whose tree does not fit its config's models raises ValueError."""
+    meta = export_format.read_meta(path)
+    config = config_lib.load_saved(path)
+    vae = builders.build_vae(config)
+    text_encoder = builders.build_text_encoder(config)
+    dit = builders.build_dit(config, text_encoder.dim)
+    expected = {
+        "vae": builders.abstract_vae_params(config, vae),
+        **nn.unbox(builders.abstract_dit_params(config, dit, text_encoder)),
+    }
+    params = export_format.read_params(path, meta, expected, mesh or mesh_lib.create_mesh(1))
+    vae_params = params.pop("vae")
+    return InferenceModel(
+        config=config,
+        vae=vae,
+        vae_params=vae_params,
+        dit=dit,
+        text_encoder=text_encoder,
+        params=params,
+        latent_mean=np.asarray(meta["latent_mean"], np.float32),
+        latent_std=np.asarray(meta["latent_std"], np.float32),
+        name=meta["name"],
+    )
+
+
+def load(path: str, mesh: Mesh | None = None) -> InferenceModel:
+    """The model of an exported checkpoint (`python -m sora_jax.export`) or of a training
+    workdir (its latest checkpoints)."""
+    if export_format.is_export(path):
+        return load_export(path, mesh)
+    return load_workdir(path, mesh)
