@@ -25,9 +25,9 @@ caption of the moving-shapes grammar, in its row's caption slot.
    on its shape only, so each distinct shape is compiled once and timed `--steps` times, the
    shapes' steps interleaved (the CPU is shared: interleaving exposes all to the same load),
    and an arm's time is the sum over its batches of their shape's best (and median) time.
-   This weighs each arm's shapes as the whole stream does (6 sampled steps per arm did not:
-   their lengths varied from run to run). Reports useful (non-padding) tokens/s of each and
-   their ratios to padded-to-bucket.
+   This weighs each arm's shapes as the whole stream does (a few sampled steps per arm would
+   not: the lengths they draw vary from run to run). Reports useful (non-padding) tokens/s of
+   each and their ratios to padded-to-bucket.
 """
 
 import argparse

@@ -8,7 +8,7 @@ reports: peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss`` at the end of t
 RSS just before the decode is compiled (params + runtime: the baseline), XLA's compiled memory
 analysis of the decode program (temp = working buffers, output) and compile / run time (the
 best of ``--repeats`` runs). Weights are random: memory and time do not depend on them. The
-summary prints peak(longest) / peak(shortest) for both modes (issue 3 bar: chunked <= 1.3).
+summary prints peak(longest) / peak(shortest) for both modes (target: chunked <= 1.3).
 """
 
 from __future__ import annotations

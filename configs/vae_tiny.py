@@ -8,8 +8,8 @@ wider (base_channels 16 instead of 8) with 32 latent channels (a 4x4x4 block of 
 32), a lower learning rate (1e-3: at 2e-3 the wider net's first hundred steps blow up) and
 trained longer as a pure autoencoder (no latent noise: nothing downstream samples from it);
 the GAN and perceptual losses stay off (no LPIPS weights ship with the package). Held-out PSNR
-30.07 dB after 6000 steps (28.7 dB after 2400); benchmarks/RESULTS.md, "Issue 3 (sessions 6,
-7)". configs/tiny.py's VAE (the one the DiT uses) is unchanged.
+30.07 dB after 6000 steps (28.7 dB after 2400); benchmarks/RESULTS.md, "VAE reconstruction
+quality". configs/tiny.py's VAE (the one the DiT uses) is not affected.
 """
 
 import pathlib

@@ -35,7 +35,7 @@ def _held_out(n, seed, mp4_dir=None):
 def test_builtin_captioner_accuracy_after_mp4(tmp_path):
     videos, attrs = _held_out(48, seed=777, mp4_dir=tmp_path)
     result = shapes_captioner.accuracy(videos, attrs)
-    # Measured on 1000 such videos: 0.994 (benchmarks/RESULTS.md, issue 9 session 5).
+    # Measured on 1000 such videos: 0.994 (benchmarks/RESULTS.md, "Captioner accuracy").
     assert result["attribute_accuracy"] >= 0.95, result
     for name in ("shape", "colour", "size", "background", "texture", "direction"):
         assert result[f"{name}_accuracy"] >= 0.9, result
