@@ -163,21 +163,32 @@ def build_latent_cache(
     )
 
 
-def length_plan(config, cache: LatentCache):
-    """For `dit.pack_lengths`: (row lengths i[k], rows per batch of each length i[k] (from
-    `packing.row_shapes`), each cached video's shortest row length it fits i[n], the lengths'
-    shares of the cache's tokens f[k]); None without pack_lengths.
-    Depends only on the cache, so a trainer computes it once and passes it to `dit_batch`."""
+def packer(config, rows: int | None = None) -> packing.Packer:
+    """The DiT's row shapes (dit.seq_len x `rows`, default dit.rows, and the dit.pack_lengths
+    buckets of the same token budget) with dit.max_segments videos and dit.text_tokens caption
+    tokens per row."""
     dc = config.dit
-    shapes = packing.row_shapes(dc.seq_len, dc.rows, dc.max_segments, dc.pack_lengths)
-    if len(shapes) == 1:
+    return packing.Packer(
+        dc.seq_len,
+        dc.rows if rows is None else rows,
+        dc.max_segments,
+        seq_lens=dc.pack_lengths,
+        text_tokens=dc.text_tokens,
+    )
+
+
+def length_plan(config, cache: LatentCache):
+    """For `dit.pack_lengths`: (row lengths i[k], each cached video's shortest row length it
+    fits i[n], the lengths' shares of the cache's tokens f[k]); None without pack_lengths.
+    Depends only on the cache, so a trainer computes it once and passes it to `dit_batch`."""
+    p = packer(config)
+    if len(p.shapes) == 1:
         return None
     sizes = np.array([len(t) for t in cache.tokens])
-    lengths = np.array(sorted(shapes))
-    rows = np.array([shapes[l][0] for l in lengths])
-    own = lengths[np.searchsorted(lengths, sizes)]  # shortest row length each fits
+    lengths = np.array(sorted(p.shapes))
+    own = np.array([p.length_of(n) for n in sizes])
     share = np.array([sizes[own == l].sum() for l in lengths], np.float64)
-    return lengths, rows, own, share / share.sum()
+    return lengths, own, share / share.sum()
 
 
 def dit_batch(
@@ -193,8 +204,8 @@ def dit_batch(
     Draws `rows * max_segments` cached videos at random and packs them with `pack_batch`.
     With `dit.pack_lengths` the step first draws a row length L (with probability its
     videos' share of the cache's tokens, videos belonging to the shortest length they fit:
-    `plan` = `length_plan(config, cache)`, computed here unless given) and packs rows x L
-    (`packing.row_shapes`): L's videos first, then shorter ones into the tails' gaps.
+    `plan` = `length_plan(config, cache)`, computed here unless given) and packs L's rows
+    (`packer`): L's videos first, then shorter ones into the tails' gaps.
     """
     dc = config.dit
     rng = np.random.default_rng([config.data.seed, 2, step])
@@ -202,11 +213,10 @@ def dit_batch(
         plan = length_plan(config, cache)
     if plan is not None:
         # A stream of its own: without pack_lengths, batches stay exactly as they were.
-        lengths, rows_per_length, own, p = plan
+        lengths, own, p = plan
         lrng = np.random.default_rng([config.data.seed, 6, step])
         length = int(lrng.choice(lengths, p=p))
-        rows = int(rows_per_length[np.searchsorted(lengths, length)])
-        videos = rows * dc.max_segments
+        videos = packer(config).shapes[length][0] * dc.max_segments
         idx = np.flatnonzero(own == length)
         shorter = np.flatnonzero(own < length)
         draw = np.concatenate(
@@ -215,13 +225,13 @@ def dit_batch(
                 lrng.choice(shorter, size=min(len(shorter), videos), replace=False),
             ]
         ).astype(int)
-        return _pack_drawn(config, cache, null_ids, null_mask, rng, step, draw, length, rows)
+        return _pack_drawn(config, cache, null_ids, null_mask, rng, step, draw, length)
     n = len(cache.tokens)
     draw = rng.choice(n, size=min(n, dc.rows * dc.max_segments), replace=False)
     return _pack_drawn(config, cache, null_ids, null_mask, rng, step, draw)
 
 
-def _pack_drawn(config, cache, null_ids, null_mask, rng, step, draw, seq_len=None, rows=None):
+def _pack_drawn(config, cache, null_ids, null_mask, rng, step, draw, length=None):
     """`pack_batch` of the cached videos `draw` (indices)."""
     items = [
         (cache.tokens[i], cache.positions[i], cache.caption_ids[i], cache.caption_mask[i])
@@ -233,9 +243,7 @@ def _pack_drawn(config, cache, null_ids, null_mask, rng, step, draw, seq_len=Non
             [cache.text_emb[cache.text_index[i]] for i in draw],
             cache.text_emb[cache.text_null_index],
         )
-    return pack_batch(
-        config, items, null_ids, null_mask, rng, step, rows=rows, text_emb=emb, seq_len=seq_len
-    )
+    return pack_batch(config, items, null_ids, null_mask, rng, step, length=length, text_emb=emb)
 
 
 def pack_batch(
@@ -245,16 +253,14 @@ def pack_batch(
     null_mask,
     rng: np.random.Generator,
     step: int,
-    rows=None,
+    rows: int | None = None,
+    length: int | None = None,
     text_emb=None,
-    seq_len=None,
 ):
     """Packs (tokens f32[l d], positions i32[l 3], caption ids i32[lt], mask bool[lt]) items
-    first-fit into `rows` (default dit.rows) sequences of `seq_len` (default dit.seq_len) tokens
-    with at most dit.max_segments videos and dit.text_tokens caption tokens (if > 0) each
-    (those that do not fit are left out), after
-    dropping tokens at the `dit.token_drop` rate; `rng` replaces
-    captions by the empty one at rate `text_dropout` (CFG).
+    first-fit into the rows of length `length` (default dit.seq_len) of `packer(config, rows)`
+    (those that do not fit are left out), after dropping tokens at the `dit.token_drop` rate;
+    `rng` replaces captions by the empty one at rate `text_dropout` (CFG).
 
     Adds 'num_tokens' f32[rows max_segments] (whole videos' token counts) when tokens are
     dropped; 'cond_mask' bool[rows seq_len] with `dit.condition.rate > 0`: the tokens of the
@@ -264,8 +270,9 @@ def pack_batch(
     """
     dc = config.dit
     max_segments = dc.max_segments
-    seq_len = dc.seq_len if seq_len is None else seq_len
-    rows = dc.rows if rows is None else rows
+    row_packer = packer(config, rows)
+    length = dc.seq_len if length is None else length
+    rows = row_packer.shapes[length][0]
     td = dc.token_drop
     rate = packing.drop_rate(step, td.rate, td.schedule, td.start_rate, td.schedule_steps)
     dropping = td.rate > 0 or td.start_rate > 0
@@ -281,13 +288,8 @@ def pack_batch(
         (null_ids, null_mask) if dropped else (cap_ids, cap_mask)
         for (_, _, cap_ids, cap_mask), dropped in zip(items, drop)
     ]
-    batch, placements = packing.pack(
-        kept,
-        seq_len,
-        rows,
-        max_segments,
-        text_lengths=[int(np.sum(m)) for _, m in captions],
-        text_tokens=dc.text_tokens,
+    batch, placements = row_packer.pack(
+        kept, length, text_lengths=[int(np.sum(m)) for _, m in captions]
     )
     lt = len(null_ids)
     ids = np.zeros((rows, max_segments, lt), np.int32)

@@ -363,7 +363,9 @@ def row_shapes(
 
 
 class Packer:
-    """Streaming greedy first-fit packer with a bounded look-ahead buffer.
+    """First-fit packing into fixed row shapes: of given items now (``pack``), or streaming
+    with a bounded look-ahead buffer (``add`` / ``flush``). Training packs each step's drawn
+    videos with ``pack``, the grain input its step groups, sampling its requests.
 
     Usage::
 
@@ -398,7 +400,7 @@ class Packer:
         seq_len: int,
         num_rows: int,
         max_segments: int,
-        buffer_size: int,
+        buffer_size: int = 1,
         seq_lens: Sequence[int] = (),
         text_tokens: int = 0,
     ):
@@ -413,6 +415,36 @@ class Packer:
         self._dim: int | None = None
         self._emitted = 0
 
+    def length_of(self, num_tokens: int) -> int:
+        """The shortest row length an item of ``num_tokens`` tokens fits."""
+        fits = [l for l in self.shapes if l >= num_tokens]
+        if not fits:
+            raise ValueError(f"an item of {num_tokens} tokens exceeds seq_len {self.seq_len}")
+        return min(fits)
+
+    def pack(
+        self,
+        items: Sequence[tuple[np.ndarray, np.ndarray]],
+        length: int | None = None,
+        text_lengths: Sequence[int] | None = None,
+        dim: int | None = None,
+    ) -> tuple[dict[str, np.ndarray], list[Placement | None]]:
+        """``pack`` (the module function) of ``items`` in the given order into the rows of
+        one shape: ``length`` (default ``seq_len``) x its rows, with the caption budget."""
+        length = self.seq_len if length is None else int(length)
+        if length not in self.shapes:
+            raise ValueError(f"row length {length} is not one of {sorted(self.shapes)}")
+        rows, max_segments = self.shapes[length]
+        return pack(
+            items,
+            length,
+            rows,
+            max_segments,
+            dim=dim,
+            text_lengths=text_lengths,
+            text_tokens=self.text_tokens,
+        )
+
     @property
     def pending_keys(self) -> list[Hashable]:
         """Keys still buffered, in arrival order."""
@@ -426,7 +458,7 @@ class Packer:
         _validate_item(repr(key), tokens, positions, self.seq_len, self._dim)
         text_length = _check_text_length(repr(key), text_length, self.text_tokens)
         self._dim = tokens.shape[1]
-        length = min(l for l in self.shapes if l >= tokens.shape[0])
+        length = self.length_of(tokens.shape[0])
         self._buffer.append(_Buffered(key, tokens, positions, length, self._emitted, text_length))
         return self.pop_batch() if len(self._buffer) >= self.buffer_size else None
 
@@ -444,20 +476,16 @@ class Packer:
         if not self._buffer:
             return None
         length = self._next_length()
-        rows, max_segments = self.shapes[length]
         own = [i for i, b in enumerate(self._buffer) if b.length == length]
         shorter = [i for i, b in enumerate(self._buffer) if b.length < length]
         size = lambda i: -self._buffer[i].tokens.shape[0]  # noqa: E731
         order = own[:1] + sorted(own[1:], key=size) + sorted(shorter, key=size)
         chosen = [self._buffer[i] for i in order]
-        batch, placements = pack(
+        batch, placements = self.pack(
             [(b.tokens, b.positions) for b in chosen],
             length,
-            rows,
-            max_segments,
-            dim=self._dim,
             text_lengths=[b.text_length for b in chosen],
-            text_tokens=self.text_tokens,
+            dim=self._dim,
         )
         placed = {i for i, p in zip(order, placements) if p is not None}
         keys = [b.key for b, p in zip(chosen, placements) if p is not None]

@@ -1,10 +1,12 @@
 """Samplers for any objective of `sora_jax.diffusion.objectives`: pure functions over a model.
 
 `model_fn(x, t) -> out` is the model's native output (velocity, eps, x0 or v) for the state
-`x f32[...]` at the scalar time `t f32[]`; guidance, text and any conditioning (e.g. a
-per-token mask with clean conditioning latents) live in that closure. Each sampler walks a
-time grid `ts f32[n+1]` from 1 (noise) down to 0 (data) with `lax.scan`, one model call per
-step (Heun: two, except into t = 0), and returns x at t = 0 with `noise`'s shape. A grid that
+`x f32[...]` at the time `t`; guidance, text and any conditioning (e.g. a per-token mask with
+clean conditioning latents) live in that closure. Each sampler walks a time grid `ts f32[n+1]`
+from 1 (noise) down to 0 (data) with `lax.scan`, one model call per step (Heun: two, except
+into t = 0), and returns x at t = 0 with `noise`'s shape. The grid may also be
+`ts f32[n+1 ...]`, one grid per element broadcast against x (e.g. f32[n+1 b l 1]: a time per
+token, for packed rows of videos whose grids differ); `t` is then `ts[i]`. A grid that
 starts at t_start < 1 (`time_grid(..., t_start=)`) starts every sampler from a partly noised
 state x_{t_start} given as `noise` (SDEdit); with t_start = 0 the grid is [0] and x is returned.
 
@@ -119,7 +121,8 @@ def heun(model_fn: ModelFn, objective, noise: jax.Array, ts: jax.Array) -> jax.A
             d_next = objective.flow_velocity(model_fn(x_euler, t_next), x_euler, t_next)
             return y + h * 0.5 * (d + d_next)
 
-        y_next = jax.lax.cond(t_next > 0, correct, lambda _: y_euler, None)
+        # Every video reaches t = 0 at the grid's last point only: one branch for all tokens.
+        y_next = jax.lax.cond(jnp.all(t_next > 0), correct, lambda _: y_euler, None)
         return c_next * y_next, None
 
     x, _ = jax.lax.scan(step, noise, jnp.arange(ts.shape[0] - 1))
@@ -181,7 +184,7 @@ def dpmpp_2m(model_fn: ModelFn, objective, noise: jax.Array, ts: jax.Array) -> j
         x_next = (s_next / s) * x + a_next * (1.0 - decay) * d
         return (x_next, x0, h), None
 
-    carry = (noise, jnp.zeros_like(noise), jnp.ones((), noise.dtype))
+    carry = (noise, jnp.zeros_like(noise), jnp.ones(jnp.shape(ts[0]), noise.dtype))
     (x, _, _), _ = jax.lax.scan(step, carry, jnp.arange(ts.shape[0] - 1))
     return x
 

@@ -167,21 +167,20 @@ class Pipeline:
         config.sample.image_prompt says), then the video with that frame given.
 
         `progress` prints a progress line with ETA over the sampler steps to stderr.
+
+        The videos are one per row of the packed sampling batch (`generate_packed` packs
+        videos of different sizes into shared rows).
         """
-        prompts = list(prompts)
-        if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
-            raise ValueError("every prompt must be a non-empty string")
+        prompts = _check_prompts(prompts)
         c = self.config
-        ct, _ = config_lib.vae_compression(c)
         gen_frames = generated_frames(c, num_frames)
         factorized = c.sample.factorized if factorized is None else factorized
         given = (start_frames, end_frames, edit_video)
         if factorized and gen_frames > 1 and all(v is None for v in given):
             kw = dict(height=height, width=width, seed=seed, negative_prompt=negative_prompt)
-            image_prompts = prompts
-            if c.sample.image_prompt == "first_frame":
-                image_prompts = [prompts_lib.first_frame_prompt(p) for p in prompts]
-            image = self.generate(image_prompts, num_frames=1, progress=progress, **kw, **sampling)
+            image = self.generate(
+                self._image_prompts(prompts), num_frames=1, progress=progress, **kw, **sampling
+            )
             return self.generate(
                 prompts,
                 num_frames=num_frames,
@@ -191,11 +190,7 @@ class Pipeline:
                 **kw,
                 **sampling,
             )
-        if end_frames is not None and gen_frames != num_frames:
-            raise ValueError(
-                f"num_frames={num_frames}: with frames given at the end the video must have "
-                f"1 + {ct}*k frames (e.g. {gen_frames}), so that none are cut off"
-            )
+        _check_end_frames(c, num_frames, end_frames)
         grid = config_lib.latent_grid(c, gen_frames, height, width)
         settings = SamplerSettings.from_config(c, **sampling)
         n = len(prompts)
@@ -213,44 +208,163 @@ class Pipeline:
                 )
             edit = self._tokens(self._encode(video[:, :gen_frames], height, width))
             settings = dataclasses.replace(settings, t_start=float(edit_strength))
-        # Conditional and unconditional (negative) rows in one batch.
-        text, text_mask = self.text_embeddings(prompts + [negative_prompt] * n)
-        patch = tuple(c.dit.patch)
-        global _progress
-        if progress:
-            num_tok = config_lib.num_tokens(c, gen_frames, height, width)
-            _progress = progress_lib.SamplerProgress(np.asarray(settings.time_grid(num_tok)))
-        try:
-            tokens = _sample_tokens(
-                self.model.dit,
-                patch,
-                grid,
-                settings,
-                self.model.params,
-                text,
-                text_mask,
-                jax.random.PRNGKey(seed),
-                cond,
-                edit,
-                report=progress,
+        key = jax.random.PRNGKey(seed)
+        num_tok = config_lib.num_tokens(c, gen_frames, height, width)
+        shape = (n, num_tok, self.model.dit.patch_dim)
+        noise = np.asarray(jax.random.normal(key, shape))
+        eps = None
+        if cond is not None and settings.condition_noise > 0:
+            eps = np.asarray(jax.random.normal(jax.random.fold_in(key, 2), shape))
+        videos = [
+            _Video(
+                grid=grid,
+                noise=noise[i],
+                prompt=i,
+                negative=n + i,
+                cond=None if cond is None else (cond[0][i], cond[1][i]),
+                cond_eps=None if eps is None else eps[i],
+                edit=None if edit is None else edit[i],
             )
-            tokens = jax.block_until_ready(tokens)
+            for i in range(n)
+        ]
+        # Conditional and unconditional (negative) embeddings in one batch.
+        text = self.text_embeddings(prompts + [negative_prompt] * n)
+        # One video per row, the rows in prompt order.
+        packer = packing.Packer(num_tok, n, 1, buffer_size=n)
+        tokens = self._sample(videos, text, settings, key, packer, progress)
+        return self._to_videos(videos, tokens)[:, :num_frames]
+
+    def generate_packed(
+        self,
+        requests: Sequence[Request],
+        *,
+        seq_len: int | None = None,
+        rows: int = 1,
+        max_segments: int | None = None,
+        factorized: bool | None = None,
+        progress: bool = False,
+        **sampling,
+    ) -> list[np.ndarray]:
+        """uint8[t_i h_i w_i 3] per request: videos of any sizes sampled together, packed into
+        rows of `seq_len` tokens (default: dit.seq_len, or the longest request's tokens if
+        longer) with at most `max_segments` (default dit.max_segments) videos per row, `rows`
+        rows per sampler call (as many calls as the packing needs). Each video equals what
+        `generate([prompt], seed=request.seed, ...)` samples alone (deterministic samplers;
+        DDIM's eta > 0 noise is drawn per packed batch). Same options as `generate`, except
+        editing.
+        """
+        requests = list(requests)
+        if not requests:
+            raise ValueError("generate_packed: no requests")
+        _check_prompts([r.prompt for r in requests])
+        c = self.config
+        factorized = c.sample.factorized if factorized is None else factorized
+        plain = [r.start_frames is None and r.end_frames is None for r in requests]
+        first = [
+            i for i, r in enumerate(requests) if plain[i] and generated_frames(c, r.num_frames) > 1
+        ]
+        if factorized and first:
+            images = self.generate_packed(
+                [
+                    dataclasses.replace(requests[i], prompt=p, num_frames=1)
+                    for i, p in zip(first, self._image_prompts([requests[i].prompt for i in first]))
+                ],
+                seq_len=seq_len,
+                rows=rows,
+                max_segments=max_segments,
+                factorized=False,
+                progress=progress,
+                **sampling,
+            )
+            requests = list(requests)
+            for i, image in zip(first, images):
+                requests[i] = dataclasses.replace(requests[i], start_frames=image)
+        settings = SamplerSettings.from_config(c, **sampling)
+        videos = []
+        for i, r in enumerate(requests):
+            gen_frames = generated_frames(c, r.num_frames)
+            _check_end_frames(c, r.num_frames, r.end_frames)
+            grid = config_lib.latent_grid(c, gen_frames, r.height, r.width)
+            num_tok = config_lib.num_tokens(c, gen_frames, r.height, r.width)
+            key = jax.random.PRNGKey(r.seed)
+            shape = (1, num_tok, self.model.dit.patch_dim)
+            cond = eps = None
+            if r.start_frames is not None or r.end_frames is not None:
+                tok, mask = self._condition(
+                    1, grid, r.height, r.width, r.start_frames, r.end_frames
+                )
+                cond = (tok[0], mask[0])
+                if settings.condition_noise > 0:
+                    eps = np.asarray(jax.random.normal(jax.random.fold_in(key, 2), shape))[0]
+            noise = np.asarray(jax.random.normal(key, shape))[0]
+            n = len(requests)
+            videos.append(_Video(grid, noise, i, n + i, cond, eps))
+        text = self.text_embeddings(
+            [r.prompt for r in requests] + [r.negative_prompt for r in requests]
+        )
+        longest = max(len(v.noise) for v in videos)
+        seq_len = seq_len or max(c.dit.seq_len, longest)
+        max_segments = max_segments or c.dit.max_segments
+        packer = packing.Packer(seq_len, rows, max_segments, buffer_size=len(videos))
+        tokens = self._sample(
+            videos, text, settings, jax.random.PRNGKey(requests[0].seed), packer, progress
+        )
+        out = []
+        for r, v, tok in zip(requests, videos, tokens):
+            video = self._to_videos([v], tok[None])[0]
+            out.append(video[: r.num_frames])
+        return out
+
+    def _image_prompts(self, prompts: list[str]) -> list[str]:
+        """The first-frame pass's prompts of factorised sampling (config.sample.image_prompt)."""
+        if self.config.sample.image_prompt == "first_frame":
+            return [prompts_lib.first_frame_prompt(p) for p in prompts]
+        return prompts
+
+    def _sample(self, videos, text, settings, key, packer, progress) -> list[np.ndarray]:
+        """Sampled normalised latent tokens f32[l_i d] of each video: packed into the rows of
+        `packer`, as many sampler calls as the packing needs, unpacked again."""
+        emb, mask = text
+        added = [
+            packer.add(i, v.noise, packing.grid_positions(_token_grid(self.config, v.grid)))
+            for i, v in enumerate(videos)
+        ]
+        out: list[np.ndarray | None] = [None] * len(videos)
+        global _progress
+        for packed in [p for p in added if p is not None] + packer.flush():
+            args = _packed_inputs(self.config, settings, packed, videos, emb, mask)
             if progress:
-                _progress.finish()
-        finally:
-            _progress = None
+                _progress = progress_lib.SamplerProgress(args.pop("progress_grid"))
+            else:
+                args.pop("progress_grid")
+            try:
+                tokens = _sample_tokens(
+                    self.model.dit, settings, self.model.params, key, report=progress, **args
+                )
+                tokens = np.asarray(jax.block_until_ready(tokens))
+                if progress:
+                    _progress.finish()
+            finally:
+                _progress = None
+            for i, tok in zip(packed.keys, packing.unpack(tokens, packed.placements)):
+                out[i] = tok
+        return out
+
+    def _to_videos(self, videos, tokens) -> np.ndarray:
+        """uint8[n t h w 3] of normalised latent tokens f32[n l d] of videos of one grid."""
         m = self.model
-        videos = _decode(
+        grid = videos[0].grid
+        decoded = _decode(
             m.vae,
-            vae_inference.from_config(c),
-            patch,
+            vae_inference.from_config(m.config),
+            tuple(m.config.dit.patch),
             grid,
             m.vae_params,
-            tokens,
+            jnp.asarray(np.stack(tokens)),
             m.latent_mean,
             m.latent_std,
         )
-        return builders.to_uint8(videos)[:, :num_frames]
+        return builders.to_uint8(decoded)
 
     def _encode(self, video: np.ndarray, height: int, width: int) -> np.ndarray:
         """Normalised latents f32[n t' h' w' c] of uint8[n t h w 3] (t = 1 + k*compression),
@@ -431,6 +545,111 @@ def _per_prompt(frames, n: int, name: str) -> np.ndarray:
     return np.broadcast_to(frames, (n,) + frames.shape[1:])
 
 
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One video of `Pipeline.generate_packed`: its prompt, size, seed and given frames
+    (uint8[k h w 3], as `generate`'s start_frames / end_frames for one prompt)."""
+
+    prompt: str
+    num_frames: int
+    height: int
+    width: int
+    seed: int = 0
+    negative_prompt: str = ""
+    start_frames: np.ndarray | None = None
+    end_frames: np.ndarray | None = None
+
+
+@dataclasses.dataclass
+class _Video:
+    """One video of a sampling call in its own token layout (rows of `packing.patchify`)."""
+
+    grid: tuple[int, int, int]  # latent frames, height, width
+    noise: np.ndarray  # f32[l d]
+    prompt: int  # its row of the call's text embeddings
+    negative: int  # its negative prompt's row
+    cond: tuple[np.ndarray, np.ndarray] | None = None  # given tokens f32[l d], mask bool[l]
+    cond_eps: np.ndarray | None = None  # f32[l d]: noise of the given tokens
+    edit: np.ndarray | None = None  # f32[l d]: tokens of the video to edit
+
+
+def _check_prompts(prompts) -> list[str]:
+    prompts = list(prompts)
+    if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+        raise ValueError("every prompt must be a non-empty string")
+    return prompts
+
+
+def _check_end_frames(config, num_frames: int, end_frames) -> None:
+    gen_frames = generated_frames(config, num_frames)
+    if end_frames is not None and gen_frames != num_frames:
+        ct, _ = config_lib.vae_compression(config)
+        raise ValueError(
+            f"num_frames={num_frames}: with frames given at the end the video must have "
+            f"1 + {ct}*k frames (e.g. {gen_frames}), so that none are cut off"
+        )
+
+
+def _token_grid(config, grid) -> tuple[int, int, int]:
+    """The patch grid (t h w) of a latent grid."""
+    return tuple(g // p for g, p in zip(grid, config.dit.patch))
+
+
+def _packed_inputs(config, settings, packed, videos, emb, mask) -> dict:
+    """`_sample_tokens` keywords of one packed batch of `videos` (and the time grid the
+    progress line follows, 'progress_grid')."""
+    seg = packed.batch["segment_ids"]
+    b, length = seg.shape
+    slots = max(p.segment for p in packed.placements)
+    placed = [(videos[k], p) for k, p in zip(packed.keys, packed.placements)]
+    emb, mask = np.asarray(emb), np.asarray(mask)
+    text = np.zeros((2, b, slots) + emb.shape[1:], emb.dtype)
+    text_mask = np.zeros((2, b, slots) + mask.shape[1:], bool)
+    for v, p in placed:
+        for half, row in enumerate((v.prompt, v.negative)):
+            text[half, p.row, p.segment - 1] = emb[row]
+            text_mask[half, p.row, p.segment - 1] = mask[row]
+    grids = [np.asarray(settings.time_grid(len(v.noise))) for v, _ in placed]
+    times = None
+    if any(not np.array_equal(g, grids[0]) for g in grids):
+        # Each token on its video's grid; padding on the first one's (it ends in 0 last too).
+        times = np.broadcast_to(grids[0][:, None, None, None], (len(grids[0]), b, length, 1))
+        times = times.copy()
+        for g, (_, p) in zip(grids, placed):
+            times[:, p.row, p.start : p.start + p.length, 0] = g[:, None]
+    out = dict(
+        noise=packed.batch["tokens"],
+        segment_ids=seg,
+        positions=packed.batch["positions"],
+        text=text.reshape((2 * b,) + text.shape[2:]),
+        text_mask=text_mask.reshape((2 * b,) + text_mask.shape[2:]),
+        num_tokens=len(placed[0][0].noise) if times is None else None,
+        times=times,
+        cond_tokens=None,
+        cond_mask=None,
+        cond_eps=None,
+        edit=None,
+        progress_grid=grids[0],
+    )
+    fields = {"cond_tokens": "cond", "cond_eps": "cond_eps", "edit": "edit"}
+    for name, attr in fields.items():
+        if any(getattr(v, attr) is not None for v, _ in placed):
+            out[name] = np.zeros_like(packed.batch["tokens"])
+    if out["cond_tokens"] is not None:
+        out["cond_mask"] = np.zeros((b, length), bool)
+    for v, p in placed:
+        span = (p.row, slice(p.start, p.start + p.length))
+        if v.cond is not None:
+            out["cond_tokens"][span], out["cond_mask"][span] = v.cond
+        if v.cond_eps is not None:
+            out["cond_eps"][span] = v.cond_eps
+        if v.edit is not None:
+            out["edit"][span] = v.edit
+    if settings.condition_noise <= 0:
+        out["cond_eps"] = None
+    return out
+
+
 @functools.partial(jax.jit, static_argnums=(0,))
 def _encode_text(text_encoder, text_params, ids, mask):
     """f32[n lt dim] embeddings of caption ids i32[n lt] under the given encoder params."""
@@ -447,81 +666,108 @@ def _report_time(time):
         _progress.report(time)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), static_argnames=("report",))
-def _sample_tokens(dit, patch, grid, settings: SamplerSettings, params, *args, report=False):
-    """Sampled latent tokens f32[n l d] (normalised); params are traced, not baked in.
+def _segment_values(x: jax.Array, segment_ids: jax.Array, num_segments: int) -> jax.Array:
+    """f32[b s]: the value x f32[b l] holds on each segment's tokens (0 for empty slots)."""
+    onehot = segment_ids[..., None] == jnp.arange(1, num_segments + 1)
+    value = jnp.max(jnp.where(onehot, x[..., None], -jnp.inf), axis=1)
+    return jnp.where(jnp.any(onehot, axis=1), value, 0.0)
 
-    `text` f32[2n lt dim], `text_mask` bool[2n lt]: the n prompts' embeddings, then the n
-    negative (unconditional) ones. `cond` = (clean tokens f32[n l d], mask bool[n l]) of given
-    frames or None; `edit` = tokens f32[n l d] of a video to noise to settings.t_start (SDEdit)
-    or None. `report` sends each model call's time to the host (`_report_time`, for the
-    progress line).
+
+@functools.partial(jax.jit, static_argnames=("dit", "settings", "num_tokens", "report"))
+def _sample_tokens(
+    dit,
+    settings: SamplerSettings,
+    params,
+    key,
+    *,
+    noise,
+    segment_ids,
+    positions,
+    text,
+    text_mask,
+    num_tokens,
+    times,
+    cond_tokens,
+    cond_mask,
+    cond_eps,
+    edit,
+    report=False,
+):
+    """Sampled latent tokens f32[b l d] (normalised) of packed rows; params are traced.
+
+    `noise` f32[b l d], `segment_ids` i32[b l], `positions` i32[b l 3]: the packed rows.
+    `text` f32[2b s lt dim], `text_mask` bool[2b s lt]: each segment slot's prompt embedding,
+    then (rows b..2b) its negative (unconditional) one. Times: every video on the time grid
+    of `num_tokens` tokens (a static int), or, with `times` f32[k b l 1], each token on its
+    video's grid. `cond_tokens` f32[b l d] / `cond_mask` bool[b l] (or None): the clean tokens
+    of given frames, noised with `cond_eps` f32[b l d] to settings.condition_noise when that
+    is > 0; `edit` f32[b l d] (or None): tokens to noise to settings.t_start (SDEdit). `report`
+    sends each model call's time to the host (`_report_time`, for the progress line).
     """
-    text, all_mask, key, cond, edit = args
-    n = text.shape[0] // 2
-    gt, gh, gw = (g // p for g, p in zip(grid, patch))
-    num_tok = gt * gh * gw
-    positions = jnp.asarray(packing.grid_positions((gt, gh, gw)))
-    # One segment per row.
-    text = text[:, None]
-    seg = jnp.ones((2 * n, num_tok), jnp.int32)
-    pos = jnp.broadcast_to(positions, (2 * n, num_tok, 3))
-
-    noise = jax.random.normal(key, (n, num_tok, dit.patch_dim))
+    b, num_slots = text.shape[0] // 2, text.shape[1]
+    seg = jnp.concatenate([segment_ids, segment_ids])
+    pos = jnp.concatenate([positions, positions])
     tc = settings.condition_noise
-    given = None
-    if cond is not None:
+    given = cond_tokens
+    if cond_tokens is not None and tc > 0:
         # Given tokens at their own fixed time tc (noise augmentation; clean at tc = 0).
-        given = cond[0]
-        if tc > 0:
-            eps = jax.random.normal(jax.random.fold_in(key, 2), noise.shape)
-            given = settings.objective.corrupt(cond[0], eps, jnp.float32(tc))
+        given = settings.objective.corrupt(cond_tokens, cond_eps, jnp.float32(tc))
 
     def impose(x, tokens):
         """Given frames' `tokens` in place of the sampler's state."""
-        return x if cond is None else jnp.where(cond[1][..., None], tokens, x)
+        return x if cond_tokens is None else jnp.where(cond_mask[..., None], tokens, x)
 
     def model_fn(x, time):
-        """Guided model output f32[n l d] at x f32[n l d], scalar time."""
+        """Guided model output f32[b l d] at x f32[b l d], time f32[] or f32[b l 1]."""
+        if time.ndim == 0:
+            t_seg, t_row = jnp.full((2 * b, num_slots), time), time
+        else:
+            t_row = time[..., 0]
+            t_seg = jnp.tile(_segment_values(t_row, segment_ids, num_slots), (2, 1))
         kw = {}
-        if cond is not None:
+        if cond_tokens is not None:
             # The unconditional rows see the given tokens too: CFG only guides the text.
-            t_tok = jnp.where(cond[1], tc, time)
-            kw = dict(t_tok=jnp.concatenate([t_tok, t_tok]), cond_mask=jnp.tile(cond[1], (2, 1)))
+            t_tok = jnp.where(cond_mask, tc, t_row)
+            kw = dict(
+                t_tok=jnp.concatenate([t_tok, t_tok]), cond_mask=jnp.tile(cond_mask, (2, 1))
+            )
         if report:
-            jax.debug.callback(_report_time, time)
+            jax.debug.callback(_report_time, time if time.ndim == 0 else time[0, 0, 0])
         x = impose(x, given)
         out = dit.apply(
             {"params": params["dit"]},
             jnp.concatenate([x, x]),
-            jnp.full((2 * n, 1), time),
+            t_seg,
             seg,
             pos,
             text,
-            all_mask[:, None],
+            text_mask,
             **kw,
         )
         return guidance.guide(
-            out[:n],
-            out[n:],
+            out[:b],
+            out[b:],
             time,
             settings.guidance_scale,
             settings.guidance_interval,
             settings.guidance_rescale,
+            segment_ids=segment_ids if num_slots > 1 else None,
+            num_segments=num_slots,
         )
 
+    x = noise
     if edit is not None:
-        noise = samplers.start_state(settings.objective, edit, noise, settings.t_start)
+        x = samplers.start_state(settings.objective, edit, noise, settings.t_start)
     x = samplers.sample(
         settings.sampler,
         model_fn,
         settings.objective,
-        noise,
-        settings.time_grid(num_tok),
+        x,
+        settings.time_grid(num_tokens) if times is None else times,
         eta=settings.eta,
         rng=jax.random.fold_in(key, 1),
     )
-    return impose(x, None if cond is None else cond[0])
+    return impose(x, cond_tokens)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
