@@ -10,8 +10,8 @@ from dit_setup import MESHES, fixed_batch, mesh_config, run_steps, tiny_config
 
 from sora_jax import config as config_lib
 from sora_jax.models import attention as attention_lib
+from sora_jax.parallel import axes, partitioning
 from sora_jax.parallel import mesh as mesh_lib
-from sora_jax.parallel import partitioning
 
 
 def test_mesh_shapes_fill_and_errors():
@@ -177,9 +177,9 @@ def test_logical_rules_map_names_to_mesh_axes():
     assert to_mesh(("embed", "heads")) == ("fsdp", "tensor")
     assert to_mesh(("mlp", "embed")) == ("tensor", "fsdp")
     with pytest.raises(ValueError, match="not a \\(logical name, mesh axes\\) pair"):
-        partitioning.rules_from_config((("embed", "fsdp", "x"),))
+        partitioning.rules_from_config(((axes.EMBED, "fsdp", "x"),))
     c = tiny_config()
-    c.mesh.rules = (("embed", "model"),)
+    c.mesh.rules = ((axes.EMBED, "model"),)
     with pytest.raises(ValueError, match="mesh axes must be among"):
         config_lib.validate(c)
 

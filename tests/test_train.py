@@ -27,44 +27,10 @@ TINY = os.path.join(ROOT, "configs", "tiny.py")
 
 
 def micro_config(vae_steps=3, dit_steps=3):
-    c = config_lib.load(TINY)
-    c.data.frame_choices = (1, 5)
-    c.data.resolutions = ((16, 16), (16, 24))
-    c.vae.model.base_channels = 4
-    c.vae.model.channel_mults = (1, 2, 2)
-    c.vae.model.norm_groups = 2
-    c.vae.train.buckets = ((5, 16, 16),)
-    c.vae.train.batch_size = 8
+    """configs/tiny.py:micro with the given steps per stage, validated."""
+    c = config_lib.load_with_arg(TINY, "micro")
     c.vae.train.steps = vae_steps
-    c.vae.train.log_every = 1
-    c.vae.train.checkpoint_every = 2
-    c.text.width = 16
-    c.text.max_length = 16
-    c.dit.model.hidden = 32
-    c.dit.model.depth = 1
-    c.dit.model.num_heads = 2
-    c.dit.seq_len = 32
-    c.dit.rows = 8
-    c.dit.max_segments = 4
-    c.dit.latent_cache_size = 32
     c.dit.train.steps = dit_steps
-    c.dit.train.log_every = 1
-    c.dit.train.checkpoint_every = 2
-    c.dit.train.warmup_steps = 0
-    c.dit.train.learning_rate = 3e-3
-    # Plain text->video, every mask type and clean given frames (tiny trains image->video
-    # only, with noised given frames, sampled factorised).
-    c.dit.condition.rate = 0.25
-    c.dit.condition.mask_types = dict(
-        first=0.4, first_k=0.2, last_k=0.15, both_ends=0.15, random=0.1
-    )
-    c.sample.factorized = False
-    c.sample.image_prompt = "same"
-    c.dit.condition.noise = c.diffusion.condition_noise = 0.0
-    c.diffusion.sample_steps = 3
-    c.sample.prompts = ("a large red circle moves right steadily on a grey background",)
-    c.sample.num_frames, c.sample.height, c.sample.width = 5, 16, 24
-    c.eval.num_prompts = 2
     return config_lib.validate(c)
 
 

@@ -7,8 +7,12 @@ padding (segment 0) attends to / is attended by nothing.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+
+from sora_jax.parallel import sequence
 
 __all__ = ["attention", "segment_mask", "register_kernel", "kernel_names", "IMPLEMENTATIONS"]
 
@@ -63,9 +67,14 @@ def attention(
         if mask.shape != expected:
             raise ValueError(f"attention: mask shape {mask.shape}, expected {expected}")
     if implementation == "sequence_parallel":
-        from sora_jax.parallel import sequence  # imported late: it calls back into this module
+        # Each device's share of the heads / queries goes through plain 'xla' attention.
+        local = functools.partial(_attend, implementation="xla")
+        return sequence.attention(q, k, v, mask, local_attention=local)
+    return _attend(q, k, v, mask, implementation)
 
-        return sequence.attention(q, k, v, mask)
+
+def _attend(q, k, v, mask, implementation):
+    """The kernel call (shapes already checked), with fully masked rows zeroed."""
     if implementation in _KERNELS:
         out = _KERNELS[implementation](q, k, v, mask)
     else:

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 
 from sora_jax.models.attention import attention, segment_mask
 from sora_jax.models.rope import rope_3d
+from sora_jax.parallel.axes import EMBED, HEADS, MLP, NORM, PATCH, QKV, TEXT_EMBED, TOKENS
 
 __all__ = [
     "timestep_embedding",
@@ -75,10 +76,6 @@ REMAT_POLICIES = (
     "dots_with_no_batch_dims_saveable",
 )
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-# Logical axis names of activations (rules in the sharding code map them to mesh axes).
-TOKENS = ("batch", "length", "embed")
-HEADS = ("batch", "length", "heads", "kv")
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
@@ -159,8 +156,8 @@ class _Layers:
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name=name,
-            scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
+            scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (NORM,)),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (NORM,)),
         )
 
     def rms_norm(self, name):
@@ -168,7 +165,7 @@ class _Layers:
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name=name,
-            scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+            scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (NORM,)),
         )
 
 
@@ -194,38 +191,36 @@ class DiTBlock(nn.Module):
 
     def _mlp(self, layers, y, prefix=""):
         if self.mlp == "gelu":
-            y = layers.dense(
-                int(self.hidden * self.mlp_ratio), prefix + "mlp_in", ("embed", "mlp")
-            )(y)
+            y = layers.dense(int(self.hidden * self.mlp_ratio), prefix + "mlp_in", (EMBED, MLP))(y)
             y = nn.gelu(y)
         else:
             gate, up = jnp.split(
                 layers.dense(
                     2 * swiglu_hidden(self.hidden, self.mlp_ratio),
                     prefix + "mlp_in",
-                    ("embed", "mlp"),
+                    (EMBED, MLP),
                 )(y),
                 2,
                 axis=-1,
             )
             y = nn.silu(gate) * up
-        return layers.dense(self.hidden, prefix + "mlp_out", ("mlp", "embed"))(y)
+        return layers.dense(self.hidden, prefix + "mlp_out", (MLP, EMBED))(y)
 
     def _qkv(self, layers, y, prefix=""):
         """``f[b n hidden] -> 3 x f[b n heads d]``, q and k RMS-normalised (QK-norm)."""
         h, d = self.num_heads, self.hidden // self.num_heads
-        qkv = layers.dense(3 * self.hidden, prefix + "qkv", ("embed", "heads"))(y)
+        qkv = layers.dense(3 * self.hidden, prefix + "qkv", (EMBED, HEADS))(y)
         q, k, v = (x[:, :, 0] for x in jnp.split(qkv.reshape(*y.shape[:2], 3, h, d), 3, axis=2))
         # QK-norm keeps attention logits bounded (stable training at any length).
         q = layers.rms_norm(prefix + "q_norm")(q)
         k = layers.rms_norm(prefix + "k_norm")(k)
-        return tuple(nn.with_logical_constraint(a, HEADS) for a in (q, k, v))
+        return tuple(nn.with_logical_constraint(a, QKV) for a in (q, k, v))
 
     @nn.compact
     def __call__(self, x, c, positions, self_mask, text, cross_mask, text_c=None):
         layers = _Layers(self.dtype, self.param_dtype)
         b, l, _ = x.shape
-        mod = layers.dense(6 * self.hidden, "adaln", ("embed", "mlp"), nn.initializers.zeros)(
+        mod = layers.dense(6 * self.hidden, "adaln", (EMBED, MLP), nn.initializers.zeros)(
             nn.silu(c)
         )
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, axis=-1)
@@ -235,9 +230,9 @@ class DiTBlock(nn.Module):
         q, k = rope_3d(q, positions, self.rope_theta), rope_3d(k, positions, self.rope_theta)
         if self.text_attention == "joint":
             # MMDiT: the text stream has its own weights; both attend over video + text.
-            tmod = layers.dense(
-                6 * self.hidden, "text_adaln", ("embed", "mlp"), nn.initializers.zeros
-            )(nn.silu(text_c))
+            tmod = layers.dense(6 * self.hidden, "text_adaln", (EMBED, MLP), nn.initializers.zeros)(
+                nn.silu(text_c)
+            )
             t_shift_a, t_scale_a, t_gate_a, t_shift_m, t_scale_m, t_gate_m = jnp.split(
                 tmod, 6, axis=-1
             )
@@ -247,28 +242,26 @@ class DiTBlock(nn.Module):
             a = attention(cat(q, tq), cat(k, tk), cat(v, tv), self_mask, self.attention_impl)
             a = a.reshape(b, -1, self.hidden)
             a, at = a[:, :l], a[:, l:]
-            text = text + t_gate_a * layers.dense(self.hidden, "text_attn_out", ("heads", "embed"))(
-                at
-            )
+            text = text + t_gate_a * layers.dense(self.hidden, "text_attn_out", (HEADS, EMBED))(at)
             yt = _modulate(layers.plain_norm("text_norm_mlp")(text), t_shift_m, t_scale_m)
             text = text + t_gate_m * self._mlp(layers, yt, "text_")
         else:
             a = attention(q, k, v, self_mask, self.attention_impl).reshape(b, l, self.hidden)
-        x = x + gate_a * layers.dense(self.hidden, "attn_out", ("heads", "embed"))(a)
+        x = x + gate_a * layers.dense(self.hidden, "attn_out", (HEADS, EMBED))(a)
         x = nn.with_logical_constraint(x, TOKENS)
 
         if self.text_attention == "cross":
             # Cross-attention to the segment's own text (plain pre-norm residual).
             h, d = self.num_heads, self.hidden // self.num_heads
             y = layers.layer_norm("norm_cross")(x)
-            q = layers.dense(self.hidden, "cross_q", ("embed", "heads"))(y).reshape(b, l, h, d)
-            kv = layers.dense(2 * self.hidden, "cross_kv", ("embed", "heads"))(text)
+            q = layers.dense(self.hidden, "cross_q", (EMBED, HEADS))(y).reshape(b, l, h, d)
+            kv = layers.dense(2 * self.hidden, "cross_kv", (EMBED, HEADS))(text)
             k, v = (u[:, :, 0] for u in jnp.split(kv.reshape(*text.shape[:2], 2, h, d), 2, 2))
             q = layers.rms_norm("cross_q_norm")(q)
             k = layers.rms_norm("cross_k_norm")(k)
-            q, k, v = (nn.with_logical_constraint(u, HEADS) for u in (q, k, v))
+            q, k, v = (nn.with_logical_constraint(u, QKV) for u in (q, k, v))
             a = attention(q, k, v, cross_mask, self.attention_impl).reshape(b, l, self.hidden)
-            x = x + layers.dense(self.hidden, "cross_out", ("heads", "embed"))(a)
+            x = x + layers.dense(self.hidden, "cross_out", (HEADS, EMBED))(a)
 
         y = _modulate(layers.plain_norm("norm_mlp")(x), shift_m, scale_m)
         x = nn.with_logical_constraint(x + gate_m * self._mlp(layers, y), TOKENS)
@@ -371,14 +364,14 @@ class DiT(nn.Module):
         text = text.astype(self.dtype)
 
         # Conditioning: diffusion time + pooled text of the token's segment, c_tok[b l hidden].
-        time_in = layers.dense(self.hidden, "time_mlp_in", (None, "mlp"))
-        time_out = layers.dense(self.hidden, "time_mlp_out", ("mlp", "embed"))
+        time_in = layers.dense(self.hidden, "time_mlp_in", (None, MLP))
+        time_out = layers.dense(self.hidden, "time_mlp_out", (MLP, EMBED))
         time_mlp = lambda tt: time_out(
             nn.silu(time_in(timestep_embedding(tt * 1000.0, self.time_freq_dim)))
         )
         m = text_mask.astype(jnp.float32)[..., None]
         pooled = jnp.sum(text * m, axis=2) / jnp.maximum(jnp.sum(m, axis=2), 1.0)  # [b s text_dim]
-        c_pool = layers.dense(self.hidden, "text_pool_proj", ("text_embed", "embed"))(pooled)
+        c_pool = layers.dense(self.hidden, "text_pool_proj", (TEXT_EMBED, EMBED))(pooled)
         c_seg = time_mlp(t) + c_pool  # [b s hidden]
         # Gather per token; padding takes segment 1's (its outputs are zeroed anyway).
         seg_index = jnp.clip(segment_ids - 1, 0, s - 1)[..., None]
@@ -398,7 +391,7 @@ class DiT(nn.Module):
             text = jnp.take_along_axis(text, keep[..., None], axis=1)
             text_ids = jnp.take_along_axis(text_ids, keep, axis=1)
             text_slot = keep // lt
-        text_kv = layers.dense(self.hidden, "text_proj", ("text_embed", "embed"))(text)
+        text_kv = layers.dense(self.hidden, "text_proj", (TEXT_EMBED, EMBED))(text)
         cross_mask = segment_mask(segment_ids, text_ids)
         masks = {}
         for layout in set(self._layouts()):
@@ -414,16 +407,16 @@ class DiT(nn.Module):
         if self.text_attention == "joint":
             text_c = jnp.take_along_axis(c_seg, text_slot[..., None], axis=1)  # [b m hidden]
 
-        h = layers.dense(self.hidden, "patch_embed", ("patch", "embed"))(x.astype(self.dtype))
+        h = layers.dense(self.hidden, "patch_embed", (PATCH, EMBED))(x.astype(self.dtype))
         if self.abs_positions:
-            h = h + layers.dense(self.hidden, "pos_embed", (None, "embed"))(
+            h = h + layers.dense(self.hidden, "pos_embed", (None, EMBED))(
                 absolute_position_features(segment_ids, positions)
             )
         if self.cond_embedding:
             # Created even without a mask, so that init makes it and every call finds it.
             flag = self.param(
                 "cond_embed",
-                nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                nn.with_logical_partitioning(nn.initializers.zeros, (EMBED,)),
                 (self.hidden,),
                 self.param_dtype,
             )
@@ -445,12 +438,10 @@ class DiT(nn.Module):
                 name=f"block_{i}",
             )(h, c_tok, positions, masks[layout], text_kv, cross_mask, text_c)
 
-        mod = layers.dense(2 * self.hidden, "final_adaln", ("embed", "mlp"), nn.initializers.zeros)(
+        mod = layers.dense(2 * self.hidden, "final_adaln", (EMBED, MLP), nn.initializers.zeros)(
             nn.silu(c_tok)
         )
         shift, scale = jnp.split(mod, 2, axis=-1)
         h = _modulate(layers.plain_norm("final_norm")(h), shift, scale)
-        out = layers.dense(self.patch_dim, "final_out", ("embed", "patch"), nn.initializers.zeros)(
-            h
-        )
+        out = layers.dense(self.patch_dim, "final_out", (EMBED, PATCH), nn.initializers.zeros)(h)
         return out.astype(jnp.float32) * (segment_ids > 0)[..., None]

@@ -1,7 +1,8 @@
 """Logical axis names -> mesh axes, and the shardings of a whole train state.
 
 Model code names the axes of its weights and activations with logical names only
-(``nn.with_logical_partitioning`` / ``nn.with_logical_constraint``); the rules in
+(``nn.with_logical_partitioning`` / ``nn.with_logical_constraint``; the names are the constants
+of ``sora_jax.parallel.axes``); the rules in
 ``config.mesh.rules`` say which mesh axis each name is split over. The defaults give FSDP
 (``embed`` over 'fsdp': params and optimizer state split across the fsdp devices), tensor
 parallelism (``heads`` and ``mlp`` over 'tensor') and sequence parallelism (``length`` over
@@ -19,10 +20,18 @@ import flax.linen as nn
 import jax
 from jax.sharding import Mesh, NamedSharding
 
-# The logical names the models use.
-BATCH, LENGTH, EMBED, HEADS, KV, MLP = "batch", "length", "embed", "heads", "kv", "mlp"
-PATCH, TEXT_EMBED, NORM, VOCAB = "patch", "text_embed", "norm", "vocab"
-LOGICAL_AXES = (BATCH, LENGTH, EMBED, HEADS, KV, MLP, PATCH, TEXT_EMBED, NORM, VOCAB)
+from sora_jax.parallel.axes import (
+    BATCH,
+    EMBED,
+    HEADS,
+    KV,
+    LENGTH,
+    MLP,
+    NORM,
+    PATCH,
+    TEXT_EMBED,
+    VOCAB,
+)
 
 DEFAULT_RULES = (
     (BATCH, ("data", "fsdp")),

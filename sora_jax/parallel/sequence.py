@@ -13,8 +13,10 @@ attends its own queries to all keys.
 
 Used through ``sora_jax.models.attention.attention(..., implementation='sequence_parallel')``
 inside a mesh context (``jax.set_mesh``) with logical rules (``nn.logical_axis_rules``): the
-mesh axes come from the rules for ``('batch', 'length', 'heads', 'kv')``. Without a mesh, or
-with a 1-long sequence axis, it is plain attention.
+mesh axes come from the rules for ``axes.QKV`` (``('batch', 'length', 'heads', 'kv')``). The
+caller passes the attention each device runs on its share (``local_attention``), so this module
+depends on no model code. Without a mesh, or with a 1-long sequence axis, it is that attention
+on the whole arrays.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import flax.linen as nn
 import jax
 from jax.sharding import PartitionSpec as P
 
-from sora_jax.models import attention as attention_lib
+from sora_jax.parallel.axes import QKV
 
 
 def _axis_size(mesh, axes) -> int:
@@ -38,17 +40,22 @@ def _axis_size(mesh, axes) -> int:
     return size
 
 
-def attention(q, k, v, mask=None):
+def attention(q, k, v, mask=None, *, local_attention):
     """``f[b lq h d], f[b lk h d], f[b lk h d], bool[b 1 lq lk] | None -> f[b lq h d]``,
-    with the query length split over the rules' ``length`` mesh axis."""
+    with the query length split over the rules' ``length`` mesh axis.
+
+    ``local_attention(q, k, v, mask)`` (same shapes and layout) is the attention each device
+    runs on its share: all tokens of its heads for self-attention, its queries for
+    cross-attention.
+    """
     mesh = jax.sharding.get_abstract_mesh()
     rules = nn.get_logical_axis_rules()
     if mesh.empty or not rules:
-        return attention_lib.attention(q, k, v, mask)
-    batch, seq, heads, _ = nn.logical_to_mesh_axes(("batch", "length", "heads", "kv"), rules)
+        return local_attention(q, k, v, mask)
+    batch, seq, heads, _ = nn.logical_to_mesh_axes(QKV, rules)
     sp = _axis_size(mesh, seq)
     if sp == 1:
-        return attention_lib.attention(q, k, v, mask)
+        return local_attention(q, k, v, mask)
     b, lq, h, d = q.shape
     tp = _axis_size(mesh, heads)
     if lq % sp or (h // tp) % sp or h % tp:
@@ -62,22 +69,25 @@ def attention(q, k, v, mask=None):
     tokens = P(batch, seq, heads, None)
     kv_spec = tokens if self_attention else P(batch, None, heads, None)
     mask_spec = P(batch, None, seq if not self_attention else None, None)
-    fn = functools.partial(_swap_attention, seq) if self_attention else _local_queries
+    if self_attention:
+        fn = functools.partial(_swap_attention, seq, local_attention)
+    else:
+        fn = functools.partial(_local_queries, local_attention)
     args, specs = (q, k, v), (tokens, kv_spec, kv_spec)
     if mask is not None:
         args, specs = args + (mask,), specs + (mask_spec,)
     return jax.shard_map(fn, in_specs=specs, out_specs=tokens, check_vma=False)(*args)
 
 
-def _swap_attention(axis, q, k, v, mask=None):
+def _swap_attention(axis, local_attention, q, k, v, mask=None):
     """Local ``f[b l/sp h' d]`` -> all-to-all -> ``f[b l h'/sp d]``, attend, swap back."""
     gather_seq = functools.partial(
         jax.lax.all_to_all, axis_name=axis, split_axis=2, concat_axis=1, tiled=True
     )
-    out = attention_lib.attention(gather_seq(q), gather_seq(k), gather_seq(v), mask)
+    out = local_attention(gather_seq(q), gather_seq(k), gather_seq(v), mask)
     return jax.lax.all_to_all(out, axis, split_axis=1, concat_axis=2, tiled=True)
 
 
-def _local_queries(q, k, v, mask=None):
+def _local_queries(local_attention, q, k, v, mask=None):
     """Each device's queries against all (unsplit) keys: no communication."""
-    return attention_lib.attention(q, k, v, mask)
+    return local_attention(q, k, v, mask)

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
 
-from sora_jax.text.layers import ACTIVATIONS, EMBED, HEADS, MLP, NORM, VOCAB, partitioned
+from sora_jax.parallel.axes import EMBED, HEADS, MLP, NORM, VOCAB
+from sora_jax.text.layers import ACTIVATIONS, partitioned
 
 
 def _dense(features, axes, dtype, name):

@@ -14,8 +14,9 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax.numpy as jnp
 
+from sora_jax.parallel.axes import EMBED, HEADS, MLP, VOCAB
 from sora_jax.text import hf_checkpoint as ckpt
-from sora_jax.text.layers import EMBED, HEADS, MLP, VOCAB, Dense, LayerNorm, activation, embed
+from sora_jax.text.layers import Dense, LayerNorm, activation, embed
 from sora_jax.text.layers import head_scale, key_mask_bias, multi_head_attention, zero_padding
 
 MODEL_TYPES = ("clip_text_model", "clip")

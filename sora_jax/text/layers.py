@@ -1,9 +1,9 @@
 """Building blocks shared by the pretrained text encoders (T5, CLIP): Linen layers whose params
 carry logical sharding axes, RMS / layer norms, activations and masked attention.
 
-Logical axis names (mapped to mesh axes by rules in the config, as in MaxText):
-  'vocab' token embedding rows, 'embed' model width, 'heads' the flattened heads x head_dim
-  projection width, 'mlp' the feed-forward width, 'norm' norm scales; None: never sharded.
+Logical axis names (``sora_jax.parallel.axes``; mapped to mesh axes by rules in the config, as
+in MaxText): VOCAB token embedding rows, EMBED model width, HEADS the flattened heads x head_dim
+projection width, MLP the feed-forward width, NORM norm scales; None: never sharded.
 Params are boxed (`nn.LogicallyPartitioned`) only at init; `TextEncoder` unboxes them, so callers
 see plain arrays, and `nn.get_partition_spec` on the boxed tree gives the logical specs.
 """
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
 
-VOCAB, EMBED, HEADS, MLP, NORM = "vocab", "embed", "heads", "mlp", "norm"
+from sora_jax.parallel.axes import NORM
 
 # Hugging Face `hidden_act` names -> functions ("gelu" is the exact erf form in HF).
 ACTIVATIONS = {

@@ -17,8 +17,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from sora_jax.parallel.axes import EMBED, HEADS, MLP, VOCAB
 from sora_jax.text import hf_checkpoint as ckpt
-from sora_jax.text.layers import EMBED, HEADS, MLP, VOCAB, Dense, RMSNorm, activation, embed
+from sora_jax.text.layers import Dense, RMSNorm, activation, embed
 from sora_jax.text.layers import key_mask_bias, multi_head_attention, partitioned, zero_padding
 
 MODEL_TYPES = ("t5", "mt5", "umt5")
