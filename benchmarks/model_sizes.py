@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from sora_jax import config as config_lib
+from sora_jax.models import geometry
 from sora_jax.training import dit_trainer, vae_trainer
 
 
@@ -54,7 +55,7 @@ def sizes(path: str) -> dict:
         .cost_analysis()
     )
     cost = cost[0] if isinstance(cost, list) else cost
-    ct, cs = config_lib.vae_compression(c)
+    ct, cs = geometry.vae_compression(c)
     m = c.dit.model
     return {
         "config": path,

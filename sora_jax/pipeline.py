@@ -35,7 +35,7 @@ from sora_jax import prompts as prompts_lib
 from sora_jax.data import packing, video_io
 from sora_jax.diffusion import conditioning, guidance, objectives, samplers
 from sora_jax.logging import progress as progress_lib
-from sora_jax.models import vae_inference
+from sora_jax.models import geometry, vae_inference
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.text import cache as text_cache_lib
 from sora_jax.training import dit_trainer, vae_trainer
@@ -199,7 +199,7 @@ class Pipeline:
         if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
             raise ValueError("every prompt must be a non-empty string")
         c = self.config
-        ct, _ = config_lib.vae_compression(c)
+        ct, _ = geometry.vae_compression(c)
         gen_frames = generated_frames(c, num_frames)
         factorized = c.sample.factorized if factorized is None else factorized
         given = (start_frames, end_frames, edit_video)
@@ -223,7 +223,7 @@ class Pipeline:
                 f"num_frames={num_frames}: with frames given at the end the video must have "
                 f"1 + {ct}*k frames (e.g. {gen_frames}), so that none are cut off"
             )
-        grid = config_lib.latent_grid(c, gen_frames, height, width)
+        grid = geometry.latent_grid(c, gen_frames, height, width)
         settings = SamplerSettings.from_config(c, **sampling)
         n = len(prompts)
         cond = None
@@ -245,7 +245,7 @@ class Pipeline:
         patch = tuple(c.dit.patch)
         global _progress
         if progress:
-            num_tok = config_lib.num_tokens(c, gen_frames, height, width)
+            num_tok = geometry.num_tokens(c, gen_frames, height, width)
             _progress = progress_lib.SamplerProgress(np.asarray(settings.time_grid(num_tok)))
         try:
             tokens = _sample_tokens(
@@ -307,7 +307,7 @@ class Pipeline:
             parts.append((_per_prompt(end_frames, n, "end_frames"), False))
         ks, ke = given_latent_frames(
             self.config,
-            1 + (gt - 1) * config_lib.vae_compression(self.config)[0],
+            1 + (gt - 1) * geometry.vae_compression(self.config)[0],
             parts[0][0].shape[1] if start_frames is not None else 0,
             parts[-1][0].shape[1] if end_frames is not None else 0,
         )
@@ -368,7 +368,7 @@ def generated_frames(config, num_frames: int) -> int:
     rounded up; the extra frames are cut off)."""
     if num_frames < 1:
         raise ValueError(f"num_frames={num_frames}: must be at least 1")
-    ct, _ = config_lib.vae_compression(config)
+    ct, _ = geometry.vae_compression(config)
     return 1 + -(-(num_frames - 1) // ct) * ct
 
 
@@ -376,7 +376,7 @@ def given_latent_frames(config, num_frames: int, start: int, end: int) -> tuple[
     """Latent frames filled by `start` frames given at the start and `end` at the end of a
     `num_frames` video; ValueError for counts the causal VAE cannot place or that leave no
     latent frame to generate."""
-    ct, _ = config_lib.vae_compression(config)
+    ct, _ = geometry.vae_compression(config)
     gt = 1 + -(-(num_frames - 1) // ct)
     if start and (start - 1) % ct:
         raise ValueError(
@@ -401,7 +401,7 @@ def given_latent_frames(config, num_frames: int, start: int, end: int) -> tuple[
 def default_context_frames(config, num_frames: int, mode: str) -> tuple[int, int]:
     """(frames at the start, frames at the end) given by default: 'forward' about half of
     the latent frames at the start, 'backward' at the end, 'connect' about a quarter each."""
-    ct, _ = config_lib.vae_compression(config)
+    ct, _ = geometry.vae_compression(config)
     gt = 1 + -(-(num_frames - 1) // ct)  # latent frames
     half, quarter = (gt - 1) // 2, (gt - 1) // 4
     if mode == "forward":

@@ -1,0 +1,1 @@
+"""Helpers with no dependency on the rest of the package (every layer may import them)."""
