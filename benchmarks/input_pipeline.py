@@ -37,11 +37,11 @@ from sora_jax.data import (
     packing,
     tfds_builder,
 )
-from sora_jax.models import builders
+from sora_jax.models import builders, geometry
 
 
 def _fake_latent(config, video, channels, rng):
-    t, h, w = config_lib.latent_grid(config, *video.shape[:3])
+    t, h, w = geometry.latent_grid(config, *video.shape[:3])
     return rng.normal(size=(t, h, w, channels)).astype(np.float32)
 
 
@@ -134,7 +134,7 @@ def main():
         writer.close(dict(latent_mean=[0.0] * channels, latent_std=[1.0] * channels))
         record_bytes = sum(p.stat().st_size for p in (tmp / "cache").glob("*.array_record"))
         cache, _ = latent_cache.open_cache(tmp / "cache")
-        ct = config_lib.vae_compression(c)[0]
+        ct = geometry.vae_compression(c)[0]
         examples = input_pipeline.examples_dataset(
             cache, lambda i, r: latent_cache.decode_record(r)
         )

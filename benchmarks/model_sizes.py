@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from sora_jax import config as config_lib
-from sora_jax.models import builders
+from sora_jax.models import builders, geometry
 
 
 def count(tree) -> int:
@@ -54,7 +54,7 @@ def sizes(path: str) -> dict:
         .cost_analysis()
     )
     cost = cost[0] if isinstance(cost, list) else cost
-    ct, cs = config_lib.vae_compression(c)
+    ct, cs = geometry.vae_compression(c)
     m = c.dit.model
     return {
         "config": path,

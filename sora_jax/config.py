@@ -1,37 +1,45 @@
-"""Config loading and validation: bad values fail fast with the key's name.
+"""Configs: loading a config file, overrides, saved configs, and validation.
 
-ml_collections already rejects unknown keys and wrong types on command-line
-overrides; `validate` checks the values themselves and how they fit together
-(sizes divisible by the compression, sequences long enough, ...).
+ml_collections already rejects unknown keys and wrong types on command-line overrides;
+`validate` checks the values themselves and how they fit together (sizes divisible by the
+compression, sequences long enough, ...) by running each component's own check of its section
+(`validate_config` beside the code that reads it, written with sora_jax.common.config_checks).
+Components never import this module.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import runpy
-from collections.abc import Sequence
 
 import ml_collections
 
-from sora_jax.data import packing
-from sora_jax.diffusion import conditioning, ddpm, objectives, samplers
-from sora_jax.diffusion import rectified_flow as rf
-from sora_jax.models import attention
+from sora_jax.common import training_config
+from sora_jax.data import input_pipeline
+from sora_jax.diffusion import objectives, samplers
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import vae as vae_lib
 from sora_jax.parallel import mesh as mesh_lib
-from sora_jax.parallel.partitioning import DEFAULT_RULES as _RULES
+from sora_jax.parallel import partitioning
+from sora_jax.text import encoders
 
-STAGES = ("vae", "dit")
-DATA_SOURCES = ("moving_shapes", "tfds", "latent_cache")
-TEXT_KINDS = ("tiny", "bert", "t5", "clip")
-IMAGE_PROMPTS = ("same", "first_frame")  # sample.image_prompt
+CONFIG_FILE = "config.json"  # a workdir's (or an export's) config, as `save` writes it
 
-
-# Keys added after configs were first saved to workdirs, with the value that reproduces what a
-# workdir written before them trained: older runs keep loading (and resuming) unchanged.
+# Backward compatibility of saved configs.
+#
+# A workdir (and an export) keeps the config it was trained with in config.json; sampling,
+# evaluation, export and resuming read it back with `load_saved`, which fills the keys it lacks
+# from this table. An entry is a dotted key -> the value that reproduces what the code did
+# before the key existed (not necessarily the key's default in configs/default.py), so an old
+# run loads, samples and resumes exactly as it trained.
+#
+# Policy:
+# - every key added to configs/default.py after configs were first saved to workdirs needs an
+#   entry here, in the same change that adds the key;
+# - entries are never removed (nor their values changed) while old workdirs may exist;
+# - tests/test_train.py checks that every key of the default config is either in the config
+#   as first saved (tests/data/config_first_saved.json) or in this table.
 ADDED_KEYS = {
     "vae.model.patch_size": 1,
     "vae.model.shortcuts": False,
@@ -103,7 +111,7 @@ ADDED_KEYS = {
     "mesh.dcn.fsdp": 1,
     "mesh.dcn.tensor": 1,
     "mesh.dcn.sequence": 1,
-    "mesh.rules": _RULES,
+    "mesh.rules": partitioning.DEFAULT_RULES,
     "dit.train.grad_accum_steps": 1,
     "vae.perceptual.weight": 0.0,
     "vae.perceptual.path": "",
@@ -116,11 +124,16 @@ ADDED_KEYS = {
     "vae.gan.max_adaptive_weight": 1e4,
     "vae.latent_stats_batches": 16,
     "vae.train.image_batch_size": 0,
-    # Pretrained text encoders (issue 9): defaults are the old behaviour.
+    # Before them the VAE loss was L1 + KL on posterior samples.
+    "vae.mse_weight": 0.0,
+    "vae.sample_posterior": True,
+    # Pretrained text encoders (a Hugging Face tokenizer, bf16 weights, cached caption
+    # embeddings); the defaults are the built-in tiny encoder's behaviour.
     "text.tokenizer_path": "",
     "text.dtype": "float32",
     "text.cache_dir": "",
-    # Grain sources (issue 8); the built-in source trains exactly as before.
+    # The grain input pipeline (TFDS array_record clips or a latent cache, decoded in workers)
+    # and recaptioned captions; the built-in moving-shapes source trains exactly as before.
     "data.tfds_name": "video_clips",
     "data.tfds_data_dir": "",
     "data.tfds_split": "train",
@@ -177,18 +190,21 @@ def json_tuples(x):
     return x
 
 
-CONFIG_FILE = "config.json"  # in a training workdir and in an exported checkpoint
+def load_with_arg(path: str, arg: str) -> ml_collections.ConfigDict:
+    """Loads `get_config(arg)` (as `--config=path:arg` does), e.g. a size of configs/dit.py."""
+    return runpy.run_path(path)["get_config"](arg)
 
 
 def save(config: ml_collections.ConfigDict, directory: str):
-    """Writes `directory`/config.json."""
+    """Writes the config to directory/config.json (creating the directory)."""
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, CONFIG_FILE), "w") as f:
         f.write(config.to_json(indent=2))
 
 
 def load_saved(directory: str) -> ml_collections.ConfigDict:
-    """The validated config of a training workdir or an exported checkpoint."""
+    """The validated config of a training workdir or an exported checkpoint (its config.json,
+    with the `ADDED_KEYS` it was saved without)."""
     path = os.path.join(directory, CONFIG_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(
@@ -200,516 +216,26 @@ def load_saved(directory: str) -> ml_collections.ConfigDict:
     return validate(ml_collections.ConfigDict(json_tuples(saved)))
 
 
-def load_with_arg(path: str, arg: str) -> ml_collections.ConfigDict:
-    """Loads `get_config(arg)` (as `--config=path:arg` does), e.g. a size of configs/dit.py."""
-    return runpy.run_path(path)["get_config"](arg)
-
-
-def vae_compression(config: ml_collections.ConfigDict) -> tuple[int, int]:
-    """(temporal, spatial) compression of the VAE described by config.vae.model."""
-    m = config.vae.model
-    # The model owns its geometry; an unbound module is enough to read it.
-    vae = vae_lib.CausalVAE(
-        channel_mults=tuple(m.channel_mults),
-        temporal_downsample=tuple(bool(d) for d in m.temporal_downsample),
-        patch_size=m.patch_size,
-    )
-    return vae.temporal_compression, vae.spatial_compression
-
-
-def latent_grid(config, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
-    """Latent (t, h, w) of a video; raises ValueError when the size is impossible."""
-    ct, cs = vae_compression(config)
-    pt, ph, pw = config.dit.patch
-    if num_frames < 1 or (num_frames - 1) % ct:
-        raise ValueError(
-            f"num_frames={num_frames} is not supported: the causal VAE needs 1 + {ct}*k frames "
-            f"(e.g. 1, {1 + ct}, {1 + 2 * ct})."
-        )
-    for name, size, p in (("height", height, ph), ("width", width, pw)):
-        if size < cs * p or size % (cs * p):
-            raise ValueError(
-                f"{name}={size} is not supported: it must be a positive multiple of {cs * p} "
-                f"(VAE spatial compression {cs} x patch size {p})."
-            )
-    t = 1 + (num_frames - 1) // ct
-    if t % pt:
-        raise ValueError(
-            f"num_frames={num_frames} gives {t} latent frames, not divisible by "
-            f"the temporal patch size {pt}."
-        )
-    return t, height // cs, width // cs
-
-
-def num_tokens(config, num_frames: int, height: int, width: int) -> int:
-    t, h, w = latent_grid(config, num_frames, height, width)
-    pt, ph, pw = config.dit.patch
-    return (t // pt) * (h // ph) * (w // pw)
-
-
-def _check(cond: bool, key: str, value, why: str):
-    if not cond:
-        raise ValueError(f"config.{key}={value!r}: {why}")
-
-
-def _positive(config, *keys: str):
-    for key in keys:
-        value = config
-        for part in key.split("."):
-            value = value[part]
-        _check(isinstance(value, (int, float)) and value > 0, key, value, "must be > 0")
+# Each component's check of its own section, in this order: a check may rely on the sections
+# before it (the data and sample sizes divide by the VAE's compression, the DiT's seq_len must
+# hold the data's videos, the mesh must split the DiT's rows).
+_CHECKS = (
+    training_config.validate_stages,  # stages
+    vae_lib.validate_geometry,  # vae.model.patch_size (the compression)
+    input_pipeline.validate_config,  # data.*
+    vae_lib.validate_config,  # vae.* but vae.train
+    encoders.validate_config,  # text.*
+    dit_lib.validate_config,  # dit.* but dit.train
+    training_config.validate_config,  # vae.train.*, dit.train.*
+    objectives.validate_config,  # diffusion.*
+    samplers.validate_sample_config,  # sample.*, eval.*
+    mesh_lib.validate_config,  # mesh.*, the DiT's split over it
+)
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Checks every value the code relies on; returns the config unchanged."""
-    stages = tuple(config.stages)
-    _check(
-        len(stages) > 0 and all(s in STAGES for s in stages),
-        "stages",
-        stages,
-        f"must be a non-empty subset of {STAGES}",
-    )
-    # The VAE's geometry first: the size checks below divide by its compression.
-    _positive(config, "vae.model.patch_size")
-    d = config.data
-    _check(d.source in DATA_SOURCES, "data.source", d.source, f"must be one of {DATA_SOURCES}")
-    _check(
-        d.source != "latent_cache" or bool(d.cache_dir),
-        "data.cache_dir",
-        d.cache_dir,
-        "data.source='latent_cache' needs the cache folder written by sora_jax.cache_latents",
-    )
-    _positive(config, "data.target_area", "data.stats_examples", "data.encode_batch_size")
-    _check(d.worker_count >= 0, "data.worker_count", d.worker_count, "must be >= 0")
-    _check(
-        0.0 <= d.max_bad_fraction <= 1.0,
-        "data.max_bad_fraction",
-        d.max_bad_fraction,
-        "must be in [0, 1]",
-    )
-    if d.source != "moving_shapes":
-        # Clip sizes of the grain sources (the built-in set uses frame_choices / resolutions).
-        side = int(math.isqrt(int(d.target_area)))
-        side -= side % (vae_compression(config)[1] * max(config.dit.patch[1:]))
-        _check_size(config, "data.max_frames", d.max_frames, side, side)
-        _check(
-            num_tokens(config, d.max_frames, side, side) <= config.dit.seq_len,
-            "data.target_area",
-            d.target_area,
-            f"a square clip of max_frames={d.max_frames} frames at this area has more tokens "
-            f"than dit.seq_len={config.dit.seq_len}",
-        )
-    _check(len(d.frame_choices) > 0, "data.frame_choices", d.frame_choices, "must not be empty")
-    _check(len(d.resolutions) > 0, "data.resolutions", d.resolutions, "must not be empty")
-    _check(
-        0.0 <= d.image_fraction <= 1.0, "data.image_fraction", d.image_fraction, "must be in [0, 1]"
-    )
-    _positive(config, "data.num_examples", "data.fps")
-    for f in d.frame_choices:
-        _check_size(config, "data.frame_choices", f, *d.resolutions[0])
-    for res in d.resolutions:
-        _check(
-            isinstance(res, Sequence) and len(res) == 2,
-            "data.resolutions",
-            res,
-            "each resolution must be (height, width)",
-        )
-        _check_size(config, "data.resolutions", 1, *res)
-
-    m = config.vae.model
-    _check(
-        len(m.temporal_downsample) == len(m.channel_mults) - 1,
-        "vae.model.temporal_downsample",
-        m.temporal_downsample,
-        f"needs len(channel_mults)-1={len(m.channel_mults) - 1} entries",
-    )
-    _positive(
-        config,
-        "vae.model.base_channels",
-        "vae.model.latent_channels",
-        "vae.model.norm_groups",
-        "vae.model.num_res_blocks",
-    )
-    for mult in m.channel_mults:
-        _check(
-            (m.base_channels * mult) % m.norm_groups == 0,
-            "vae.model.norm_groups",
-            m.norm_groups,
-            f"must divide every level's channels ({m.base_channels * mult})",
-        )
-    inf = config.vae.inference
-    _positive(config, "vae.inference.chunk_latent_frames", "vae.inference.tile_latent_size")
-    _check(
-        0 <= inf.tile_latent_overlap <= inf.tile_latent_size // 2,
-        "vae.inference.tile_latent_overlap",
-        inf.tile_latent_overlap,
-        f"must be in [0, tile_latent_size // 2 = {inf.tile_latent_size // 2}]",
-    )
-    for key in ("mse_weight", "kl_weight", "latent_noise"):
-        _check(config.vae[key] >= 0, f"vae.{key}", config.vae[key], "must be >= 0")
-    _validate_vae_losses(config)
-
-    _check(
-        config.text.kind in TEXT_KINDS,
-        "text.kind",
-        config.text.kind,
-        f"must be one of {TEXT_KINDS}",
-    )
-    _check(
-        config.text.kind == "tiny" or bool(config.text.path),
-        "text.path",
-        config.text.path,
-        f"text.kind={config.text.kind!r} needs the path of a local Hugging Face model folder",
-    )
-    _check(
-        config.text.dtype in ("float32", "bfloat16"),
-        "text.dtype",
-        config.text.dtype,
-        "must be 'float32' or 'bfloat16'",
-    )
-    _positive(config, "text.max_length", "text.width", "text.num_heads")
-    # depth 0: word + position embeddings only (no mixing between words).
-    _check(config.text.depth >= 0, "text.depth", config.text.depth, "must be >= 0")
-
-    dm = config.dit.model
-    _positive(
-        config,
-        "dit.model.hidden",
-        "dit.model.depth",
-        "dit.model.num_heads",
-        "dit.model.mlp_ratio",
-        "dit.seq_len",
-        "dit.rows",
-        "dit.max_segments",
-        "dit.latent_cache_size",
-    )
-    _check(
-        dm.hidden % dm.num_heads == 0 and (dm.hidden // dm.num_heads) % 2 == 0,
-        "dit.model.num_heads",
-        dm.num_heads,
-        f"must divide dit.model.hidden={dm.hidden} into even head sizes",
-    )
-    _check(
-        len(config.dit.patch) == 3 and all(p > 0 for p in config.dit.patch),
-        "dit.patch",
-        config.dit.patch,
-        "must be three positive sizes (t, h, w)",
-    )
-    _check(
-        0.0 <= config.dit.first_frames <= 1.0,
-        "dit.first_frames",
-        config.dit.first_frames,
-        "must be in [0, 1]",
-    )
-    _check(
-        0.0 <= config.dit.text_dropout < 1.0,
-        "dit.text_dropout",
-        config.dit.text_dropout,
-        "must be in [0, 1)",
-    )
-    tt = config.dit.text_tokens
-    _check(
-        tt == 0 or tt >= config.text.max_length,
-        "dit.text_tokens",
-        tt,
-        f"must be 0 (off) or hold one whole caption (>= text.max_length={config.text.max_length})",
-    )
-    _validate_condition(config)
-    _validate_dit_options(config)
-    _row_shapes(config)
-    _check(
-        not config.dit.pack_lengths or d.source == "moving_shapes",
-        "dit.pack_lengths",
-        config.dit.pack_lengths,
-        f"length-bucketed batches need the in-memory latent cache (data.source='moving_shapes'), "
-        f"not {d.source!r}",
-    )
-    longest = max(num_tokens(config, f, *r) for f in d.frame_choices for r in d.resolutions)
-    _check(
-        longest <= config.dit.seq_len,
-        "dit.seq_len",
-        config.dit.seq_len,
-        f"the largest training video has {longest} tokens; seq_len must hold it",
-    )
-
-    for stage in ("vae", "dit"):
-        t = config[stage].train
-        _positive(
-            config,
-            f"{stage}.train.steps",
-            f"{stage}.train.learning_rate",
-            f"{stage}.train.log_every",
-            f"{stage}.train.checkpoint_every",
-            f"{stage}.train.keep_checkpoints",
-        )
-        _check(t.warmup_steps >= 0, f"{stage}.train.warmup_steps", t.warmup_steps, "must be >= 0")
-        _check(
-            0.0 <= t.ema_decay < 1.0, f"{stage}.train.ema_decay", t.ema_decay, "must be in [0, 1)"
-        )
-        _check(t.grad_clip > 0, f"{stage}.train.grad_clip", t.grad_clip, "must be > 0")
-    _positive(config, "vae.train.batch_size")
-    _check(
-        len(config.vae.train.buckets) > 0,
-        "vae.train.buckets",
-        config.vae.train.buckets,
-        "must list at least one (frames, height, width)",
-    )
-    for bucket in config.vae.train.buckets:
-        _check(
-            len(bucket) == 3, "vae.train.buckets", bucket, "each bucket is (frames, height, width)"
-        )
-        _check_size(config, "vae.train.buckets", *bucket)
-
-    _validate_diffusion(config)
-
-    s = config.sample
-    _check_size(config, "sample", s.num_frames, s.height, s.width)
-    _one_of(config, "sample.image_prompt", IMAGE_PROMPTS)
-    _positive(config, "eval.num_prompts")
-    _check(
-        config.mesh.num_devices == -1 or config.mesh.num_devices > 0,
-        "mesh.num_devices",
-        config.mesh.num_devices,
-        "must be -1 (all devices) or a positive count",
-    )
-    _validate_mesh(config)
+    """Checks every value the code relies on; returns the config unchanged. A bad value raises
+    ValueError naming its key (config.<key>=<value>: why)."""
+    for check in _CHECKS:
+        check(config)
     return config
-
-
-def _validate_mesh(config):
-    m = config.mesh
-    for group, sizes in (("mesh", m), ("mesh.dcn", m.dcn)):
-        values = [sizes[a] for a in mesh_lib.AXES]
-        _check(
-            all(v == -1 or v >= 1 for v in values) and values.count(-1) <= 1,
-            group,
-            dict(zip(mesh_lib.AXES, values)),
-            "axis sizes must be >= 1, with at most one -1 (fill)",
-        )
-    _check(-1 not in [m.dcn[a] for a in mesh_lib.AXES], "mesh.dcn", m.dcn, "no -1 across slices")
-    names = [r[0] for r in m.rules if len(r) == 2]
-    _check(
-        len(names) == len(m.rules) and len(set(names)) == len(names),
-        "mesh.rules",
-        m.rules,
-        "must be distinct (logical name, mesh axes) pairs",
-    )
-    for name, axes in m.rules:
-        axes = axes if isinstance(axes, (list, tuple)) else (axes,)
-        _check(
-            all(a is None or a in mesh_lib.AXES for a in axes),
-            "mesh.rules",
-            (name, axes),
-            f"mesh axes must be among {mesh_lib.AXES} or None",
-        )
-    _one_of(config, "mesh.sequence_attention", ("all_to_all", "gspmd"))
-    _positive(config, "dit.train.grad_accum_steps")
-    seq = m.sequence * m.dcn.sequence
-    _check(
-        m.sequence == -1 or config.dit.seq_len % seq == 0,
-        "dit.seq_len",
-        config.dit.seq_len,
-        f"must be divisible by the sequence split {seq} (mesh.sequence x mesh.dcn.sequence)",
-    )
-    k = config.dit.train.grad_accum_steps
-    if m.data != -1 and m.fsdp != -1:
-        split = m.data * m.fsdp * m.dcn.data * m.dcn.fsdp * k
-        _check(
-            config.dit.rows % split == 0,
-            "dit.rows",
-            config.dit.rows,
-            f"must be divisible by the data x fsdp devices x dit.train.grad_accum_steps ({split})",
-        )
-        _check(
-            all(r % split == 0 for r, _ in _row_shapes(config).values()),
-            "dit.pack_lengths",
-            config.dit.pack_lengths,
-            f"rows per length {_row_shapes(config)} must be divisible by the data x fsdp "
-            f"devices x dit.train.grad_accum_steps ({split})",
-        )
-    _check(
-        m.sequence == -1 or all(l % seq == 0 for l in _row_shapes(config)),
-        "dit.pack_lengths",
-        config.dit.pack_lengths,
-        f"must be divisible by the sequence split {seq}",
-    )
-
-
-def _row_shapes(config) -> dict[int, tuple[int, int]]:
-    dc = config.dit
-    try:
-        return packing.row_shapes(dc.seq_len, dc.rows, dc.max_segments, dc.pack_lengths)
-    except ValueError as e:
-        raise ValueError(f"config.dit.pack_lengths={tuple(dc.pack_lengths)}: {e}") from None
-
-
-def _one_of(config, key: str, options: Sequence[str]):
-    value = config[key]
-    _check(value in options, key, value, f"must be one of {options}")
-
-
-def _validate_vae_losses(config):
-    v = config.vae
-    p, g = v.perceptual, v.gan
-    _check(p.weight >= 0, "vae.perceptual.weight", p.weight, "must be >= 0")
-    _check(
-        p.weight == 0 or bool(p.path),
-        "vae.perceptual.path",
-        p.path,
-        "vae.perceptual.weight > 0 needs the path of a local LPIPS weights file "
-        "(.safetensors or .npz; layout in sora_jax/models/lpips.py)",
-    )
-    _check(g.weight >= 0, "vae.gan.weight", g.weight, "must be >= 0")
-    _check(g.start_step >= 0, "vae.gan.start_step", g.start_step, "must be >= 0")
-    _check(len(g.channels) >= 1, "vae.gan.channels", g.channels, "must not be empty")
-    _check(
-        len(g.temporal_downsample) == len(g.channels) - 1,
-        "vae.gan.temporal_downsample",
-        g.temporal_downsample,
-        f"needs len(vae.gan.channels)-1={len(g.channels) - 1} entries",
-    )
-    _positive(
-        config,
-        "vae.gan.norm_groups",
-        "vae.gan.learning_rate",
-        "vae.gan.max_adaptive_weight",
-        "vae.latent_stats_batches",
-    )
-    for c in g.channels[1:]:
-        _check(
-            c % g.norm_groups == 0,
-            "vae.gan.norm_groups",
-            g.norm_groups,
-            f"must divide every downsampling level's channels ({c})",
-        )
-    _check(
-        v.train.image_batch_size >= 0,
-        "vae.train.image_batch_size",
-        v.train.image_batch_size,
-        "must be >= 0",
-    )
-
-
-def _validate_condition(config):
-    k = config.dit.condition
-    _check(0.0 <= k.rate <= 1.0, "dit.condition.rate", k.rate, "must be in [0, 1]")
-    types = dict(k.mask_types)
-    _check(
-        set(types) <= set(conditioning.MASK_TYPES),
-        "dit.condition.mask_types",
-        sorted(types),
-        f"keys must be among {conditioning.MASK_TYPES}",
-    )
-    _check(
-        all(w >= 0 for w in types.values()) and sum(types.values()) > 0,
-        "dit.condition.mask_types",
-        types,
-        "weights must be >= 0 with a positive sum",
-    )
-    _check(
-        0.0 < k.random_frame_prob < 1.0,
-        "dit.condition.random_frame_prob",
-        k.random_frame_prob,
-        "must be in (0, 1)",
-    )
-    _check(0.0 <= k.noise < 1.0, "dit.condition.noise", k.noise, "must be in [0, 1)")
-
-
-def _validate_dit_options(config):
-    _one_of(config, "dit.model.mlp", dit_lib.MLPS)
-    _one_of(config, "dit.model.text_attention", dit_lib.TEXT_ATTENTIONS)
-    _one_of(config, "dit.model.attention_layout", dit_lib.ATTENTION_LAYOUTS)
-    _one_of(config, "dit.model.dtype", tuple(dit_lib.DTYPES))
-    _one_of(config, "dit.model.remat_policy", dit_lib.REMAT_POLICIES)
-    _one_of(config, "dit.model.attention_impl", attention.kernel_names())
-    d = config.dit.token_drop
-    _one_of(config, "dit.token_drop.schedule", packing.DROP_SCHEDULES)
-    _one_of(config, "dit.token_drop.per_example", packing.DROP_DISTRIBUTIONS)
-    _check(0.0 < d.max_rate < 1.0, "dit.token_drop.max_rate", d.max_rate, "must be in (0, 1)")
-    for key in ("rate", "start_rate"):
-        _check(
-            0.0 <= d[key] <= d.max_rate,
-            f"dit.token_drop.{key}",
-            d[key],
-            f"must be in [0, dit.token_drop.max_rate={d.max_rate}]",
-        )
-    _positive(config, "dit.token_drop.schedule_steps")
-
-
-def _validate_diffusion(config):
-    f = config.diffusion
-    _one_of(config, "diffusion.objective", objectives.OBJECTIVES)
-    _one_of(config, "diffusion.timestep_sampling", rf.TIMESTEP_SAMPLINGS)
-    _one_of(config, "diffusion.shift_mode", rf.SHIFT_MODES)
-    _one_of(config, "diffusion.sampler", samplers.SAMPLERS)
-    _one_of(config, "diffusion.spacing", samplers.SPACINGS)
-    _positive(
-        config,
-        "diffusion.sample_steps",
-        "diffusion.time_shift",
-        "diffusion.logit_std",
-        "diffusion.shift_base_tokens",
-        "diffusion.karras_rho",
-        "diffusion.karras_sigma_min",
-    )
-    # f_mode is a monotone map of [0, 1] onto itself only in this range (SD3, eq. 20).
-    mode_max = 2.0 / (math.pi - 2.0)
-    _check(
-        -1.0 <= f.mode_scale <= mode_max,
-        "diffusion.mode_scale",
-        f.mode_scale,
-        f"must be in [-1, {mode_max:.3f}]",
-    )
-    _check(f.shift_max >= 1.0, "diffusion.shift_max", f.shift_max, "must be >= 1")
-    _check(
-        f.karras_sigma_max > f.karras_sigma_min,
-        "diffusion.karras_sigma_max",
-        f.karras_sigma_max,
-        f"must be > diffusion.karras_sigma_min={f.karras_sigma_min}",
-    )
-    _check(0.0 <= f.ddim_eta <= 1.0, "diffusion.ddim_eta", f.ddim_eta, "must be in [0, 1]")
-    _check(f.guidance_scale >= 0, "diffusion.guidance_scale", f.guidance_scale, "must be >= 0")
-    gi = f.guidance_interval
-    _check(
-        isinstance(gi, Sequence) and len(gi) == 2 and 0.0 <= gi[0] <= gi[1] <= 1.0,
-        "diffusion.guidance_interval",
-        gi,
-        "must be (t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1",
-    )
-    _check(
-        0.0 <= f.guidance_rescale <= 1.0,
-        "diffusion.guidance_rescale",
-        f.guidance_rescale,
-        "must be in [0, 1]",
-    )
-    _check(
-        0.0 <= f.condition_noise < 1.0,
-        "diffusion.condition_noise",
-        f.condition_noise,
-        "must be in [0, 1)",
-    )
-    d = f.ddpm
-    _one_of(config, "diffusion.ddpm.prediction", ddpm.PREDICTIONS)
-    _one_of(config, "diffusion.ddpm.schedule", ddpm.SCHEDULES)
-    _positive(config, "diffusion.ddpm.num_train_steps", "diffusion.ddpm.cosine_s")
-    _check(
-        0.0 < d.beta_start < d.beta_end < 1.0,
-        "diffusion.ddpm.beta_start",
-        (d.beta_start, d.beta_end),
-        "needs 0 < beta_start < beta_end < 1",
-    )
-    _check(d.min_snr_gamma >= 0, "diffusion.ddpm.min_snr_gamma", d.min_snr_gamma, "must be >= 0")
-    _check(
-        not (d.zero_terminal_snr and d.prediction == "eps"),
-        "diffusion.ddpm.prediction",
-        d.prediction,
-        "eps-prediction cannot denoise pure noise (x0 = (x - sigma eps) / 0): use 'v' or "
-        "'x0' with diffusion.ddpm.zero_terminal_snr",
-    )
-
-
-def _check_size(config, key, num_frames, height, width):
-    try:
-        latent_grid(config, num_frames, height, width)
-    except ValueError as e:
-        raise ValueError(f"config.{key}: {e}") from None

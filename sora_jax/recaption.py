@@ -21,64 +21,102 @@ Arguments this CLI does not know are Beam pipeline options (DirectRunner by defa
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from collections.abc import Sequence
 
+from absl import app, flags
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from sora_jax.captioning import beam_pipeline, shapes_captioner, tfds_input
 from sora_jax.captioning.captioner_spec import KINDS, CaptionerSpec
 
+_INPUT = flags.DEFINE_string("input", "", "Manifest (.jsonl or .csv).")
+_TFDS_DATA_DIR = flags.DEFINE_string(
+    "tfds_data_dir", "", "Or a TFDS data_dir (python -m sora_jax.build_dataset)."
+)
+_TFDS_NAME = flags.DEFINE_string("tfds_name", "video_clips", "TFDS dataset name.")
+_SPLIT = flags.DEFINE_string("split", "train", "TFDS split.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Folder of the outputs (required).")
+_CAPTIONER = flags.DEFINE_enum("captioner", "builtin", KINDS, "Captioner kind.")
+_STYLE = flags.DEFINE_enum(
+    "style", "grammar", shapes_captioner.STYLES, "Caption style of the builtin captioner."
+)
+_MODEL_PATH = flags.DEFINE_string("model_path", "", "Local transformers model folder (hf).")
+_PROMPT = flags.DEFINE_string("prompt", None, "Text prompt for prompted hf models.")
+_MAX_NEW_TOKENS = flags.DEFINE_integer(
+    "max_new_tokens", 60, "Most tokens an hf captioner generates per caption."
+)
+_NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "Frames sampled per video (0 = all).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Videos per captioner call.")
+_RETRY_FAILED = flags.DEFINE_bool("retry_failed", False, "Retry earlier failures.")
+_FLAGS = (
+    _INPUT,
+    _TFDS_DATA_DIR,
+    _TFDS_NAME,
+    _SPLIT,
+    _OUTPUT_DIR,
+    _CAPTIONER,
+    _STYLE,
+    _MODEL_PATH,
+    _PROMPT,
+    _MAX_NEW_TOKENS,
+    _NUM_FRAMES,
+    _BATCH_SIZE,
+    _RETRY_FAILED,
+)
 
-def parse_args(argv: list[str]) -> tuple[beam_pipeline.RecaptionConfig, list[str]]:
-    parser = argparse.ArgumentParser(
-        prog="python -m sora_jax.recaption", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--input", default="", help="Manifest (.jsonl or .csv).")
-    parser.add_argument(
-        "--tfds_data_dir", default="", help="Or a TFDS data_dir (python -m sora_jax.build_dataset)."
-    )
-    parser.add_argument("--tfds_name", default="video_clips", help="TFDS dataset name.")
-    parser.add_argument("--split", default="train", help="TFDS split.")
-    parser.add_argument("--output_dir", required=True, help="Folder of the outputs.")
-    parser.add_argument("--captioner", choices=KINDS, default="builtin")
-    parser.add_argument("--style", choices=shapes_captioner.STYLES, default="grammar")
-    parser.add_argument("--model_path", default="", help="Local transformers model folder (hf).")
-    parser.add_argument("--prompt", default=None, help="Text prompt for prompted hf models.")
-    parser.add_argument("--max_new_tokens", type=int, default=60)
-    parser.add_argument(
-        "--num_frames", type=int, default=None, help="Frames sampled per video (0 = all)."
-    )
-    parser.add_argument("--batch_size", type=int, default=8, help="Videos per captioner call.")
-    parser.add_argument("--retry_failed", action="store_true", help="Retry earlier failures.")
-    known, beam_args = parser.parse_known_args(argv)
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    """The flags parser of `app.run`: sets this CLI's flags from `argv` (the program name
+    first) and returns the program name and the arguments no flag takes, in order: the Beam
+    pipeline options. Every parse starts from the defaults (a process may run the CLI twice)."""
+    for holder in _FLAGS:
+        flags.FLAGS[holder.name].unparse()
     try:
-        spec = CaptionerSpec(
-            kind=known.captioner,
-            path=known.model_path,
-            style=known.style,
-            prompt=known.prompt,
-            max_new_tokens=known.max_new_tokens,
-            num_frames=known.num_frames,
-        )
-        tfds = None
-        if known.tfds_data_dir:
-            tfds = tfds_input.TfdsInput(known.tfds_data_dir, known.tfds_name, known.split)
-        cfg = beam_pipeline.RecaptionConfig(
-            known.input, known.output_dir, spec, known.batch_size, known.retry_failed, tfds
-        )
+        return flags.FLAGS(list(argv), known_only=True)
+    except flags.Error as e:
+        # As absl's own parser reports a bad flag.
+        sys.stderr.write(f"FATAL Flags parsing error: {e}\n")
+        sys.stderr.write("Pass --helpshort or --helpfull to see help on flags.\n")
+        sys.exit(1)
+
+
+def recaption_config() -> beam_pipeline.RecaptionConfig:
+    """The job the parsed flags describe; ValueError for a bad combination."""
+    if not _OUTPUT_DIR.value:
+        raise ValueError("--output_dir is required")
+    spec = CaptionerSpec(
+        kind=_CAPTIONER.value,
+        path=_MODEL_PATH.value,
+        style=_STYLE.value,
+        prompt=_PROMPT.value,
+        max_new_tokens=_MAX_NEW_TOKENS.value,
+        num_frames=_NUM_FRAMES.value,
+    )
+    tfds = None
+    if _TFDS_DATA_DIR.value:
+        tfds = tfds_input.TfdsInput(_TFDS_DATA_DIR.value, _TFDS_NAME.value, _SPLIT.value)
+    return beam_pipeline.RecaptionConfig(
+        _INPUT.value, _OUTPUT_DIR.value, spec, _BATCH_SIZE.value, _RETRY_FAILED.value, tfds
+    )
+
+
+def main(argv: Sequence[str]) -> dict:
+    """Runs the job of the parsed flags with `argv[1:]` (what `parse_flags` left) as Beam
+    pipeline options; prints its counts as one JSON line and returns them."""
+    try:
+        cfg = recaption_config()
     except ValueError as e:
-        parser.error(str(e))
-    return cfg, beam_args
-
-
-def main(argv: list[str] | None = None) -> dict:
-    cfg, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
-    counts = beam_pipeline.run(cfg, PipelineOptions(beam_args))
+        raise app.UsageError(str(e)) from None
+    counts = beam_pipeline.run(cfg, PipelineOptions(list(argv[1:])))
     print(json.dumps(counts))
     return counts
 
 
+def _app_main(argv):
+    main(argv)  # app.run exits with main's return value: the counts are printed instead
+
+
 if __name__ == "__main__":
-    main()
+    app.run(_app_main, flags_parser=parse_flags)

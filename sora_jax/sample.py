@@ -44,6 +44,7 @@ from sora_jax.data import video_io
 from sora_jax.diffusion import samplers
 from sora_jax.inference import pipeline as pipeline_lib
 from sora_jax.inference import samples
+from sora_jax.models import geometry
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Training workdir or exported checkpoint folder (config + weights)."
@@ -172,7 +173,7 @@ def main(argv):
         given = lambda flag, default: default if flag.value is None else flag.value  # noqa: E731
         num_frames = given(_FRAMES, s.num_frames)
         height, width = given(_HEIGHT, s.height), given(_WIDTH, s.width)
-        config_lib.latent_grid(
+        geometry.latent_grid(
             config, pipeline_lib.generated_frames(config, num_frames), height, width
         )
         mode = _mode_inputs(config, list(argv[1:]), num_frames)

@@ -5,16 +5,78 @@ import csv
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from absl import app
 
-from sora_jax.captioning import beam_pipeline, manifest, shapes_captioner
+from sora_jax.captioning import beam_pipeline, manifest, shapes_captioner, tfds_input
 from sora_jax.captioning.captioner_spec import CaptionerSpec
 from sora_jax.data import shapes, video_io
 from sora_jax.data import batches
 
 beam = pytest.importorskip("apache_beam")
+
+
+def _recaption_cli(*args):
+    """The recaption CLI in this process, as `python -m sora_jax.recaption args...` runs it."""
+    from sora_jax import recaption
+
+    return recaption.main(recaption.parse_flags(["recaption", *args]))
+
+
+def test_cli_flags_and_beam_options(monkeypatch, capsys):
+    jobs = []
+
+    def run(cfg, options):
+        jobs.append((cfg, options.get_all_options()))
+        return {"captioned": 0}
+
+    monkeypatch.setattr(beam_pipeline, "run", run)
+    args = ["--input", "m.jsonl", "--output_dir", "out", "--captioner", "hf", "--model_path=/m"]
+    args += ["--prompt", "Describe.", "--num_frames=4", "--batch_size", "2", "--retry_failed"]
+    # What no flag takes goes to Beam, in order (also as `--option value`).
+    assert _recaption_cli(*args, "--runner=DirectRunner", "--direct_num_workers", "2") == {
+        "captioned": 0
+    }
+    assert json.loads(capsys.readouterr().out) == {"captioned": 0}
+    cfg, options = jobs[-1]
+    assert (cfg.input, cfg.output_dir, cfg.batch_size, cfg.retry_failed) == (
+        "m.jsonl",
+        "out",
+        2,
+        True,
+    )
+    assert cfg.captioner == CaptionerSpec("hf", "/m", prompt="Describe.", num_frames=4)
+    assert cfg.tfds is None
+    assert options["runner"] == "DirectRunner" and options["direct_num_workers"] == 2
+    # Every run starts from the defaults.
+    _recaption_cli("--tfds_data_dir", "/d", "--split", "test", "--output_dir", "out")
+    cfg, options = jobs[-1]
+    assert cfg.input == "" and cfg.tfds == tfds_input.TfdsInput("/d", "video_clips", "test")
+    assert cfg.captioner == CaptionerSpec() and cfg.batch_size == 8 and not cfg.retry_failed
+    assert options["runner"] is None
+    with pytest.raises(app.UsageError, match="needs the path"):
+        _recaption_cli("--input", "m.jsonl", "--output_dir", "out", "--captioner", "hf")
+    with pytest.raises(app.UsageError, match="exactly one input"):
+        _recaption_cli("--output_dir", "out")
+    with pytest.raises(app.UsageError, match="--output_dir is required"):
+        _recaption_cli("--input", "m.jsonl")
+    with pytest.raises(SystemExit):
+        _recaption_cli("--input", "m.jsonl", "--output_dir", "out", "--captioner=bogus")
+    assert "should be one of <builtin|hf>" in capsys.readouterr().err
+    assert len(jobs) == 2
+    # The program itself (absl app.run): a usage error exits with its message.
+    r = subprocess.run(
+        [sys.executable, "-m", "sora_jax.recaption", "--output_dir", "out"],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert r.returncode == 1 and "exactly one input" in r.stderr
 
 
 def _held_out(n, seed, mp4_dir=None):
@@ -250,7 +312,6 @@ def test_tfds_clip_window_frames_are_evenly_spaced(tmp_path):
 
 def test_beam_job_over_a_tfds_dataset_and_rerun(tmp_path, capsys):
     pytest.importorskip("tensorflow_datasets")
-    from sora_jax import recaption
     from sora_jax.captioning import tfds_input
     from sora_jax.data import tfds_builder
 
@@ -278,23 +339,16 @@ def test_beam_job_over_a_tfds_dataset_and_rerun(tmp_path, capsys):
 
     # The CLI over the same dataset (Beam options passed through): nothing new to do.
     capsys.readouterr()
-    again = recaption.main(
-        ["--tfds_data_dir", data_dir, "--output_dir", out, "--runner=DirectRunner"]
+    again = _recaption_cli(
+        "--tfds_data_dir", data_dir, "--output_dir", out, "--runner=DirectRunner"
     )
     assert again["captioned"] == 0 and again["decoded"] == 0 and again["skipped"] == 4
     assert again["manifest_rows"] == 4
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] == 4
-    with pytest.raises(SystemExit):
-        recaption.main(["--input", "m.jsonl", "--output_dir", out, "--captioner", "hf"])
-    assert "needs the path" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        recaption.main(["--output_dir", out])
-    assert "exactly one input" in capsys.readouterr().err
     with pytest.raises(ValueError, match="suffix"):
         beam_pipeline.run(beam_pipeline.RecaptionConfig(str(tmp_path / "m.txt"), out))
-    with pytest.raises(SystemExit):
-        recaption.main(["--input", "m.jsonl", "--tfds_data_dir", data_dir, "--output_dir", out])
-    assert "exactly one input" in capsys.readouterr().err
+    with pytest.raises(app.UsageError, match="exactly one input"):
+        _recaption_cli("--input", "m.jsonl", "--tfds_data_dir", data_dir, "--output_dir", out)
     with pytest.raises(ValueError, match="cannot open TFDS dataset 'video_clips'.*missing"):
         beam_pipeline.run(
             dataclasses.replace(cfg, tfds=tfds_input.TfdsInput(str(tmp_path / "missing")))

@@ -285,6 +285,33 @@ def test_workdir_configs_saved_before_added_keys_still_load(tmp_path):
     for key, value in config_lib.ADDED_KEYS.items():
         assert old[key] == value, key
     assert old.dit.train.steps == c.dit.train.steps  # the rest is as saved
+    with pytest.raises(FileNotFoundError, match="config.json not found"):
+        config_lib.load_saved(str(tmp_path / "none"))
+
+
+def _leaf_keys(tree, prefix=""):
+    keys = set()
+    for name, value in tree.items():
+        if isinstance(value, dict) and value:
+            keys |= _leaf_keys(value, f"{prefix}{name}.")
+        else:
+            keys.add(f"{prefix}{name}")
+    return keys
+
+
+def test_every_key_added_since_the_first_saved_config_is_in_added_keys(tmp_path):
+    # The config as the first version saved it (configs/default.py then): every key added to
+    # the configs since needs an ADDED_KEYS entry, or such workdirs stop loading.
+    first = os.path.join(ROOT, "tests", "data", "config_first_saved.json")
+    with open(first) as f:
+        first_keys = _leaf_keys(json.load(f))
+    default = config_lib.load(os.path.join(ROOT, "configs", "default.py"))
+    keys = _leaf_keys(json.loads(default.to_json()))
+    assert not sorted(keys - first_keys - set(config_lib.ADDED_KEYS))
+    assert set(config_lib.ADDED_KEYS) <= keys  # entries name real keys (none misspelt)
+    (tmp_path / config_lib.CONFIG_FILE).write_text(open(first).read())
+    old = config_lib.load_saved(str(tmp_path))  # fills and validates
+    assert old.vae.mse_weight == 0.0 and old.mesh.data == -1
 
 
 def run_cli(module, *args):

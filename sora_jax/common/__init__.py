@@ -1,1 +1,2 @@
-"""Low-level pieces shared by training and inference (they import nothing above them)."""
+"""Low-level pieces shared by every layer (they import nothing above them): checkpoint
+layout and restore, config check primitives."""

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+from collections.abc import Sequence
 
 import av
 import grain
@@ -28,7 +30,9 @@ import jax
 import numpy as np
 from absl import flags, logging
 
+from sora_jax.common import config_checks as cc
 from sora_jax.data import clips
+from sora_jax.models import geometry
 
 SOURCES = ("moving_shapes", "tfds", "latent_cache")
 
@@ -54,9 +58,7 @@ class ClipOptions:
 
 
 def clip_options(config) -> ClipOptions:
-    from sora_jax import config as config_lib  # config imports data modules: import late
-
-    ct, cs = config_lib.vae_compression(config)
+    ct, cs = geometry.vae_compression(config)
     d = config.data
     return ClipOptions(
         seed=d.seed,
@@ -182,3 +184,52 @@ class DataIterator:
 def to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
     """This host's rows of a batch -> global arrays split over the mesh (every host calls it)."""
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def validate_config(config):
+    """Checks config.data.*, with the clip sizes against the VAE compression and dit.seq_len
+    (validate the VAE's geometry first)."""
+    d = config.data
+    cc.check(d.source in SOURCES, "data.source", d.source, f"must be one of {SOURCES}")
+    cc.check(
+        d.source != "latent_cache" or bool(d.cache_dir),
+        "data.cache_dir",
+        d.cache_dir,
+        "data.source='latent_cache' needs the cache folder written by sora_jax.cache_latents",
+    )
+    cc.positive(config, "data.target_area", "data.stats_examples", "data.encode_batch_size")
+    cc.check(d.worker_count >= 0, "data.worker_count", d.worker_count, "must be >= 0")
+    cc.check(
+        0.0 <= d.max_bad_fraction <= 1.0,
+        "data.max_bad_fraction",
+        d.max_bad_fraction,
+        "must be in [0, 1]",
+    )
+    if d.source != "moving_shapes":
+        # Clip sizes of the grain sources (the built-in set uses frame_choices / resolutions).
+        side = int(math.isqrt(int(d.target_area)))
+        side -= side % (geometry.vae_compression(config)[1] * max(config.dit.patch[1:]))
+        geometry.check_size(config, "data.max_frames", d.max_frames, side, side)
+        cc.check(
+            geometry.num_tokens(config, d.max_frames, side, side) <= config.dit.seq_len,
+            "data.target_area",
+            d.target_area,
+            f"a square clip of max_frames={d.max_frames} frames at this area has more tokens "
+            f"than dit.seq_len={config.dit.seq_len}",
+        )
+    cc.check(len(d.frame_choices) > 0, "data.frame_choices", d.frame_choices, "must not be empty")
+    cc.check(len(d.resolutions) > 0, "data.resolutions", d.resolutions, "must not be empty")
+    cc.check(
+        0.0 <= d.image_fraction <= 1.0, "data.image_fraction", d.image_fraction, "must be in [0, 1]"
+    )
+    cc.positive(config, "data.num_examples", "data.fps")
+    for f in d.frame_choices:
+        geometry.check_size(config, "data.frame_choices", f, *d.resolutions[0])
+    for res in d.resolutions:
+        cc.check(
+            isinstance(res, Sequence) and len(res) == 2,
+            "data.resolutions",
+            res,
+            "each resolution must be (height, width)",
+        )
+        geometry.check_size(config, "data.resolutions", 1, *res)

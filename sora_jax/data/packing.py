@@ -504,3 +504,13 @@ class Packer:
         while self._buffer:
             out.append(self.pop_batch())
         return out
+
+
+def config_row_shapes(config) -> dict[int, tuple[int, int]]:
+    """`row_shapes` of config.dit; a bad combination raises ValueError naming
+    config.dit.pack_lengths (config validation)."""
+    dc = config.dit
+    try:
+        return row_shapes(dc.seq_len, dc.rows, dc.max_segments, dc.pack_lengths)
+    except ValueError as e:
+        raise ValueError(f"config.dit.pack_lengths={tuple(dc.pack_lengths)}: {e}") from None

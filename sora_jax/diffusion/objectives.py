@@ -17,13 +17,16 @@ The DiT sees t itself (it embeds 1000 t), so DDPM's t = step / T gives its usual
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Sequence
 from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sora_jax.diffusion import ddpm
+from sora_jax.common import config_checks as cc
+from sora_jax.diffusion import ddpm, samplers
 from sora_jax.diffusion import rectified_flow as rf
 
 OBJECTIVES = ("rectified_flow", "ddpm")
@@ -214,3 +217,76 @@ def from_config(config) -> RectifiedFlow | DDPM:
             min_snr_gamma=d.min_snr_gamma,
         )
     raise ValueError(f"config.diffusion.objective={f.objective!r}: use one of {OBJECTIVES}")
+
+
+def validate_config(config):
+    """Checks config.diffusion.* (the objective, its time sampling, the sampler and CFG)."""
+    f = config.diffusion
+    cc.one_of(config, "diffusion.objective", OBJECTIVES)
+    cc.one_of(config, "diffusion.timestep_sampling", rf.TIMESTEP_SAMPLINGS)
+    cc.one_of(config, "diffusion.shift_mode", rf.SHIFT_MODES)
+    cc.one_of(config, "diffusion.sampler", samplers.SAMPLERS)
+    cc.one_of(config, "diffusion.spacing", samplers.SPACINGS)
+    cc.positive(
+        config,
+        "diffusion.sample_steps",
+        "diffusion.time_shift",
+        "diffusion.logit_std",
+        "diffusion.shift_base_tokens",
+        "diffusion.karras_rho",
+        "diffusion.karras_sigma_min",
+    )
+    # f_mode is a monotone map of [0, 1] onto itself only in this range (SD3, eq. 20).
+    mode_max = 2.0 / (math.pi - 2.0)
+    cc.check(
+        -1.0 <= f.mode_scale <= mode_max,
+        "diffusion.mode_scale",
+        f.mode_scale,
+        f"must be in [-1, {mode_max:.3f}]",
+    )
+    cc.check(f.shift_max >= 1.0, "diffusion.shift_max", f.shift_max, "must be >= 1")
+    cc.check(
+        f.karras_sigma_max > f.karras_sigma_min,
+        "diffusion.karras_sigma_max",
+        f.karras_sigma_max,
+        f"must be > diffusion.karras_sigma_min={f.karras_sigma_min}",
+    )
+    cc.check(0.0 <= f.ddim_eta <= 1.0, "diffusion.ddim_eta", f.ddim_eta, "must be in [0, 1]")
+    cc.check(f.guidance_scale >= 0, "diffusion.guidance_scale", f.guidance_scale, "must be >= 0")
+    gi = f.guidance_interval
+    cc.check(
+        isinstance(gi, Sequence) and len(gi) == 2 and 0.0 <= gi[0] <= gi[1] <= 1.0,
+        "diffusion.guidance_interval",
+        gi,
+        "must be (t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1",
+    )
+    cc.check(
+        0.0 <= f.guidance_rescale <= 1.0,
+        "diffusion.guidance_rescale",
+        f.guidance_rescale,
+        "must be in [0, 1]",
+    )
+    cc.check(
+        0.0 <= f.condition_noise < 1.0,
+        "diffusion.condition_noise",
+        f.condition_noise,
+        "must be in [0, 1)",
+    )
+    d = f.ddpm
+    cc.one_of(config, "diffusion.ddpm.prediction", ddpm.PREDICTIONS)
+    cc.one_of(config, "diffusion.ddpm.schedule", ddpm.SCHEDULES)
+    cc.positive(config, "diffusion.ddpm.num_train_steps", "diffusion.ddpm.cosine_s")
+    cc.check(
+        0.0 < d.beta_start < d.beta_end < 1.0,
+        "diffusion.ddpm.beta_start",
+        (d.beta_start, d.beta_end),
+        "needs 0 < beta_start < beta_end < 1",
+    )
+    cc.check(d.min_snr_gamma >= 0, "diffusion.ddpm.min_snr_gamma", d.min_snr_gamma, "must be >= 0")
+    cc.check(
+        not (d.zero_terminal_snr and d.prediction == "eps"),
+        "diffusion.ddpm.prediction",
+        d.prediction,
+        "eps-prediction cannot denoise pure noise (x0 = (x - sigma eps) / 0): use 'v' or "
+        "'x0' with diffusion.ddpm.zero_terminal_snr",
+    )

@@ -26,10 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sora_jax.common import config_checks as cc
 from sora_jax.diffusion import rectified_flow as rf
+from sora_jax.models import geometry
 
 SAMPLERS = ("euler", "heun", "ddim", "dpmpp_2m")
 SPACINGS = ("uniform", "shifted", "karras")
+# config.sample.image_prompt: the factorized text->video's image pass is prompted with the
+# prompt itself or with its first-frame rewrite (sora_jax.prompts.first_frame_prompt).
+IMAGE_PROMPTS = ("same", "first_frame")
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -209,3 +214,12 @@ def sample(
     if sampler == "dpmpp_2m":
         return dpmpp_2m(model_fn, objective, noise, ts)
     raise ValueError(f"unknown sampler {sampler!r}: use one of {SAMPLERS}")
+
+
+def validate_sample_config(config):
+    """Checks config.sample.* and config.eval.* (what sampling and the prompt-following
+    evaluation generate); the VAE and DiT sections must be valid already."""
+    s = config.sample
+    geometry.check_size(config, "sample", s.num_frames, s.height, s.width)
+    cc.one_of(config, "sample.image_prompt", IMAGE_PROMPTS)
+    cc.positive(config, "eval.num_prompts")

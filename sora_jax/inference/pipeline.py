@@ -31,7 +31,7 @@ from sora_jax.data import packing, video_io
 from sora_jax.diffusion import conditioning, guidance, objectives, samplers
 from sora_jax.inference import loader
 from sora_jax.logging import progress as progress_lib
-from sora_jax.models import builders, vae_inference
+from sora_jax.models import builders, geometry, vae_inference
 from sora_jax.text import cache as text_cache_lib
 
 # Sampling options of `Pipeline.generate` -> their config.diffusion keys.
@@ -191,7 +191,7 @@ class Pipeline:
                 **sampling,
             )
         _check_end_frames(c, num_frames, end_frames)
-        grid = config_lib.latent_grid(c, gen_frames, height, width)
+        grid = geometry.latent_grid(c, gen_frames, height, width)
         settings = SamplerSettings.from_config(c, **sampling)
         n = len(prompts)
         cond = None
@@ -209,7 +209,7 @@ class Pipeline:
             edit = self._tokens(self._encode(video[:, :gen_frames], height, width))
             settings = dataclasses.replace(settings, t_start=float(edit_strength))
         key = jax.random.PRNGKey(seed)
-        num_tok = config_lib.num_tokens(c, gen_frames, height, width)
+        num_tok = geometry.num_tokens(c, gen_frames, height, width)
         shape = (n, num_tok, self.model.dit.patch_dim)
         noise = np.asarray(jax.random.normal(key, shape))
         eps = None
@@ -284,8 +284,8 @@ class Pipeline:
         for i, r in enumerate(requests):
             gen_frames = generated_frames(c, r.num_frames)
             _check_end_frames(c, r.num_frames, r.end_frames)
-            grid = config_lib.latent_grid(c, gen_frames, r.height, r.width)
-            num_tok = config_lib.num_tokens(c, gen_frames, r.height, r.width)
+            grid = geometry.latent_grid(c, gen_frames, r.height, r.width)
+            num_tok = geometry.num_tokens(c, gen_frames, r.height, r.width)
             key = jax.random.PRNGKey(r.seed)
             shape = (1, num_tok, self.model.dit.patch_dim)
             cond = eps = None
@@ -393,7 +393,7 @@ class Pipeline:
             parts.append((_per_prompt(end_frames, n, "end_frames"), False))
         ks, ke = given_latent_frames(
             self.config,
-            1 + (gt - 1) * config_lib.vae_compression(self.config)[0],
+            1 + (gt - 1) * geometry.vae_compression(self.config)[0],
             parts[0][0].shape[1] if start_frames is not None else 0,
             parts[-1][0].shape[1] if end_frames is not None else 0,
         )
@@ -454,7 +454,7 @@ def generated_frames(config, num_frames: int) -> int:
     rounded up; the extra frames are cut off)."""
     if num_frames < 1:
         raise ValueError(f"num_frames={num_frames}: must be at least 1")
-    ct, _ = config_lib.vae_compression(config)
+    ct, _ = geometry.vae_compression(config)
     return 1 + -(-(num_frames - 1) // ct) * ct
 
 
@@ -462,7 +462,7 @@ def given_latent_frames(config, num_frames: int, start: int, end: int) -> tuple[
     """Latent frames filled by `start` frames given at the start and `end` at the end of a
     `num_frames` video; ValueError for counts the causal VAE cannot place or that leave no
     latent frame to generate."""
-    ct, _ = config_lib.vae_compression(config)
+    ct, _ = geometry.vae_compression(config)
     gt = 1 + -(-(num_frames - 1) // ct)
     if start and (start - 1) % ct:
         raise ValueError(
@@ -487,7 +487,7 @@ def given_latent_frames(config, num_frames: int, start: int, end: int) -> tuple[
 def default_context_frames(config, num_frames: int, mode: str) -> tuple[int, int]:
     """(frames at the start, frames at the end) given by default: 'forward' about half of
     the latent frames at the start, 'backward' at the end, 'connect' about a quarter each."""
-    ct, _ = config_lib.vae_compression(config)
+    ct, _ = geometry.vae_compression(config)
     gt = 1 + -(-(num_frames - 1) // ct)  # latent frames
     half, quarter = (gt - 1) // 2, (gt - 1) // 4
     if mode == "forward":
@@ -583,7 +583,7 @@ def _check_prompts(prompts) -> list[str]:
 def _check_end_frames(config, num_frames: int, end_frames) -> None:
     gen_frames = generated_frames(config, num_frames)
     if end_frames is not None and gen_frames != num_frames:
-        ct, _ = config_lib.vae_compression(config)
+        ct, _ = geometry.vae_compression(config)
         raise ValueError(
             f"num_frames={num_frames}: with frames given at the end the video must have "
             f"1 + {ct}*k frames (e.g. {gen_frames}), so that none are cut off"

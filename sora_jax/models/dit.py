@@ -38,6 +38,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sora_jax.common import config_checks as cc
+from sora_jax.data import packing
+from sora_jax.diffusion import conditioning
+from sora_jax.models import attention as attention_lib
+from sora_jax.models import geometry
 from sora_jax.models.attention import attention, segment_mask
 from sora_jax.models.rope import rope_3d
 from sora_jax.parallel.axes import EMBED, HEADS, MLP, NORM, PATCH, QKV, TEXT_EMBED, TOKENS
@@ -445,3 +450,110 @@ class DiT(nn.Module):
         h = _modulate(layers.plain_norm("final_norm")(h), shift, scale)
         out = layers.dense(self.patch_dim, "final_out", (EMBED, PATCH), nn.initializers.zeros)(h)
         return out.astype(jnp.float32) * (segment_ids > 0)[..., None]
+
+
+def validate_config(config):
+    """Checks config.dit.* (its `train` section is checked with the other stages' trainers,
+    its split over the mesh with the mesh); data and text must be valid already."""
+    dc, dm = config.dit, config.dit.model
+    cc.positive(
+        config,
+        "dit.model.hidden",
+        "dit.model.depth",
+        "dit.model.num_heads",
+        "dit.model.mlp_ratio",
+        "dit.seq_len",
+        "dit.rows",
+        "dit.max_segments",
+        "dit.latent_cache_size",
+    )
+    cc.check(
+        dm.hidden % dm.num_heads == 0 and (dm.hidden // dm.num_heads) % 2 == 0,
+        "dit.model.num_heads",
+        dm.num_heads,
+        f"must divide dit.model.hidden={dm.hidden} into even head sizes",
+    )
+    cc.check(
+        len(dc.patch) == 3 and all(p > 0 for p in dc.patch),
+        "dit.patch",
+        dc.patch,
+        "must be three positive sizes (t, h, w)",
+    )
+    cc.check(
+        0.0 <= dc.first_frames <= 1.0, "dit.first_frames", dc.first_frames, "must be in [0, 1]"
+    )
+    cc.check(0.0 <= dc.text_dropout < 1.0, "dit.text_dropout", dc.text_dropout, "must be in [0, 1)")
+    tt = dc.text_tokens
+    cc.check(
+        tt == 0 or tt >= config.text.max_length,
+        "dit.text_tokens",
+        tt,
+        f"must be 0 (off) or hold one whole caption (>= text.max_length={config.text.max_length})",
+    )
+    _validate_condition(config)
+    _validate_options(config)
+    packing.config_row_shapes(config)
+    source = config.data.source
+    cc.check(
+        not dc.pack_lengths or source == "moving_shapes",
+        "dit.pack_lengths",
+        dc.pack_lengths,
+        f"length-bucketed batches need the in-memory latent cache (data.source='moving_shapes'), "
+        f"not {source!r}",
+    )
+    d = config.data
+    longest = max(
+        geometry.num_tokens(config, f, *r) for f in d.frame_choices for r in d.resolutions
+    )
+    cc.check(
+        longest <= dc.seq_len,
+        "dit.seq_len",
+        dc.seq_len,
+        f"the largest training video has {longest} tokens; seq_len must hold it",
+    )
+
+
+def _validate_condition(config):
+    k = config.dit.condition
+    cc.check(0.0 <= k.rate <= 1.0, "dit.condition.rate", k.rate, "must be in [0, 1]")
+    types = dict(k.mask_types)
+    cc.check(
+        set(types) <= set(conditioning.MASK_TYPES),
+        "dit.condition.mask_types",
+        sorted(types),
+        f"keys must be among {conditioning.MASK_TYPES}",
+    )
+    cc.check(
+        all(w >= 0 for w in types.values()) and sum(types.values()) > 0,
+        "dit.condition.mask_types",
+        types,
+        "weights must be >= 0 with a positive sum",
+    )
+    cc.check(
+        0.0 < k.random_frame_prob < 1.0,
+        "dit.condition.random_frame_prob",
+        k.random_frame_prob,
+        "must be in (0, 1)",
+    )
+    cc.check(0.0 <= k.noise < 1.0, "dit.condition.noise", k.noise, "must be in [0, 1)")
+
+
+def _validate_options(config):
+    cc.one_of(config, "dit.model.mlp", MLPS)
+    cc.one_of(config, "dit.model.text_attention", TEXT_ATTENTIONS)
+    cc.one_of(config, "dit.model.attention_layout", ATTENTION_LAYOUTS)
+    cc.one_of(config, "dit.model.dtype", tuple(DTYPES))
+    cc.one_of(config, "dit.model.remat_policy", REMAT_POLICIES)
+    cc.one_of(config, "dit.model.attention_impl", attention_lib.kernel_names())
+    d = config.dit.token_drop
+    cc.one_of(config, "dit.token_drop.schedule", packing.DROP_SCHEDULES)
+    cc.one_of(config, "dit.token_drop.per_example", packing.DROP_DISTRIBUTIONS)
+    cc.check(0.0 < d.max_rate < 1.0, "dit.token_drop.max_rate", d.max_rate, "must be in (0, 1)")
+    for key in ("rate", "start_rate"):
+        cc.check(
+            0.0 <= d[key] <= d.max_rate,
+            f"dit.token_drop.{key}",
+            d[key],
+            f"must be in [0, dit.token_drop.max_rate={d.max_rate}]",
+        )
+    cc.positive(config, "dit.token_drop.schedule_steps")

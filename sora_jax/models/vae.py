@@ -47,6 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sora_jax.common import config_checks as cc
+
 __all__ = [
     "CausalConv3d",
     "PerFrameGroupNorm",
@@ -647,3 +649,80 @@ def kl_divergence(mean: jax.Array, logvar: jax.Array) -> jax.Array:
     logvar = logvar.astype(jnp.float32)
     kl = 0.5 * (jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
     return kl.reshape(kl.shape[0], -1).sum(axis=-1)
+
+
+def validate_geometry(config):
+    """config.vae.model's compression is computable (the size checks of other sections use it)."""
+    cc.positive(config, "vae.model.patch_size")
+
+
+def validate_config(config):
+    """Checks config.vae.* (its `train` section is checked with the other stages' trainers)."""
+    m = config.vae.model
+    cc.check(
+        len(m.temporal_downsample) == len(m.channel_mults) - 1,
+        "vae.model.temporal_downsample",
+        m.temporal_downsample,
+        f"needs len(channel_mults)-1={len(m.channel_mults) - 1} entries",
+    )
+    cc.positive(
+        config,
+        "vae.model.base_channels",
+        "vae.model.latent_channels",
+        "vae.model.norm_groups",
+        "vae.model.num_res_blocks",
+    )
+    for mult in m.channel_mults:
+        cc.check(
+            (m.base_channels * mult) % m.norm_groups == 0,
+            "vae.model.norm_groups",
+            m.norm_groups,
+            f"must divide every level's channels ({m.base_channels * mult})",
+        )
+    inf = config.vae.inference
+    cc.positive(config, "vae.inference.chunk_latent_frames", "vae.inference.tile_latent_size")
+    cc.check(
+        0 <= inf.tile_latent_overlap <= inf.tile_latent_size // 2,
+        "vae.inference.tile_latent_overlap",
+        inf.tile_latent_overlap,
+        f"must be in [0, tile_latent_size // 2 = {inf.tile_latent_size // 2}]",
+    )
+    for key in ("mse_weight", "kl_weight", "latent_noise"):
+        cc.check(config.vae[key] >= 0, f"vae.{key}", config.vae[key], "must be >= 0")
+    _validate_losses(config)
+
+
+def _validate_losses(config):
+    v = config.vae
+    p, g = v.perceptual, v.gan
+    cc.check(p.weight >= 0, "vae.perceptual.weight", p.weight, "must be >= 0")
+    cc.check(
+        p.weight == 0 or bool(p.path),
+        "vae.perceptual.path",
+        p.path,
+        "vae.perceptual.weight > 0 needs the path of a local LPIPS weights file "
+        "(.safetensors or .npz; layout in sora_jax/models/lpips.py)",
+    )
+    cc.check(g.weight >= 0, "vae.gan.weight", g.weight, "must be >= 0")
+    cc.check(g.start_step >= 0, "vae.gan.start_step", g.start_step, "must be >= 0")
+    cc.check(len(g.channels) >= 1, "vae.gan.channels", g.channels, "must not be empty")
+    cc.check(
+        len(g.temporal_downsample) == len(g.channels) - 1,
+        "vae.gan.temporal_downsample",
+        g.temporal_downsample,
+        f"needs len(vae.gan.channels)-1={len(g.channels) - 1} entries",
+    )
+    cc.positive(
+        config,
+        "vae.gan.norm_groups",
+        "vae.gan.learning_rate",
+        "vae.gan.max_adaptive_weight",
+        "vae.latent_stats_batches",
+    )
+    for c in g.channels[1:]:
+        cc.check(
+            c % g.norm_groups == 0,
+            "vae.gan.norm_groups",
+            g.norm_groups,
+            f"must divide every downsampling level's channels ({c})",
+        )

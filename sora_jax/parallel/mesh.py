@@ -23,6 +23,9 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from sora_jax.common import config_checks as cc
+from sora_jax.data import packing
+
 DATA, FSDP, TENSOR, SEQUENCE = "data", "fsdp", "tensor", "sequence"
 AXES = (DATA, FSDP, TENSOR, SEQUENCE)
 BATCH_AXES = (DATA, FSDP)
@@ -142,3 +145,70 @@ def shard_batch(batch, mesh: Mesh):
         return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
     return jax.tree.map(put, batch)
+
+
+def validate_config(config):
+    """Checks config.mesh.*, and that the DiT's rows and sequences split over its axes (the DiT
+    and training sections must be valid already)."""
+    m = config.mesh
+    cc.check(
+        m.num_devices == -1 or m.num_devices > 0,
+        "mesh.num_devices",
+        m.num_devices,
+        "must be -1 (all devices) or a positive count",
+    )
+    for group, sizes in (("mesh", m), ("mesh.dcn", m.dcn)):
+        values = [sizes[a] for a in AXES]
+        cc.check(
+            all(v == -1 or v >= 1 for v in values) and values.count(-1) <= 1,
+            group,
+            dict(zip(AXES, values)),
+            "axis sizes must be >= 1, with at most one -1 (fill)",
+        )
+    cc.check(-1 not in [m.dcn[a] for a in AXES], "mesh.dcn", m.dcn, "no -1 across slices")
+    names = [r[0] for r in m.rules if len(r) == 2]
+    cc.check(
+        len(names) == len(m.rules) and len(set(names)) == len(names),
+        "mesh.rules",
+        m.rules,
+        "must be distinct (logical name, mesh axes) pairs",
+    )
+    for name, axes in m.rules:
+        axes = axes if isinstance(axes, (list, tuple)) else (axes,)
+        cc.check(
+            all(a is None or a in AXES for a in axes),
+            "mesh.rules",
+            (name, axes),
+            f"mesh axes must be among {AXES} or None",
+        )
+    cc.one_of(config, "mesh.sequence_attention", ("all_to_all", "gspmd"))
+    seq = m.sequence * m.dcn.sequence
+    cc.check(
+        m.sequence == -1 or config.dit.seq_len % seq == 0,
+        "dit.seq_len",
+        config.dit.seq_len,
+        f"must be divisible by the sequence split {seq} (mesh.sequence x mesh.dcn.sequence)",
+    )
+    rows = packing.config_row_shapes(config)
+    k = config.dit.train.grad_accum_steps
+    if m.data != -1 and m.fsdp != -1:
+        split = m.data * m.fsdp * m.dcn.data * m.dcn.fsdp * k
+        cc.check(
+            config.dit.rows % split == 0,
+            "dit.rows",
+            config.dit.rows,
+            f"must be divisible by the data x fsdp devices x dit.train.grad_accum_steps ({split})",
+        )
+        cc.check(
+            all(r % split == 0 for r, _ in rows.values()),
+            "dit.pack_lengths",
+            config.dit.pack_lengths,
+            f"rows per length {rows} must be divisible by the data x fsdp "
+            f"devices x dit.train.grad_accum_steps ({split})",
+        )
+    cc.check(
+        m.sequence == -1 or all(l % seq == 0 for l in rows),
+        "dit.pack_lengths",
+        config.dit.pack_lengths,
+        f"must be divisible by the sequence split {seq}",
+    )

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sora_jax.common import config_checks as cc
 from sora_jax.text import clip as clip_lib
 from sora_jax.text import hf_checkpoint
 from sora_jax.text import t5 as t5_lib
@@ -262,3 +263,24 @@ def build_text_encoder(
         pad_id, dim = tokens["pad_token_id"], module.hidden_size
     tokenize = load_tokenizer(tok_dir, max_length, pad_id)
     return _frozen(kind, module, params, tokenize, dim, max_length, path, tok_dir, dtype_name)
+
+
+def validate_config(config):
+    """Checks config.text.*."""
+    t = config.text
+    cc.check(t.kind in KINDS, "text.kind", t.kind, f"must be one of {KINDS}")
+    cc.check(
+        t.kind == "tiny" or bool(t.path),
+        "text.path",
+        t.path,
+        f"text.kind={t.kind!r} needs the path of a local Hugging Face model folder",
+    )
+    cc.check(
+        t.dtype in ("float32", "bfloat16"),
+        "text.dtype",
+        t.dtype,
+        "must be 'float32' or 'bfloat16'",
+    )
+    cc.positive(config, "text.max_length", "text.width", "text.num_heads")
+    # depth 0: word + position embeddings only (no mixing between words).
+    cc.check(t.depth >= 0, "text.depth", t.depth, "must be >= 0")

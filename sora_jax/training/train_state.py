@@ -11,6 +11,7 @@ import ml_collections
 import optax
 
 
+
 class TrainState(flax.struct.PyTreeNode):
     """Everything a stage needs to resume: the step, params, optimizer state, EMA.
 
@@ -68,3 +69,4 @@ def apply_gradients(
 
 def norms(grads, params) -> dict[str, jax.Array]:
     return {"grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params)}
+

@@ -1,0 +1,60 @@
+"""Checks of `stages` and the stages' `train` sections (optimizer, EMA, loop, batches).
+
+Kept beside the shared check primitives rather than in training/, so that loading a config
+for inference (which validates it) never imports the trainers.
+"""
+
+from __future__ import annotations
+
+from sora_jax.common import config_checks as cc
+from sora_jax.models import geometry
+
+STAGES = ("vae", "dit")  # config.stages: what `python -m sora_jax.train` trains, in order
+
+
+def validate_stages(config):
+    """Checks config.stages."""
+    stages = tuple(config.stages)
+    cc.check(
+        len(stages) > 0 and all(s in STAGES for s in stages),
+        "stages",
+        stages,
+        f"must be a non-empty subset of {STAGES}",
+    )
+
+
+def validate_config(config):
+    """Checks each stage's config.<stage>.train.* (optimizer, EMA, loop, batches); the VAE
+    and the DiT sections must be valid already."""
+    for stage in STAGES:
+        t = config[stage].train
+        cc.positive(
+            config,
+            f"{stage}.train.steps",
+            f"{stage}.train.learning_rate",
+            f"{stage}.train.log_every",
+            f"{stage}.train.checkpoint_every",
+            f"{stage}.train.keep_checkpoints",
+        )
+        cc.check(t.warmup_steps >= 0, f"{stage}.train.warmup_steps", t.warmup_steps, "must be >= 0")
+        cc.check(
+            0.0 <= t.ema_decay < 1.0, f"{stage}.train.ema_decay", t.ema_decay, "must be in [0, 1)"
+        )
+        cc.check(t.grad_clip > 0, f"{stage}.train.grad_clip", t.grad_clip, "must be > 0")
+    v = config.vae.train
+    cc.check(
+        v.image_batch_size >= 0, "vae.train.image_batch_size", v.image_batch_size, "must be >= 0"
+    )
+    cc.positive(config, "vae.train.batch_size")
+    cc.check(
+        len(v.buckets) > 0,
+        "vae.train.buckets",
+        v.buckets,
+        "must list at least one (frames, height, width)",
+    )
+    for bucket in v.buckets:
+        cc.check(
+            len(bucket) == 3, "vae.train.buckets", bucket, "each bucket is (frames, height, width)"
+        )
+        geometry.check_size(config, "vae.train.buckets", *bucket)
+    cc.positive(config, "dit.train.grad_accum_steps")
