@@ -5,7 +5,7 @@
 The held-out prompts of `python -m sora_jax.evaluate` (same seeds) three ways: the full grammar
 captions (the standard figure), short prompts naming only what is measured ('a red circle moves
 left quickly': size, background and texture left out), and those short prompts expanded by the
-built-in grammar expander (sora_jax.prompts; seeded by the eval seed). Prints one JSON line per
+built-in grammar expander (sora_jax.inference.prompts; seeded by the eval seed). Prints one JSON line per
 way with the pixel-measured accuracies.
 """
 
@@ -13,7 +13,7 @@ import json
 
 from absl import app, flags
 
-from sora_jax import prompts
+from sora_jax.inference import prompts
 from sora_jax.data import shapes
 from sora_jax.evaluation import prompt_eval
 from sora_jax.inference import pipeline as pipeline_lib

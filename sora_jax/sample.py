@@ -39,7 +39,7 @@ import os
 from absl import app, flags
 
 from sora_jax import config as config_lib
-from sora_jax import prompts as prompts_lib
+from sora_jax.inference import prompts as prompts_lib
 from sora_jax.data import video_io
 from sora_jax.diffusion import samplers
 from sora_jax.inference import pipeline as pipeline_lib

@@ -302,7 +302,7 @@ def test_tiny_dit_ddpm_train_step_reduces_loss(prediction):
     assert np.all(np.isfinite(losses)) and losses[-1] < 0.93 * losses[0], losses
 
 
-def _random_pipeline(c):
+def random_pipeline(c):
     """A pipeline over freshly initialised (randomly perturbed) VAE and DiT params."""
     mesh = mesh_lib.create_mesh(1)
     vae = builders.build_vae(c)
@@ -343,7 +343,7 @@ def test_pipeline_samples_with_each_sampler(objective, monkeypatch):
     c = micro_config()
     c.diffusion.objective = objective
     c.diffusion.ddpm.prediction = "v"
-    pipe = _random_pipeline(config_lib.validate(c))
+    pipe = random_pipeline(config_lib.validate(c))
     real = pipeline_lib._decode
     finite = []
 

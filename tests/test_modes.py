@@ -12,11 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_diffusion import CONVERGED, TARGETS, _random_pipeline, err
+from test_diffusion import CONVERGED, TARGETS, random_pipeline, err
 from test_train import _fixed_dit_batch, micro_config, run_cli
 
 from sora_jax import config as config_lib
-from sora_jax import prompts as prompts_lib
+from sora_jax.inference import prompts as prompts_lib
 from sora_jax.common import checkpoint
 from sora_jax.data import shapes, video_io
 from sora_jax.diffusion import conditioning, samplers
@@ -346,7 +346,7 @@ def pipe():
     """A random DiT over a VAE with only its parameter-free shortcut paths (block averages
     down, copies up): an autoencoder whose decoded frame depends on its own latent frame
     only, so given frames placed anywhere must come back exactly as their round trip."""
-    p = _random_pipeline(micro_config())
+    p = random_pipeline(micro_config())
     p.vae_params = _shortcut_only(p.vae_params)
     return p
 

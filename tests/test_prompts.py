@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from sora_jax import prompts
+from sora_jax.inference import prompts
 from sora_jax.data import shapes, video_io
 from test_modes import workdir  # noqa: F401 (module fixture: a freshly initialised workdir)
 from test_train import run_cli

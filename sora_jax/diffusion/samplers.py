@@ -33,7 +33,7 @@ from sora_jax.models import geometry
 SAMPLERS = ("euler", "heun", "ddim", "dpmpp_2m")
 SPACINGS = ("uniform", "shifted", "karras")
 # config.sample.image_prompt: the factorized text->video's image pass is prompted with the
-# prompt itself or with its first-frame rewrite (sora_jax.prompts.first_frame_prompt).
+# prompt itself or with its first-frame rewrite (sora_jax.inference.prompts.first_frame_prompt).
 IMAGE_PROMPTS = ("same", "first_frame")
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from sora_jax import config as config_lib
-from sora_jax import prompts as prompts_lib
+from sora_jax.inference import prompts as prompts_lib
 from sora_jax.data import packing, video_io
 from sora_jax.diffusion import conditioning, guidance, objectives, samplers
 from sora_jax.inference import loader
