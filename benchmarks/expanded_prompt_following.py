@@ -5,8 +5,8 @@
 The held-out prompts of `python -m sora_jax.evaluate` (same seeds) three ways: the full grammar
 captions (the standard figure), short prompts naming only what is measured ('a red circle moves
 left quickly': size, background and texture left out), and those short prompts expanded by the
-built-in grammar expander (sora_jax.inference.prompts; seeded by the eval seed). Prints one JSON line per
-way with the pixel-measured accuracies.
+built-in grammar expander (sora_jax.inference.prompts; seeded by the eval seed). Prints one
+JSON line per way with the pixel-measured accuracies.
 """
 
 import json

@@ -8,6 +8,8 @@ Transformer on the frozen VAE's latents; after the last stage, samples are writt
 
 import ml_collections
 
+from sora_jax.parallel import axes
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -62,16 +64,16 @@ def get_config() -> ml_collections.ConfigDict:
     # Logical axis name (used by the model's weights and activations) -> mesh axis / axes /
     # None (unsplit); the first rule whose mesh axis is still free in an array wins.
     c.mesh.rules = (
-        ("batch", ("data", "fsdp")),
-        ("length", "sequence"),
-        ("embed", "fsdp"),
-        ("heads", "tensor"),
-        ("mlp", "tensor"),
-        ("kv", None),
-        ("patch", None),
-        ("text_embed", None),
-        ("norm", None),
-        ("vocab", None),
+        (axes.BATCH, ("data", "fsdp")),
+        (axes.LENGTH, "sequence"),
+        (axes.EMBED, "fsdp"),
+        (axes.HEADS, "tensor"),
+        (axes.MLP, "tensor"),
+        (axes.KV, None),
+        (axes.PATCH, None),
+        (axes.TEXT_EMBED, None),
+        (axes.NORM, None),
+        (axes.VOCAB, None),
     )
 
     # Causal 3D-conv VAE.

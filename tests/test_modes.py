@@ -6,6 +6,7 @@ returns the input's round trip and at strength 1 is plain text->video; the DiT w
 frames is the old DiT; given tokens leave the loss; the training masks follow their rates.
 """
 
+import dataclasses
 import os
 
 import jax
@@ -347,8 +348,9 @@ def pipe():
     down, copies up): an autoencoder whose decoded frame depends on its own latent frame
     only, so given frames placed anywhere must come back exactly as their round trip."""
     p = random_pipeline(micro_config())
-    p.vae_params = _shortcut_only(p.vae_params)
-    return p
+    return dataclasses.replace(
+        p, model=dataclasses.replace(p.model, vae_params=_shortcut_only(p.model.vae_params))
+    )
 
 
 def _shortcut_only(params):

@@ -517,9 +517,7 @@ def test_frozen_t5_in_dit_training_and_sampling_uses_cached_embeddings(tmp_path,
     ids, mask = text.tokenize(captions)
     emb_fields = batches.caption_embeddings(c, text, captions)
     assert len(emb_fields["text_emb"]) == len(set(captions) | {""}) > 2
-    cache = batches.LatentCache(
-        tokens, positions, ids, mask, np.zeros(4), np.ones(4), **emb_fields
-    )
+    cache = batches.LatentCache(tokens, positions, ids, mask, np.zeros(4), np.ones(4), **emb_fields)
     disk = cache_lib.EmbeddingCache(text, c.text.cache_dir)  # what the next run reads back
     assert len(disk) == len(cache.text_emb)
 

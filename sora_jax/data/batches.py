@@ -94,7 +94,8 @@ def captions_of(config, examples) -> list[str]:
 
 def caption_embeddings(config, text_encoder, captions: list[str]) -> dict:
     """LatentCache's text fields for a frozen encoder ({} for a trainable one): each distinct
-    caption (and the empty one) encoded once, through the embedding cache (config.text.cache_dir)."""
+    caption (and the empty one) encoded once, through the embedding cache
+    (config.text.cache_dir)."""
     if text_encoder.trainable:
         return {}
     cache = text_cache.EmbeddingCache(text_encoder, config.text.cache_dir or None)

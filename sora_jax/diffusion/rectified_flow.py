@@ -6,8 +6,6 @@ sampling integrates the ODE from t=1 (pure noise) back to t=0.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 
@@ -69,28 +67,3 @@ def token_shift(num_tokens, base_shift: float, base_tokens: int, max_shift: floa
 def time_grid(num_steps: int, shift: float = 1.0) -> jax.Array:
     """f32[num_steps + 1] from 1 down to 0."""
     return shift_time(jnp.linspace(1.0, 0.0, num_steps + 1), shift)
-
-
-def apply_guidance(v_cond: jax.Array, v_uncond: jax.Array, scale: float) -> jax.Array:
-    """Classifier-free guidance: v_u + scale (v_c - v_u); scale 1 is the conditional model."""
-    return v_uncond + scale * (v_cond - v_uncond)
-
-
-def euler_sample(
-    velocity_fn: Callable[[jax.Array, jax.Array], jax.Array],
-    noise: jax.Array,
-    num_steps: int,
-    shift: float = 1.0,
-) -> jax.Array:
-    """Integrates dx/dt = v(x, t) from t=1 (x = noise) to t=0 with Euler steps.
-
-    `velocity_fn(x, t)` gets t as a scalar f32[]; returns x_0 of noise's shape.
-    """
-    ts = time_grid(num_steps, shift)
-
-    def step(x, i):
-        t, t_next = ts[i], ts[i + 1]
-        return x + (t_next - t) * velocity_fn(x, t), None
-
-    x, _ = jax.lax.scan(step, noise, jnp.arange(num_steps))
-    return x

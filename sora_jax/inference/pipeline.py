@@ -25,78 +25,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sora_jax import config as config_lib
-from sora_jax.inference import prompts as prompts_lib
 from sora_jax.data import packing, video_io
-from sora_jax.diffusion import conditioning, guidance, objectives, samplers
+from sora_jax.diffusion import conditioning
 from sora_jax.inference import loader
-from sora_jax.logging import progress as progress_lib
+from sora_jax.inference import sampling as sampling_lib
+from sora_jax.inference import prompts as prompts_lib
 from sora_jax.models import builders, geometry, vae_inference
 from sora_jax.text import cache as text_cache_lib
-
-# Sampling options of `Pipeline.generate` -> their config.diffusion keys.
-SAMPLING_OPTIONS = {
-    "sampler": "sampler",
-    "steps": "sample_steps",
-    "spacing": "spacing",
-    "time_shift": "time_shift",
-    "eta": "ddim_eta",
-    "guidance_scale": "guidance_scale",
-    "guidance_interval": "guidance_interval",
-    "guidance_rescale": "guidance_rescale",
-    "condition_noise": "condition_noise",
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplerSettings:
-    """Everything that fixes the sampling program (hashable: a static jit argument)."""
-
-    objective: objectives.RectifiedFlow | objectives.DDPM
-    sampler: str
-    steps: int
-    spacing: str
-    eta: float
-    karras: tuple[float, float, float]  # (rho, sigma_min, sigma_max)
-    guidance_scale: float
-    guidance_interval: tuple[float, float]
-    guidance_rescale: float
-    condition_noise: float = 0.0  # time of the given frames (noise augmentation; 0: clean)
-    t_start: float = 1.0  # < 1: start from a noised input at this time (SDEdit)
-
-    @classmethod
-    def from_config(cls, config, **overrides) -> SamplerSettings:
-        """config.diffusion with `overrides` (SAMPLING_OPTIONS names; None keeps the config's),
-        validated like the config: a bad value names its config key."""
-        unknown = set(overrides) - set(SAMPLING_OPTIONS)
-        if unknown:
-            raise ValueError(f"unknown sampling options {sorted(unknown)}")
-        c = config.copy_and_resolve_references()
-        for name, value in overrides.items():
-            if value is not None:
-                key = SAMPLING_OPTIONS[name]
-                c.diffusion[key] = tuple(value) if key == "guidance_interval" else value
-        f = config_lib.validate(c).diffusion
-        return cls(
-            objective=objectives.from_config(c),
-            sampler=f.sampler,
-            steps=int(f.sample_steps),
-            spacing=f.spacing,
-            eta=float(f.ddim_eta),
-            karras=(float(f.karras_rho), float(f.karras_sigma_min), float(f.karras_sigma_max)),
-            guidance_scale=float(f.guidance_scale),
-            guidance_interval=tuple(float(v) for v in f.guidance_interval),
-            guidance_rescale=float(f.guidance_rescale),
-            condition_noise=float(f.condition_noise),
-        )
-
-    def time_grid(self, num_tokens: int) -> jax.Array:
-        """f32[steps + 1] from 1 (or t_start) to 0 for a video of `num_tokens` latent tokens."""
-        rho, sigma_min, sigma_max = self.karras
-        shift = self.objective.time.shift(num_tokens)
-        return samplers.time_grid(
-            self.objective, self.steps, self.spacing, shift, rho, sigma_min, sigma_max, self.t_start
-        )
 
 
 @dataclasses.dataclass(eq=False)
@@ -192,7 +127,7 @@ class Pipeline:
             )
         _check_end_frames(c, num_frames, end_frames)
         grid = geometry.latent_grid(c, gen_frames, height, width)
-        settings = SamplerSettings.from_config(c, **sampling)
+        settings = sampling_lib.SamplerSettings.from_config(c, **sampling)
         n = len(prompts)
         cond = None
         if start_frames is not None or end_frames is not None:
@@ -216,7 +151,7 @@ class Pipeline:
         if cond is not None and settings.condition_noise > 0:
             eps = np.asarray(jax.random.normal(jax.random.fold_in(key, 2), shape))
         videos = [
-            _Video(
+            sampling_lib.Video(
                 grid=grid,
                 noise=noise[i],
                 prompt=i,
@@ -279,7 +214,7 @@ class Pipeline:
             requests = list(requests)
             for i, image in zip(first, images):
                 requests[i] = dataclasses.replace(requests[i], start_frames=image)
-        settings = SamplerSettings.from_config(c, **sampling)
+        settings = sampling_lib.SamplerSettings.from_config(c, **sampling)
         videos = []
         for i, r in enumerate(requests):
             gen_frames = generated_frames(c, r.num_frames)
@@ -298,7 +233,7 @@ class Pipeline:
                     eps = np.asarray(jax.random.normal(jax.random.fold_in(key, 2), shape))[0]
             noise = np.asarray(jax.random.normal(key, shape))[0]
             n = len(requests)
-            videos.append(_Video(grid, noise, i, n + i, cond, eps))
+            videos.append(sampling_lib.Video(grid, noise, i, n + i, cond, eps))
         text = self.text_embeddings(
             [r.prompt for r in requests] + [r.negative_prompt for r in requests]
         )
@@ -322,33 +257,12 @@ class Pipeline:
         return prompts
 
     def _sample(self, videos, text, settings, key, packer, progress) -> list[np.ndarray]:
-        """Sampled normalised latent tokens f32[l_i d] of each video: packed into the rows of
-        `packer`, as many sampler calls as the packing needs, unpacked again."""
-        emb, mask = text
-        added = [
-            packer.add(i, v.noise, packing.grid_positions(_token_grid(self.config, v.grid)))
-            for i, v in enumerate(videos)
-        ]
-        out: list[np.ndarray | None] = [None] * len(videos)
-        global _progress
-        for packed in [p for p in added if p is not None] + packer.flush():
-            args = _packed_inputs(self.config, settings, packed, videos, emb, mask)
-            if progress:
-                _progress = progress_lib.SamplerProgress(args.pop("progress_grid"))
-            else:
-                args.pop("progress_grid")
-            try:
-                tokens = _sample_tokens(
-                    self.model.dit, settings, self.model.params, key, report=progress, **args
-                )
-                tokens = np.asarray(jax.block_until_ready(tokens))
-                if progress:
-                    _progress.finish()
-            finally:
-                _progress = None
-            for i, tok in zip(packed.keys, packing.unpack(tokens, packed.placements)):
-                out[i] = tok
-        return out
+        """`sampling.run` of this model's DiT over `videos`."""
+        positions = [packing.grid_positions(_token_grid(self.config, v.grid)) for v in videos]
+        m = self.model
+        return sampling_lib.run(
+            m.dit, m.params, videos, positions, text, settings, key, packer, progress
+        )
 
     def _to_videos(self, videos, tokens) -> np.ndarray:
         """uint8[n t h w 3] of normalised latent tokens f32[n l d] of videos of one grid."""
@@ -560,19 +474,6 @@ class Request:
     end_frames: np.ndarray | None = None
 
 
-@dataclasses.dataclass
-class _Video:
-    """One video of a sampling call in its own token layout (rows of `packing.patchify`)."""
-
-    grid: tuple[int, int, int]  # latent frames, height, width
-    noise: np.ndarray  # f32[l d]
-    prompt: int  # its row of the call's text embeddings
-    negative: int  # its negative prompt's row
-    cond: tuple[np.ndarray, np.ndarray] | None = None  # given tokens f32[l d], mask bool[l]
-    cond_eps: np.ndarray | None = None  # f32[l d]: noise of the given tokens
-    edit: np.ndarray | None = None  # f32[l d]: tokens of the video to edit
-
-
 def _check_prompts(prompts) -> list[str]:
     prompts = list(prompts)
     if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
@@ -595,179 +496,10 @@ def _token_grid(config, grid) -> tuple[int, int, int]:
     return tuple(g // p for g, p in zip(grid, config.dit.patch))
 
 
-def _packed_inputs(config, settings, packed, videos, emb, mask) -> dict:
-    """`_sample_tokens` keywords of one packed batch of `videos` (and the time grid the
-    progress line follows, 'progress_grid')."""
-    seg = packed.batch["segment_ids"]
-    b, length = seg.shape
-    slots = max(p.segment for p in packed.placements)
-    placed = [(videos[k], p) for k, p in zip(packed.keys, packed.placements)]
-    emb, mask = np.asarray(emb), np.asarray(mask)
-    text = np.zeros((2, b, slots) + emb.shape[1:], emb.dtype)
-    text_mask = np.zeros((2, b, slots) + mask.shape[1:], bool)
-    for v, p in placed:
-        for half, row in enumerate((v.prompt, v.negative)):
-            text[half, p.row, p.segment - 1] = emb[row]
-            text_mask[half, p.row, p.segment - 1] = mask[row]
-    grids = [np.asarray(settings.time_grid(len(v.noise))) for v, _ in placed]
-    times = None
-    if any(not np.array_equal(g, grids[0]) for g in grids):
-        # Each token on its video's grid; padding on the first one's (it ends in 0 last too).
-        times = np.broadcast_to(grids[0][:, None, None, None], (len(grids[0]), b, length, 1))
-        times = times.copy()
-        for g, (_, p) in zip(grids, placed):
-            times[:, p.row, p.start : p.start + p.length, 0] = g[:, None]
-    out = dict(
-        noise=packed.batch["tokens"],
-        segment_ids=seg,
-        positions=packed.batch["positions"],
-        text=text.reshape((2 * b,) + text.shape[2:]),
-        text_mask=text_mask.reshape((2 * b,) + text_mask.shape[2:]),
-        num_tokens=len(placed[0][0].noise) if times is None else None,
-        times=times,
-        cond_tokens=None,
-        cond_mask=None,
-        cond_eps=None,
-        edit=None,
-        progress_grid=grids[0],
-    )
-    fields = {"cond_tokens": "cond", "cond_eps": "cond_eps", "edit": "edit"}
-    for name, attr in fields.items():
-        if any(getattr(v, attr) is not None for v, _ in placed):
-            out[name] = np.zeros_like(packed.batch["tokens"])
-    if out["cond_tokens"] is not None:
-        out["cond_mask"] = np.zeros((b, length), bool)
-    for v, p in placed:
-        span = (p.row, slice(p.start, p.start + p.length))
-        if v.cond is not None:
-            out["cond_tokens"][span], out["cond_mask"][span] = v.cond
-        if v.cond_eps is not None:
-            out["cond_eps"][span] = v.cond_eps
-        if v.edit is not None:
-            out["edit"][span] = v.edit
-    if settings.condition_noise <= 0:
-        out["cond_eps"] = None
-    return out
-
-
 @functools.partial(jax.jit, static_argnums=(0,))
 def _encode_text(text_encoder, text_params, ids, mask):
     """f32[n lt dim] embeddings of caption ids i32[n lt] under the given encoder params."""
     return text_encoder.encode(text_params, ids, mask)
-
-
-# The progress of the `generate(progress=True)` call running now; the jitted sampler loop
-# reports each model call's time to it (a module global: the callback must be static).
-_progress: progress_lib.SamplerProgress | None = None
-
-
-def _report_time(time):
-    if _progress is not None:
-        _progress.report(time)
-
-
-def _segment_values(x: jax.Array, segment_ids: jax.Array, num_segments: int) -> jax.Array:
-    """f32[b s]: the value x f32[b l] holds on each segment's tokens (0 for empty slots)."""
-    onehot = segment_ids[..., None] == jnp.arange(1, num_segments + 1)
-    value = jnp.max(jnp.where(onehot, x[..., None], -jnp.inf), axis=1)
-    return jnp.where(jnp.any(onehot, axis=1), value, 0.0)
-
-
-@functools.partial(jax.jit, static_argnames=("dit", "settings", "num_tokens", "report"))
-def _sample_tokens(
-    dit,
-    settings: SamplerSettings,
-    params,
-    key,
-    *,
-    noise,
-    segment_ids,
-    positions,
-    text,
-    text_mask,
-    num_tokens,
-    times,
-    cond_tokens,
-    cond_mask,
-    cond_eps,
-    edit,
-    report=False,
-):
-    """Sampled latent tokens f32[b l d] (normalised) of packed rows; params are traced.
-
-    `noise` f32[b l d], `segment_ids` i32[b l], `positions` i32[b l 3]: the packed rows.
-    `text` f32[2b s lt dim], `text_mask` bool[2b s lt]: each segment slot's prompt embedding,
-    then (rows b..2b) its negative (unconditional) one. Times: every video on the time grid
-    of `num_tokens` tokens (a static int), or, with `times` f32[k b l 1], each token on its
-    video's grid. `cond_tokens` f32[b l d] / `cond_mask` bool[b l] (or None): the clean tokens
-    of given frames, noised with `cond_eps` f32[b l d] to settings.condition_noise when that
-    is > 0; `edit` f32[b l d] (or None): tokens to noise to settings.t_start (SDEdit). `report`
-    sends each model call's time to the host (`_report_time`, for the progress line).
-    """
-    b, num_slots = text.shape[0] // 2, text.shape[1]
-    seg = jnp.concatenate([segment_ids, segment_ids])
-    pos = jnp.concatenate([positions, positions])
-    tc = settings.condition_noise
-    given = cond_tokens
-    if cond_tokens is not None and tc > 0:
-        # Given tokens at their own fixed time tc (noise augmentation; clean at tc = 0).
-        given = settings.objective.corrupt(cond_tokens, cond_eps, jnp.float32(tc))
-
-    def impose(x, tokens):
-        """Given frames' `tokens` in place of the sampler's state."""
-        return x if cond_tokens is None else jnp.where(cond_mask[..., None], tokens, x)
-
-    def model_fn(x, time):
-        """Guided model output f32[b l d] at x f32[b l d], time f32[] or f32[b l 1]."""
-        if time.ndim == 0:
-            t_seg, t_row = jnp.full((2 * b, num_slots), time), time
-        else:
-            t_row = time[..., 0]
-            t_seg = jnp.tile(_segment_values(t_row, segment_ids, num_slots), (2, 1))
-        kw = {}
-        if cond_tokens is not None:
-            # The unconditional rows see the given tokens too: CFG only guides the text.
-            t_tok = jnp.where(cond_mask, tc, t_row)
-            kw = dict(
-                t_tok=jnp.concatenate([t_tok, t_tok]), cond_mask=jnp.tile(cond_mask, (2, 1))
-            )
-        if report:
-            jax.debug.callback(_report_time, time if time.ndim == 0 else time[0, 0, 0])
-        x = impose(x, given)
-        out = dit.apply(
-            {"params": params["dit"]},
-            jnp.concatenate([x, x]),
-            t_seg,
-            seg,
-            pos,
-            text,
-            text_mask,
-            **kw,
-        )
-        return guidance.guide(
-            out[:b],
-            out[b:],
-            time,
-            settings.guidance_scale,
-            settings.guidance_interval,
-            settings.guidance_rescale,
-            segment_ids=segment_ids if num_slots > 1 else None,
-            num_segments=num_slots,
-        )
-
-    x = noise
-    if edit is not None:
-        x = samplers.start_state(settings.objective, edit, noise, settings.t_start)
-    x = samplers.sample(
-        settings.sampler,
-        model_fn,
-        settings.objective,
-        x,
-        settings.time_grid(num_tokens) if times is None else times,
-        eta=settings.eta,
-        rng=jax.random.fold_in(key, 1),
-    )
-    return impose(x, cond_tokens)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

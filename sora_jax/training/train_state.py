@@ -11,7 +11,6 @@ import ml_collections
 import optax
 
 
-
 class TrainState(flax.struct.PyTreeNode):
     """Everything a stage needs to resume: the step, params, optimizer state, EMA.
 
@@ -69,4 +68,3 @@ def apply_gradients(
 
 def norms(grads, params) -> dict[str, jax.Array]:
     return {"grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params)}
-

@@ -358,12 +358,6 @@ def load_state(config, workdir: str, mesh) -> tuple[vae_lib.CausalVAE, VAEState]
     return model, state
 
 
-def load(config, workdir: str, mesh):
-    """The trained VAE (model, EMA params) from the workdir's latest VAE checkpoint."""
-    model, state = load_state(config, workdir, mesh)
-    return model, state.ema_params
-
-
 def load_latent_stats(config, workdir: str, mesh) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) f32[c] of the VAE's latents, stored with its checkpoint."""
     _, state = load_state(config, workdir, mesh)
