@@ -68,8 +68,7 @@ def _tiny():
     c.text.max_length = 12
     # Word + position embeddings only (no encoder layers): with one layer mixing the words, the
     # DiT used the direction words less (direction 0.09 vs 0.41 at 1500 steps on captions with
-    # fixed background, size and speed; benchmarks/RESULTS.md, "Tiny config: full run and
-    # prompt following").
+    # fixed background, size and speed; benchmarks/RESULTS.md, "Direction in text->video").
     c.text.depth = 0
 
     c.dit.model.hidden = 128
@@ -86,7 +85,7 @@ def _tiny():
     # to motion (direction at chance, 0.13); given the first frame it follows them (0.94 on
     # rendered first frames, 0.41 on its own). dit.first_frames = 1 cut image->video to 0.28
     # (fewer video tokens per step). Measured in DiT-only runs of 1500 steps on 32 held-out
-    # prompts (benchmarks/RESULTS.md, "Tiny config: full run and prompt following"). Other
+    # prompts (benchmarks/RESULTS.md, "Direction in text->video"). Other
     # modes (extend, connect) are untrained here: the default config's mask_types mix trains them.
     c.dit.condition.rate = 1.0
     c.dit.condition.mask_types = dict(first=1.0, first_k=0.0, last_k=0.0, both_ends=0.0, random=0.0)
@@ -96,7 +95,7 @@ def _tiny():
     # prompts); prompted with the caption without its motion clause, 0.76-0.79. Given frames
     # noised in training (to t in [0, 0.3]) and sampled at t = 0.2 make the video pass
     # tolerate the imperfect generated frame (+0.04-0.07 direction on the 128 prompts, about
-    # one standard error). benchmarks/RESULTS.md, "Tiny config: full run and prompt following".
+    # one standard error). benchmarks/RESULTS.md, "Direction in text->video".
     c.sample.image_prompt = "first_frame"
     c.dit.condition.noise = 0.3
     c.diffusion.condition_noise = 0.2

@@ -177,7 +177,7 @@ def test_resume_from_checkpoint_yields_the_next_batch(dataset, tmp_path):
     it = input_pipeline.DataIterator(groups)
     for s in range(3):
         it(s)
-    ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"), save_every=1)
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"), save_every=1, with_data=True)
     ckpt.save(3, {"w": np.zeros(2)}, data_state=it.get_state())
     ckpt.wait()
     resumed = input_pipeline.DataIterator(groups)

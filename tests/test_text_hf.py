@@ -246,14 +246,16 @@ def test_clip_matches_transformers_including_eos_pooling(tmp_path, act):
     assert ids[1, :2].tolist() == [0, 1] and mask[1].sum() == 2 and np.all(ids[~mask] == 2)
     assert mask[3].all() and ids[3, -1] == 1  # truncated, ends with end-of-text
     ref = _hf_forward(model, ids, mask)
-    out = np.asarray(jax.jit(enc.encode)(enc.params, ids, mask))
+    encode = jax.jit(enc.encode)
+    out = np.asarray(encode(enc.params, ids, mask))
     np.testing.assert_allclose(out[mask], ref.last_hidden_state.numpy()[mask], atol=1e-4, rtol=0)
     pooled = np.asarray(clip_lib.eos_pool(out, ids, eos_token_id=1))
     np.testing.assert_allclose(pooled, ref.pooler_output.numpy(), atol=1e-4, rtol=0)
     # Causal: a token never sees later ones, so a prefix's states do not depend on the rest.
     ids2 = ids.copy()
     ids2[0, 5:] = 7
-    out2 = np.asarray(enc.encode(enc.params, ids2, mask))
+    # The same compiled program as `out` (eager and jitted rounding differ by ~1e-6).
+    out2 = np.asarray(encode(enc.params, ids2, mask))
     np.testing.assert_allclose(out2[0, :5], out[0, :5], atol=1e-6)
     assert np.abs(out2[0, 5:] - out[0, 5:]).max() > 1e-3
     with pytest.raises(ValueError, match="exceeds the model's max_position_embeddings 24"):

@@ -345,7 +345,8 @@ def row_shapes(
     the same ``max_segments`` per row: with length buckets a long row holds one or two long
     videos and a short row several short ones, so scaling the slots with the length would
     starve the short rows and give the long ones caption slots they never use (each slot costs
-    cross-attention for every token of the row; benchmarks/RESULTS.md, "Packing").
+    cross-attention for every token of the row; benchmarks/RESULTS.md, "Patch-n'-pack vs
+    padding").
     ``seq_lens`` empty means one length, ``seq_len``; otherwise its longest must be ``seq_len``
     (it holds the longest example) and every length must divide the budget.
     """
