@@ -211,10 +211,10 @@ class Pipeline:
                 progress=progress,
                 **sampling,
             )
-            requests = list(requests)
             for i, image in zip(first, images):
                 requests[i] = dataclasses.replace(requests[i], start_frames=image)
         settings = sampling_lib.SamplerSettings.from_config(c, **sampling)
+        n = len(requests)
         videos = []
         for i, r in enumerate(requests):
             gen_frames = generated_frames(c, r.num_frames)
@@ -232,7 +232,6 @@ class Pipeline:
                 if settings.condition_noise > 0:
                     eps = np.asarray(jax.random.normal(jax.random.fold_in(key, 2), shape))[0]
             noise = np.asarray(jax.random.normal(key, shape))[0]
-            n = len(requests)
             videos.append(sampling_lib.Video(grid, noise, i, n + i, cond, eps))
         text = self.text_embeddings(
             [r.prompt for r in requests] + [r.negative_prompt for r in requests]
