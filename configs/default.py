@@ -185,9 +185,14 @@ def get_config() -> ml_collections.ConfigDict:
     # Rematerialisation of each block in the backward pass: 'none' or a
     # jax.checkpoint_policies name ('nothing_saveable' = full remat, 'dots_saveable', ...).
     c.dit.model.remat_policy = "none"
-    # Attention kernel (sora_jax/models/attention.py): 'xla', 'cudnn' (GPU flash), 'auto', or
-    # a name registered with attention.register_kernel.
-    c.dit.model.attention_impl = "xla"
+    # Attention kernel (sora_jax/models/attention.py), all taking segment ids: 'auto' (splash
+    # on TPU, Pallas flash on GPU, blockwise elsewhere), 'blockwise' (flash-style in plain JAX,
+    # skips key blocks of other segments), 'splash', 'flash_gpu', or the dense-mask 'xla' /
+    # 'cudnn' (O(L^2) memory, for comparison).
+    c.dit.model.attention_impl = "auto"
+    # Query / key block sizes of the blockwise and Pallas kernels (splash: multiples of 128).
+    c.dit.model.attention_block_q = 512
+    c.dit.model.attention_block_kv = 512
     c.dit.patch = (1, 2, 2)
     c.dit.seq_len = 1024
     c.dit.rows = 8  # packed sequences per batch

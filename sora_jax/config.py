@@ -54,6 +54,8 @@ ADDED_KEYS = {
     "dit.model.dtype": "float32",
     "dit.model.remat_policy": "none",
     "dit.model.attention_impl": "xla",
+    "dit.model.attention_block_q": 512,
+    "dit.model.attention_block_kv": 512,
     "dit.pack_lengths": (),
     "dit.text_tokens": 0,
     "sample.factorized": False,

@@ -23,6 +23,7 @@ from sora_jax.evaluation import prompt_eval
 from sora_jax.inference import pipeline as pipeline_lib
 from sora_jax.inference import samples
 from sora_jax.logging import writers
+from sora_jax.models import attention as attention_lib
 from sora_jax.parallel import distributed
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.training import dit_trainer, planning, vae_trainer
@@ -41,10 +42,11 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
     print(
         f"DiT hidden={m.hidden} depth={m.depth} heads={m.num_heads} mlp={m.mlp} "
         f"text={m.text_attention} attention={m.attention_layout} dtype={m.dtype} "
-        f"remat={m.remat_policy}\n"
+        f"remat={m.remat_policy} kernel={attention_lib.resolve(m.attention_impl)}\n"
         f"  parameters: DiT {summary['dit_params']:,}, text encoder (trained) "
         f"{summary['text_params']:,}\n"
-        f"  FLOPs per token (matmuls, seq_len={config.dit.seq_len}): forward "
+        f"  FLOPs per token (matmuls, seq_len={config.dit.seq_len}, attention as the kernel "
+        f"executes it on one video per row): forward "
         f"{summary['forward_flops_per_token'] / 1e9:.3f} GFLOP, train step "
         f"{summary['train_flops_per_token'] / 1e9:.3f} GFLOP\n"
         f"  tokens per step {summary['tokens_per_step']:,}: train step "

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from sora_jax.data.packing import grid_positions, pack, patchify
-from sora_jax.models.attention import attention, segment_mask
+from sora_jax.kernels.dense import mask as segment_mask
+from sora_jax.kernels.segments import Segments
+from sora_jax.models.attention import attention
 from sora_jax.models.dit import DiT, absolute_position_features, timestep_embedding
 from sora_jax.models.rope import axis_dims, rope_3d
 
@@ -61,7 +63,7 @@ def test_attention_isolates_segments_and_zeroes_padding():
     b, l, h, d = 1, 7, 2, 8
     q, k, v = (jax.random.normal(kk, (b, l, h, d)) for kk in ks[:3])
     seg = jnp.array([[1, 1, 1, 2, 2, 2, 0]])
-    mask = segment_mask(seg, seg)
+    mask = Segments(seg)
     out = attention(q, k, v, mask)
     # Reference for segment 1 alone.
     w = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q[:, :3], k[:, :3]) / np.sqrt(d), -1)

@@ -10,7 +10,8 @@ import pytest
 from sora_jax import config as config_lib
 from sora_jax.data.packing import pack, patchify
 from sora_jax.models import flops as flops_lib
-from sora_jax.models.dit import DiT, self_attention_mask
+from sora_jax.kernels.segments import layout_segments
+from sora_jax.models.dit import DiT
 from sora_jax.models import builders
 from sora_jax.data import batches
 
@@ -189,9 +190,15 @@ def test_default_param_paths_are_unchanged(base):
 def test_factorised_masks_are_spatial_then_temporal():
     seg = jnp.array([[1, 1, 1, 1, 2, 0]])
     pos = jnp.array([[[0, 0, 0], [0, 0, 1], [1, 0, 0], [1, 0, 1], [0, 0, 0], [0, 0, 0]]])
-    spatial = np.asarray(self_attention_mask(seg, pos, "hw"))[0, 0]
-    temporal = np.asarray(self_attention_mask(seg, pos, "t"))[0, 0]
-    full = np.asarray(self_attention_mask(seg, pos, "thw"))[0, 0]
+
+    def mask(layout):  # who token i attends to, in the row's own order
+        s = layout_segments(seg, pos, layout)
+        ids = np.asarray(s.q[0])
+        if s.order is not None:
+            ids = ids[np.argsort(np.asarray(s.order[0]))]
+        return (ids[:, None] == ids[None, :]) & (ids[:, None] > 0)
+
+    spatial, temporal, full = mask("hw"), mask("t"), mask("thw")
     assert spatial[0].tolist() == [1, 1, 0, 0, 0, 0]  # same frame only
     assert temporal[0].tolist() == [1, 0, 1, 0, 0, 0]  # same (h, w) only
     assert full[0].tolist() == [1, 1, 1, 1, 0, 0]
@@ -342,27 +349,6 @@ def test_dropped_tokens_never_reach_the_batch_or_the_loss():
     assert np.isfinite(l1) and l1 != l3
 
 
-def test_attention_kernels_plug_in_by_name():
-    from sora_jax.models import attention as attn
-
-    ks = jax.random.split(jax.random.PRNGKey(0), 3)
-    q, k, v = (jax.random.normal(kk, (1, 5, 2, 8)) for kk in ks)
-    seg = jnp.array([[1, 1, 2, 2, 0]])
-    mask = attn.segment_mask(seg, seg)
-
-    def reference(q, k, v, mask):  # plain softmax attention, as a plug-in would compute it
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
-        w = jax.nn.softmax(jnp.where(mask, logits, -1e30), axis=-1)
-        return jnp.einsum("bhqk,bkhd->bqhd", w, v)
-
-    attn.register_kernel("test_reference", reference)
-    got = attn.attention(q, k, v, mask, implementation="test_reference")
-    np.testing.assert_allclose(got, attn.attention(q, k, v, mask), atol=1e-5)
-    np.testing.assert_array_equal(got[:, 4], 0.0)  # padding rows still zeroed
-    with pytest.raises(ValueError, match="taken"):
-        attn.register_kernel("xla", reference)
-
-
 def test_dry_run_counts_without_allocating(capsys):
     import os
 
@@ -481,3 +467,25 @@ def test_length_bucketed_batches_in_the_trainer():
     c.data.target_area, c.data.max_frames = 16 * 16, 5
     with pytest.raises(ValueError, match="dit.pack_lengths.*moving_shapes"):
         config_lib.validate(c)
+
+
+def test_flops_count_attention_as_the_kernel_executes_it():
+    kw = dict(patch_dim=16, hidden=64, depth=2, num_heads=4, text_dim=32)
+    blockwise = DiT(attention_impl="blockwise", attention_blocks=(512, 512), **kw)
+    dense = DiT(attention_impl="xla", **kw)
+    four = [(4, 16, 16)] * 4  # 4 videos of 1024 tokens = 2 blocks each
+    assert flops_lib.attention_pairs(blockwise, 4096, four) == 4096**2 / 4
+    assert flops_lib.attention_pairs(dense, 4096, four) == 4096**2
+    assert flops_lib.attention_pairs(blockwise, 4096) == 4096**2  # one video fills the row
+    # Factorised, 64-token blocks: frames of 256 tokens (4 x 4 blocks each) and columns of 4
+    # tokens (16 to a block, so only the diagonal blocks).
+    fact = DiT(
+        attention_impl="blockwise", attention_blocks=(64, 64), attention_layout="factorised", **kw
+    )
+    assert flops_lib.attention_pairs(fact, 1024, [(4, 16, 16)]) == (4 * 16 + 16) * 64 * 64 / 2
+    f4, f1 = (flops_lib.dit_flops_per_token(blockwise, 4096, 0, v) for v in (four, None))
+    assert f4["forward"] < f1["forward"] and f4["attention_pairs"] == 4096**2 / 4
+    # A platform's 'auto' kernel: splash computes every pair of the row.
+    auto = DiT(attention_impl="auto", **kw)
+    assert flops_lib.attention_pairs(auto, 4096, four, platform="tpu") == 4096**2
+    assert flops_lib.attention_pairs(auto, 4096, four, platform="cpu") == 4096**2 / 4

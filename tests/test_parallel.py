@@ -9,6 +9,7 @@ import pytest
 from dit_setup import MESHES, fixed_batch, mesh_config, run_steps, tiny_config
 
 from sora_jax import config as config_lib
+from sora_jax.kernels.segments import Segments, layout_segments
 from sora_jax.models import attention as attention_lib
 from sora_jax.parallel import axes, partitioning
 from sora_jax.parallel import mesh as mesh_lib
@@ -113,7 +114,8 @@ def test_sharded_train_step_equals_single_device(reference, shape):
 
 
 @pytest.mark.parametrize("sp", [2, 4])
-def test_sequence_parallel_attention_equals_plain(sp):
+@pytest.mark.parametrize("kernel", ["blockwise", "xla"])
+def test_sequence_parallel_attention_equals_plain(sp, kernel):
     b, l, h, d, m = 2, 16, 4, 8, 6
     r = np.random.default_rng(sp)
     q, k, v = (jnp.asarray(r.normal(size=(b, l, h, d)), jnp.float32) for _ in range(3))
@@ -123,34 +125,32 @@ def test_sequence_parallel_attention_equals_plain(sp):
     seg = jnp.asarray(seg)
     text = jnp.asarray(r.normal(size=(b, m, h, d)), jnp.float32)
     text_ids = jnp.asarray([[1, 1, 2, 2, 0, 0], [1, 3, 3, 3, 0, 0]], jnp.int32)
-    self_mask = attention_lib.segment_mask(seg, seg)
-    cross_mask = attention_lib.segment_mask(seg, text_ids)
+    pos = jnp.asarray(np.stack([np.arange(l) // 4, np.arange(l) % 4 // 2, np.arange(l) % 2], -1))
+    pos = jnp.broadcast_to(pos, (b, l, 3))
+    temporal = layout_segments(seg, pos, "t")  # a layout: tokens reordered, then put back
+    attend = lambda *a: attention_lib.attention(*a, kernel, block_q=4, block_kv=4)
     mesh = mesh_lib.create_mesh(2 * sp, ici={"data": 2, "sequence": sp})
 
-    def both(q, k, v, text):
-        a = attention_lib.attention(q, k, v, self_mask, "sequence_parallel")
-        c = attention_lib.attention(q, text, text, cross_mask, "sequence_parallel")
-        return a, c
+    def all_three(q, k, v, text):
+        return (
+            attend(q, k, v, Segments(seg)),
+            attend(q, text, text, Segments(seg, text_ids)),
+            attend(q, k, v, temporal),
+        )
 
+    plain = all_three(q, k, v, text)
     with partitioning.activate(mesh, partitioning.DEFAULT_RULES):
-        fn = jax.jit(both)
+        fn = jax.jit(all_three)
         hlo = fn.lower(q, k, v, text).compile().as_text()
-        out_self, out_cross = fn(q, k, v, text)
+        split = fn(q, k, v, text)
     assert "all-to-all" in hlo  # the head/sequence swap really happens
-    np.testing.assert_allclose(out_self, attention_lib.attention(q, k, v, self_mask), atol=1e-6)
-    np.testing.assert_allclose(
-        out_cross, attention_lib.attention(q, text, text, cross_mask), atol=1e-6
-    )
-    assert float(jnp.abs(out_self[0, 13:]).max()) == 0.0  # padding rows stay zero
-    # Without a mesh it is plain attention; heads that cannot be split are a clear error.
-    np.testing.assert_array_equal(
-        attention_lib.attention(q, k, v, self_mask, "sequence_parallel"),
-        attention_lib.attention(q, k, v, self_mask),
-    )
+    for got, want in zip(split, plain):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    assert float(jnp.abs(split[0][0, 13:]).max()) == 0.0  # padding rows stay zero
     with partitioning.activate(mesh, partitioning.DEFAULT_RULES):
         q3 = jnp.zeros((b, l, 2 * sp - 1, d))
         with pytest.raises(ValueError, match="must both be divisible by the sequence split"):
-            jax.jit(lambda x: attention_lib.attention(x, x, x, self_mask, "sequence_parallel"))(q3)
+            jax.jit(lambda x: attend(x, x, x, Segments(seg)))(q3)
 
 
 def test_gradient_accumulation_equals_the_big_batch(reference):

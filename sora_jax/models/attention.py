@@ -1,8 +1,20 @@
-"""The one attention entry point of the DiT (so other kernels can be plugged in later).
+"""The one attention entry point of the DiT: ids in (``kernels.segments.Segments``), never a mask.
 
-Masks are boolean ``bool[b 1 lq lk]`` (True = may attend), shared by all heads. Packed
-sequences use ``segment_mask``: a token attends only to tokens of its own segment, and
-padding (segment 0) attends to / is attended by nothing.
+Implementations (``dit.model.attention_impl``):
+  * ``'auto'``: ``'splash'`` on TPU, ``'flash_gpu'`` on GPU, ``'blockwise'`` elsewhere, by the
+    platform of the active mesh's devices (so compiling for a TPU topology on a CPU host picks
+    splash), else of jax's default backend.
+  * ``'blockwise'``: flash-style online softmax in plain JAX (any backend; skips blocks of
+    other segments; ``sora_jax/kernels/blockwise.py``).
+  * ``'splash'``: Pallas splash attention (TPU).
+  * ``'flash_gpu'``: Pallas flash attention (GPU; self-attention; other calls go blockwise).
+  * ``'xla'`` / ``'cudnn'``: ``jax.nn.dot_product_attention`` with the dense ``[L, L]`` mask:
+    O(L^2) memory, the comparison point. ``'sequence_parallel'`` (older configs) is ``'xla'``.
+
+On CPU the Pallas kernels run in interpret mode (what the tests compare). Inside a mesh with
+logical rules every kernel runs per device under ``shard_map`` (rows over the batch axes,
+heads over the tensor axis; with a sequence axis the head/sequence all-to-all of
+``parallel/sequence.py`` runs around it). Queries with no key (padding) output exactly 0.
 """
 
 from __future__ import annotations
@@ -12,77 +24,107 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from sora_jax.kernels import blockwise, dense, flash_gpu, splash
+from sora_jax.kernels.segments import Segments, has_key
 from sora_jax.parallel import sequence
 
-__all__ = ["attention", "segment_mask", "register_kernel", "kernel_names", "IMPLEMENTATIONS"]
+__all__ = ["attention", "resolve", "IMPLEMENTATIONS", "Segments"]
 
-# Our name -> jax.nn.dot_product_attention's `implementation` ('auto' lets jax choose).
-# 'sequence_parallel': the query length split over the mesh's sequence axis
-# (sora_jax/parallel/sequence.py; plain 'xla' attention without a mesh).
-IMPLEMENTATIONS = {"xla": "xla", "cudnn": "cudnn", "auto": None, "sequence_parallel": "xla"}
-# Other kernels (e.g. Pallas splash attention on TPU) plug in here by name:
-# fn(q f[b lq h d], k f[b lk h d], v f[b lk h d], mask bool[b 1 lq lk] | None) -> f[b lq h d].
-_KERNELS = {}
+IMPLEMENTATIONS = ("auto", "blockwise", "splash", "flash_gpu", "xla", "cudnn", "sequence_parallel")
+_AUTO = {"tpu": "splash", "gpu": "flash_gpu"}
+# Kernels that return the log-sum-exp (needed to merge partial attentions exactly).
+_WITH_LSE = ("blockwise",)
 
 
-def kernel_names() -> tuple[str, ...]:
-    """Every valid ``implementation``: jax's and the registered kernels."""
-    return tuple(IMPLEMENTATIONS) + tuple(_KERNELS)
+def _platform() -> str:
+    device = jax.sharding.get_abstract_mesh().abstract_device
+    return jax.default_backend() if device is None else device.platform
 
 
-def register_kernel(name: str, fn) -> None:
-    """Makes ``attention(..., implementation=name)`` call ``fn(q, k, v, mask)``."""
-    if name in IMPLEMENTATIONS:
-        raise ValueError(f"attention kernel name {name!r} is taken by jax's implementations")
-    _KERNELS[name] = fn
-
-
-def segment_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array) -> jax.Array:
-    """``i32[b lq], i32[b lk] -> bool[b 1 lq lk]``: same segment and both non-zero."""
-    q, k = q_segment_ids[:, :, None], kv_segment_ids[:, None, :]
-    return ((q == k) & (q != 0) & (k != 0))[:, None]
+def resolve(implementation: str, platform: str | None = None) -> str:
+    """The kernel an ``implementation`` name runs on ``platform`` (default: the current one)."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"unknown attention implementation {implementation!r}; choose one of {list(IMPLEMENTATIONS)}"
+        )
+    if implementation == "auto":
+        return _AUTO.get(platform or _platform(), "blockwise")
+    return {"sequence_parallel": "xla"}.get(implementation, implementation)
 
 
 def attention(
     q: jax.Array,
     k: jax.Array,
     v: jax.Array,
-    mask: jax.Array | None = None,
-    implementation: str = "xla",
-) -> jax.Array:
-    """Scaled dot-product attention ``f[b lq h d], f[b lk h d], f[b lk h d] -> f[b lq h d]``.
+    segments: Segments,
+    implementation: str = "auto",
+    *,
+    block_q: int = 512,
+    block_kv: int = 512,
+    shard: bool = True,
+    return_lse: bool = False,
+):
+    """Scaled dot-product attention ``f[b lq h d], f[b lk h d], f[b lk h d] -> f[b lq h d]``
+    (and ``lse f32[b lq h]`` with ``return_lse``, which runs the blockwise kernel).
 
-    ``mask``: ``bool[b 1 lq lk]`` or None. Query rows with no allowed key (padding)
-    output exactly zero instead of an average over masked keys.
+    ``segments``: the ids (a query sees the keys with its non-zero id); with ``order``, the
+    self-attention runs on the tokens in that order. ``shard``: under a mesh, run per device
+    in ``shard_map`` (False leaves partitioning to the compiler).
     """
-    if implementation not in IMPLEMENTATIONS and implementation not in _KERNELS:
-        raise ValueError(
-            f"unknown attention implementation {implementation!r}; "
-            f"choose one of {sorted(IMPLEMENTATIONS) + sorted(_KERNELS)}"
-        )
-    if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+    kernel = "blockwise" if return_lse else resolve(implementation)
+    b, lq, h, d = q.shape
+    if q.ndim != 4 or k.shape != v.shape or k.shape[0] != b or k.shape[2:] != (h, d):
         raise ValueError(f"attention: incompatible shapes q {q.shape}, k {k.shape}, v {v.shape}")
-    if mask is not None:
-        expected = (q.shape[0], 1, q.shape[1], k.shape[1])
-        if mask.shape != expected:
-            raise ValueError(f"attention: mask shape {mask.shape}, expected {expected}")
-    if implementation == "sequence_parallel":
-        # Each device's share of the heads / queries goes through plain 'xla' attention.
-        local = functools.partial(_attend, implementation="xla")
-        return sequence.attention(q, k, v, mask, local_attention=local)
-    return _attend(q, k, v, mask, implementation)
-
-
-def _attend(q, k, v, mask, implementation):
-    """The kernel call (shapes already checked), with fully masked rows zeroed."""
-    if implementation in _KERNELS:
-        out = _KERNELS[implementation](q, k, v, mask)
-    else:
-        out = jax.nn.dot_product_attention(
-            q, k, v, mask=mask, implementation=IMPLEMENTATIONS[implementation]
+    if segments.q.shape != (b, lq) or segments.keys.shape != (b, k.shape[1]):
+        raise ValueError(
+            f"attention: ids {segments.q.shape} / {segments.keys.shape} do not match "
+            f"q {q.shape} / k {k.shape}"
         )
-    if mask is not None:
-        # Fully masked rows get uniform weights over masked keys; zero them.
-        any_key = jnp.any(mask, axis=-1)[:, 0, :, None, None]  # [b lq 1 1]
-        out = out * any_key.astype(out.dtype)
-    return out
+    if segments.kv is None and k.shape[1] != lq:
+        raise ValueError("attention: self-attention ids (kv=None) need as many keys as queries")
+    platform = _platform()
+    local = functools.partial(
+        _local,
+        kernel=kernel,
+        block_q=block_q,
+        block_kv=block_kv,
+        interpret=platform == "cpu",
+        return_lse=return_lse,
+    )
+    if not shard:
+        return local(q, k, v, segments)
+    return sequence.attention(q, k, v, segments, local_attention=local, with_lse=return_lse)
+
+
+def _take(x, index):
+    """``x[b, index[b, i], ...]``: tokens of each row reordered (``index i32[b l]``)."""
+    return jnp.take_along_axis(x, index.reshape(*index.shape, *[1] * (x.ndim - 2)), axis=1)
+
+
+def _local(q, k, v, segments, *, kernel, block_q, block_kv, interpret, return_lse):
+    """The kernel on whole arrays (one device's share): the order applied, no-key rows zeroed."""
+    order = segments.order
+    if order is not None:
+        q, k, v = _take(q, order), _take(k, order), _take(v, order)
+    q_ids, kv_ids = segments.q, segments.keys
+    lse = None
+    if kernel == "blockwise":
+        out, lse = blockwise.attention(q, k, v, q_ids, kv_ids, block_q=block_q, block_kv=block_kv)
+    elif kernel == "splash":
+        out = splash.attention(
+            q, k, v, q_ids, kv_ids, block_q=block_q, block_kv=block_kv, interpret=interpret
+        )
+    elif kernel == "flash_gpu" and segments.kv is None:
+        out = flash_gpu.attention(
+            q, k, v, q_ids, block_q=block_q, block_kv=block_kv, interpret=interpret
+        )
+    elif kernel == "flash_gpu":
+        out = blockwise.attention(q, k, v, q_ids, kv_ids, block_q=block_q, block_kv=block_kv)[0]
+    else:
+        out = dense.dot_product(q, k, v, q_ids, kv_ids, implementation=kernel)
+    out = out * has_key(segments)[..., None, None].astype(out.dtype)
+    if order is not None:
+        back = jnp.argsort(order, axis=1)
+        out = _take(out, back)
+        lse = None if lse is None else _take(lse, back)
+    return (out, lse) if return_lse else out

@@ -99,11 +99,12 @@ def build_dit(config, text_dim: int) -> dit_lib.DiT:
         attention_layout=m.attention_layout,
         remat_policy=m.remat_policy,
         text_tokens=config.dit.text_tokens,
-        # All-to-all sequence parallelism is the explicit choice (sora_jax/parallel/sequence.py);
-        # 'gspmd' leaves the split attention to the compiler.
-        attention_impl="sequence_parallel"
-        if config.mesh.sequence_attention == "all_to_all"
-        else m.attention_impl,
+        attention_impl=m.attention_impl,
+        attention_blocks=(m.attention_block_q, m.attention_block_kv),
+        # Kernels run per device under shard_map, with the all-to-all head/sequence swap where
+        # the mesh splits the sequence (sora_jax/parallel/sequence.py); 'gspmd' leaves the
+        # partitioning of attention to the compiler.
+        attention_shard=config.mesh.sequence_attention == "all_to_all",
     )
 
 

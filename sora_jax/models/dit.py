@@ -14,8 +14,9 @@ Options (all per block, selected in config; defaults reproduce the original mode
     (MMDiT style: a text stream with its own weights, video and text tokens of a segment
     attend jointly; RoPE rotates the video tokens only);
   * ``'full'`` 3D self-attention, or ``'factorised'``: blocks alternate spatial attention
-    (same frame) and temporal attention (same (h, w)). Done with masks, so on dense
-    attention kernels it changes the receptive field, not the FLOPs;
+    (same frame) and temporal attention (same (h, w)). Tokens are grouped by frame / column
+    (``kernels.segments.layout_segments``), so on the block-skipping kernels each group costs
+    its own size squared;
   * GELU or SwiGLU MLP; compute ``dtype`` (e.g. bfloat16) over ``param_dtype`` (float32)
     parameters; rematerialisation of each block with a ``jax.checkpoint_policies`` policy.
 
@@ -32,6 +33,7 @@ per-segment one, so checkpoints trained before conditioning existed load and beh
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import flax.linen as nn
@@ -43,7 +45,8 @@ from sora_jax.data import packing
 from sora_jax.diffusion import conditioning
 from sora_jax.models import attention as attention_lib
 from sora_jax.models import geometry
-from sora_jax.models.attention import attention, segment_mask
+from sora_jax.kernels import blockwise
+from sora_jax.kernels.segments import Segments, layout_segments
 from sora_jax.models.rope import rope_3d
 from sora_jax.parallel.axes import EMBED, HEADS, MLP, NORM, PATCH, QKV, TEXT_EMBED, TOKENS
 
@@ -51,6 +54,8 @@ __all__ = [
     "timestep_embedding",
     "absolute_position_features",
     "swiglu_hidden",
+    "BlockSegments",
+    "block_segments",
     "DiTBlock",
     "DiT",
     "SIZES",
@@ -113,15 +118,36 @@ def swiglu_hidden(hidden: int, mlp_ratio: float) -> int:
     return 8 * math.ceil(2 * hidden * mlp_ratio / 3 / 8)
 
 
-def self_attention_mask(segment_ids, positions, layout: str = "thw") -> jax.Array:
-    """``bool[b 1 l l]``: same segment, and for ``'hw'`` (spatial) the same frame, for
-    ``'t'`` (temporal) the same (h, w); ``'thw'`` is full 3D attention."""
-    m = segment_mask(segment_ids, segment_ids)
-    same = {"thw": (), "hw": (0,), "t": (1, 2)}[layout]
-    for a in same:
-        p = positions[..., a]
-        m = m & (p[:, :, None] == p[:, None, :])[:, None]
-    return m
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class BlockSegments:
+    """The attention ids of one block's layout (see ``kernels.segments``).
+
+    ``video``: video self-attention (the layout's groups); ``cross``: video queries to the
+    text tokens; 'joint' blocks use ``joint`` (video then text tokens, full layout) or, with a
+    factorised layout, ``video`` + ``cross`` merged for video queries and ``text`` (text
+    queries to video then text keys).
+    """
+
+    video: Segments | None = None
+    cross: Segments | None = None
+    joint: Segments | None = None
+    text: Segments | None = None
+
+
+def block_segments(
+    segment_ids, text_ids, positions, layout: str, text_attention: str
+) -> BlockSegments:
+    """``segment_ids i32[b l]``, ``text_ids i32[b m]``, ``positions i32[b l 3]`` -> the ids of
+    a block with ``layout`` ('thw', 'hw' or 't'); computed once per forward pass."""
+    cross = Segments(segment_ids, text_ids)
+    if text_attention == "cross":
+        return BlockSegments(layout_segments(segment_ids, positions, layout), cross)
+    both = jnp.concatenate([segment_ids, text_ids], axis=1)
+    if layout == "thw":
+        return BlockSegments(joint=Segments(both))
+    video = layout_segments(segment_ids, positions, layout)
+    return BlockSegments(video, cross, text=Segments(text_ids, both))
 
 
 def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
@@ -178,9 +204,8 @@ class DiTBlock(nn.Module):
     """adaLN-Zero block: self-attention (QK-norm, 3D RoPE), text conditioning, MLP.
 
     ``x f[b l hidden]``, ``c f[b l hidden]`` (per-token conditioning), ``positions
-    i32[b l 3]``, ``text f[b m hidden]``, ``text_c f[b m hidden]`` (conditioning of each text
-    token, used by 'joint' only) and the masks ``self_mask bool[b 1 l l]`` ('cross') or
-    ``bool[b 1 l+m l+m]`` (video then text tokens, 'joint'), ``cross_mask bool[b 1 l m]``
+    i32[b l 3]``, ``segments`` (``BlockSegments``: who attends to whom), ``text f[b m hidden]``,
+    ``text_c f[b m hidden]`` (conditioning of each text token, used by 'joint' only)
     -> ``(x f[b l hidden], text f[b m hidden])`` (text unchanged by 'cross' blocks).
     """
 
@@ -189,10 +214,26 @@ class DiTBlock(nn.Module):
     mlp_ratio: float = 4.0
     rope_theta: float = 10000.0
     dtype: jnp.dtype = jnp.float32
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
     param_dtype: jnp.dtype = jnp.float32
     mlp: str = "gelu"
     text_attention: str = "cross"
+    attention_blocks: tuple[int, int] = (512, 512)  # (query, key) block sizes of the kernels
+    attention_shard: bool = True  # run attention per device under shard_map (see attention.py)
+
+    def _attend(self, q, k, v, segments, return_lse=False):
+        bq, bk = self.attention_blocks
+        return attention_lib.attention(
+            q,
+            k,
+            v,
+            segments,
+            self.attention_impl,
+            block_q=bq,
+            block_kv=bk,
+            shard=self.attention_shard,
+            return_lse=return_lse,
+        )
 
     def _mlp(self, layers, y, prefix=""):
         if self.mlp == "gelu":
@@ -222,7 +263,7 @@ class DiTBlock(nn.Module):
         return tuple(nn.with_logical_constraint(a, QKV) for a in (q, k, v))
 
     @nn.compact
-    def __call__(self, x, c, positions, self_mask, text, cross_mask, text_c=None):
+    def __call__(self, x, c, positions, segments, text, text_c=None):
         layers = _Layers(self.dtype, self.param_dtype)
         b, l, _ = x.shape
         mod = layers.dense(6 * self.hidden, "adaln", (EMBED, MLP), nn.initializers.zeros)(
@@ -244,14 +285,24 @@ class DiTBlock(nn.Module):
             yt = _modulate(layers.plain_norm("text_norm_attn")(text), t_shift_a, t_scale_a)
             tq, tk, tv = self._qkv(layers, yt, "text_")
             cat = lambda u, w: jnp.concatenate([u, w], axis=1)
-            a = attention(cat(q, tq), cat(k, tk), cat(v, tv), self_mask, self.attention_impl)
-            a = a.reshape(b, -1, self.hidden)
-            a, at = a[:, :l], a[:, l:]
+            if segments.joint is not None:
+                a = self._attend(cat(q, tq), cat(k, tk), cat(v, tv), segments.joint)
+                a, at = a[:, :l], a[:, l:]
+            else:
+                # Video queries see their group's video keys and their segment's text: two
+                # partial attentions merged exactly through their log-sum-exps.
+                parts = [
+                    self._attend(q, k, v, segments.video, return_lse=True),
+                    self._attend(q, tk, tv, segments.cross, return_lse=True),
+                ]
+                a = blockwise.merge(parts)[0]
+                at = self._attend(tq, cat(k, tk), cat(v, tv), segments.text)
+            a, at = a.reshape(b, l, self.hidden), at.reshape(b, -1, self.hidden)
             text = text + t_gate_a * layers.dense(self.hidden, "text_attn_out", (HEADS, EMBED))(at)
             yt = _modulate(layers.plain_norm("text_norm_mlp")(text), t_shift_m, t_scale_m)
             text = text + t_gate_m * self._mlp(layers, yt, "text_")
         else:
-            a = attention(q, k, v, self_mask, self.attention_impl).reshape(b, l, self.hidden)
+            a = self._attend(q, k, v, segments.video).reshape(b, l, self.hidden)
         x = x + gate_a * layers.dense(self.hidden, "attn_out", (HEADS, EMBED))(a)
         x = nn.with_logical_constraint(x, TOKENS)
 
@@ -265,7 +316,7 @@ class DiTBlock(nn.Module):
             q = layers.rms_norm("cross_q_norm")(q)
             k = layers.rms_norm("cross_k_norm")(k)
             q, k, v = (nn.with_logical_constraint(u, QKV) for u in (q, k, v))
-            a = attention(q, k, v, cross_mask, self.attention_impl).reshape(b, l, self.hidden)
+            a = self._attend(q, k, v, segments.cross).reshape(b, l, self.hidden)
             x = x + layers.dense(self.hidden, "cross_out", (HEADS, EMBED))(a)
 
         y = _modulate(layers.plain_norm("norm_mlp")(x), shift_m, scale_m)
@@ -296,7 +347,9 @@ class DiT(nn.Module):
     mlp_ratio: float = 4.0
     rope_theta: float = 10000.0
     dtype: jnp.dtype = jnp.float32  # compute dtype (activations); outputs are float32
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
+    attention_blocks: tuple[int, int] = (512, 512)
+    attention_shard: bool = True
     time_freq_dim: int = 256
     # Absolute positions added to the tokens on top of the relative RoPE: the frame index and
     # the (h, w) offset from the segment's centre (so any size / aspect works). Lets the model
@@ -397,17 +450,10 @@ class DiT(nn.Module):
             text_ids = jnp.take_along_axis(text_ids, keep, axis=1)
             text_slot = keep // lt
         text_kv = layers.dense(self.hidden, "text_proj", (TEXT_EMBED, EMBED))(text)
-        cross_mask = segment_mask(segment_ids, text_ids)
-        masks = {}
-        for layout in set(self._layouts()):
-            video = self_attention_mask(segment_ids, positions, layout)
-            if self.text_attention == "joint":
-                top = jnp.concatenate([video, cross_mask], axis=-1)
-                bottom = jnp.concatenate(
-                    [jnp.swapaxes(cross_mask, -1, -2), segment_mask(text_ids, text_ids)], axis=-1
-                )
-                video = jnp.concatenate([top, bottom], axis=-2)
-            masks[layout] = video
+        segments = {
+            layout: block_segments(segment_ids, text_ids, positions, layout, self.text_attention)
+            for layout in dict.fromkeys(self._layouts())
+        }
         text_c = None
         if self.text_attention == "joint":
             text_c = jnp.take_along_axis(c_seg, text_slot[..., None], axis=1)  # [b m hidden]
@@ -431,17 +477,19 @@ class DiT(nn.Module):
         block = self._block_class()
         for i, layout in enumerate(self._layouts()):
             h, text_kv = block(
-                self.hidden,
-                self.num_heads,
-                self.mlp_ratio,
-                self.rope_theta,
-                self.dtype,
-                self.attention_impl,
-                self.param_dtype,
-                self.mlp,
-                self.text_attention,
+                hidden=self.hidden,
+                num_heads=self.num_heads,
+                mlp_ratio=self.mlp_ratio,
+                rope_theta=self.rope_theta,
+                dtype=self.dtype,
+                attention_impl=self.attention_impl,
+                param_dtype=self.param_dtype,
+                mlp=self.mlp,
+                text_attention=self.text_attention,
+                attention_blocks=self.attention_blocks,
+                attention_shard=self.attention_shard,
                 name=f"block_{i}",
-            )(h, c_tok, positions, masks[layout], text_kv, cross_mask, text_c)
+            )(h, c_tok, positions, segments[layout], text_kv, text_c)
 
         mod = layers.dense(2 * self.hidden, "final_adaln", (EMBED, MLP), nn.initializers.zeros)(
             nn.silu(c_tok)
@@ -544,7 +592,8 @@ def _validate_options(config):
     cc.one_of(config, "dit.model.attention_layout", ATTENTION_LAYOUTS)
     cc.one_of(config, "dit.model.dtype", tuple(DTYPES))
     cc.one_of(config, "dit.model.remat_policy", REMAT_POLICIES)
-    cc.one_of(config, "dit.model.attention_impl", attention_lib.kernel_names())
+    cc.one_of(config, "dit.model.attention_impl", attention_lib.IMPLEMENTATIONS)
+    cc.positive(config, "dit.model.attention_block_q", "dit.model.attention_block_kv")
     d = config.dit.token_drop
     cc.one_of(config, "dit.token_drop.schedule", packing.DROP_SCHEDULES)
     cc.one_of(config, "dit.token_drop.per_example", packing.DROP_DISTRIBUTIONS)

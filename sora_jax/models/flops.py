@@ -2,19 +2,24 @@
 
 FLOPs count the matmuls (2 per multiply-add), which dominate a transformer; elementwise
 ops, norms and the per-segment conditioning (time MLP, caption pooling) are left out.
-Attention is counted as executed by a dense kernel: every query against every key of
-the packed row (``seq_len``), whatever the segment mask, since that is what costs time
-with masks on XLA / cuDNN (a block-sparse kernel would skip masked blocks).
+Attention is counted as the chosen kernel executes it (``attention_pairs``): the dense and
+Pallas kernels compute every query against every key of the packed row (``seq_len``),
+whatever the segments; the blockwise kernel only the (query block, key block) pairs whose
+segments overlap, i.e. about sum(s_i^2) over the row's videos (and per frame / column for
+the factorised layouts), rounded up to whole blocks.
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from sora_jax.kernels.segments import block_overlap, layout_segments
+from sora_jax.models import attention as attention_lib
 from sora_jax.models import dit as dit_lib
 
-__all__ = ["param_count", "dit_flops_per_token"]
+__all__ = ["param_count", "dit_flops_per_token", "attention_pairs"]
 
 
 def param_count(params) -> int:
@@ -28,24 +33,69 @@ def _mlp_flops(hidden: int, mlp_ratio: float, mlp: str) -> float:
     return 2.0 * 2 * hidden * int(hidden * mlp_ratio)
 
 
-def dit_flops_per_token(model: dit_lib.DiT, seq_len: int, text_tokens: int) -> dict[str, float]:
+def _packed_row(seq_len: int, videos) -> tuple[np.ndarray, np.ndarray]:
+    """Segment ids and (t, h, w) positions of one row holding ``videos`` (token grids)."""
+    ids, pos = np.zeros(seq_len, np.int32), np.zeros((seq_len, 3), np.int32)
+    start = 0
+    for s, (t, h, w) in enumerate(videos, start=1):
+        grid = np.stack(np.meshgrid(np.arange(t), np.arange(h), np.arange(w), indexing="ij"), -1)
+        n = t * h * w
+        if start + n > seq_len:
+            raise ValueError(f"videos {list(videos)} hold more than seq_len={seq_len} tokens")
+        ids[start : start + n], pos[start : start + n] = s, grid.reshape(-1, 3)
+        start += n
+    return ids, pos
+
+
+def attention_pairs(
+    model: dit_lib.DiT, seq_len: int, videos=None, platform: str | None = None
+) -> float:
+    """(query, key) pairs of video self-attention one block computes per row, averaged over
+    the blocks' layouts, as ``model.attention_impl`` resolves on ``platform``.
+
+    ``videos``: the (t, h, w) token grids packed in the row; None = one video filling it
+    (then a factorised layout, whose groups depend on the grid, is counted as full rows).
+    """
+    kernel = attention_lib.resolve(model.attention_impl, platform)
+    if kernel != "blockwise":
+        return float(seq_len) ** 2
+    bq, bk = (min(b, seq_len) for b in model.attention_blocks)
+    padded = lambda n, b: -(-n // b) * b
+    layouts = model._layouts() if videos is not None else ["thw"]
+    ids, pos = _packed_row(seq_len, videos if videos is not None else [(1, 1, seq_len)])
+    length = padded(padded(seq_len, bq), bk)
+    ids = jnp.asarray(np.pad(ids, (0, length - seq_len)))[None]
+    pos = jnp.asarray(np.pad(pos, ((0, length - seq_len), (0, 0))))[None]
+    pairs = []
+    for layout in layouts:
+        q = layout_segments(ids, pos, layout).q
+        pairs.append(float(np.sum(block_overlap(q, q, bq, bk))) * bq * bk)
+    return float(np.mean(pairs))
+
+
+def dit_flops_per_token(
+    model: dit_lib.DiT, seq_len: int, text_tokens: int, videos=None, platform: str | None = None
+) -> dict[str, float]:
     """Matmul FLOPs per video token of one packed row, for ``model`` (an unbound DiT).
 
     ``seq_len``: tokens per row; ``text_tokens``: caption tokens per row (max_segments x
-    text length). Returns {'forward', 'train'} with train = 3 x forward (backward ~ twice the
-    forward; a remat policy re-runs part of the forward on top of that: counted as 'remat').
+    text length); ``videos``, ``platform``: what self-attention executes (``attention_pairs``).
+    Returns {'forward', 'train', 'remat', 'attention_pairs'} with train = 3 x forward
+    (backward ~ twice the forward; a remat policy re-runs part of the forward on top of that:
+    'remat').
     """
     h, l, m = model.hidden, seq_len, text_tokens
+    pairs = attention_pairs(model, seq_len, videos, platform)
     mlp = _mlp_flops(h, model.mlp_ratio, model.mlp)
     # Per video token, per block: adaLN (6h), qkv (3h), attention out (h), MLP.
     video = 2.0 * h * (6 * h + 3 * h + h) + mlp
     if model.text_attention == "cross":
         # cross q and out per video token; k/v of the row's text; QK^T and AV over the text.
         row = l * (2.0 * h * 2 * h + 4.0 * m * h) + m * 2.0 * h * 2 * h
-        row += l * (video + 4.0 * l * h)
+        row += l * video + 4.0 * pairs * h
     else:
         # Text stream with its own adaLN / qkv / out / MLP; attention over video + text.
-        row = (l + m) * (video + 4.0 * (l + m) * h)
+        row = (l + m) * video + 4.0 * (pairs + 2 * l * m + m * m) * h
     per_block = row / l
     # Text projection (per text token), patch embedding, final adaLN and output.
     embed = 2.0 * model.text_dim * h * m / l + 2.0 * model.patch_dim * h
@@ -54,4 +104,9 @@ def dit_flops_per_token(model: dit_lib.DiT, seq_len: int, text_tokens: int) -> d
     head = 2.0 * h * 2 * h + 2.0 * h * model.patch_dim
     forward = model.depth * per_block + embed + head
     remat = {"none": 0.0, "everything_saveable": 0.0}.get(model.remat_policy, 1.0)
-    return {"forward": forward, "train": 3.0 * forward, "remat": remat * forward}
+    return {
+        "forward": forward,
+        "train": 3.0 * forward,
+        "remat": remat * forward,
+        "attention_pairs": pairs,
+    }

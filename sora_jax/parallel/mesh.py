@@ -182,6 +182,15 @@ def validate_config(config):
             f"mesh axes must be among {AXES} or None",
         )
     cc.one_of(config, "mesh.sequence_attention", ("all_to_all", "gspmd"))
+    cc.check(
+        m.sequence_attention == "all_to_all"
+        or config.dit.model.attention_impl in ("xla", "cudnn", "blockwise", "sequence_parallel"),
+        "mesh.sequence_attention",
+        m.sequence_attention,
+        f"'gspmd' leaves attention to the compiler, which cannot partition the Pallas kernels: "
+        f"use dit.model.attention_impl 'xla' or 'blockwise' with it, not "
+        f"{config.dit.model.attention_impl!r}",
+    )
     seq = m.sequence * m.dcn.sequence
     cc.check(
         m.sequence == -1 or config.dit.seq_len % seq == 0,

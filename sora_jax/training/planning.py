@@ -6,18 +6,23 @@ from the config's logical rules applied to a mesh of any size (``--mesh``, which
 more devices than this machine has; default: the config's mesh over the local devices), and
 the FLOPs from XLA's count of the lowered (not compiled) train step. Printed per device:
 params, optimizer state and EMA bytes as the rules split them, and an estimate of the
-activations the backward pass keeps (no remat; XLA attention keeps its l x l scores).
+activations the backward pass keeps (no remat; the dense-mask attention kernels keep their
+l x l scores, the flash-style ones only O(l)). Attention FLOPs are counted as the configured
+kernel executes them on one video filling each row (sora_jax/models/flops.py).
 """
 
 from __future__ import annotations
 
 import math
+import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.experimental import topologies
 from jax.sharding import PartitionSpec as P
 
+from sora_jax.models import attention as attention_lib
 from sora_jax.models import builders
 from sora_jax.models import flops as flops_lib
 from sora_jax.parallel import mesh as mesh_lib
@@ -98,8 +103,9 @@ def _split_bytes(abstract_boxed, shape: dict[str, int], rules) -> tuple[int, int
     return total, per_device
 
 
-def activation_bytes(config, shape: dict[str, int]) -> int:
-    """Estimated activations kept for the backward pass on one device (f32, no remat)."""
+def activation_bytes(config, shape: dict[str, int], platform: str | None = None) -> int:
+    """Estimated activations kept for the backward pass on one device (f32, no remat); the
+    dense-mask kernels also keep their l x l scores and mask, the flash-style ones do not."""
     m, dc = config.dit.model, config.dit
     hid, r, heads, depth = m.hidden, m.mlp_ratio, m.num_heads, m.depth
     batch_split = shape["data"] * shape["fsdp"]
@@ -111,18 +117,23 @@ def activation_bytes(config, shape: dict[str, int]) -> int:
     # modulated inputs) and the tensor-split ones (adaLN 6h, qkv 3h, q/k normed 2h, attention
     # outputs 2h, cross q h, MLP 2rh).
     per_token = 8 * hid + (14 * hid + 2 * r * hid) / tp
+    if attention_lib.resolve(m.attention_impl, platform) not in ("xla", "cudnn"):
+        # Flash-style kernels keep O(L) (output and log-sum-exp), counted in per_token.
+        return int(depth * tokens * per_token * 4)
     scores = rows * heads / tp * (dc.seq_len / sp) * (dc.seq_len + text_len) * 2  # logits, probs
     mask = rows * dc.seq_len * (dc.seq_len + text_len)  # bool, shared by the heads
     return int(depth * ((tokens * per_token + scores) * 4 + mask))
 
 
-def analytic_flops(config) -> float:
+def analytic_flops(config, platform: str | None = None) -> float:
     """Training FLOPs per step of the DiT (3 x forward, matmuls and attention; see
     sora_jax/models/flops.py)."""
     text_encoder = builders.build_text_encoder(config)
     dit = builders.build_dit(config, text_encoder.dim)
     dc = config.dit
-    per_token = flops_lib.dit_flops_per_token(dit, dc.seq_len, builders.row_text_tokens(config))
+    per_token = flops_lib.dit_flops_per_token(
+        dit, dc.seq_len, builders.row_text_tokens(config), platform=platform
+    )
     return per_token["train"] * dc.rows * dc.seq_len
 
 
@@ -155,10 +166,12 @@ def plan(config, shape: dict[str, int], device_kind: str | None = None, count_xl
     p_total, p_dev = _split_bytes(abstract.params, shape, rules)
     o_total, o_dev = _split_bytes(abstract.opt_state, shape, rules)
     e_total, e_dev = _split_bytes(abstract.ema_params, shape, rules)
-    act = activation_bytes(config, shape)
+    platform = None if not device_kind else ("tpu" if device_kind.startswith("v") else "gpu")
+    act = activation_bytes(config, shape, platform)
     devices = math.prod(shape.values())
-    flops = analytic_flops(config)
+    flops = analytic_flops(config, platform)
     out = {
+        "attention_kernel": attention_lib.resolve(config.dit.model.attention_impl, platform),
         "mesh": shape,
         "devices": devices,
         "params": params,
@@ -208,7 +221,8 @@ def report(p: dict) -> str:
         f"optimizer {_gib(d['optimizer_bytes'])}, EMA {_gib(d['ema_bytes'])}",
         f"  activations (estimate) {_gib(d['activation_bytes_estimate'])}",
         f"  total {_gib(d['total_bytes'])}",
-        f"tokens per step {p['tokens_per_step']:,}",
+        f"tokens per step {p['tokens_per_step']:,}; attention kernel {p['attention_kernel']} "
+        f"(FLOPs and activations as it executes on one video per row)",
         f"FLOPs per step  {p['flops_per_step_analytic']:.4g} (analytic), "
         f"{p['flops_per_device_analytic']:.4g} per device",
     ]
@@ -222,3 +236,75 @@ def report(p: dict) -> str:
             f"{dev['step_seconds_at_peak_bf16']:.3g} s per step at peak bf16"
         )
     return "\n".join(lines)
+
+
+def topology_devices(name: str):
+    """The devices of a TPU slice named like 'v5p:2x2x1' or 'v5e:2x4' (needs libtpu; nothing
+    runs on them: they serve ahead-of-time compilation on any host)."""
+    kind, _, shape = name.partition(":")
+    bounds = tuple(int(x) for x in shape.split("x"))
+    if kind not in ("v4", "v5e", "v5p", "v6e") or len(bounds) not in (2, 3):
+        raise ValueError(f"topology {name!r}: write e.g. 'v5p:2x2x1', 'v5e:2x4', 'v6e:2x2'")
+    chips = bounds + (1,) * (3 - len(bounds))
+    # jax names v5p 'v5' (megacore chips) and v5e 'v5e'.
+    topology = topologies.get_topology_desc(
+        platform="tpu",
+        topology_name=f"{'v5' if kind == 'v5p' else kind}:{shape}",
+        chip_config_name="megacore" if kind in ("v4", "v5p") else "default",
+        chips_per_host_bounds=(min(chips[0], 2), min(chips[1], 2), 1),
+        num_slices=1,
+        wrap=(False, False, False),
+    )
+    return topology.devices
+
+
+def compiled_step(config, mesh) -> dict:
+    """Lowers and compiles the real DiT train step for ``mesh`` (whose devices may be a TPU
+    topology's) and returns XLA's per-device memory (bytes), FLOPs and compile seconds."""
+    rules = partitioning.rules_from_config(config.mesh.rules)
+    dit, text_encoder, tx, _ = _abstract_state(config)
+    batch_split = mesh_lib.batch_size_divisor(mesh)
+    init = dit_trainer.boxed_init(config, dit, text_encoder, tx, None, batch_split)
+    dc, lt = config.dit, config.text.max_length
+    b, l, s = dc.rows, dc.seq_len, dc.max_segments
+    sds = jax.ShapeDtypeStruct
+    batch = {
+        "tokens": sds((b, l, dit.patch_dim), jnp.float32),
+        "segment_ids": sds((b, l), jnp.int32),
+        "positions": sds((b, l, 3), jnp.int32),
+        "caption_ids": sds((b, s, lt), jnp.int32),
+        "caption_mask": sds((b, s, lt), jnp.bool_),
+    }
+    if dc.condition.rate > 0:
+        batch["cond_mask"] = sds((b, l), jnp.bool_)
+    step = dit_trainer.make_train_step(config, dit, text_encoder, tx, text_encoder.params)
+    key = jax.eval_shape(lambda: jax.random.PRNGKey(0))  # abstract: nothing is placed
+    with partitioning.activate(mesh, rules):
+        abstract = jax.eval_shape(init, key)
+    state_shardings = partitioning.shardings(abstract, mesh, rules)
+    # Unboxed outside the mesh: inside it, unboxing would constrain (place) the leaves.
+    state = nn.unbox(abstract)
+    with partitioning.activate(mesh, rules):
+        batch_shardings = jax.tree.map(lambda _: mesh_lib.data_sharding(mesh), batch)
+        key_sharding = mesh_lib.replicated(mesh)
+        jitted = jax.jit(
+            step,
+            in_shardings=(state_shardings, batch_shardings, key_sharding),
+            out_shardings=(state_shardings, key_sharding),
+        )
+        t0 = time.perf_counter()
+        compiled = jitted.lower(state, batch, key).compile()
+        seconds = time.perf_counter() - t0
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return {
+        "argument_bytes": memory.argument_size_in_bytes,
+        "output_bytes": memory.output_size_in_bytes,
+        "alias_bytes": memory.alias_size_in_bytes,
+        "temp_bytes": memory.temp_size_in_bytes,
+        "peak_bytes": getattr(memory, "peak_memory_in_bytes", 0),
+        "flops": float(cost.get("flops", 0.0)),
+        "compile_seconds": seconds,
+        "hlo": compiled.as_text(),
+    }

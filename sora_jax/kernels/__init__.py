@@ -1,0 +1,1 @@
+"""Attention kernels on segment ids (see sora_jax/models/attention.py, the entry point)."""
