@@ -178,7 +178,7 @@ def test_joint_text_blocks_equal_the_dense_masked_block(layout):
     def apply(impl, params, x, text):
         return block(impl).apply(params, x, c, pos, segments, text, tc)
 
-    for impl in ("blockwise", "splash", "xla"):
+    for impl in ("blockwise", "splash"):
         got = lambda p, x, t: apply(impl, p, x, t)
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(dit_lib.DiTBlock, "_attend", dense_block_attention)
@@ -329,7 +329,7 @@ def test_whole_dit_equals_the_dense_kernel(layout):
         return model(impl).apply(params, *args), jax.grad(loss)(params)
 
     want_out, want_grad = out_and_grad("xla")
-    for impl in ("blockwise", "splash", "flash_gpu"):
+    for impl in ("blockwise", "splash"):  # flash_gpu: kernel-level tests above
         got_out, got_grad = out_and_grad(impl)
         np.testing.assert_allclose(got_out, want_out, atol=TOL * float(jnp.abs(want_out).max()))
         for a, w in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad)):
