@@ -43,10 +43,10 @@ import jax.numpy as jnp
 from sora_jax.common import config_checks as cc
 from sora_jax.data import packing
 from sora_jax.diffusion import conditioning
-from sora_jax.models import attention as attention_lib
-from sora_jax.models import geometry
 from sora_jax.kernels import blockwise
 from sora_jax.kernels.segments import Segments, layout_segments
+from sora_jax.models import attention as attention_lib
+from sora_jax.models import geometry
 from sora_jax.models.rope import rope_3d
 from sora_jax.parallel.axes import EMBED, HEADS, MLP, NORM, PATCH, QKV, TEXT_EMBED, TOKENS
 
