@@ -28,7 +28,7 @@ from sora_jax.data import packing
 from sora_jax.kernels.segments import Segments, layout_segments
 from sora_jax.models import attention as attention_lib
 from sora_jax.models import builders
-from sora_jax.training import dit_trainer
+from sora_jax.training import dit_trainer, planning
 from sora_jax.training import train_state as ts
 
 CONFIG = "configs/dit.py"
@@ -51,15 +51,7 @@ def step_temp_bytes(seq_len: int, kernel: str) -> tuple[int, float]:
     tx = ts.make_optimizer(c.dit.train)
     init = dit_trainer.boxed_init(c, dit, text, tx, None)
     state = nn.unbox(jax.eval_shape(init, jax.random.PRNGKey(0)))
-    lt, s = c.text.max_length, c.dit.max_segments
-    sds = jax.ShapeDtypeStruct
-    batch = {
-        "tokens": sds((1, seq_len, dit.patch_dim), jnp.float32),
-        "segment_ids": sds((1, seq_len), jnp.int32),
-        "positions": sds((1, seq_len, 3), jnp.int32),
-        "caption_ids": sds((1, s, lt), jnp.int32),
-        "caption_mask": sds((1, s, lt), jnp.bool_),
-    }
+    batch = planning.abstract_batch(c, dit)
     step = dit_trainer.make_train_step(c, dit, text, tx, text.params)
     t0 = time.perf_counter()
     compiled = jax.jit(step).lower(state, batch, jax.random.PRNGKey(0)).compile()

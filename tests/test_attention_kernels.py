@@ -16,6 +16,8 @@ from sora_jax.kernels import blockwise, dense
 from sora_jax.kernels.segments import Segments, block_overlap, has_key, layout_segments
 from sora_jax.models import attention as attention_lib
 from sora_jax.models import dit as dit_lib
+from sora_jax.parallel import partitioning
+from sora_jax.training import planning
 
 TOL = 1e-5
 KERNELS = ["blockwise", "splash", "flash_gpu", "xla"]
@@ -262,28 +264,10 @@ def test_auto_picks_the_platform_kernel():
     assert attention_lib.resolve("sequence_parallel", "cpu") == "xla"
 
 
-def _tpu_devices():
-    if importlib.util.find_spec("libtpu") is None:
-        return None
-    from jax.experimental import topologies
-
-    topo = topologies.get_topology_desc(
-        platform="tpu",
-        topology_name="v5e:2x2",
-        chip_config_name="default",
-        chips_per_host_bounds=(2, 2, 1),
-        num_slices=1,
-        wrap=(False, False, False),
-    )
-    return topo.devices
-
-
 def test_splash_lowers_and_compiles_for_a_tpu_topology():
-    devices = _tpu_devices()
-    if devices is None:
+    if importlib.util.find_spec("libtpu") is None:
         pytest.skip("libtpu is not installed (pip install -e '.[tpu]'): no TPU compiler here")
-    from sora_jax.parallel import partitioning
-
+    devices = planning.topology_devices("v5e:2x2")
     mesh = jax.sharding.Mesh(
         np.asarray(devices).reshape(1, 2, 2, 1), ("data", "fsdp", "tensor", "sequence")
     )

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sora_jax.kernels.segments import block_overlap
+from sora_jax.kernels.segments import block_overlap, pad_length
 
 __all__ = ["attention", "merge"]
 
@@ -37,9 +37,14 @@ def attention(q, k, v, q_ids, kv_ids, *, block_q: int = 512, block_kv: int = 512
     """
     lq, lk = q.shape[1], k.shape[1]
     bq, bk = min(block_q, lq), min(block_kv, lk)
-    pad = lambda x, n: jnp.pad(x, [(0, 0), (0, -x.shape[1] % n)] + [(0, 0)] * (x.ndim - 2))
     out, lse = _attention(
-        pad(q, bq), pad(k, bk), pad(v, bk), pad(q_ids, bq), pad(kv_ids, bk), bq, bk
+        pad_length(q, bq),
+        pad_length(k, bk),
+        pad_length(v, bk),
+        pad_length(q_ids, bq),
+        pad_length(kv_ids, bk),
+        bq,
+        bk,
     )
     return out[:, :lq], lse[:, :lq]
 

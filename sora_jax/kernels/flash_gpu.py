@@ -9,8 +9,9 @@ the blocks with id 0; the caller zeroes queries with no key (padding attends to 
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 from jax.experimental.pallas.ops.gpu import attention as pallas_attention
+
+from sora_jax.kernels.segments import pad_length
 
 __all__ = ["attention"]
 
@@ -19,7 +20,7 @@ def attention(q, k, v, ids, *, block_q: int = 128, block_kv: int = 128, interpre
     """``f[b l h d] x 3, i32[b l] -> f[b l h d]`` (self-attention: ids shared by q and kv)."""
     l, d = q.shape[1], q.shape[3]
     block = min(block_q, block_kv, l)
-    pad = lambda x: jnp.pad(x, [(0, 0), (0, -l % block)] + [(0, 0)] * (x.ndim - 2))
+    pad = lambda x: pad_length(x, block)
     blocks = pallas_attention.BlockSizes(
         block_q=block,
         block_k=block,

@@ -17,7 +17,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Segments", "layout_segments", "has_key", "block_overlap", "LAYOUTS"]
+__all__ = ["Segments", "layout_segments", "has_key", "block_overlap", "pad_length", "LAYOUTS"]
 
 # Layout -> (position axes a group shares, position axes that order tokens within it).
 LAYOUTS = {"thw": None, "hw": ((0,), (1, 2)), "t": ((1, 2), (0,))}
@@ -31,12 +31,14 @@ class Segments:
     ``q i32[b lq]``: the queries' ids; ``kv i32[b lk] | None``: the keys' (None: the same as
     ``q``, i.e. self-attention over the same tokens, which some kernels require);
     ``order i32[b lq] | None``: self-attention runs on ``tokens[order]`` (whose ids are ``q``,
-    already in that order), the result is scattered back.
+    already in that order); ``inverse`` (its inverse permutation, made once with the order)
+    puts the result back.
     """
 
     q: jax.Array
     kv: jax.Array | None = None
     order: jax.Array | None = None
+    inverse: jax.Array | None = None
 
     @property
     def keys(self) -> jax.Array:
@@ -66,7 +68,13 @@ def layout_segments(segment_ids: jax.Array, positions: jax.Array, layout: str) -
     changed = jnp.any(group[:, 1:] != group[:, :-1], axis=-1)
     ids = jnp.cumsum(jnp.pad(changed, ((0, 0), (1, 0)), constant_values=True), axis=1)
     ids = jnp.where(take(segment_ids) > 0, ids, 0).astype(jnp.int32)
-    return Segments(ids, order=order)
+    return Segments(ids, order=order, inverse=jnp.argsort(order, axis=1).astype(jnp.int32))
+
+
+def pad_length(x: jax.Array, multiple: int) -> jax.Array:
+    """Pads axis 1 (the tokens) with zeros to a multiple of ``multiple``: padded tokens get
+    id 0, so they see nothing and nothing sees them."""
+    return jnp.pad(x, [(0, 0), (0, -x.shape[1] % multiple)] + [(0, 0)] * (x.ndim - 2))
 
 
 def has_key(segments: Segments) -> jax.Array:

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
 
+from sora_jax.kernels.segments import pad_length
+
 __all__ = ["attention"]
 
 _LANES = 128  # splash blocks are multiples of the TPU lane width
@@ -31,9 +33,8 @@ def attention(
     lk = k.shape[1]
     bq = _round_up(min(block_q, lq), _LANES)
     bk = _round_up(min(block_kv, lk), _LANES)
-    pad = lambda x, n: jnp.pad(x, [(0, 0), (0, -x.shape[1] % n)] + [(0, 0)] * (x.ndim - 2))
-    q, q_ids = pad(q * jnp.asarray(d**-0.5, q.dtype), bq), pad(q_ids, bq)
-    k, v, kv_ids = pad(k, bk), pad(v, bk), pad(kv_ids, bk)
+    q, q_ids = pad_length(q * jnp.asarray(d**-0.5, q.dtype), bq), pad_length(q_ids, bq)
+    k, v, kv_ids = pad_length(k, bk), pad_length(v, bk), pad_length(kv_ids, bk)
     full = masks.FullMask((q.shape[1], k.shape[1]))
     blocks = splash.BlockSizes(
         block_q=bq,

@@ -124,7 +124,6 @@ def _local(q, k, v, segments, *, kernel, block_q, block_kv, interpret, return_ls
         out = dense.dot_product(q, k, v, q_ids, kv_ids, implementation=kernel)
     out = out * has_key(segments)[..., None, None].astype(out.dtype)
     if order is not None:
-        back = jnp.argsort(order, axis=1)
-        out = _take(out, back)
-        lse = None if lse is None else _take(lse, back)
+        out = _take(out, segments.inverse)
+        lse = None if lse is None else _take(lse, segments.inverse)
     return (out, lse) if return_lse else out

@@ -72,11 +72,12 @@ def attention(q, k, v, segments, *, local_attention, with_lse: bool = False):
     tokens = P(batch, seq, heads, None)
     row = P(batch, None)
     if self_attention:
-        ids = type(segments)(row, None, None if segments.order is None else row)
+        reordered = None if segments.order is None else row
+        ids = type(segments)(row, None, reordered, reordered)
         fn = functools.partial(_swap_attention, seq, local_attention)
         kv_spec = tokens
     else:
-        ids = type(segments)(P(batch, seq), row, None)
+        ids = type(segments)(P(batch, seq), row)
         fn = local_attention
         kv_spec = P(batch, None, heads, None)
     out_specs = (tokens, P(batch, seq, heads)) if with_lse else tokens

@@ -137,8 +137,8 @@ def analytic_flops(config, platform: str | None = None) -> float:
     return per_token["train"] * dc.rows * dc.seq_len
 
 
-def xla_flops(config, dit, text_encoder, tx, abstract_boxed) -> float:
-    """XLA's FLOP count of the whole jitted train step on the global batch (lowered only)."""
+def abstract_batch(config, dit) -> dict:
+    """The shapes and dtypes of one global DiT batch (``jax.ShapeDtypeStruct`` leaves)."""
     dc, lt = config.dit, config.text.max_length
     b, l, s = dc.rows, dc.seq_len, dc.max_segments
     sds = jax.ShapeDtypeStruct
@@ -151,6 +151,12 @@ def xla_flops(config, dit, text_encoder, tx, abstract_boxed) -> float:
     }
     if dc.condition.rate > 0:
         batch["cond_mask"] = sds((b, l), jnp.bool_)
+    return batch
+
+
+def xla_flops(config, dit, text_encoder, tx, abstract_boxed) -> float:
+    """XLA's FLOP count of the whole jitted train step on the global batch (lowered only)."""
+    batch = abstract_batch(config, dit)
     step = dit_trainer.make_train_step(config, dit, text_encoder, tx, text_encoder.params)
     state = nn.unbox(abstract_boxed)
     lowered = jax.jit(step).lower(state, batch, jax.random.PRNGKey(0))
@@ -265,18 +271,7 @@ def compiled_step(config, mesh) -> dict:
     dit, text_encoder, tx, _ = _abstract_state(config)
     batch_split = mesh_lib.batch_size_divisor(mesh)
     init = dit_trainer.boxed_init(config, dit, text_encoder, tx, None, batch_split)
-    dc, lt = config.dit, config.text.max_length
-    b, l, s = dc.rows, dc.seq_len, dc.max_segments
-    sds = jax.ShapeDtypeStruct
-    batch = {
-        "tokens": sds((b, l, dit.patch_dim), jnp.float32),
-        "segment_ids": sds((b, l), jnp.int32),
-        "positions": sds((b, l, 3), jnp.int32),
-        "caption_ids": sds((b, s, lt), jnp.int32),
-        "caption_mask": sds((b, s, lt), jnp.bool_),
-    }
-    if dc.condition.rate > 0:
-        batch["cond_mask"] = sds((b, l), jnp.bool_)
+    batch = abstract_batch(config, dit)
     step = dit_trainer.make_train_step(config, dit, text_encoder, tx, text_encoder.params)
     key = jax.eval_shape(lambda: jax.random.PRNGKey(0))  # abstract: nothing is placed
     with partitioning.activate(mesh, rules):
