@@ -74,6 +74,7 @@ def get_config() -> ml_collections.ConfigDict:
         (axes.TEXT_EMBED, None),
         (axes.NORM, None),
         (axes.VOCAB, None),
+        (axes.LAYERS, None),
     )
 
     # Causal 3D-conv VAE.
@@ -182,9 +183,19 @@ def get_config() -> ml_collections.ConfigDict:
     # Compute dtype of activations ('float32' | 'bfloat16'); parameters and optimizer state
     # stay float32, outputs and the loss are float32.
     c.dit.model.dtype = "float32"
-    # Rematerialisation of each block in the backward pass: 'none' or a
-    # jax.checkpoint_policies name ('nothing_saveable' = full remat, 'dots_saveable', ...).
+    # Rematerialisation of each block (each scanned period) in the backward pass: 'none',
+    # 'save_block_inputs' (keep only block inputs, recompute the rest), 'offload_block_inputs'
+    # (those inputs in host memory; TPU / GPU), or a jax.checkpoint_policies name
+    # ('nothing_saveable', 'dots_saveable', ...).
     c.dit.model.remat_policy = "none"
+    # adaLN modulation: 'segment' (each block projects one entry per (segment, time) and
+    # gathers it per token), 'token' (projects every token: same values, a reference) or
+    # 'shared' (Wan style: one projection for all blocks plus a learned table per block).
+    c.dit.model.modulation = "segment"
+    # Scan one period of blocks (1, or 2 for 'factorised') over depth instead of unrolling:
+    # compile time and program size of one period; params stacked along 'layers'
+    # (`python -m sora_jax.export --scan_blocks=...` converts checkpoints).
+    c.dit.model.scan_blocks = False
     # Attention kernel (sora_jax/models/attention.py), all taking segment ids: 'auto' (splash
     # on TPU, Pallas flash on GPU, blockwise elsewhere), 'blockwise' (flash-style in plain JAX,
     # skips key blocks of other segments), 'splash', 'flash_gpu', or the dense-mask 'xla' /

@@ -56,6 +56,8 @@ ADDED_KEYS = {
     "dit.model.attention_impl": "xla",
     "dit.model.attention_block_q": 512,
     "dit.model.attention_block_kv": 512,
+    "dit.model.modulation": "segment",
+    "dit.model.scan_blocks": False,
     "dit.pack_lengths": (),
     "dit.text_tokens": 0,
     "sample.factorized": False,

@@ -242,8 +242,14 @@ def test_bad_options_are_rejected():
 
 @pytest.mark.parametrize(
     "kw",
-    [{}, {"text_attention": "joint", "mlp": "swiglu"}, {"text_tokens": 6}],
-    ids=["cross", "joint", "packed-text"],
+    [
+        {},
+        {"text_attention": "joint", "mlp": "swiglu"},
+        {"text_tokens": 6},
+        {"modulation": "token"},
+        {"modulation": "shared", "text_attention": "joint"},
+    ],
+    ids=["cross", "joint", "packed-text", "per-token-adaln", "shared-adaln"],
 )
 def test_flops_counter_matches_xla_cost_analysis(kw):
     model = DiT(patch_dim=16, hidden=128, depth=2, num_heads=4, text_dim=32, **kw)
@@ -260,7 +266,8 @@ def test_flops_counter_matches_xla_cost_analysis(kw):
     cost = jax.jit(model.apply).lower(params, *args).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     xla = cost["flops"] / (b * l)
-    ours = flops_lib.dit_flops_per_token(model, l, model.text_tokens or s * lt)["forward"]
+    ours = flops_lib.dit_flops_per_token(model, l, model.text_tokens or s * lt, entries=s)
+    ours = ours["forward"]
     # Matmuls only: a little below XLA's count, which includes elementwise ops.
     assert 0.9 * xla < ours <= xla, (ours, xla)
     assert flops_lib.param_count(params) == sum(x.size for x in jax.tree.leaves(params))

@@ -88,25 +88,26 @@ def test_dit_without_given_frames_is_the_old_dit():
     }
 
 
-def test_per_token_time_equal_within_segments_equals_per_segment_time():
+def test_given_frames_take_their_own_time_and_flag():
     x, t, seg, pos, text, tmask = _dit_inputs()
     model = DiT(**DIT_KW, cond_embedding=True)
     params = _numpy_params(model, (x, t, seg, pos, text, tmask))
     apply = jax.jit(lambda p, **kw: model.apply({"params": p}, x, t, seg, pos, text, tmask, **kw))
     ref = np.asarray(apply(params))
-    t_tok = np.take_along_axis(t, np.maximum(seg - 1, 0), axis=1)
-    np.testing.assert_allclose(apply(params, t_tok=t_tok), ref, atol=1e-5)
     no_cond = np.zeros(seg.shape, bool)
-    np.testing.assert_allclose(apply(params, t_tok=t_tok, cond_mask=no_cond), ref, atol=1e-5)
-    # Given tokens change the output (their time and their flag).
+    np.testing.assert_allclose(apply(params, cond_mask=no_cond), ref, atol=1e-5)
+    # Given tokens at their segment's own time: that time equal to t changes nothing but the
+    # flag; at t = 0 (the default) they change the output.
     cond = (seg == 1) & (pos[..., 0] == 0)
-    t0 = np.where(cond, 0.0, t_tok)
-    assert np.abs(apply(params, t_tok=t0) - ref).max() > 1e-2
-    a, b = apply(params, t_tok=t0), apply(params, t_tok=t0, cond_mask=cond)
-    assert np.abs(a - b).max() > 1e-2
-    # The flag is zero-initialised: a fresh one changes nothing.
-    fresh = dict(params, cond_embed=jnp.zeros(32))
-    np.testing.assert_array_equal(apply(fresh, t_tok=t0), apply(fresh, t_tok=t0, cond_mask=cond))
+    fresh = dict(params, cond_embed=jnp.zeros(32))  # zero-initialised flag: no effect
+    np.testing.assert_allclose(apply(fresh, cond_mask=cond, t_given=t), ref, atol=1e-5)
+    assert np.abs(apply(fresh, cond_mask=cond) - ref).max() > 1e-2
+    a = apply(fresh, cond_mask=cond, t_given=np.zeros_like(t))
+    np.testing.assert_array_equal(a, apply(fresh, cond_mask=cond))
+    b = apply(params, cond_mask=cond)
+    assert np.abs(a - b).max() > 1e-2  # the learned flag
+    with pytest.raises(ValueError, match="t_given"):
+        apply(params, cond_mask=cond, t_given=t[:, :1])
 
 
 # ----------------------------------------------------------------------------- training
@@ -249,7 +250,9 @@ class _SpyDiT:
         self.dit, self.calls = dit, []
 
     def apply(self, variables, x, *args, **kw):
-        self.calls.append((np.asarray(x), {k: np.asarray(v) for k, v in kw.items()}))
+        self.calls.append(
+            (np.asarray(x), {k: None if v is None else np.asarray(v) for k, v in kw.items()})
+        )
         return self.dit.apply(variables, x, *args, **kw)
 
     def __getattr__(self, name):
@@ -273,16 +276,13 @@ def test_given_frames_are_noised_to_their_own_time_in_training(noise):
     (x, kw), seg = spy.calls[0], batch["segment_ids"]
     cond, x0 = kw["cond_mask"], batch["tokens"]
     np.testing.assert_array_equal(cond, batch["cond_mask"] & (seg > 0))
-    tc = kw["t_tok"][cond]
     if noise == 0:
-        np.testing.assert_array_equal(tc, 0.0)
+        assert kw["t_given"] is None  # the model's default: clean, at time 0
         np.testing.assert_array_equal(x[cond], x0[cond])
         return
     # One time per conditioned video, drawn in [0, noise]; its given tokens are noised to it.
+    tc = np.take_along_axis(np.asarray(kw["t_given"]), np.maximum(seg - 1, 0), axis=1)[cond]
     assert tc.min() >= 0 and tc.max() <= noise and len(np.unique(tc)) > 1
-    for r, s in set(zip(np.nonzero(cond)[0], seg[cond])):  # segment ids are per row
-        times = kw["t_tok"][r][cond[r] & (seg[r] == s)]
-        assert np.all(times == times[0])
     moved = np.abs(x[cond] - x0[cond]).mean(-1)
     assert np.all(moved[tc > 0.05] > 0) and np.corrcoef(tc, moved)[0, 1] > 0.5
 

@@ -219,15 +219,16 @@ def sample_tokens(
     def model_fn(x, time):
         """Guided model output f32[b l d] at x f32[b l d], time f32[] or f32[b l 1]."""
         if time.ndim == 0:
-            t_seg, t_row = jnp.full((2 * b, num_slots), time), time
+            t_seg = jnp.full((2 * b, num_slots), time)
         else:
-            t_row = time[..., 0]
-            t_seg = jnp.tile(segment_values(t_row, segment_ids, num_slots), (2, 1))
+            t_seg = jnp.tile(segment_values(time[..., 0], segment_ids, num_slots), (2, 1))
         kw = {}
         if cond_tokens is not None:
             # The unconditional rows see the given tokens too: CFG only guides the text.
-            t_tok = jnp.where(cond_mask, tc, t_row)
-            kw = dict(t_tok=jnp.concatenate([t_tok, t_tok]), cond_mask=jnp.tile(cond_mask, (2, 1)))
+            kw = dict(
+                cond_mask=jnp.tile(cond_mask, (2, 1)),
+                t_given=jnp.full((2 * b, num_slots), tc, jnp.float32),
+            )
         if report:
             jax.debug.callback(_report_time, time if time.ndim == 0 else time[0, 0, 0])
         x = impose(x, given)

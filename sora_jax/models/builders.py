@@ -98,6 +98,8 @@ def build_dit(config, text_dim: int) -> dit_lib.DiT:
         text_attention=m.text_attention,
         attention_layout=m.attention_layout,
         remat_policy=m.remat_policy,
+        modulation=m.modulation,
+        scan_blocks=m.scan_blocks,
         text_tokens=config.dit.text_tokens,
         attention_impl=m.attention_impl,
         attention_blocks=(m.attention_block_q, m.attention_block_kv),

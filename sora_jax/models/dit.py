@@ -4,7 +4,8 @@ Input rows hold several videos ("segments") packed one after the other (see
 ``sora_jax.data.packing``). Everything is per segment, so packing is invisible to each
 video: self-attention is masked to the token's own segment, text is seen only by the tokens
 of its own segment, and the conditioning (diffusion time + pooled text) is computed per
-segment and gathered per token for adaLN-Zero modulation. Positions enter via 3D RoPE
+segment and its adaLN-Zero modulation projected once per segment (and time), then gathered
+per token. Positions enter via 3D RoPE
 (relative) and optionally absolute embeddings of the frame index and the offset from the
 segment's centre, so any duration / resolution / aspect ratio is handled without change.
 Padding tokens (segment 0) are inert and their outputs are zero.
@@ -18,23 +19,28 @@ Options (all per block, selected in config; defaults reproduce the original mode
     (``kernels.segments.layout_segments``), so on the block-skipping kernels each group costs
     its own size squared;
   * GELU or SwiGLU MLP; compute ``dtype`` (e.g. bfloat16) over ``param_dtype`` (float32)
-    parameters; rematerialisation of each block with a ``jax.checkpoint_policies`` policy.
+    parameters; rematerialisation of each block (``REMAT_POLICIES``);
+  * adaLN projected per block ('segment') or shared by all blocks plus a learned per-block
+    table ('shared', as in Wan) (``MODULATIONS``);
+  * blocks unrolled, or one period of them scanned over depth (``scan_blocks``).
 
 Every parameter carries logical axis names (``nn.with_logical_partitioning``) and block
 boundaries / q, k, v carry logical constraints, for sharding by rules; without rules in
 context they do nothing. Initialised variables are boxed: ``nn.unbox`` them for plain arrays.
 
-Conditioning on given frames (image->video, extension, connecting clips) uses per-token
-diffusion time: the tokens of given latent frames enter clean with their own time t = 0
-(``t_tok``), optionally tagged by a learned "is-condition" embedding (``cond_mask``), while
-the others are noised to the segment's time. Without ``t_tok`` the model is exactly the
-per-segment one, so checkpoints trained before conditioning existed load and behave as before.
+Conditioning on given frames (image->video, extension, connecting clips): the tokens of given
+latent frames (``cond_mask``) enter clean with their own time (``t_given``, default 0),
+optionally tagged by a learned "is-condition" embedding, while the others are noised to the
+segment's time. Without ``cond_mask`` the model is exactly the unconditioned one, so
+checkpoints trained before conditioning existed load and behave as before.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -48,7 +54,17 @@ from sora_jax.kernels.segments import Segments, layout_segments
 from sora_jax.models import attention as attention_lib
 from sora_jax.models import geometry
 from sora_jax.models.rope import rope_3d
-from sora_jax.parallel.axes import EMBED, HEADS, MLP, NORM, PATCH, QKV, TEXT_EMBED, TOKENS
+from sora_jax.parallel.axes import (
+    EMBED,
+    HEADS,
+    LAYERS,
+    MLP,
+    NORM,
+    PATCH,
+    QKV,
+    TEXT_EMBED,
+    TOKENS,
+)
 
 __all__ = [
     "timestep_embedding",
@@ -56,6 +72,9 @@ __all__ = [
     "swiglu_hidden",
     "BlockSegments",
     "block_segments",
+    "Conditioning",
+    "period_layouts",
+    "PERIOD_NAMES",
     "DiTBlock",
     "DiT",
     "SIZES",
@@ -63,6 +82,7 @@ __all__ = [
     "TEXT_ATTENTIONS",
     "ATTENTION_LAYOUTS",
     "REMAT_POLICIES",
+    "MODULATIONS",
     "DTYPES",
 ]
 
@@ -76,15 +96,27 @@ SIZES = {
 MLPS = ("gelu", "swiglu")
 TEXT_ATTENTIONS = ("cross", "joint")
 ATTENTION_LAYOUTS = ("full", "factorised")
-# 'none': no rematerialisation; the others name jax.checkpoint_policies ('nothing_saveable'
-# recomputes the whole block in the backward pass, 'dots_saveable' keeps matmul outputs).
+# 'none': no rematerialisation; 'save_block_inputs' keeps only each block's input and
+# recomputes the rest of the block in the backward pass, 'offload_block_inputs' keeps those
+# inputs in host memory (TPU / GPU); the others name jax.checkpoint_policies
+# ('nothing_saveable' is what 'save_block_inputs' keeps, 'dots_saveable' keeps matmul outputs).
 REMAT_POLICIES = (
     "none",
+    "save_block_inputs",
+    "offload_block_inputs",
     "nothing_saveable",
     "everything_saveable",
     "dots_saveable",
     "dots_with_no_batch_dims_saveable",
 )
+BLOCK_INPUT = "block_input"  # checkpoint name of a block's input (the remat policies above)
+# How adaLN gets its shift / scale / gate: 'segment' projects each (segment, time) entry's
+# conditioning once per block and gathers it per token; 'token' projects every token's
+# (the same values at L times the FLOPs; a reference); 'shared' (Wan style) projects the
+# conditioning once for the whole network and each block adds a learned table to it.
+MODULATIONS = ("segment", "token", "shared")
+# Names of the blocks inside one scanned period (a period repeats the layout pattern).
+PERIOD_NAMES = {1: ("block",), 2: ("spatial", "temporal")}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -150,8 +182,35 @@ def block_segments(
     return BlockSegments(video, cross, text=Segments(text_ids, both))
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Conditioning:
+    """What adaLN modulates with: one entry per (segment, time) and each token's entry.
+
+    ``table f[b k w]``: per entry, the conditioning ``c`` (``w = hidden``; 'segment' and
+    'token' modulation) or its shared projection (``w = 6 * hidden``; 'shared'). Entry ``j``
+    is segment ``j + 1`` at its diffusion time, entry ``s + j`` its given frames (their own
+    time) when there are any. ``video i32[b l]``, ``text i32[b m]`` (or None): the entry of
+    each video / text token.
+    """
+
+    table: jax.Array
+    video: jax.Array
+    text: jax.Array | None = None
+
+
 def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
     return x * (1.0 + scale) + shift
+
+
+def _gather(table: jax.Array, index: jax.Array) -> jax.Array:
+    """``table f[b k w]``, ``index i32[b n]`` -> ``f[b n w]`` (each token's entry)."""
+    return jnp.take_along_axis(table, index[..., None], axis=1)
+
+
+def period_layouts(attention_layout: str) -> tuple[str, ...]:
+    """The attention layouts of the blocks of one period of the network (it repeats)."""
+    return ("thw",) if attention_layout == "full" else ("hw", "t")
 
 
 class _Layers:
@@ -203,10 +262,10 @@ class _Layers:
 class DiTBlock(nn.Module):
     """adaLN-Zero block: self-attention (QK-norm, 3D RoPE), text conditioning, MLP.
 
-    ``x f[b l hidden]``, ``c f[b l hidden]`` (per-token conditioning), ``positions
-    i32[b l 3]``, ``segments`` (``BlockSegments``: who attends to whom), ``text f[b m hidden]``,
-    ``text_c f[b m hidden]`` (conditioning of each text token, used by 'joint' only)
-    -> ``(x f[b l hidden], text f[b m hidden])`` (text unchanged by 'cross' blocks).
+    ``x f[b l hidden]``, ``cond`` (``Conditioning``: the adaLN entries and each token's),
+    ``positions i32[b l 3]``, ``segments`` (``BlockSegments``: who attends to whom),
+    ``text f[b m hidden]`` -> ``(x f[b l hidden], text f[b m hidden])`` (text unchanged by
+    'cross' blocks; 'joint' blocks modulate text tokens by ``cond.text``).
     """
 
     hidden: int
@@ -220,6 +279,30 @@ class DiTBlock(nn.Module):
     text_attention: str = "cross"
     attention_blocks: tuple[int, int] = (512, 512)  # (query, key) block sizes of the kernels
     attention_shard: bool = True  # run attention per device under shard_map (see attention.py)
+    modulation: str = "segment"  # MODULATIONS
+
+    def _modulation(self, layers, cond, index, prefix=""):
+        """The six adaLN tensors ``f[b n hidden]`` (shift, scale, gate of attention, then of
+        the MLP) of the tokens whose entries are ``index i32[b n]``."""
+        n = 6 * self.hidden
+        if self.modulation == "shared":
+            own = self.param(
+                prefix + "modulation",
+                nn.with_logical_partitioning(nn.initializers.zeros, (None, NORM)),
+                (6, self.hidden),
+                self.param_dtype,
+            )
+            table = cond.table + own.reshape(n).astype(self.dtype)
+        else:
+            dense = layers.dense(n, prefix + "adaln", (EMBED, MLP), nn.initializers.zeros)
+            if self.modulation == "token":
+                table, index = dense(nn.silu(_gather(cond.table, index))), None
+            else:
+                table = dense(nn.silu(cond.table))
+        parts = jnp.split(table, 6, axis=-1)
+        if index is not None:
+            parts = [_gather(p, index) for p in parts]
+        return [nn.with_logical_constraint(p, TOKENS) for p in parts]
 
     def _attend(self, q, k, v, segments, return_lse=False):
         bq, bk = self.attention_blocks
@@ -263,24 +346,22 @@ class DiTBlock(nn.Module):
         return tuple(nn.with_logical_constraint(a, QKV) for a in (q, k, v))
 
     @nn.compact
-    def __call__(self, x, c, positions, segments, text, text_c=None):
+    def __call__(self, x, cond, positions, segments, text):
         layers = _Layers(self.dtype, self.param_dtype)
         b, l, _ = x.shape
-        mod = layers.dense(6 * self.hidden, "adaln", (EMBED, MLP), nn.initializers.zeros)(
-            nn.silu(c)
+        # Named so that the remat policies can keep (or offload) just this.
+        x = jax.ad_checkpoint.checkpoint_name(x, BLOCK_INPUT)
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self._modulation(
+            layers, cond, cond.video
         )
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, axis=-1)
 
         y = _modulate(layers.plain_norm("norm_attn")(x), shift_a, scale_a)
         q, k, v = self._qkv(layers, y)
         q, k = rope_3d(q, positions, self.rope_theta), rope_3d(k, positions, self.rope_theta)
         if self.text_attention == "joint":
             # MMDiT: the text stream has its own weights; both attend over video + text.
-            tmod = layers.dense(6 * self.hidden, "text_adaln", (EMBED, MLP), nn.initializers.zeros)(
-                nn.silu(text_c)
-            )
-            t_shift_a, t_scale_a, t_gate_a, t_shift_m, t_scale_m, t_gate_m = jnp.split(
-                tmod, 6, axis=-1
+            t_shift_a, t_scale_a, t_gate_a, t_shift_m, t_scale_m, t_gate_m = self._modulation(
+                layers, cond, cond.text, "text_"
             )
             yt = _modulate(layers.plain_norm("text_norm_attn")(text), t_shift_a, t_scale_a)
             tq, tk, tv = self._qkv(layers, yt, "text_")
@@ -324,17 +405,32 @@ class DiTBlock(nn.Module):
         return x, text
 
 
+class _Period(nn.Module):
+    """One period of blocks (their ``layouts``), the body of the scan over depth: carries
+    ``(x f[b l hidden], text f[b m hidden])``, the rest is the same for every period."""
+
+    block: Callable[..., DiTBlock]  # DiTBlock with every field but the name
+    layouts: tuple[str, ...]
+
+    @nn.compact
+    def __call__(self, carry, cond, positions, segments):
+        x, text = carry
+        for layout, name in zip(self.layouts, PERIOD_NAMES[len(self.layouts)]):
+            x, text = self.block(name=name)(x, cond, positions, segments[layout], text)
+        return (x, text), None
+
+
 class DiT(nn.Module):
     """Diffusion Transformer on packed token rows (predicts e.g. the flow velocity).
 
     ``__call__(x f32[b l patch_dim], t f32[b s], segment_ids i32[b l], positions i32[b l 3],
-    text f32[b s lt text_dim], text_mask bool[b s lt], t_tok f32[b l] | None,
-    cond_mask bool[b l] | None) -> f32[b l patch_dim]``
+    text f32[b s lt text_dim], text_mask bool[b s lt], cond_mask bool[b l] | None,
+    t_given f32[b s] | None) -> f32[b l patch_dim]``
 
     ``t[:, j]`` (in [0, 1]) and ``text[:, j]`` belong to segment ``j + 1``; segment ids must
-    be in ``[0, s]`` (0 = padding). Outputs on padding tokens are exactly zero. ``t_tok``
-    (optional) replaces ``t`` by a time per token (0 on clean conditioning tokens);
-    ``cond_mask`` marks the conditioning tokens for the ``cond_embedding`` (if enabled).
+    be in ``[0, s]`` (0 = padding). Outputs on padding tokens are exactly zero. ``cond_mask``
+    (optional) marks the tokens of given frames: they take their segment's time ``t_given``
+    (default 0, clean) instead of ``t``, and the ``cond_embedding`` (if enabled).
     With ``text_tokens`` each row's caption tokens are packed into that many before the text
     projections (see the attribute).
     """
@@ -363,6 +459,11 @@ class DiT(nn.Module):
     text_attention: str = "cross"  # TEXT_ATTENTIONS
     attention_layout: str = "full"  # ATTENTION_LAYOUTS
     remat_policy: str = "none"  # REMAT_POLICIES
+    modulation: str = "segment"  # MODULATIONS
+    # One scanned period of blocks (params stacked along a 'layers' axis: the program holds
+    # one period, so it compiles in a fraction of the time) instead of `depth` unrolled ones.
+    # The params differ in structure only (sora_jax/models/block_stack.py converts them).
+    scan_blocks: bool = False
     # Caption tokens per row after packing the row's captions: the valid tokens of its
     # segments' captions, in slot order, then padding. 0 (or >= s * lt): every slot's lt tokens.
     # Text projections and cross-attention then cost text_tokens per row, not
@@ -376,6 +477,7 @@ class DiT(nn.Module):
             ("text_attention", self.text_attention, TEXT_ATTENTIONS),
             ("attention_layout", self.attention_layout, ATTENTION_LAYOUTS),
             ("remat_policy", self.remat_policy, REMAT_POLICIES),
+            ("modulation", self.modulation, MODULATIONS),
         ):
             if value not in options:
                 raise ValueError(f"DiT: {name}={value!r}; choose one of {options}")
@@ -385,21 +487,70 @@ class DiT(nn.Module):
             raise ValueError(
                 f"DiT: hidden {self.hidden} not divisible by num_heads {self.num_heads}"
             )
+        period = len(period_layouts(self.attention_layout))
+        if self.scan_blocks and self.depth % period:
+            raise ValueError(
+                f"DiT: scan_blocks scans {self.attention_layout} blocks in periods of "
+                f"{period}; depth {self.depth} is not a multiple"
+            )
 
-    def _block_class(self):
+    def _remat(self, module_class):
+        """``module_class`` rematerialised in the backward pass by ``remat_policy``."""
         if self.remat_policy == "none":
-            return DiTBlock
-        policy = getattr(jax.checkpoint_policies, self.remat_policy)
-        return nn.remat(DiTBlock, policy=policy)
+            return module_class
+        if self.remat_policy == "save_block_inputs":
+            policy = jax.checkpoint_policies.save_only_these_names(BLOCK_INPUT)
+        elif self.remat_policy == "offload_block_inputs":
+            policy = jax.checkpoint_policies.save_and_offload_only_these_names(
+                names_which_can_be_saved=[],
+                names_which_can_be_offloaded=[BLOCK_INPUT],
+                offload_src="device",
+                offload_dst="pinned_host",
+            )
+        else:
+            policy = getattr(jax.checkpoint_policies, self.remat_policy)
+        # Inside a scan the loop already keeps the recomputation apart (no CSE to prevent).
+        return nn.remat(module_class, policy=policy, prevent_cse=not self.scan_blocks)
 
-    def _layouts(self) -> list[str]:
-        """Per block: 'thw' (full 3D), or alternating 'hw' (spatial) / 't' (temporal)."""
-        if self.attention_layout == "full":
-            return ["thw"] * self.depth
-        return ["hw" if i % 2 == 0 else "t" for i in range(self.depth)]
+    def _blocks(self, h, text, cond, positions, segments):
+        """The ``depth`` blocks over ``h f[b l hidden]`` and ``text f[b m hidden]``."""
+        block = functools.partial(
+            DiTBlock,
+            hidden=self.hidden,
+            num_heads=self.num_heads,
+            mlp_ratio=self.mlp_ratio,
+            rope_theta=self.rope_theta,
+            dtype=self.dtype,
+            attention_impl=self.attention_impl,
+            param_dtype=self.param_dtype,
+            mlp=self.mlp,
+            text_attention=self.text_attention,
+            attention_blocks=self.attention_blocks,
+            attention_shard=self.attention_shard,
+            modulation=self.modulation,
+        )
+        layouts = period_layouts(self.attention_layout)
+        if not self.scan_blocks:
+            block = functools.partial(self._remat(DiTBlock), **block.keywords)
+            for i in range(self.depth):
+                layout = layouts[i % len(layouts)]
+                h, text = block(name=f"block_{i}")(h, cond, positions, segments[layout], text)
+            return h, text
+        stack = nn.scan(
+            self._remat(_Period),
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+            length=self.depth // len(layouts),
+            metadata_params={nn.PARTITION_NAME: LAYERS},
+        )
+        (h, text), _ = stack(block=block, layouts=layouts, name="blocks")(
+            (h, text), cond, positions, segments
+        )
+        return h, text
 
     @nn.compact
-    def __call__(self, x, t, segment_ids, positions, text, text_mask, t_tok=None, cond_mask=None):
+    def __call__(self, x, t, segment_ids, positions, text, text_mask, cond_mask=None, t_given=None):
         b, l, _ = x.shape
         s, lt = text.shape[1], text.shape[2]
         self._check_options()
@@ -415,13 +566,15 @@ class DiT(nn.Module):
                 f"DiT: segment_ids {segment_ids.shape} / positions {positions.shape} "
                 f"do not match tokens {x.shape}"
             )
-        for name, a in (("t_tok", t_tok), ("cond_mask", cond_mask)):
-            if a is not None and a.shape != (b, l):
-                raise ValueError(f"DiT: {name} {a.shape} does not match tokens {x.shape[:2]}")
+        if cond_mask is not None and cond_mask.shape != (b, l):
+            raise ValueError(f"DiT: cond_mask {cond_mask.shape} does not match tokens {(b, l)}")
+        if t_given is not None and t_given.shape != (b, s):
+            raise ValueError(f"DiT: t_given {t_given.shape} does not match t {t.shape}")
         layers = _Layers(self.dtype, self.param_dtype)
         text = text.astype(self.dtype)
 
-        # Conditioning: diffusion time + pooled text of the token's segment, c_tok[b l hidden].
+        # Conditioning: diffusion time + pooled text of the token's segment, one entry per
+        # (segment, time) (see Conditioning), modulation gathers per token.
         time_in = layers.dense(self.hidden, "time_mlp_in", (None, MLP))
         time_out = layers.dense(self.hidden, "time_mlp_out", (MLP, EMBED))
         time_mlp = lambda tt: time_out(
@@ -430,13 +583,13 @@ class DiT(nn.Module):
         m = text_mask.astype(jnp.float32)[..., None]
         pooled = jnp.sum(text * m, axis=2) / jnp.maximum(jnp.sum(m, axis=2), 1.0)  # [b s text_dim]
         c_pool = layers.dense(self.hidden, "text_pool_proj", (TEXT_EMBED, EMBED))(pooled)
-        c_seg = time_mlp(t) + c_pool  # [b s hidden]
-        # Gather per token; padding takes segment 1's (its outputs are zeroed anyway).
-        seg_index = jnp.clip(segment_ids - 1, 0, s - 1)[..., None]
-        if t_tok is None:
-            c_tok = jnp.take_along_axis(c_seg, seg_index, axis=1)
-        else:
-            c_tok = time_mlp(t_tok) + jnp.take_along_axis(c_pool, seg_index, axis=1)
+        table = time_mlp(t) + c_pool  # [b s hidden]
+        # Padding takes segment 1's entry (its outputs are zeroed anyway).
+        entry = jnp.clip(segment_ids - 1, 0, s - 1)
+        if cond_mask is not None:
+            t_given = jnp.zeros_like(t) if t_given is None else t_given
+            table = jnp.concatenate([table, time_mlp(t_given) + c_pool], axis=1)  # [b 2s hidden]
+            entry = entry + s * cond_mask.astype(entry.dtype)
 
         # Text tokens of segment j+1 carry id j+1, so a token only sees its own caption.
         text = text.reshape(b, s * lt, -1)
@@ -452,11 +605,15 @@ class DiT(nn.Module):
         text_kv = layers.dense(self.hidden, "text_proj", (TEXT_EMBED, EMBED))(text)
         segments = {
             layout: block_segments(segment_ids, text_ids, positions, layout, self.text_attention)
-            for layout in dict.fromkeys(self._layouts())
+            for layout in period_layouts(self.attention_layout)
         }
-        text_c = None
-        if self.text_attention == "joint":
-            text_c = jnp.take_along_axis(c_seg, text_slot[..., None], axis=1)  # [b m hidden]
+        final_table = table
+        if self.modulation == "shared":
+            table = layers.dense(6 * self.hidden, "time_proj", (EMBED, MLP), nn.initializers.zeros)(
+                nn.silu(table)
+            )
+        # Text tokens of 'joint' blocks take their segment's entry at its diffusion time.
+        cond = Conditioning(table, entry, text_slot if self.text_attention == "joint" else None)
 
         h = layers.dense(self.hidden, "patch_embed", (PATCH, EMBED))(x.astype(self.dtype))
         if self.abs_positions:
@@ -474,27 +631,13 @@ class DiT(nn.Module):
             if cond_mask is not None:
                 h = h + cond_mask[..., None].astype(self.dtype) * flag.astype(self.dtype)
         h = nn.with_logical_constraint(h, TOKENS)
-        block = self._block_class()
-        for i, layout in enumerate(self._layouts()):
-            h, text_kv = block(
-                hidden=self.hidden,
-                num_heads=self.num_heads,
-                mlp_ratio=self.mlp_ratio,
-                rope_theta=self.rope_theta,
-                dtype=self.dtype,
-                attention_impl=self.attention_impl,
-                param_dtype=self.param_dtype,
-                mlp=self.mlp,
-                text_attention=self.text_attention,
-                attention_blocks=self.attention_blocks,
-                attention_shard=self.attention_shard,
-                name=f"block_{i}",
-            )(h, c_tok, positions, segments[layout], text_kv, text_c)
+        h, _ = self._blocks(h, text_kv, cond, positions, segments)
 
-        mod = layers.dense(2 * self.hidden, "final_adaln", (EMBED, MLP), nn.initializers.zeros)(
-            nn.silu(c_tok)
+        mod = layers.dense(2 * self.hidden, "final_adaln", (EMBED, MLP), nn.initializers.zeros)
+        shift, scale = (
+            nn.with_logical_constraint(_gather(p, entry), TOKENS)
+            for p in jnp.split(mod(nn.silu(final_table)), 2, axis=-1)
         )
-        shift, scale = jnp.split(mod, 2, axis=-1)
         h = _modulate(layers.plain_norm("final_norm")(h), shift, scale)
         out = layers.dense(self.patch_dim, "final_out", (EMBED, PATCH), nn.initializers.zeros)(h)
         return out.astype(jnp.float32) * (segment_ids > 0)[..., None]
@@ -592,6 +735,15 @@ def _validate_options(config):
     cc.one_of(config, "dit.model.attention_layout", ATTENTION_LAYOUTS)
     cc.one_of(config, "dit.model.dtype", tuple(DTYPES))
     cc.one_of(config, "dit.model.remat_policy", REMAT_POLICIES)
+    cc.one_of(config, "dit.model.modulation", MODULATIONS)
+    period = len(period_layouts(config.dit.model.attention_layout))
+    cc.check(
+        not config.dit.model.scan_blocks or config.dit.model.depth % period == 0,
+        "dit.model.scan_blocks",
+        True,
+        f"scans periods of {period} blocks ({config.dit.model.attention_layout} layout): "
+        f"dit.model.depth={config.dit.model.depth} must be a multiple",
+    )
     cc.one_of(config, "dit.model.attention_impl", attention_lib.IMPLEMENTATIONS)
     cc.positive(config, "dit.model.attention_block_q", "dit.model.attention_block_kv")
     d = config.dit.token_drop

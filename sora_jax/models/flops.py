@@ -61,7 +61,7 @@ def attention_pairs(
         return float(seq_len) ** 2
     bq, bk = (min(b, seq_len) for b in model.attention_blocks)
     padded = lambda n, b: -(-n // b) * b
-    layouts = model._layouts() if videos is not None else ["thw"]
+    layouts = dit_lib.period_layouts(model.attention_layout) if videos is not None else ["thw"]
     ids, pos = _packed_row(seq_len, videos if videos is not None else [(1, 1, seq_len)])
     length = padded(padded(seq_len, bq), bk)
     ids = jnp.asarray(np.pad(ids, (0, length - seq_len)))[None]
@@ -74,12 +74,19 @@ def attention_pairs(
 
 
 def dit_flops_per_token(
-    model: dit_lib.DiT, seq_len: int, text_tokens: int, videos=None, platform: str | None = None
+    model: dit_lib.DiT,
+    seq_len: int,
+    text_tokens: int,
+    videos=None,
+    platform: str | None = None,
+    entries: int = 1,
 ) -> dict[str, float]:
     """Matmul FLOPs per video token of one packed row, for ``model`` (an unbound DiT).
 
     ``seq_len``: tokens per row; ``text_tokens``: caption tokens per row (max_segments x
-    text length); ``videos``, ``platform``: what self-attention executes (``attention_pairs``).
+    text length); ``videos``, ``platform``: what self-attention executes (``attention_pairs``);
+    ``entries``: adaLN conditioning entries per row (segments, twice that with given frames),
+    each projected once (the 'segment' / 'shared' modulations; 'token' projects every token).
     Returns {'forward', 'train', 'remat', 'attention_pairs'} with train = 3 x forward
     (backward ~ twice the forward; a remat policy re-runs part of the forward on top of that:
     'remat').
@@ -87,22 +94,33 @@ def dit_flops_per_token(
     h, l, m = model.hidden, seq_len, text_tokens
     pairs = attention_pairs(model, seq_len, videos, platform)
     mlp = _mlp_flops(h, model.mlp_ratio, model.mlp)
-    # Per video token, per block: adaLN (6h), qkv (3h), attention out (h), MLP.
-    video = 2.0 * h * (6 * h + 3 * h + h) + mlp
+    # adaLN projections (6h wide) per block: per token, per entry, or none ('shared': the
+    # one projection is counted with the embeddings).
+    streams = 1 if model.text_attention == "cross" else 2
+    adaln = {"token": (l + (streams - 1) * m), "segment": streams * entries, "shared": 0}
+    adaln = adaln[model.modulation] * 2.0 * h * 6 * h
+    # Per video token, per block: qkv (3h), attention out (h), MLP.
+    video = 2.0 * h * (3 * h + h) + mlp
     if model.text_attention == "cross":
         # cross q and out per video token; k/v of the row's text; QK^T and AV over the text.
         row = l * (2.0 * h * 2 * h + 4.0 * m * h) + m * 2.0 * h * 2 * h
         row += l * video + 4.0 * pairs * h
     else:
-        # Text stream with its own adaLN / qkv / out / MLP; attention over video + text.
+        # Text stream with its own qkv / out / MLP; attention over video + text.
         row = (l + m) * video + 4.0 * (pairs + 2 * l * m + m * m) * h
-    per_block = row / l
-    # Text projection (per text token), patch embedding, final adaLN and output.
+    per_block = (row + adaln) / l
+    # Text projection (per text token), patch embedding, the shared adaLN projection, the
+    # final adaLN (per entry) and output.
     embed = 2.0 * model.text_dim * h * m / l + 2.0 * model.patch_dim * h
+    if model.modulation == "shared":
+        embed += entries * 2.0 * h * 6 * h / l
     if model.abs_positions:
         embed += 2.0 * 3 * 32 * h
-    head = 2.0 * h * 2 * h + 2.0 * h * model.patch_dim
+    head = entries / l * 2.0 * h * 2 * h + 2.0 * h * model.patch_dim
     forward = model.depth * per_block + embed + head
+    if model.text_attention == "joint":
+        # The last block's text stream ends at its attention (its output is not used).
+        forward -= m * (2.0 * h * h + mlp) / l
     remat = {"none": 0.0, "everything_saveable": 0.0}.get(model.remat_policy, 1.0)
     return {
         "forward": forward,

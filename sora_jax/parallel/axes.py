@@ -16,8 +16,9 @@ PATCH = "patch"  # flattened latent patch (the DiT's input and output width)
 TEXT_EMBED = "text_embed"  # width of the text encoder's outputs, as the DiT sees them
 NORM = "norm"  # norm scales and biases
 VOCAB = "vocab"  # token embedding rows
+LAYERS = "layers"  # the stacked blocks of a scanned network
 
-LOGICAL_AXES = (BATCH, LENGTH, EMBED, HEADS, KV, MLP, PATCH, TEXT_EMBED, NORM, VOCAB)
+LOGICAL_AXES = (BATCH, LENGTH, EMBED, HEADS, KV, MLP, PATCH, TEXT_EMBED, NORM, VOCAB, LAYERS)
 
 # Activation layouts.
 TOKENS = (BATCH, LENGTH, EMBED)  # f[b l hidden]

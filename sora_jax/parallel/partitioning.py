@@ -25,6 +25,7 @@ from sora_jax.parallel.axes import (
     EMBED,
     HEADS,
     KV,
+    LAYERS,
     LENGTH,
     MLP,
     NORM,
@@ -44,6 +45,7 @@ DEFAULT_RULES = (
     (TEXT_EMBED, None),
     (NORM, None),
     (VOCAB, None),
+    (LAYERS, None),
 )
 
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]

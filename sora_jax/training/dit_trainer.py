@@ -86,13 +86,11 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
             # Given frames: at their own time (0, clean, without noise augmentation), and no
             # loss on them.
             cond = batch["cond_mask"] & (seg > 0)
+            x_given = x0
             if t_cond is not None:
-                tc_tok = per_token(t_cond)
-                x_given = objective.corrupt(x0, noise, tc_tok[..., None])
-            else:
-                tc_tok, x_given = 0.0, x0
+                x_given = objective.corrupt(x0, noise, per_token(t_cond)[..., None])
             x_t = jnp.where(cond[..., None], x_given, x_t)
-            kw = dict(t_tok=jnp.where(cond, tc_tok, t_tok[..., 0]), cond_mask=cond)
+            kw = dict(cond_mask=cond, t_given=t_cond)
         else:
             kw = {}
         out = dit.apply(
