@@ -1,10 +1,13 @@
 """Export CLI: a training workdir -> an inference checkpoint (EMA params only).
 
-  python -m sora_jax.export --workdir=runs/tiny --out=exports/tiny [--bf16] [--name=tiny]
+  python -m sora_jax.export --workdir=runs/tiny --out=exports/tiny [--bf16] [--name=tiny] \
+      [--scan_blocks=true|false]
 
 Writes the latest VAE and DiT checkpoints' EMA params (no optimizer state, no raw params),
 optionally cast to bfloat16, with the model config, the latent shift/scale and the
-text-encoder reference beside them (format: `sora_jax/inference/export_format.py`). Load it
+text-encoder reference beside them (format: `sora_jax/inference/export_format.py`);
+`--scan_blocks` stores the DiT's blocks scanned (stacked) or unrolled whatever the run
+trained with (`sora_jax/models/block_stack.py`; the exported config says which). Load it
 with `sora_jax.load_pipeline("exports/tiny")`, or sample from it with
 `python -m sora_jax.sample --workdir=exports/tiny --prompt "..."`.
 """
@@ -20,6 +23,9 @@ _OUT = flags.DEFINE_string("out", None, "Folder for the inference checkpoint (ne
 _BF16 = flags.DEFINE_boolean("bf16", False, "Store the weights as bfloat16 (half the size).")
 _NAME = flags.DEFINE_string("name", None, "Model name for provenance (default: --out's name).")
 _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace a non-empty --out folder.")
+_SCAN = flags.DEFINE_enum(
+    "scan_blocks", None, ["true", "false"], "Store the DiT's blocks scanned / unrolled."
+)
 
 
 def main(argv):
@@ -34,6 +40,7 @@ def main(argv):
             bf16=_BF16.value,
             name=_NAME.value,
             overwrite=_OVERWRITE.value,
+            scan_blocks=None if _SCAN.value is None else _SCAN.value == "true",
         )
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         raise app.UsageError(str(e)) from None

@@ -7,6 +7,7 @@ import os
 
 from sora_jax.common import checkpoint
 from sora_jax.inference import export_format, loader
+from sora_jax.models import block_stack
 
 
 def save_model(
@@ -17,12 +18,23 @@ def save_model(
     name: str | None = None,
     source: dict | None = None,
     overwrite: bool = False,
+    scan_blocks: bool | None = None,
 ) -> str:
-    """Exports a loaded model (its EMA params) to `out`; returns `out`'s path."""
+    """Exports a loaded model (its EMA params) to `out`; returns `out`'s path. `scan_blocks`
+    (True / False) stores the DiT's blocks scanned / unrolled (`block_stack`), whichever
+    form the model has; its config says which."""
+    config, params = model.config, model.params
+    if scan_blocks is not None and scan_blocks != config.dit.model.scan_blocks:
+        params = dict(params)
+        params["dit"] = block_stack.convert(
+            params["dit"], config.dit.model.attention_layout, scanned=scan_blocks
+        )
+        config = config.copy_and_resolve_references()
+        config.dit.model.scan_blocks = scan_blocks
     return export_format.save(
         out,
-        model.config,
-        {"vae": model.vae_params, **model.params},
+        config,
+        {"vae": model.vae_params, **params},
         model.latent_mean,
         model.latent_std,
         name=name or os.path.basename(os.path.abspath(out)),
@@ -39,6 +51,7 @@ def export_workdir(
     bf16: bool = False,
     name: str | None = None,
     overwrite: bool = False,
+    scan_blocks: bool | None = None,
 ) -> str:
     """Exports a training workdir's latest EMA params to `out`; returns `out`'s path."""
     if not os.path.isdir(workdir):
@@ -53,4 +66,12 @@ def export_workdir(
         steps[f"{stage}_step"] = ckpt.latest_step()
         ckpt.close()
     source = {"workdir": os.path.abspath(workdir), **steps}
-    return save_model(model, out, bf16=bf16, name=name, source=source, overwrite=overwrite)
+    return save_model(
+        model,
+        out,
+        bf16=bf16,
+        name=name,
+        source=source,
+        overwrite=overwrite,
+        scan_blocks=scan_blocks,
+    )
