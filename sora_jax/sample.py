@@ -26,6 +26,13 @@ backward for a 4x temporal VAE; connect: two numbers a,b); by default about half
 --prompt_lm, else the built-in moving-shapes expander; deterministic by --seed) and writes
 SAMPLE.json beside each sample with the prompt, its expansion and how it was made.
 
+--mesh samples on a device mesh (default: config.sample.mesh, '' = one device): 'config' for
+the workdir's config.mesh, or axis sizes such as `--mesh=data:2,sequence:4` (one may be -1).
+The DiT params are sharded by config.mesh.rules, CFG's conditional and unconditional rows are
+split over the batch axes and each row along its length over 'sequence'. --shard_tiles (default:
+config.vae.inference.shard_tiles) decodes in tiles (vae.inference.tile_latent_size / overlap)
+whose rows are spread over the mesh's devices, the video split along its height.
+
 Any duration, resolution and aspect ratio the model supports: height and width
 must be multiples of the VAE's spatial compression times the patch size; frame
 counts the causal VAE cannot produce are rounded up and trimmed.
@@ -45,6 +52,7 @@ from sora_jax.diffusion import samplers
 from sora_jax.inference import pipeline as pipeline_lib
 from sora_jax.inference import samples
 from sora_jax.models import geometry
+from sora_jax.parallel import mesh as mesh_lib
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Training workdir or exported checkpoint folder (config + weights)."
@@ -91,6 +99,17 @@ _EXPAND = flags.DEFINE_bool(
 )
 _PROMPT_LM = flags.DEFINE_string(
     "prompt_lm", None, "Local LM folder for --expand_prompt (default: config.sample.prompt_lm)."
+)
+_MESH = flags.DEFINE_string(
+    "mesh",
+    None,
+    "Device mesh: '' one device, 'config' config.mesh, or sizes 'data:2,sequence:4' "
+    "(default: config.sample.mesh).",
+)
+_SHARD_TILES = flags.DEFINE_bool(
+    "shard_tiles",
+    None,
+    "Decode tiled with the tile rows over the mesh's devices (default: config.vae.inference).",
 )
 _CONTEXT = flags.DEFINE_list(
     "context_frames", None, "Given frames: N (--extend) or Na,Nb (--connect); default: auto."
@@ -181,7 +200,12 @@ def main(argv):
         expansions = _expand(config, prompts, num_frames)
         if expansions:
             prompts = [e.expanded for e in expansions]
-        pipe = pipeline_lib.load_pipeline(_WORKDIR.value)
+        mesh = mesh_lib.inference_mesh(config, given(_MESH, s.mesh))
+        pipe = pipeline_lib.load_pipeline(_WORKDIR.value, mesh)
+        if _SHARD_TILES.value is not None:
+            pipe = pipe.with_vae_inference(
+                tiled=_SHARD_TILES.value or None, shard_tiles=_SHARD_TILES.value
+            )
         paths = samples.write_samples(
             pipe,
             prompts,
