@@ -540,7 +540,9 @@ def _encode(vae, inference_cfg, vae_params, video):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 8))
-def _decode(vae, inference_cfg, patch, grid, vae_params, tokens, latent_mean, latent_std, mesh):
+def _decode(
+    vae, inference_cfg, patch, grid, vae_params, tokens, latent_mean, latent_std, mesh=None
+):
     """Videos f32[n t h w 3] in [-1, 1] (about) from normalised latent tokens f32[n l d].
     Long videos are decoded chunk by chunk (large frames tile by tile) as
     config.vae.inference says; tile rows over `mesh`'s devices with its shard_tiles."""
