@@ -179,7 +179,7 @@ def test_sharded_tiled_decode_equals_one_device_tiled_decode(spec):
     """Each device keeps its band of 144 / n rows; the video equals the one-device tiled
     decode within 1e-5 (f32; measured 1e-6) and the untiled one within the tiling's blending
     error (measured on this random tiny VAE with 8/4 tiles: mean |tiled - untiled| / std =
-    0.061; asserted < 0.1)."""
+    0.073; asserted < 0.1)."""
     model, params, z, tiled, full = _vae()
     mesh = mesh_lib.inference_mesh(None, spec)
     out = jax.jit(lambda p, z: vi.decode(model, p, z, SHARDED, mesh))(params, z)
