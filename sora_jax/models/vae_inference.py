@@ -459,15 +459,8 @@ def padded_size(model: vae_lib.CausalVAE, t: int, h: int, w: int) -> tuple[int, 
 def reconstruct(model: vae_lib.CausalVAE, params, x: jax.Array, cfg: InferenceConfig) -> jax.Array:
     """``f32[b t h w 3] -> f32[b t h w 3]``: encode (posterior mean) + decode, any size.
 
-        Tiles over devices (``sharded_decode``). Decoding a large video spreads the rows of tiles over
-    a mesh's devices: each device decodes its rows' tiles (all columns, every tile chunked along
-    time as above), blends them into a canvas around its own band of output rows, and swaps the
-    overlaps with its neighbours (``ppermute``), so the video comes out split along its height and
-    no device ever holds all of it. Same tiles and weights as the one-device ``tiled`` decode, so
-    the same result up to float summation order (tests: 1e-5 in float32).
-
     Sizes the VAE cannot take are padded by repeating the last frame / row / column (at the
-        end, so the causal frames before it are unaffected) and the result is cropped back.
+    end, so the causal frames before it are unaffected) and the result is cropped back.
     """
     if x.ndim != 5 or x.shape[-1] != 3:
         raise ValueError(f"reconstruct expects f32[b t h w 3], got shape {x.shape}")
