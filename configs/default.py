@@ -133,6 +133,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.vae.inference.tiled = False
     c.vae.inference.tile_latent_size = 32
     c.vae.inference.tile_latent_overlap = 8
+    # On a sampling mesh (sample.mesh): spread the rows of tiles over its devices, the decoded
+    # video split along its height (no device holds all of it). Needs tiled, and tile rows
+    # that divide by the device count.
+    c.vae.inference.shard_tiles = False
     c.vae.train = _train_config(steps=20_000, learning_rate=1e-4, warmup_steps=500)
     c.vae.train.batch_size = 16  # videos per step, all of one (frames, height, width) bucket
     # The VAE is convolutional, so a few buckets teach every size; the causal first
@@ -329,6 +333,11 @@ def get_config() -> ml_collections.ConfigDict:
     # or, when it is '', the built-in moving-shapes expander.
     c.sample.expand_prompt = False
     c.sample.prompt_lm = ""
+    # Device mesh of sampling (the sampling CLI's --mesh; README "Using it"): '' one device,
+    # 'config' the mesh section above, or axis sizes such as 'data:2,sequence:4'. The DiT runs
+    # sharded by mesh.rules (CFG's conditional and unconditional rows split over the batch
+    # axes, rows along their length over 'sequence').
+    c.sample.mesh = ""
 
     # Prompt-following evaluation (python -m sora_jax.evaluate).
     c.eval = ml_collections.ConfigDict()

@@ -105,6 +105,7 @@ ADDED_KEYS = {
     "vae.inference.tiled": False,
     "vae.inference.tile_latent_size": 32,
     "vae.inference.tile_latent_overlap": 8,
+    "vae.inference.shard_tiles": False,
     # Before config mesh axes the mesh was data parallel over mesh.num_devices.
     "mesh.data": -1,
     "mesh.fsdp": 1,
@@ -151,6 +152,7 @@ ADDED_KEYS = {
     "data.captions_manifest": "",
     "sample.expand_prompt": False,
     "sample.prompt_lm": "",
+    "sample.mesh": "",
 }
 
 

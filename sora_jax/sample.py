@@ -26,6 +26,14 @@ backward for a 4x temporal VAE; connect: two numbers a,b); by default about half
 --prompt_lm, else the built-in moving-shapes expander; deterministic by --seed) and writes
 SAMPLE.json beside each sample with the prompt, its expansion and how it was made.
 
+--mesh samples on a device mesh (default: config.sample.mesh, '' = one device): 'config' for
+the workdir's config.mesh, or axis sizes such as `--mesh=data:2,sequence:4` (one may be -1).
+The DiT params are sharded by config.mesh.rules, CFG's conditional and unconditional rows are
+split over the batch axes and each row along its length over 'sequence'. --shard_tiles (default:
+config.vae.inference.shard_tiles) decodes in tiles (vae.inference.tile_latent_size / overlap)
+whose rows are spread over the mesh's devices, the video split along its height; --tiles=16,4
+sets the tile size and overlap (latent pixels).
+
 Any duration, resolution and aspect ratio the model supports: height and width
 must be multiples of the VAE's spatial compression times the patch size; frame
 counts the causal VAE cannot produce are rounded up and trimmed.
@@ -44,7 +52,8 @@ from sora_jax.data import video_io
 from sora_jax.diffusion import samplers
 from sora_jax.inference import pipeline as pipeline_lib
 from sora_jax.inference import samples
-from sora_jax.models import geometry
+from sora_jax.models import geometry, vae_inference
+from sora_jax.parallel import mesh as mesh_lib
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Training workdir or exported checkpoint folder (config + weights)."
@@ -91,6 +100,22 @@ _EXPAND = flags.DEFINE_bool(
 )
 _PROMPT_LM = flags.DEFINE_string(
     "prompt_lm", None, "Local LM folder for --expand_prompt (default: config.sample.prompt_lm)."
+)
+_MESH = flags.DEFINE_string(
+    "mesh",
+    None,
+    "Device mesh: '' one device, 'config' config.mesh, or sizes 'data:2,sequence:4' "
+    "(default: config.sample.mesh).",
+)
+_SHARD_TILES = flags.DEFINE_bool(
+    "shard_tiles",
+    None,
+    "Decode tiled with the tile rows over the mesh's devices (default: config.vae.inference).",
+)
+_TILE = flags.DEFINE_list(
+    "tiles",
+    None,
+    "size,overlap: decode tiles in latent pixels (default: config.vae.inference), e.g. 16,4.",
 )
 _CONTEXT = flags.DEFINE_list(
     "context_frames", None, "Given frames: N (--extend) or Na,Nb (--connect); default: auto."
@@ -173,15 +198,18 @@ def main(argv):
         given = lambda flag, default: default if flag.value is None else flag.value  # noqa: E731
         num_frames = given(_FRAMES, s.num_frames)
         height, width = given(_HEIGHT, s.height), given(_WIDTH, s.width)
-        geometry.latent_grid(
+        grid = geometry.latent_grid(
             config, pipeline_lib.generated_frames(config, num_frames), height, width
         )
+        mesh = mesh_lib.inference_mesh(config, given(_MESH, s.mesh))
+        decode = _decode_overrides()
+        _check_decode(config, decode, mesh, grid)
         mode = _mode_inputs(config, list(argv[1:]), num_frames)
         _check_counts(config, mode, num_frames)
         expansions = _expand(config, prompts, num_frames)
         if expansions:
             prompts = [e.expanded for e in expansions]
-        pipe = pipeline_lib.load_pipeline(_WORKDIR.value)
+        pipe = pipeline_lib.load_pipeline(_WORKDIR.value, mesh).with_vae_inference(**decode)
         paths = samples.write_samples(
             pipe,
             prompts,
@@ -214,6 +242,33 @@ def main(argv):
         paths.append(log)
     for p in paths:
         print(p)
+
+
+def _decode_overrides() -> dict:
+    """config.vae.inference keys the decode flags set (None: the config's)."""
+    tiles = _TILE.value
+    if tiles is not None:
+        if len(tiles) != 2 or not all(v.strip().isdigit() for v in tiles):
+            raise app.UsageError(f"--tiles must be two integers size,overlap, got {tiles}")
+        tiles = [int(v) for v in tiles]
+    shard = _SHARD_TILES.value
+    return {
+        "tiled": True if shard or tiles else None,
+        "shard_tiles": shard,
+        "tile_latent_size": tiles[0] if tiles else None,
+        "tile_latent_overlap": tiles[1] if tiles else None,
+    }
+
+
+def _check_decode(config, overrides: dict, mesh, grid) -> None:
+    """A sharded decode's tiles split over the mesh (checked before any sampling)."""
+    c = config.copy_and_resolve_references()
+    c.vae.inference.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = vae_inference.from_config(config_lib.validate(c))
+    if cfg.shard_tiles and mesh is not None:
+        _, h, w = grid
+        r_s = geometry.vae_compression(config)[1]
+        vae_inference.tile_plan(h, w, cfg.tile_latent_size, cfg.tile_latent_overlap, r_s, mesh.size)
 
 
 def _expand(config, prompts: list[str], num_frames: int) -> list | None:

@@ -29,6 +29,7 @@ import numpy as np
 from sora_jax.common import config_checks as cc
 from sora_jax.diffusion import rectified_flow as rf
 from sora_jax.models import geometry
+from sora_jax.parallel import mesh as mesh_lib
 
 SAMPLERS = ("euler", "heun", "ddim", "dpmpp_2m")
 SPACINGS = ("uniform", "shifted", "karras")
@@ -222,4 +223,9 @@ def validate_sample_config(config):
     s = config.sample
     geometry.check_size(config, "sample", s.num_frames, s.height, s.width)
     cc.one_of(config, "sample.image_prompt", IMAGE_PROMPTS)
+    if s.mesh not in ("", "config"):
+        try:
+            mesh_lib.parse_sizes(s.mesh)
+        except ValueError as e:
+            cc.check(False, "sample.mesh", s.mesh, f"'' (one device), 'config' or {e}")
     cc.positive(config, "eval.num_prompts")

@@ -116,13 +116,15 @@ def read_meta(path: str) -> dict:
     return meta
 
 
-def read_params(path: str, meta: dict, expected, mesh) -> dict:
-    """The stored params tree (cast to float32, replicated over `mesh`) of the shapes in
-    `expected` (the config's models, as shape/dtype structs); ValueError where they differ."""
+def read_params(path: str, meta: dict, expected, mesh, shardings=None) -> dict:
+    """The stored params tree (cast to float32; replicated over `mesh`, or placed as the tree
+    `shardings` says) of the shapes in `expected` (the config's models, as shape/dtype
+    structs); ValueError where they differ."""
     stored = DTYPES[meta["dtype"]]
+    if shardings is None:
+        shardings = jax.tree.map(lambda _: mesh_lib.replicated(mesh), expected)
     target = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, stored, sharding=mesh_lib.replicated(mesh)),
-        expected,
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, stored, sharding=sh), expected, shardings
     )
     ckptr = ocp.StandardCheckpointer()
     try:

@@ -73,13 +73,31 @@ def load_vae(config, workdir: str, mesh: Mesh | None = None):
     return vae, _restore_fields(config, workdir, "vae", {"ema_params": target})["ema_params"]
 
 
+def dit_shardings(config, dit, text_encoder, mesh: Mesh) -> dict:
+    """NamedShardings of the DiT (and trained text encoder) params ({'dit': ..., 'text': ...})
+    on `mesh`, as config.mesh.rules say."""
+    rules = partitioning.rules_from_config(config.mesh.rules)
+    boxed = builders.abstract_dit_params(config, dit, text_encoder)
+    return partitioning.shardings(boxed, mesh, rules)
+
+
+def place(model: InferenceModel, mesh: Mesh) -> InferenceModel:
+    """`model` with its DiT params sharded over `mesh` by config.mesh.rules and the VAE
+    params replicated (no copy for arrays already placed so)."""
+    shardings = dit_shardings(model.config, model.dit, model.text_encoder, mesh)
+    return dataclasses.replace(
+        model,
+        params=jax.device_put(model.params, shardings),
+        vae_params=jax.device_put(model.vae_params, mesh_lib.replicated(mesh)),
+    )
+
+
 def load_dit(config, workdir: str, mesh: Mesh):
     """(DiT, text encoder, EMA params sharded as config.mesh.rules say, extras)."""
     text_encoder = builders.build_text_encoder(config)
     dit = builders.build_dit(config, text_encoder.dim)
-    rules = partitioning.rules_from_config(config.mesh.rules)
     boxed = builders.abstract_dit_params(config, dit, text_encoder)
-    shardings = partitioning.shardings(boxed, mesh, rules)
+    shardings = dit_shardings(config, dit, text_encoder, mesh)
     params = jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
         nn.unbox(boxed),
@@ -112,8 +130,9 @@ def load_workdir(workdir: str, mesh: Mesh | None = None) -> InferenceModel:
 
 
 def load_export(path: str, mesh: Mesh | None = None) -> InferenceModel:
-    """An exported checkpoint's params (float32, replicated over `mesh`; default one device).
-    A checkpoint whose tree does not fit its config's models raises ValueError."""
+    """An exported checkpoint's params (float32; default one device): on a `mesh` the DiT's
+    sharded as config.mesh.rules say, the VAE's replicated. A checkpoint whose tree does not
+    fit its config's models raises ValueError."""
     meta = export_format.read_meta(path)
     config = config_lib.load_saved(path)
     vae = builders.build_vae(config)
@@ -123,7 +142,12 @@ def load_export(path: str, mesh: Mesh | None = None) -> InferenceModel:
         "vae": builders.abstract_vae_params(config, vae),
         **nn.unbox(builders.abstract_dit_params(config, dit, text_encoder)),
     }
-    params = export_format.read_params(path, meta, expected, mesh or mesh_lib.create_mesh(1))
+    mesh = mesh or mesh_lib.create_mesh(1)
+    shardings = {
+        "vae": jax.tree.map(lambda _: mesh_lib.replicated(mesh), expected["vae"]),
+        **dit_shardings(config, dit, text_encoder, mesh),
+    }
+    params = export_format.read_params(path, meta, expected, mesh, shardings)
     vae_params = params.pop("vae")
     return InferenceModel(
         config=config,

@@ -11,6 +11,10 @@ Given frames are encoded by the VAE (start frames as a clip: its first frame alo
 causal VAE does; end frames after a copy of their first frame), their latent tokens enter the
 DiT clean at time 0 (per-token time) and are re-set at every sampler step, so the output keeps
 them exactly in latent space (sora_jax/diffusion/conditioning.py).
+
+On a device mesh (`Pipeline(model, mesh=...)`, `load_pipeline(path, mesh)`) the DiT params are
+sharded by config.mesh.rules and every sampler call runs sharded (`sampling.Layout`); with
+config.vae.inference.shard_tiles the decode spreads its tile rows over the mesh too.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 
 from sora_jax.data import packing, video_io
 from sora_jax.diffusion import conditioning
@@ -31,16 +36,28 @@ from sora_jax.inference import loader
 from sora_jax.inference import sampling as sampling_lib
 from sora_jax.inference import prompts as prompts_lib
 from sora_jax.models import builders, geometry, vae_inference
+from sora_jax.models import vae as vae_lib
 from sora_jax.text import cache as text_cache_lib
 
 
 @dataclasses.dataclass(eq=False)
 class Pipeline:
-    """A ready-to-sample text-to-video model; params are pytrees, calls are jitted."""
+    """A ready-to-sample text-to-video model; params are pytrees, calls are jitted. With a
+    `mesh` its params are placed on it (DiT by config.mesh.rules) and sampling runs sharded."""
 
     model: loader.InferenceModel
     # Frozen text encoders: prompt embeddings cache (made on first use; config.text.cache_dir).
     text_cache: text_cache_lib.EmbeddingCache | None = None
+    mesh: Mesh | None = None
+
+    def __post_init__(self):
+        if self.mesh is not None:
+            self.model = loader.place(self.model, self.mesh)
+
+    @property
+    def layout(self) -> sampling_lib.Layout | None:
+        """The mesh and rules sampler calls run under (None: one device)."""
+        return sampling_lib.Layout.from_config(self.config, self.mesh)
 
     @property
     def config(self) -> ml_collections.ConfigDict:
@@ -50,6 +67,19 @@ class Pipeline:
     def name(self) -> str:
         """The model name written into every video's provenance metadata."""
         return self.model.name
+
+    def with_vae_inference(self, **overrides) -> Pipeline:
+        """This pipeline with config.vae.inference keys changed (None keeps one), validated:
+        e.g. `with_vae_inference(tiled=True, shard_tiles=True)` to decode over the mesh."""
+        c = self.config.copy_and_resolve_references()
+        for key, value in overrides.items():
+            if key not in c.vae.inference:
+                raise ValueError(f"unknown vae.inference key {key!r}")
+            if value is not None:
+                c.vae.inference[key] = value
+        vae_lib.validate_config(c)
+        model = dataclasses.replace(self.model, config=c)
+        return dataclasses.replace(self, model=model)
 
     def text_embeddings(self, texts: Sequence[str]) -> tuple[jax.Array, np.ndarray]:
         """(f32[n lt dim], bool[n lt]) for `texts`: through the embedding cache for a frozen
@@ -260,7 +290,7 @@ class Pipeline:
         positions = [packing.grid_positions(_token_grid(self.config, v.grid)) for v in videos]
         m = self.model
         return sampling_lib.run(
-            m.dit, m.params, videos, positions, text, settings, key, packer, progress
+            m.dit, m.params, videos, positions, text, settings, key, packer, progress, self.layout
         )
 
     def _to_videos(self, videos, tokens) -> np.ndarray:
@@ -276,6 +306,7 @@ class Pipeline:
             jnp.asarray(np.stack(tokens)),
             m.latent_mean,
             m.latent_std,
+            self.mesh,
         )
         return builders.to_uint8(decoded)
 
@@ -508,20 +539,22 @@ def _encode(vae, inference_cfg, vae_params, video):
     return vae_inference.encode(vae, vae_params, video, inference_cfg)[0]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _decode(vae, inference_cfg, patch, grid, vae_params, tokens, latent_mean, latent_std):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 8))
+def _decode(
+    vae, inference_cfg, patch, grid, vae_params, tokens, latent_mean, latent_std, mesh=None
+):
     """Videos f32[n t h w 3] in [-1, 1] (about) from normalised latent tokens f32[n l d].
     Long videos are decoded chunk by chunk (large frames tile by tile) as
-    config.vae.inference says."""
+    config.vae.inference says; tile rows over `mesh`'s devices with its shard_tiles."""
     gt, gh, gw = (g // p for g, p in zip(grid, patch))
     channels = tokens.shape[-1] // (patch[0] * patch[1] * patch[2])
     latents = packing.unpatchify(tokens, (gt, gh, gw), patch, channels)
     latents = latents * latent_std + latent_mean
-    return vae_inference.decode(vae, vae_params, latents, inference_cfg)
+    return vae_inference.decode(vae, vae_params, latents, inference_cfg, mesh)
 
 
-def load_pipeline(path: str, mesh=None) -> Pipeline:
+def load_pipeline(path: str, mesh: Mesh | None = None) -> Pipeline:
     """A ready-to-sample Pipeline from an exported inference checkpoint
     (`python -m sora_jax.export`) or from a training workdir (its latest VAE and DiT
-    checkpoints, EMA params)."""
-    return Pipeline(loader.load(path, mesh))
+    checkpoints, EMA params); on `mesh` (None: one device) it samples sharded."""
+    return Pipeline(loader.load(path, mesh), mesh=mesh)

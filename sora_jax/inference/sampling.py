@@ -12,14 +12,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sora_jax import config as config_lib
 from sora_jax.data import packing
 from sora_jax.diffusion import guidance, objectives, samplers
 from sora_jax.logging import progress as progress_lib
+from sora_jax.parallel import partitioning
+from sora_jax.parallel.axes import BATCH, LENGTH
 
 
 # Sampling options of `Pipeline.generate` -> their config.diffusion keys.
@@ -155,6 +159,95 @@ def packed_inputs(settings, packed, videos, emb, mask) -> dict:
     return out
 
 
+# Logical axes of the sampler inputs (`sample_tokens` keywords); None: never split.
+INPUT_AXES = {
+    "noise": (BATCH, LENGTH, None),
+    "segment_ids": (BATCH, LENGTH),
+    "positions": (BATCH, LENGTH, None),
+    "text": (BATCH, None, None, None),
+    "text_mask": (BATCH, None, None),
+    "times": (None, BATCH, LENGTH, None),
+    "cond_tokens": (BATCH, LENGTH, None),
+    "cond_mask": (BATCH, LENGTH),
+    "cond_eps": (BATCH, LENGTH, None),
+    "edit": (BATCH, LENGTH, None),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """A device mesh and the logical axis rules sampling runs under (hashable: static)."""
+
+    mesh: Mesh
+    rules: partitioning.Rules
+
+    @classmethod
+    def from_config(cls, config, mesh: Mesh | None) -> Layout | None:
+        """config.mesh.rules on `mesh` (None: no mesh, one device)."""
+        if mesh is None:
+            return None
+        return cls(mesh, partitioning.rules_from_config(config.mesh.rules))
+
+    def split(self, name: str) -> int:
+        """How many ways the rules split the logical axis `name` on this mesh."""
+        axes = nn.logical_to_mesh_axes((name,), self.rules)[0]
+        axes = () if axes is None else axes if isinstance(axes, tuple) else (axes,)
+        return int(np.prod([self.mesh.shape[a] for a in axes]))
+
+    def sharding(self, shape, names) -> NamedSharding:
+        """The rules' sharding of an array of `shape` with logical axes `names`, a dimension
+        left unsplit where its mesh axes do not divide it (a batch of one row, say)."""
+        spec = nn.logical_to_mesh_axes(names, self.rules)
+        fit = [
+            a if a is None or n % self.split(name) == 0 else None
+            for a, n, name in zip(spec, shape, names)
+        ]
+        return NamedSharding(self.mesh, P(*fit))
+
+
+def pad_inputs(args: dict, rows: int, length: int) -> dict:
+    """`packed_inputs` keywords with `rows` rows and `length` tokens per row (empty rows and
+    padding tokens: segment id 0, zero text with a False mask, the last time of each row)."""
+    out = dict(args)
+    for name, axes in INPUT_AXES.items():
+        x = args.get(name)
+        if x is None:
+            continue
+        x = np.asarray(x)
+        r, l = axes.index(BATCH), axes.index(LENGTH) if LENGTH in axes else None
+        if name in ("text", "text_mask"):  # conditional rows, then unconditional ones
+            halves = np.split(x, 2, axis=r)
+            pad = [(0, 0)] * x.ndim
+            pad[r] = (0, rows - halves[0].shape[r])
+            out[name] = np.concatenate([np.pad(h, pad) for h in halves], axis=r)
+            continue
+        pad = [(0, 0)] * x.ndim
+        pad[r] = (0, rows - x.shape[r])
+        if l is not None:
+            pad[l] = (0, length - x.shape[l])
+        out[name] = np.pad(x, pad, mode="edge" if name == "times" else "constant")
+    return out
+
+
+def place_inputs(args: dict, layout: Layout) -> tuple[dict, tuple[int, int]]:
+    """(`args` padded to what `layout` divides and placed on its mesh, their (rows, length)
+    before padding). The 2b model rows (conditional, unconditional) must split over the batch
+    axes, and the rows' length over the length axis."""
+    b, l = args["segment_ids"].shape
+    split_b, split_l = layout.split(BATCH), layout.split(LENGTH)
+    rows = b
+    while (2 * rows) % split_b:
+        rows += 1
+    length = -(-l // split_l) * split_l
+    padded = pad_inputs(args, rows, length)
+    for name, axes in INPUT_AXES.items():
+        x = padded.get(name)
+        if x is not None:
+            sharding = layout.sharding(x.shape, axes)
+            padded[name] = jax.make_array_from_callback(x.shape, sharding, lambda i, x=x: x[i])
+    return padded, (b, l)
+
+
 # The progress of the sampling call running now; the jitted sampler loop reports each model
 # call's time to it (a module global: the callback must be static).
 _progress: progress_lib.SamplerProgress | None = None
@@ -172,8 +265,17 @@ def segment_values(x: jax.Array, segment_ids: jax.Array, num_segments: int) -> j
     return jnp.where(jnp.any(onehot, axis=1), value, 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=("dit", "settings", "num_tokens", "report"))
-def sample_tokens(
+def sample_tokens(dit, settings: SamplerSettings, params, key, *, layout=None, **inputs):
+    """`_sample_tokens` (below), traced under `layout`'s mesh and rules when one is given
+    (the inputs placed by `place_inputs`, the params by the rules)."""
+    if layout is None:
+        return _sample_tokens(dit, settings, params, key, **inputs)
+    with partitioning.activate(layout.mesh, layout.rules):
+        return _sample_tokens(dit, settings, params, key, layout=layout, **inputs)
+
+
+@functools.partial(jax.jit, static_argnames=("dit", "settings", "num_tokens", "report", "layout"))
+def _sample_tokens(
     dit,
     settings: SamplerSettings,
     params,
@@ -191,6 +293,7 @@ def sample_tokens(
     cond_eps,
     edit,
     report=False,
+    layout=None,
 ):
     """Sampled latent tokens f32[b l d] (normalised) of packed rows; params are traced.
 
@@ -202,6 +305,8 @@ def sample_tokens(
     of given frames, noised with `cond_eps` f32[b l d] to settings.condition_noise when that
     is > 0; `edit` f32[b l d] (or None): tokens to noise to settings.t_start (SDEdit). `report`
     sends each model call's time to the host (`_report_time`, for the progress line).
+    `layout` (static) is the mesh and rules the call is traced under: part of the jit cache
+    key, since flax's logical rules are not.
     """
     b, num_slots = text.shape[0] // 2, text.shape[1]
     seg = jnp.concatenate([segment_ids, segment_ids])
@@ -249,7 +354,8 @@ def sample_tokens(
             settings.guidance_scale,
             settings.guidance_interval,
             settings.guidance_rescale,
-            segment_ids=segment_ids if num_slots > 1 else None,
+            # Per segment in shared rows, and on a mesh, whose rows may hold padding tokens.
+            segment_ids=segment_ids if num_slots > 1 or layout is not None else None,
             num_segments=num_slots,
         )
 
@@ -268,11 +374,12 @@ def sample_tokens(
     return impose(x, cond_tokens)
 
 
-def run(dit, params, videos, positions, text, settings, key, packer, progress=False):
+def run(dit, params, videos, positions, text, settings, key, packer, progress=False, layout=None):
     """Sampled normalised latent tokens f32[l_i d] of each `Video` (its patch positions
     `positions[i]` i32[l_i 3]; `text` = (f32[m lt dim], bool[m lt]) embeddings its indices
     point into): packed into the rows of `packer`, one sampler call per packed batch,
-    unpacked again. `progress` prints a progress line with ETA per call."""
+    unpacked again. `progress` prints a progress line with ETA per call. With a `layout`
+    each call runs sharded over its mesh (params placed by its rules already)."""
     emb, mask = text
     added = [packer.add(i, v.noise, pos) for i, (v, pos) in enumerate(zip(videos, positions))]
     out: list[np.ndarray | None] = [None] * len(videos)
@@ -280,11 +387,15 @@ def run(dit, params, videos, positions, text, settings, key, packer, progress=Fa
     for packed in [p for p in added if p is not None] + packer.flush():
         args = packed_inputs(settings, packed, videos, emb, mask)
         grid = args.pop("progress_grid")
+        b, l = args["segment_ids"].shape
+        if layout is not None:
+            args, (b, l) = place_inputs(args, layout)
+            args["layout"] = layout
         if progress:
             _progress = progress_lib.SamplerProgress(grid)
         try:
             tokens = sample_tokens(dit, settings, params, key, report=progress, **args)
-            tokens = np.asarray(jax.block_until_ready(tokens))
+            tokens = np.asarray(jax.block_until_ready(tokens))[:b, :l]
             if progress:
                 _progress.finish()
         finally:

@@ -687,6 +687,12 @@ def validate_config(config):
         inf.tile_latent_overlap,
         f"must be in [0, tile_latent_size // 2 = {inf.tile_latent_size // 2}]",
     )
+    cc.check(
+        inf.tiled or not inf.shard_tiles,
+        "vae.inference.shard_tiles",
+        inf.shard_tiles,
+        "spreads tiles over devices: it needs vae.inference.tiled = True",
+    )
     for key in ("mse_weight", "kl_weight", "latent_noise"):
         cc.check(config.vae[key] >= 0, f"vae.{key}", config.vae[key], "must be >= 0")
     _validate_losses(config)

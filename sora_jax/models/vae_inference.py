@@ -19,6 +19,13 @@ that ramp linearly across the overlaps and are normalised to sum to 1 at every p
 zero padding instead of their neighbours at their borders, so tiling is close to, not equal to,
 the untiled result: the overlap should cover the VAE's receptive field near the tile edges.
 
+Tiles over devices (``sharded_decode``). Decoding a large video spreads the rows of tiles over
+a mesh's devices: each device decodes its rows' tiles (all columns, every tile chunked along
+time as above), blends them into a canvas around its own band of output rows, and swaps the
+overlaps with its neighbours (``ppermute``), so the video comes out split along its height and
+no device ever holds all of it. Same tiles and weights as the one-device ``tiled`` decode, so
+the same result up to float summation order (tests: 1e-5 in float32).
+
 Sizes the VAE cannot take (``t != 1 + r_t*k``, ``h, w`` not multiples of ``r_s``) raise
 ValueError in ``encode``/``decode``; ``reconstruct`` instead pads (repeating the last frame,
 row and column) and crops the result back.
@@ -33,20 +40,24 @@ import einops
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from sora_jax.models import vae as vae_lib
 
 __all__ = [
     "InferenceConfig",
-    "from_config",
-    "chunked_encode",
-    "chunked_decode",
-    "tile_starts",
+    "TilePlan",
     "blend_weights",
-    "tiled",
-    "encode",
+    "chunked_decode",
+    "chunked_encode",
     "decode",
+    "encode",
+    "from_config",
     "reconstruct",
+    "sharded_decode",
+    "tile_plan",
+    "tile_starts",
+    "tiled",
 ]
 
 
@@ -59,6 +70,8 @@ class InferenceConfig:
     chunk_latent_frames: latent frames per chunk after the first (``r_t`` x video frames).
     tiled: overlapping spatial tiles (approximate) for frames larger than one tile.
     tile_latent_size, tile_latent_overlap: tile side and overlap in latent pixels.
+    shard_tiles: decode (tiled) with the rows of tiles spread over a mesh's devices, the
+        output split along its height (``sharded_decode``), when a mesh is given.
     """
 
     chunked: bool = False
@@ -66,6 +79,7 @@ class InferenceConfig:
     tiled: bool = False
     tile_latent_size: int = 32
     tile_latent_overlap: int = 8
+    shard_tiles: bool = False
 
     def __post_init__(self):
         if self.chunk_latent_frames < 1:
@@ -89,6 +103,7 @@ def from_config(config) -> InferenceConfig:
         tiled=bool(i.tiled),
         tile_latent_size=int(i.tile_latent_size),
         tile_latent_overlap=int(i.tile_latent_overlap),
+        shard_tiles=bool(i.shard_tiles),
     )
 
 
@@ -261,23 +276,176 @@ def encode(
     return mean, logvar
 
 
-def decode(model: vae_lib.CausalVAE, params, z: jax.Array, cfg: InferenceConfig) -> jax.Array:
-    """``f32[b t' h' w' c] -> f32[b t h w 3]``, chunked and/or tiled as ``cfg`` says."""
-    if z.ndim != 5 or z.shape[-1] != model.latent_channels:
-        raise ValueError(
-            f"decode expects f32[b t' h' w' {model.latent_channels}], got shape {z.shape}"
-        )
+def _decode_fn(model: vae_lib.CausalVAE, params, cfg: InferenceConfig):
+    """``f32[b t' h' w' c] -> f32[b t h w 3]`` of one (untiled) input, chunked as ``cfg`` says."""
 
     def one(v):
         if cfg.chunked and v.shape[1] > 1 + cfg.chunk_latent_frames:
             return chunked_decode(model, params, v, cfg.chunk_latent_frames)
         return model.apply({"params": params}, v, method=model.decode)
 
+    return one
+
+
+def _check_latents(model: vae_lib.CausalVAE, z) -> None:
+    if z.ndim != 5 or z.shape[-1] != model.latent_channels:
+        raise ValueError(
+            f"decode expects f32[b t' h' w' {model.latent_channels}], got shape {z.shape}"
+        )
+
+
+def decode(
+    model: vae_lib.CausalVAE, params, z: jax.Array, cfg: InferenceConfig, mesh=None
+) -> jax.Array:
+    """``f32[b t' h' w' c] -> f32[b t h w 3]``, chunked and/or tiled as ``cfg`` says; with
+    ``cfg.shard_tiles`` and a ``mesh`` the tile rows are spread over its devices."""
+    _check_latents(model, z)
+    if cfg.shard_tiles and mesh is not None:
+        return sharded_decode(model, params, z, cfg, mesh)
+    one = _decode_fn(model, params, cfg)
     if not cfg.tiled:
         return one(z)
     return tiled(
         one, z, cfg.tile_latent_size, cfg.tile_latent_overlap, 1, model.spatial_compression
     )
+
+
+# ---- tiles over devices -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TilePlan:
+    """Static geometry of a sharded tiled decode (latent units unless said).
+
+    hs, ws: tile starts along height and width (``tile_starts``); th, tw: tile size;
+    devices: the devices the tile rows are spread over (``len(hs) / devices`` rows each);
+    scale: output pixels per latent pixel; band: output rows each device keeps; reach: output
+    rows beyond its band that a device's tiles cover on either side (at most one band, so
+    only next neighbours overlap).
+    """
+
+    hs: tuple[int, ...]
+    ws: tuple[int, ...]
+    th: int
+    tw: int
+    devices: int
+    scale: int
+    band: int
+    reach: int
+
+    @property
+    def rows_per_device(self) -> int:
+        return len(self.hs) // self.devices
+
+    def strip(self, k: int) -> tuple[int, int]:
+        """Output rows [lo, hi) the tiles of device ``k`` cover."""
+        q = self.rows_per_device
+        return self.hs[k * q] * self.scale, (self.hs[(k + 1) * q - 1] + self.th) * self.scale
+
+
+def tile_plan(h: int, w: int, tile: int, overlap: int, scale: int, devices: int) -> TilePlan:
+    """The ``TilePlan`` of an ``h x w`` latent frame on ``devices`` devices; ValueError when
+    the tile rows or the output height do not split evenly over them, or a device's tiles
+    reach past its neighbours' bands."""
+    hs, ws = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    where = f"sharded tiled decode over {devices} devices (latent height {h}, tile {tile}, "
+    where += f"overlap {overlap})"
+    if len(hs) % devices:
+        raise ValueError(
+            f"{where}: its {len(hs)} tile rows do not split over the devices; choose "
+            f"vae.inference.tile_latent_size / tile_latent_overlap giving a multiple of "
+            f"{devices} rows, or a mesh of fewer devices"
+        )
+    if (h * scale) % devices:
+        raise ValueError(f"{where}: output height {h * scale} does not split over the devices")
+    band = h * scale // devices
+    plan = TilePlan(tuple(hs), tuple(ws), min(tile, h), min(tile, w), devices, scale, band, 0)
+    strips = [plan.strip(k) for k in range(devices)]
+    reach = max(max(k * band - lo, hi - (k + 1) * band, 0) for k, (lo, hi) in enumerate(strips))
+    if reach > band:
+        raise ValueError(
+            f"{where}: a device's tiles reach {reach} rows past its band of {band}; use "
+            "smaller tiles or fewer devices"
+        )
+    return dataclasses.replace(plan, reach=reach)
+
+
+def sharded_decode(
+    model: vae_lib.CausalVAE, params, z: jax.Array, cfg: InferenceConfig, mesh
+) -> jax.Array:
+    """``f32[b t' h' w' c] -> f32[b t h w 3]`` split along h over all of ``mesh``'s devices
+    (``NamedSharding(mesh, P(None, None, mesh.axis_names))``): each device decodes its rows of
+    ``cfg``'s tiles and keeps its band of ``h / devices`` output rows. Jit-able; the latents
+    and params are replicated (both are small next to the video)."""
+    _check_latents(model, z)
+    if not cfg.tiled:
+        raise ValueError("vae.inference.shard_tiles needs vae.inference.tiled = True")
+    b, _, h, w, _ = z.shape
+    s = model.spatial_compression
+    axes = tuple(mesh.axis_names)
+    plan = tile_plan(h, w, cfg.tile_latent_size, cfg.tile_latent_overlap, s, mesh.size)
+    one = _decode_fn(model, params, cfg)
+    y_tile = jax.eval_shape(
+        one, jax.ShapeDtypeStruct((b, z.shape[1], plan.th, plan.tw, z.shape[4]), z.dtype)
+    )
+
+    def per_device(params, z):
+        k = jax.lax.axis_index(axes)
+        canvas = _device_canvas(model, params, cfg, z, plan, k, y_tile)
+        return _own_band(canvas, plan, axes)
+
+    fn = jax.shard_map(
+        per_device,
+        mesh=mesh,
+        in_specs=(P(), P()),
+        out_specs=P(None, None, axes, None, None),
+        check_vma=False,
+    )
+    return fn(params, z)
+
+
+def _device_canvas(model, params, cfg, z, plan: TilePlan, k, y_tile) -> jax.Array:
+    """``f32[b t band+2*reach W 3]``: device ``k``'s tiles, weighted and summed over its band
+    and ``reach`` rows on either side (one tile decoded at a time, into place)."""
+    one = _decode_fn(model, params, cfg)
+    s, q, cols = plan.scale, plan.rows_per_device, len(plan.ws)
+    b, t, _, _, c = y_tile.shape
+    hs, ws = jnp.asarray(plan.hs), jnp.asarray(plan.ws)
+    wh = jnp.asarray(blend_weights(z.shape[2], cfg.tile_latent_size, cfg.tile_latent_overlap, s))
+    ww = jnp.asarray(blend_weights(z.shape[3], cfg.tile_latent_size, cfg.tile_latent_overlap, s))
+    origin = k * plan.band - plan.reach  # the canvas's first output row
+    canvas = jnp.zeros((b, t, plan.band + 2 * plan.reach, z.shape[3] * s, c), y_tile.dtype)
+
+    def add_tile(canvas, j):
+        r, col = k * q + j // cols, j % cols
+        zt = jax.lax.dynamic_slice(
+            z, (0, 0, hs[r], ws[col], 0), (b, z.shape[1], plan.th, plan.tw, z.shape[4])
+        )
+        y = one(zt) * (wh[r][:, None] * ww[col][None, :])[None, None, :, :, None]
+        at = (0, 0, hs[r] * s - origin, ws[col] * s, 0)
+        return jax.lax.dynamic_update_slice(
+            canvas, jax.lax.dynamic_slice(canvas, at, y.shape) + y, at
+        ), None
+
+    canvas, _ = jax.lax.scan(add_tile, canvas, jnp.arange(q * cols))
+    return canvas
+
+
+def _own_band(canvas: jax.Array, plan: TilePlan, axes) -> jax.Array:
+    """``f32[b t band W 3]``: a device's own band, its canvas's middle plus the rows its
+    neighbours' canvases put there (``ppermute`` of ``reach`` rows each way)."""
+    r, band, n = plan.reach, plan.band, plan.devices
+    out = canvas[:, :, r : r + band]
+    if r == 0 or n == 1:
+        return out
+    # Device i's canvas ends with the first r rows of band i + 1 and starts with the last r
+    # rows of band i - 1.
+    from_above = jax.lax.ppermute(
+        canvas[:, :, band + r :], axes, [(i, i + 1) for i in range(n - 1)]
+    )
+    from_below = jax.lax.ppermute(canvas[:, :, :r], axes, [(i, i - 1) for i in range(1, n)])
+    out = out.at[:, :, :r].add(from_above)
+    return out.at[:, :, band - r :].add(from_below)
 
 
 def padded_size(model: vae_lib.CausalVAE, t: int, h: int, w: int) -> tuple[int, int, int]:

@@ -113,6 +113,33 @@ def from_config(m) -> Mesh:
     return create_mesh(m.num_devices, ici=ici, dcn=dcn)
 
 
+def parse_sizes(text: str) -> dict[str, int]:
+    """'data:2,sequence:4' -> {'data': 2, 'sequence': 4}: axis sizes (axes left out are 1 in
+    ``create_mesh``; one size may be -1). ValueError naming the text otherwise."""
+    sizes = {}
+    for part in text.split(","):
+        name, _, size = (s.strip() for s in part.partition(":"))
+        if name not in AXES or name in sizes or not (size.isdigit() or size == "-1"):
+            raise ValueError(
+                f"mesh {text!r}: write distinct axis:size pairs (one size may be -1), "
+                f"axes among {AXES}"
+            )
+        sizes[name] = int(size)
+    return sizes
+
+
+def inference_mesh(config, spec: str) -> Mesh | None:
+    """The mesh sampling runs on: '' none (one device), 'config' config.mesh, else axis sizes
+    'data:2,sequence:4' over that many devices (all of them with a -1)."""
+    if not spec:
+        return None
+    if spec == "config":
+        return from_config(config.mesh)
+    sizes = parse_sizes(spec)
+    count = math.prod(sizes.values())
+    return create_mesh(-1 if count < 0 else count, ici=sizes)
+
+
 def batch_size_divisor(mesh: Mesh) -> int:
     """Batches must split evenly over the batch axes."""
     return math.prod(mesh.shape[a] for a in BATCH_AXES)
