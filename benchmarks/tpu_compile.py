@@ -2,7 +2,7 @@
 host with libtpu installed (``pip install -e ".[tpu]"``; nothing runs on a TPU).
 
   JAX_PLATFORMS=cpu python benchmarks/tpu_compile.py [--config=configs/dit.py:XL] \
-      [--topology=v5p:2x2x1] [--mesh=fsdp:4] [--lengths=8192,16384,32768,65536] \
+      [--topology=v5p-8] [--mesh=fsdp:4] [--lengths=8192,16384,32768,65536] \
       [--attention_impl=auto]
 
 One packed row per chip (rows = chips / (tensor x sequence)). Prints per length: argument /
@@ -22,7 +22,7 @@ from sora_jax.training import planning
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--config", default="configs/dit.py:XL")
-    p.add_argument("--topology", default="v5p:2x2x1")
+    p.add_argument("--topology", default="v5p-8", help="e.g. v5p-8, v5e-8, 'v5p:2x2x1'")
     p.add_argument("--mesh", default="fsdp:4")
     p.add_argument("--lengths", default="8192,16384,32768,65536")
     p.add_argument("--attention_impl", default="auto")
@@ -30,7 +30,7 @@ def main():
     path, _, arg = args.config.partition(":")
     devices = planning.topology_devices(args.topology)
     shape = planning.parse_mesh(args.mesh)
-    hbm = planning.DEVICES[args.topology.partition(":")[0]][0]
+    hbm = planning.DEVICES[planning.parse_topology(args.topology).kind][0]
     print(f"{args.config} on {args.topology} ({len(devices)} chips), mesh {shape}, "
           f"attention {args.attention_impl}; per chip (GiB, HBM {hbm}):")  # fmt: skip
     print("  L       | args   | out    | temp   | peak   | fits | [L,L] | compile")
@@ -48,8 +48,10 @@ def main():
         mesh = mesh_lib.create_mesh(len(devices), ici=shape, devices=devices)
         r = planning.compiled_step(c, mesh)
         gib = lambda n: n / 2**30
-        # XLA's peak where the backend reports it, else everything live at once.
-        total = gib(r["peak_bytes"] or r["argument_bytes"] + r["output_bytes"] + r["temp_bytes"])
+        total = gib(planning.compiled_peak(r)[0])
+        if r["oom"]:
+            print(f"  {length:7d} | does not fit: {r['message']}", flush=True)
+            continue
         square = bool(re.search(rf"\[[0-9,]*{length},{length}[\],]", r["hlo"]))
         print(f"  {length:7d} | {gib(r['argument_bytes']):6.2f} | {gib(r['output_bytes']):6.2f} | "
               f"{gib(r['temp_bytes']):6.2f} | {total:6.2f} | {'yes' if total <= hbm else 'NO':4s} | "

@@ -13,7 +13,12 @@ kernel executes them on one video filling each row (sora_jax/models/flops.py).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import importlib.util
 import math
+import os
+import re
 import time
 
 import flax.linen as nn
@@ -53,10 +58,10 @@ def parse_mesh(text: str) -> dict[str, int]:
     return {a: sizes.get(a, 1) for a in mesh_lib.AXES}
 
 
-def config_mesh_shape(config) -> dict[str, int]:
-    """The shape config.mesh gives on this machine's devices."""
+def config_mesh_shape(config, devices: int | None = None) -> dict[str, int]:
+    """The shape config.mesh gives on `devices` devices (default: this machine's)."""
     m = config.mesh
-    n = jax.device_count() if m.num_devices == -1 else m.num_devices
+    n = devices or (jax.device_count() if m.num_devices == -1 else m.num_devices)
     dcn = [m.dcn[a] for a in mesh_lib.AXES]
     ici = mesh_lib.resolve_shape({a: m[a] for a in mesh_lib.AXES}, n // math.prod(dcn))
     return {a: i * d for a, i, d in zip(mesh_lib.AXES, ici, dcn)}
@@ -163,8 +168,15 @@ def xla_flops(config, dit, text_encoder, tx, abstract_boxed) -> float:
     return float(lowered.cost_analysis()["flops"])
 
 
-def plan(config, shape: dict[str, int], device_kind: str | None = None, count_xla=True) -> dict:
-    """The numbers for `config` on a mesh of `shape` (axis -> size)."""
+def plan(
+    config,
+    shape: dict[str, int],
+    device_kind: str | None = None,
+    count_xla=True,
+    platform: str | None = None,
+) -> dict:
+    """The numbers for `config` on a mesh of `shape` (axis -> size) of `device_kind` devices
+    (whose platform, default from the kind, picks the attention kernel)."""
     rules = partitioning.rules_from_config(config.mesh.rules)
     dit, text_encoder, tx, abstract = _abstract_state(config)
     params = sum(math.prod(x.shape) for x in jax.tree.leaves(nn.unbox(abstract.params)))
@@ -172,7 +184,8 @@ def plan(config, shape: dict[str, int], device_kind: str | None = None, count_xl
     p_total, p_dev = _split_bytes(abstract.params, shape, rules)
     o_total, o_dev = _split_bytes(abstract.opt_state, shape, rules)
     e_total, e_dev = _split_bytes(abstract.ema_params, shape, rules)
-    platform = None if not device_kind else ("tpu" if device_kind.startswith("v") else "gpu")
+    if platform is None and device_kind:
+        platform = "tpu" if device_kind.startswith("v") else "gpu"
     act = activation_bytes(config, shape, platform)
     devices = math.prod(shape.values())
     flops = analytic_flops(config, platform)
@@ -194,6 +207,7 @@ def plan(config, shape: dict[str, int], device_kind: str | None = None, count_xl
             "activation_bytes_estimate": act,
             "total_bytes": 2 * p_dev + o_dev + e_dev + act,
         },
+        "rows": config.dit.rows,
         "tokens_per_step": config.dit.rows * config.dit.seq_len,
         "flops_per_step_analytic": flops,
         "flops_per_device_analytic": flops / devices,
@@ -244,29 +258,110 @@ def report(p: dict) -> str:
     return "\n".join(lines)
 
 
-def topology_devices(name: str):
-    """The devices of a TPU slice named like 'v5p:2x2x1' or 'v5e:2x4' (needs libtpu; nothing
-    runs on them: they serve ahead-of-time compilation on any host)."""
-    kind, _, shape = name.partition(":")
-    bounds = tuple(int(x) for x in shape.split("x"))
-    if kind not in ("v4", "v5e", "v5p", "v6e") or len(bounds) not in (2, 3):
-        raise ValueError(f"topology {name!r}: write e.g. 'v5p:2x2x1', 'v5e:2x4', 'v6e:2x2'")
-    chips = bounds + (1,) * (3 - len(bounds))
-    # jax names v5p 'v5' (megacore chips) and v5e 'v5e'.
+# Cloud TPU names count TensorCores on v4 / v5p (two per chip) and chips on v5e / v6e.
+_CLOUD_KINDS = {"v4": ("v4", 2), "v5p": ("v5p", 2), "v5e": ("v5e", 1), "v5litepod": ("v5e", 1),
+                "v6e": ("v6e", 1)}  # fmt: skip
+_TOPOLOGY_HELP = (
+    "write a Cloud TPU name (v4-8, v5p-8 / v5p-16 / v5p-32 ..., v5litepod-8 or v5e-8, v6e-8) "
+    "or kind:shape ('v5p:2x2x1', 'v5e:2x4')"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """A TPU slice: its kind ('v5p', ...) and chips along each torus dimension."""
+
+    kind: str
+    bounds: tuple[int, ...]
+
+    @property
+    def chips(self) -> int:
+        return math.prod(self.bounds)
+
+    @property
+    def shape(self) -> str:
+        return "x".join(map(str, self.bounds))
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.shape}"
+
+
+def _slice_bounds(chips: int, dims: int) -> tuple[int, ...] | None:
+    """The torus Cloud TPU gives a slice of `chips` (powers of two): from the smallest host
+    (2x2x1 for 3D kinds, 2x2 for 2D ones) the last of the shortest dimensions doubles, as in
+    v5p 2x2x1, 2x2x2, 2x2x4, 2x4x4, 4x4x4 and v5e 2x2, 2x4, 4x4, 4x8."""
+    if dims == 2 and chips == 1:
+        return (1, 1)
+    bounds = [2, 2, 1][:dims] if dims == 3 else [2, 2]
+    while math.prod(bounds) < chips:
+        shortest = min(bounds)
+        i = max(j for j, b in enumerate(bounds) if b == shortest)
+        bounds[i] *= 2
+    return tuple(bounds) if math.prod(bounds) == chips else None
+
+
+def parse_topology(name: str) -> Topology:
+    """'v5p-8' (4 chips, 2x2x1), 'v5p-16' (2x2x2), 'v5e-8' / 'v5litepod-8' (2x4), 'v6e-8',
+    'v4-8', or an explicit 'v5p:2x2x1' / 'v5e:2x4'. Raises a one-line ValueError otherwise."""
+    kind, sep, shape = name.partition(":")
+    if sep:
+        try:
+            bounds = tuple(int(x) for x in shape.split("x"))
+        except ValueError:
+            bounds = ()
+        dims = 3 if kind in ("v4", "v5p") else 2
+        if (
+            kind in _CLOUD_KINDS
+            and kind != "v5litepod"
+            and len(bounds) in (dims, 3)
+            and all(b > 0 for b in bounds)
+        ):
+            return Topology(kind, bounds)
+        raise ValueError(f"topology {name!r}: {_TOPOLOGY_HELP}")
+    kind, _, count = name.rpartition("-")
+    if kind in _CLOUD_KINDS and count.isdigit():
+        kind, per_chip = _CLOUD_KINDS[kind]
+        chips, rest = divmod(int(count), per_chip)
+        bounds = _slice_bounds(chips, 3 if per_chip == 2 else 2) if chips and not rest else None
+        if bounds:
+            return Topology(kind, bounds)
+    raise ValueError(f"topology {name!r}: {_TOPOLOGY_HELP}")
+
+
+def topology_devices(name: str | Topology):
+    """The devices of a TPU slice (a `parse_topology` name; needs libtpu; nothing runs on
+    them: they serve ahead-of-time compilation on any host)."""
+    t = parse_topology(name) if isinstance(name, str) else name
+    x, y, *_ = t.bounds + (1,)
+    # A host holds 2x2x1 chips on v4 / v5p and up to 2x4 on v5e / v6e; larger slices are
+    # several hosts (multi-host topologies compile the same way).
+    host = (min(x, 2), min(y, 2 if t.kind in ("v4", "v5p") else 4), 1)
+    # jax names v5p 'v5' (megacore chips).
     topology = topologies.get_topology_desc(
         platform="tpu",
-        topology_name=f"{'v5' if kind == 'v5p' else kind}:{shape}",
-        chip_config_name="megacore" if kind in ("v4", "v5p") else "default",
-        chips_per_host_bounds=(min(chips[0], 2), min(chips[1], 2), 1),
+        topology_name=f"{'v5' if t.kind == 'v5p' else t.kind}:{t.shape}",
+        chip_config_name="megacore" if t.kind in ("v4", "v5p") else "default",
+        chips_per_host_bounds=host,
         num_slices=1,
         wrap=(False, False, False),
     )
     return topology.devices
 
 
+class NeedsLibtpu(RuntimeError):
+    """A TPU topology was asked for on a host without libtpu."""
+
+
+def have_libtpu() -> bool:
+    """Whether TPU topologies can be compiled for here (the [tpu] extra installed)."""
+    return importlib.util.find_spec("libtpu") is not None
+
+
 def compiled_step(config, mesh) -> dict:
     """Lowers and compiles the real DiT train step for ``mesh`` (whose devices may be a TPU
-    topology's) and returns XLA's per-device memory (bytes), FLOPs and compile seconds."""
+    topology's) and returns XLA's per-device memory (bytes), FLOPs and compile seconds. A
+    program larger than the device fails to compile: then ``oom`` is True and ``peak_bytes``
+    is the size XLA states (0 where it states none)."""
     rules = partitioning.rules_from_config(config.mesh.rules)
     dit, text_encoder, tx, _ = _abstract_state(config)
     batch_split = mesh_lib.batch_size_divisor(mesh)
@@ -286,14 +381,23 @@ def compiled_step(config, mesh) -> dict:
             step,
             in_shardings=(state_shardings, batch_shardings, key_sharding),
             out_shardings=(state_shardings, key_sharding),
+            # As the training loop does: the old state's buffers hold the new one.
+            donate_argnums=0,
         )
         t0 = time.perf_counter()
-        compiled = jitted.lower(state, batch, key).compile()
+        lowered = jitted.lower(state, batch, key)
+        try:
+            compiled = lowered.compile()
+        except jax.errors.JaxRuntimeError as e:
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            return _out_of_memory(str(e), time.perf_counter() - t0)
         seconds = time.perf_counter() - t0
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return {
+        "oom": False,
         "argument_bytes": memory.argument_size_in_bytes,
         "output_bytes": memory.output_size_in_bytes,
         "alias_bytes": memory.alias_size_in_bytes,
@@ -303,3 +407,188 @@ def compiled_step(config, mesh) -> dict:
         "compile_seconds": seconds,
         "hlo": compiled.as_text(),
     }
+
+
+_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _out_of_memory(message: str, seconds: float) -> dict:
+    """The figures of a compile that ran out of device memory. XLA:TPU states e.g. 'Used
+    117.43G of 95.74G hbm'; the first line of its message is kept for the report."""
+    used = re.search(r"Used ([0-9.]+)([KMGT]?)i?B? of ([0-9.]+)([KMGT]?)", message)
+    needed = int(float(used.group(1)) * _UNITS[used.group(2)]) if used else 0
+    lines = [x.strip() for x in message.splitlines() if "RESOURCE_EXHAUSTED" in x or "Used" in x]
+    return {
+        "oom": True,
+        "peak_bytes": needed,
+        "message": " ".join(lines)[:300] or message.splitlines()[0][:300],
+        "compile_seconds": seconds,
+    }
+
+
+def compiled_peak(result: dict, platform: str = "tpu") -> tuple[int, str]:
+    """(bytes, where from): XLA's peak where the backend reports one, else what is live at
+    once (arguments + outputs + temporaries, less the outputs aliasing donated arguments)."""
+    if result["oom"]:
+        return result["peak_bytes"], "the size XLA states in its RESOURCE_EXHAUSTED error"
+    # The CPU backend states its arguments as the peak (not one); TPU's is below the sum.
+    if result["peak_bytes"] and platform != "cpu":
+        return result["peak_bytes"], "XLA's peak_memory_in_bytes"
+    live = result["argument_bytes"] + result["output_bytes"] + result["temp_bytes"]
+    return live - result["alias_bytes"], "arguments + outputs + temporaries - aliased"
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """What a plan is compiled for: a TPU topology's devices or this machine's."""
+
+    label: str  # 'v5p-8 (v5p:2x2x1, 4 chips)', 'local cpu (8 devices)'
+    devices: list
+    platform: str  # 'tpu', 'gpu', 'cpu'
+    kind: str | None  # a DEVICES key, for the analytic plan
+    memory_bytes: int  # per device
+    memory_source: str
+
+
+def compile_target(topology: str | None) -> Target:
+    """The devices to compile for: a TPU topology name (see `parse_topology`; needs libtpu),
+    or None / 'local' for this machine's devices."""
+    if topology in (None, "", "local"):
+        return _local_target()
+    t = parse_topology(topology)
+    if not have_libtpu():
+        raise NeedsLibtpu(
+            f'compiling for {topology} needs libtpu: pip install -e ".[tpu]" '
+            "(or plan without --topology)"
+        )
+    memory = DEVICES[t.kind][0] * 2**30
+    label = f"{topology} ({t}, {t.chips} chips)" if topology != str(t) else f"{t} ({t.chips} chips)"
+    return Target(label, topology_devices(t), "tpu", t.kind, memory, "data sheet")
+
+
+def _local_target() -> Target:
+    devices = jax.devices()
+    d = devices[0]
+    name = d.device_kind.lower()
+    kind = next((k for k in DEVICES if k in name.replace(" ", "")), None)
+    stats = d.memory_stats() if d.platform != "cpu" else None
+    if stats and stats.get("bytes_limit"):
+        memory, source = stats["bytes_limit"], "the device's bytes_limit"
+    elif kind:
+        memory, source = DEVICES[kind][0] * 2**30, "data sheet"
+    else:
+        # Simulated CPU devices share the host's memory.
+        host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        memory, source = host // len(devices), f"host memory / {len(devices)} devices"
+    label = f"local {d.platform} ({len(devices)} x {d.device_kind})"
+    return Target(label, devices, d.platform, kind, memory, source)
+
+
+def configure_mesh(config, shape: dict[str, int], num_devices: int):
+    """A copy of `config` whose mesh is `shape` over `num_devices` (one slice; validate it
+    again); the rows per step must split over the batch axes and the microbatches."""
+    if math.prod(shape.values()) != num_devices:
+        raise ValueError(f"mesh {shape} has {math.prod(shape.values())} devices, not {num_devices}")
+    c = copy.deepcopy(config)
+    for axis, size in shape.items():
+        c.mesh[axis] = size
+        c.mesh.dcn[axis] = 1
+    c.mesh.num_devices = num_devices
+    split = shape["data"] * shape["fsdp"] * c.dit.train.grad_accum_steps
+    if c.dit.rows % split:
+        raise ValueError(
+            f"dit.rows={c.dit.rows} does not split over data x fsdp x grad_accum_steps = {split}: "
+            f"set --config.dit.rows to a multiple of {split}"
+        )
+    return c
+
+
+def compiled_plan(config, target: Target) -> dict:
+    """The analytic plan of `config` beside XLA's figures for its train step compiled for
+    `target`, on the config's mesh over the target's devices (see `configure_mesh`)."""
+    n = len(target.devices)
+    shape = config_mesh_shape(config, n)
+    out = plan(config, shape, target.kind, count_xla=False, platform=target.platform)
+    mesh = mesh_lib.create_mesh(n, ici=shape, devices=target.devices)
+    compiled = compiled_step(config, mesh)
+    peak, source = compiled_peak(compiled, target.platform)
+    hlo = compiled.pop("hlo", "")
+    gathers = activation_all_gathers(hlo, config.dit.rows, config.dit.seq_len) if hlo else None
+    out["compiled"] = {
+        **compiled,
+        "target": target.label,
+        "peak_bytes": peak,
+        "peak_source": source,
+        "memory_bytes": target.memory_bytes,
+        "memory_source": target.memory_source,
+        "fits": not compiled["oom"] and peak <= target.memory_bytes,
+        "activation_all_gathers": gathers,
+    }
+    return out
+
+
+def activation_all_gathers(hlo_text: str, rows: int, seq_len: int) -> list[dict]:
+    """The all-gathers in compiled HLO whose result is a token activation: ``[b, seq_len, ...]``
+    with b <= rows, or ``[rows * seq_len, ...]``. Activations split over the batch axes must
+    stay split (the weights' fsdp axis must not force them replicated): a sound program has
+    none; sequence-parallel gathers of keys and values would show here too."""
+    found = []
+    for line in hlo_text.splitlines():
+        op = re.search(r"=\s*(\(?[^=]*?\)?)\s+all-gather(?:-start)?\(", line)
+        if not op:
+            continue
+        for dtype, dims in re.findall(r"(\w+)\[([0-9,]*)\]", op.group(1)):
+            d = [int(x) for x in dims.split(",") if x]
+            batch_first = len(d) >= 3 and d[1] == seq_len and d[0] <= rows
+            if batch_first or (d and d[0] == rows * seq_len):
+                gathered = re.search(r"dimensions=\{([0-9,]*)\}", line)
+                found.append(
+                    {
+                        "shape": f"{dtype}[{dims}]",
+                        "dimensions": gathered.group(1) if gathered else "",
+                    }
+                )
+                break
+    return found
+
+
+def _bytes_line(name: str, n: int) -> str:
+    return f"  {name:<22s} {n / 2**30:10.3f} GiB"
+
+
+def compiled_report(p: dict) -> str:
+    """The analytic report, the compiled figures beside it, and a last line
+    ``fits=yes|no peak_gib=<x> hbm_gib=<y>``."""
+    c, d = p["compiled"], p["per_device"]
+    header = f"compiled for {c['target']}, mesh {p['mesh']}, rows per step {p['rows']}"
+    lines = [report(p), f"{header}, in {c['compile_seconds']:.1f} s"]
+    if c["oom"]:
+        lines.append(f"  does not fit: {c['message']}")
+    else:
+        lines += [
+            "per device (XLA memory_analysis):",
+            _bytes_line("arguments", c["argument_bytes"]),
+            _bytes_line("outputs", c["output_bytes"]),
+            _bytes_line("  of them aliased", c["alias_bytes"]),
+            _bytes_line("temporaries", c["temp_bytes"]),
+        ]
+    est = d["total_bytes"]
+    lines += [
+        _bytes_line("peak (compiled)", c["peak_bytes"]) + f"  ({c['peak_source']})",
+        _bytes_line("peak (estimate)", est)
+        + (f"  (estimate / compiled {est / c['peak_bytes']:.2f})" if c["peak_bytes"] else ""),
+        _bytes_line("memory", c["memory_bytes"]) + f"  ({c['memory_source']})",
+    ]
+    if not c["oom"]:
+        lines.append(
+            f"FLOPs per device {c['flops']:.4g} (XLA, compiled), "
+            f"{p['flops_per_device_analytic']:.4g} (analytic)"
+        )
+        gathers = c["activation_all_gathers"]
+        lines.append(f"all-gathers of [rows, L, *] activations: {len(gathers)}")
+        lines += [f"  {g['shape']} along dimension {g['dimensions']}" for g in gathers[:5]]
+    lines.append(
+        f"fits={'yes' if c['fits'] else 'no'} peak_gib={c['peak_bytes'] / 2**30:.3f} "
+        f"hbm_gib={c['memory_bytes'] / 2**30:.3g}"
+    )
+    return "\n".join(lines)
