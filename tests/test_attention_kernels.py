@@ -144,12 +144,17 @@ def test_joint_text_blocks_equal_the_dense_masked_block(layout):
     r = np.random.default_rng(5)
     x = jnp.asarray(r.normal(size=(b, l, hidden)), jnp.float32)
     text = jnp.asarray(r.normal(size=(b, m, hidden)), jnp.float32)
-    c, tc = (jnp.asarray(r.normal(size=s), jnp.float32) for s in ((b, l, hidden), (b, m, hidden)))
+    # One conditioning entry per token (video then text): the block sees arbitrary modulation.
+    cond = dit_lib.Conditioning(
+        table=jnp.asarray(r.normal(size=(b, l + m, hidden)), jnp.float32),
+        video=jnp.broadcast_to(jnp.arange(l), (b, l)),
+        text=jnp.broadcast_to(l + jnp.arange(m), (b, m)),
+    )
     block = lambda impl: dit_lib.DiTBlock(
         hidden, 2, text_attention="joint", attention_impl=impl, attention_blocks=(16, 16)
     )
     segments = dit_lib.block_segments(ids, tids, pos, layout, "joint")
-    params = block("blockwise").init(jax.random.PRNGKey(0), x, c, pos, segments, text, tc)
+    params = block("blockwise").init(jax.random.PRNGKey(0), x, cond, pos, segments, text)
     # Perturb every weight (adaLN is zero-initialised and would hide the attention).
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
@@ -178,7 +183,7 @@ def test_joint_text_blocks_equal_the_dense_masked_block(layout):
         return out, lse
 
     def apply(impl, params, x, text):
-        return block(impl).apply(params, x, c, pos, segments, text, tc)
+        return block(impl).apply(params, x, cond, pos, segments, text)
 
     for impl in ("blockwise", "splash"):
         got = lambda p, x, t: apply(impl, p, x, t)

@@ -199,9 +199,10 @@ def test_plan_counts_params_memory_and_flops_without_allocating():
     # fsdp 4 x tensor 2: big kernels split 8 ways; small vectors and the text encoder not.
     ratio = split["per_device"]["param_bytes"] / split["param_bytes"]
     assert 1 / 8 < ratio < 1 / 3, ratio
-    # Same 8-way batch split; tensor parallelism splits the heads' and MLP's activations.
+    # Same 8-way batch split; tensor parallelism splits the heads' and MLP's activations
+    # (half of a GELU block's tensors), not the residual stream's: 3/4 of them remain.
     act = lambda p: p["per_device"]["activation_bytes_estimate"]
-    assert act(split) < 0.7 * act(replicated)
+    assert act(split) == pytest.approx(0.75 * act(replicated), rel=0.02)
     assert replicated["device"]["fits"]
     # The analytic count agrees with XLA's count of the lowered step (once matmuls dominate).
     c.dit.model.hidden = 256

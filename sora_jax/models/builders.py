@@ -80,6 +80,12 @@ def row_text_tokens(config) -> int:
     return min(config.dit.text_tokens, slots) if config.dit.text_tokens else slots
 
 
+def adaln_entries(config) -> int:
+    """adaLN conditioning entries per packed row (sora_jax.models.dit.Conditioning): one per
+    segment slot, and one more per slot for its given frames when batches carry them."""
+    return config.dit.max_segments * (2 if config.dit.condition.rate > 0 else 1)
+
+
 def build_dit(config, text_dim: int) -> dit_lib.DiT:
     m = config.dit.model
     pt, ph, pw = config.dit.patch

@@ -514,8 +514,7 @@ class DiT(nn.Module):
 
     def _blocks(self, h, text, cond, positions, segments):
         """The ``depth`` blocks over ``h f[b l hidden]`` and ``text f[b m hidden]``."""
-        block = functools.partial(
-            DiTBlock,
+        fields = dict(
             hidden=self.hidden,
             num_heads=self.num_heads,
             mlp_ratio=self.mlp_ratio,
@@ -531,10 +530,12 @@ class DiT(nn.Module):
         )
         layouts = period_layouts(self.attention_layout)
         if not self.scan_blocks:
-            block = functools.partial(self._remat(DiTBlock), **block.keywords)
+            block = self._remat(DiTBlock)
             for i in range(self.depth):
                 layout = layouts[i % len(layouts)]
-                h, text = block(name=f"block_{i}")(h, cond, positions, segments[layout], text)
+                h, text = block(name=f"block_{i}", **fields)(
+                    h, cond, positions, segments[layout], text
+                )
             return h, text
         stack = nn.scan(
             self._remat(_Period),
@@ -544,6 +545,7 @@ class DiT(nn.Module):
             length=self.depth // len(layouts),
             metadata_params={nn.PARTITION_NAME: LAYERS},
         )
+        block = functools.partial(DiTBlock, **fields)
         (h, text), _ = stack(block=block, layouts=layouts, name="blocks")(
             (h, text), cond, positions, segments
         )

@@ -6,8 +6,10 @@ from the config's logical rules applied to a mesh of any size (``--mesh``, which
 more devices than this machine has; default: the config's mesh over the local devices), and
 the FLOPs from XLA's count of the lowered (not compiled) train step. Printed per device:
 params, optimizer state and EMA bytes as the rules split them, and an estimate of the
-activations the backward pass keeps (no remat; the dense-mask attention kernels keep their
-l x l scores, the flash-style ones only O(l)). Attention FLOPs are counted as the configured
+activations live at the backward pass's peak (what the remat policy keeps of every block plus
+one block's working set; the dense-mask attention kernels keep l x l scores, the flash-style
+ones only O(l)), within 1.5x of the compiled peak on the configurations of RESULTS.md.
+`compiled_plan` compiles the real step for a TPU topology or the local devices beside it. Attention FLOPs are counted as the configured
 kernel executes them on one video filling each row (sora_jax/models/flops.py).
 """
 
@@ -29,6 +31,7 @@ from jax.sharding import PartitionSpec as P
 
 from sora_jax.models import attention as attention_lib
 from sora_jax.models import builders
+from sora_jax.models import dit as dit_lib
 from sora_jax.models import flops as flops_lib
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.parallel import partitioning
@@ -73,7 +76,9 @@ def model_summary(config) -> dict[str, float]:
     dit = builders.build_dit(config, text_encoder.dim)
     params = builders.abstract_dit_params(config, dit, text_encoder)
     dc = config.dit
-    flops = flops_lib.dit_flops_per_token(dit, dc.seq_len, builders.row_text_tokens(config))
+    flops = flops_lib.dit_flops_per_token(
+        dit, dc.seq_len, builders.row_text_tokens(config), entries=builders.adaln_entries(config)
+    )
     return {
         "dit_params": flops_lib.param_count(params["dit"]),
         "text_params": flops_lib.param_count(params.get("text", {})),
@@ -108,26 +113,68 @@ def _split_bytes(abstract_boxed, shape: dict[str, int], rules) -> tuple[int, int
     return total, per_device
 
 
+# Fitted to compiled TPU peaks (RESULTS.md, "DiT at scale: planned vs compiled"), as
+# multiples of the tensors one block's forward pass makes (`_block_elements`):
+# the working set of one block while it is recomputed and differentiated (the forward
+# tensors, their cotangents and XLA's fusion buffers), and what a block keeps without remat
+# (float32 copies of the norms' inputs and the MLP's pre-activation besides those tensors).
+_WORKING_SET = 2.5
+_KEPT_WITHOUT_REMAT = 1.8
+
+
+def _block_elements(hid: int, mlp_hidden: int, tp: int, text_attention: str) -> dict[str, float]:
+    """Per video token, one block's tensors (elements): 'all' it makes in the forward pass,
+    'dots' the matmul outputs among them. Tensor-split ones are divided by ``tp``."""
+    # Replicated over tensor shards: residual in / out, the two norms and their modulated
+    # inputs, the gathered shift / scale / gate (6h), attention and MLP outputs after gating.
+    replicated = 16 * hid
+    # Split over tensor shards: qkv (3h), normed / rotated q and k (2h), attention output
+    # (h), MLP hidden and its activation (2 mlp_hidden); cross-attention q and output (2h).
+    split = 6 * hid + 2 * mlp_hidden + (2 * hid if text_attention == "cross" else 0)
+    dots = 3 * hid + hid + mlp_hidden + hid + (2 * hid if text_attention == "cross" else 0)
+    return {"all": replicated + split / tp, "dots": hid + dots / tp}
+
+
 def activation_bytes(config, shape: dict[str, int], platform: str | None = None) -> int:
-    """Estimated activations kept for the backward pass on one device (f32, no remat); the
-    dense-mask kernels also keep their l x l scores and mask, the flash-style ones do not."""
+    """Activations live on one device at the peak of the backward pass: what the remat
+    policy keeps of every block, plus one block's working set while it is recomputed and
+    differentiated, in the compute dtype. Dense-mask attention kernels keep l x l scores
+    (every block's without remat, one block's with it); the flash-style ones only O(l)."""
     m, dc = config.dit.model, config.dit
-    hid, r, heads, depth = m.hidden, m.mlp_ratio, m.num_heads, m.depth
-    batch_split = shape["data"] * shape["fsdp"]
-    rows = dc.rows / batch_split / dc.train.grad_accum_steps
+    hid, depth = m.hidden, m.depth
+    mlp_hidden = (
+        dit_lib.swiglu_hidden(hid, m.mlp_ratio) * 3 // 2
+        if m.mlp == "swiglu"
+        else int(hid * m.mlp_ratio)
+    )
+    rows = dc.rows / (shape["data"] * shape["fsdp"]) / dc.train.grad_accum_steps
     tp, sp = shape["tensor"], shape["sequence"]
-    tokens = rows * dc.seq_len / sp
-    text_len = dc.max_segments * config.text.max_length
-    # Per token per block: 8 hidden-wide tensors on every tensor shard (residuals, norms,
-    # modulated inputs) and the tensor-split ones (adaLN 6h, qkv 3h, q/k normed 2h, attention
-    # outputs 2h, cross q h, MLP 2rh).
-    per_token = 8 * hid + (14 * hid + 2 * r * hid) / tp
-    if attention_lib.resolve(m.attention_impl, platform) not in ("xla", "cudnn"):
-        # Flash-style kernels keep O(L) (output and log-sum-exp), counted in per_token.
-        return int(depth * tokens * per_token * 4)
-    scores = rows * heads / tp * (dc.seq_len / sp) * (dc.seq_len + text_len) * 2  # logits, probs
-    mask = rows * dc.seq_len * (dc.seq_len + text_len)  # bool, shared by the heads
-    return int(depth * ((tokens * per_token + scores) * 4 + mask))
+    text_len = builders.row_text_tokens(config)
+    # The joint layout runs the text stream through every block as tokens of its own.
+    stream = dc.seq_len + (text_len if m.text_attention == "joint" else 0)
+    tokens = rows * stream / sp
+    block = _block_elements(hid, mlp_hidden, tp, m.text_attention)
+    period = len(dit_lib.period_layouts(m.attention_layout)) if m.scan_blocks else 1
+    kept = {
+        "none": _KEPT_WITHOUT_REMAT * block["all"] * depth,
+        "everything_saveable": _KEPT_WITHOUT_REMAT * block["all"] * depth,
+        "dots_saveable": block["dots"] * depth,
+        "dots_with_no_batch_dims_saveable": block["dots"] * depth,
+        # A rematerialised function keeps its inputs: one residual per remat unit.
+        "nothing_saveable": hid * depth / period,
+        "save_block_inputs": hid * depth,
+        "offload_block_inputs": 0.0,
+    }[m.remat_policy]
+    working = 0.0 if m.remat_policy in ("none", "everything_saveable") else block["all"]
+    itemsize = jnp.dtype(m.dtype).itemsize
+    act = tokens * (kept + _WORKING_SET * working) * itemsize
+    if attention_lib.resolve(m.attention_impl, platform) in ("xla", "cudnn"):
+        layers = depth if m.remat_policy in ("none", "everything_saveable") else 1
+        keys = dc.seq_len + text_len
+        scores = rows * m.num_heads / tp * (dc.seq_len / sp) * keys * 2 * 4  # f32 logits, probs
+        mask = rows * dc.seq_len * keys  # bool, shared by the heads
+        act += layers * (scores + mask)
+    return int(act)
 
 
 def analytic_flops(config, platform: str | None = None) -> float:
@@ -137,7 +184,11 @@ def analytic_flops(config, platform: str | None = None) -> float:
     dit = builders.build_dit(config, text_encoder.dim)
     dc = config.dit
     per_token = flops_lib.dit_flops_per_token(
-        dit, dc.seq_len, builders.row_text_tokens(config), platform=platform
+        dit,
+        dc.seq_len,
+        builders.row_text_tokens(config),
+        platform=platform,
+        entries=builders.adaln_entries(config),
     )
     return per_token["train"] * dc.rows * dc.seq_len
 
@@ -336,6 +387,9 @@ def topology_devices(name: str | Topology):
     # A host holds 2x2x1 chips on v4 / v5p and up to 2x4 on v5e / v6e; larger slices are
     # several hosts (multi-host topologies compile the same way).
     host = (min(x, 2), min(y, 2 if t.kind in ("v4", "v5p") else 4), 1)
+    # Compiling needs no chip: let several processes (test workers, two plans) open libtpu
+    # at once instead of the first holding its lock file.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     # jax names v5p 'v5' (megacore chips).
     topology = topologies.get_topology_desc(
         platform="tpu",
