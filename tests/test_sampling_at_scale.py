@@ -7,16 +7,16 @@ import dataclasses
 import functools
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
+from test_diffusion import random_pipeline
 from test_train import micro_config
 
 from sora_jax import config as config_lib
-from sora_jax.inference import loader, sampling
+from sora_jax.inference import sampling
 from sora_jax.inference import pipeline as pipeline_lib
 from sora_jax.models import builders
 from sora_jax.models import vae_inference as vi
@@ -38,39 +38,13 @@ KW = {"num_frames": 9, "height": 8, "width": 16, "seed": 3}
 @functools.cache
 def _pipe():
     """A pipeline of the micro config (4 heads: per tensor shard divisible by the sequence
-    split) over random params, perturbed (adaLN-Zero makes a fresh DiT output zeros)."""
+    split) over random, perturbed params."""
     c = micro_config()
     c.dit.model.num_heads = 4
     c.diffusion.sample_steps = 3
     c.diffusion.guidance_scale = 3.0
     c.diffusion.guidance_rescale = 0.7  # per-row std: padding tokens must not count
-    c = config_lib.validate(c)
-    vae = builders.build_vae(c)
-    text = builders.build_text_encoder(c)
-    dit = builders.build_dit(c, text.dim)
-    init = builders.dit_init_fn(c, dit, text)
-
-    def perturbed(key):
-        leaves, tree = jax.tree.flatten(nn.unbox(init(key)))
-        keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
-        return tree.unflatten(
-            [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
-        )
-
-    params = jax.jit(perturbed)(jax.random.key(0))
-    ch = c.vae.model.latent_channels
-    model = loader.InferenceModel(
-        config=c,
-        vae=vae,
-        vae_params=jax.jit(builders.vae_init_fn(c, vae))(jax.random.key(1)),
-        dit=dit,
-        text_encoder=text,
-        params=params,
-        latent_mean=np.zeros(ch, np.float32),
-        latent_std=np.ones(ch, np.float32),
-        name="random",
-    )
-    return pipeline_lib.Pipeline(model)
+    return random_pipeline(config_lib.validate(c))
 
 
 def _sample(pipe, monkeypatch):
