@@ -32,9 +32,12 @@ any chunking gives the same result here, up to float rounding. The cache's shape
 on the chunk length, so ``lax.scan`` carries it (``chunked_encode`` / ``chunked_decode``).
 
 Spatial tiling (approximate): ``tiled_decode`` decodes overlapping latent tiles and blends them
-(``sora_jax.models.vae_inference.tiled``). The mid-block attention sees the whole frame and
-every conv the neighbours near a seam, so tiles differ from the whole decode; the parity test
-states the measured difference.
+exactly as diffusers' ``enable_tiling()`` decode does (same tiles, same linear fades, same
+order), so it matches diffusers' tiled output to float rounding. Tiles do not see their
+neighbours (the mid-block attention spans the whole frame, every conv reaches across a seam), so
+tiled differs from whole decoding; on the tiny random test models by up to ~1 in [-1, 1] pixels
+near seams (random weights are chaotic; trained weights are smooth, which is why diffusers
+tiles), see the tests for the measured numbers.
 
 Latent normalisation: the config's per-channel ``latents_mean`` / ``latents_std`` map encoder
 means to the diffusion model's latents (``normalize_latents``) and back (``denormalize_latents``),
@@ -44,12 +47,12 @@ as diffusers' ``WanPipeline`` does.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sora_jax.models import vae_inference
 from sora_jax.parallel import axes
 
 __all__ = [
@@ -103,6 +106,13 @@ class WanVAEConfig:
 
     def __post_init__(self):
         p = self.patch or 1
+        if self.attn_scales:
+            # diffusers builds encoder attention blocks for them but its encoder cannot run
+            # them (they take no cache), so no checkpoint uses them.
+            raise ValueError(
+                f"WanVAEConfig: attn_scales={list(self.attn_scales)} is not supported (diffusers' "
+                "AutoencoderKLWan cannot run encoder attention blocks); Wan checkpoints use []"
+            )
         if len(self.temporal_downsample) != len(self.dim_mult) - 1:
             raise ValueError(
                 f"WanVAEConfig: temporal_downsample has {len(self.temporal_downsample)} entries, "
@@ -561,7 +571,6 @@ class Encoder(nn.Module):
         x, new["conv_in"] = CausalConv3d(dims[0], name="conv_in", **kw)(x, cache.get("conv_in"))
         levels = len(cfg.dim_mult)
         k = 0  # diffusers numbers the 2.1 encoder's blocks flat
-        scale = 1.0
         for i, out_dim in enumerate(dims[1:]):
             last = i == levels - 1
             if cfg.is_residual:
@@ -580,15 +589,11 @@ class Encoder(nn.Module):
                 name = f"down_blocks_{k}"
                 x, new[name] = ResidualBlock(out_dim, name=name, **kw)(x, cache.get(name))
                 k += 1
-                if scale in cfg.attn_scales:
-                    x = AttentionBlock(name=f"down_blocks_{k}", **kw)(x)
-                    k += 1
             if not last:
                 mode = "downsample3d" if cfg.temporal_downsample[i] else "downsample2d"
                 name = f"down_blocks_{k}"
                 x, new[name] = Resample(mode, out_dim, name=name, **kw)(x, cache.get(name))
                 k += 1
-                scale /= 2.0
         x, new["mid_block"] = MidBlock(name="mid_block", **kw)(x, cache.get("mid_block"))
         x = nn.silu(RMSNorm(name="norm_out", **kw)(x))
         x, new["conv_out"] = CausalConv3d(2 * cfg.z_dim, name="conv_out", **kw)(
@@ -713,6 +718,14 @@ class WanVAE(nn.Module):
         x = unpatchify(x.astype(jnp.float32), self.config.patch)
         return jnp.clip(x, -1.0, 1.0), cache
 
+    def decode_patches(self, z: jax.Array, cache: Cache = None):
+        """``decode_chunk`` before unpatchify and clamping: ``(f32[b t h/p w/p out_channels],
+        cache)``, the space in which ``tiled_decode`` blends tiles."""
+        self._check_latents("decode_patches", z)
+        x, _ = self.post_quant_conv(z)
+        x, cache = self.decoder(x, cache)
+        return x.astype(jnp.float32), cache
+
     def decode(self, z: jax.Array) -> jax.Array:
         """``f32[b t' h' w' z_dim] -> f32[b 1+r_t*(t'-1) h'*r_s w'*r_s c]`` in [-1, 1]."""
         self._check_latents("decode", z)
@@ -797,30 +810,110 @@ def chunked_decode(model: WanVAE, params, z: jax.Array, chunk_latent_frames: int
     return jnp.concatenate([y0, einops.rearrange(ys, "n b s ... -> b (n s) ...")], axis=1)
 
 
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _blend(a: jax.Array, b: jax.Array, extent: int, axis: int) -> jax.Array:
+    """``b`` with its first ``extent`` rows (``axis`` 2) or columns (3) faded in linearly
+    from ``a``'s last ones: row ``y`` is ``a[-e + y] * (1 - y / e) + b[y] * y / e``."""
+    e = min(a.shape[axis], b.shape[axis], extent)
+    if e <= 0:
+        return b
+    ramp = jnp.arange(e, dtype=b.dtype) / e
+    ramp = ramp.reshape((e, 1, 1) if axis == 2 else (e, 1))
+    head = jax.lax.slice_in_dim(b, 0, e, axis=axis)
+    tail = jax.lax.slice_in_dim(a, a.shape[axis] - e, a.shape[axis], axis=axis)
+    mixed = tail * (1 - ramp) + head * ramp
+    return jnp.concatenate([mixed, jax.lax.slice_in_dim(b, e, b.shape[axis], axis=axis)], axis)
+
+
+def _decode_patches(model: WanVAE, params, z: jax.Array, chunk_latent_frames: int | None):
+    """``WanVAE.decode_patches`` of a whole latent video, optionally in time chunks."""
+    v = {"params": params}
+    if not chunk_latent_frames or z.shape[1] == 1:
+        return model.apply(v, z, method=WanVAE.decode_patches)[0]
+    y0, cache = model.apply(v, z[:, :1], method=WanVAE.decode_patches)
+    zs = _split_time(z[:, 1:], chunk_latent_frames)
+
+    def body(cache, zc):
+        y, cache = model.apply(v, zc, cache, method=WanVAE.decode_patches)
+        return cache, y
+
+    _, ys = jax.lax.scan(body, cache, zs)
+    return jnp.concatenate([y0, einops.rearrange(ys, "n b s ... -> b (n s) ...")], axis=1)
+
+
 def tiled_decode(
     model: WanVAE,
     params,
     z: jax.Array,
-    tile_latent_size: int,
-    tile_latent_overlap: int,
+    tile_sample_size: int | tuple[int, int] = 256,
+    tile_sample_stride: int | tuple[int, int] = 192,
     chunk_latent_frames: int | None = None,
 ) -> jax.Array:
-    """``decode`` in overlapping spatial tiles of ``tile_latent_size`` latent pixels, blended
-    linearly over ``tile_latent_overlap`` (``vae_inference.tiled``); each tile is decoded whole
-    or, with ``chunk_latent_frames``, in time chunks. Approximate (module docstring)."""
-    if not 0 <= tile_latent_overlap <= tile_latent_size // 2:
+    """``decode`` in overlapping spatial tiles, as diffusers' ``AutoencoderKLWan.tiled_decode``
+    (``enable_tiling(tile_sample_min_*, tile_sample_stride_*)``): ``f32[b t' h' w' z] ->
+    f32[b t h w c]``.
+
+    Tiles of ``tile_sample_size / r_s`` latent pixels start every ``tile_sample_stride / r_s``
+    (the last ones cut at the border); each is decoded alone (whole, or in time chunks of
+    ``chunk_latent_frames``), then, in row-major order, faded into the already blended tile
+    above and to the left over ``size - stride`` output pixels (``/ patch_size`` for Wan 2.2,
+    whose blending happens before unpatchify), and cut to ``stride``. Frames no larger than a
+    tile are decoded whole. Approximate: tiles do not see their neighbours (module docstring).
+    """
+    if z.ndim != 5 or z.shape[-1] != model.config.z_dim:
         raise ValueError(
-            f"tile_latent_overlap={tile_latent_overlap} must be in [0, tile_latent_size // 2]"
+            f"tiled_decode expects f32[b t' h' w' {model.config.z_dim}], got {z.shape}"
         )
-
-    def one(zt):
+    cfg = model.config
+    r_s, p = cfg.spatial_compression, cfg.patch
+    (size_h, size_w), (stride_h, stride_w) = _pair(tile_sample_size), _pair(tile_sample_stride)
+    for what, v in (("tile_sample_size", size_h), ("tile_sample_size", size_w)):
+        if v % r_s:
+            raise ValueError(f"tiled_decode: {what}={v} is not a multiple of {r_s}")
+    for what, v, size in (
+        ("tile_sample_stride", stride_h, size_h),
+        ("tile_sample_stride", stride_w, size_w),
+    ):
+        if v % r_s or not 0 < v <= size:
+            raise ValueError(f"tiled_decode: {what}={v} must be a multiple of {r_s} in (0, {size}]")
+    b, t, h, w, _ = z.shape
+    tile_h, tile_w = size_h // r_s, size_w // r_s
+    if h <= tile_h and w <= tile_w:
         if chunk_latent_frames:
-            return chunked_decode(model, params, zt, chunk_latent_frames)
-        return model.apply({"params": params}, zt, method=WanVAE.decode)
+            return chunked_decode(model, params, z, chunk_latent_frames)
+        return model.apply({"params": params}, z, method=WanVAE.decode)
 
-    return vae_inference.tiled(
-        one, z, tile_latent_size, tile_latent_overlap, 1, model.config.spatial_compression
+    # One compiled program per tile shape (at most four: inner, last row, last column, corner);
+    # under an outer jit this is inlined.
+    raw = jax.jit(
+        functools.partial(_decode_patches, model, chunk_latent_frames=chunk_latent_frames)
     )
+
+    out_stride_h, out_stride_w = stride_h // p, stride_w // p
+    blend_h, blend_w = size_h // p - out_stride_h, size_w // p - out_stride_w
+    rows = []
+    for i in range(0, h, stride_h // r_s):
+        row = []
+        for j in range(0, w, stride_w // r_s):
+            tile = raw(params, z[:, :, i : i + tile_h, j : j + tile_w])
+            if rows:
+                tile = _blend(rows[-1][len(row)], tile, blend_h, axis=2)
+            if row:
+                tile = _blend(row[-1], tile, blend_w, axis=3)
+            row.append(tile)  # blended: the next tiles fade from it, as in diffusers
+        rows.append(row)
+    out = jnp.concatenate(
+        [
+            jnp.concatenate([tile[:, :, :out_stride_h, :out_stride_w] for tile in row], axis=3)
+            for row in rows
+        ],
+        axis=2,
+    )
+    out = out[:, :, : h * r_s // p, : w * r_s // p]
+    return jnp.clip(unpatchify(out.astype(jnp.float32), p), -1.0, 1.0)
 
 
 def init_params(model: WanVAE, rng: jax.Array, frames: int = 1, size: int | None = None):
