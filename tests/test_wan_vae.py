@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 
+import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -342,6 +344,34 @@ def test_weight_table_documents_every_key(folders):
     assert e.flax_shape == (16,) and e.torch_shape == (16, 1, 1) and e.kind == "gamma"
     e = by_key["decoder.up_blocks.0.upsamplers.0.resample.1.weight"]
     assert e.path[-3:] == ("upsamplers_0", "resample", "kernel") and e.kind == "conv2d"
+
+
+def test_init_and_logical_axes_cover_the_table(folders):
+    _, model, params = _loaded("wan22", folders)
+    table = {e.path for e in ww.weight_table(model)}
+    # A 1-frame init creates every parameter (the temporal layers too), in the table's shapes.
+    fresh = jax.jit(lambda k: wan_vae.init_params(model, k, frames=1))(jax.random.key(0))
+    flat = flax.traverse_util.flatten_dict(fresh)
+    assert set(flat) == table
+    loaded = flax.traverse_util.flatten_dict(params)
+    assert all(flat[k].shape == loaded[k].shape for k in table)
+    # Every parameter names its axes (conv kernels: in / out channels; gammas: norm).
+    specs = flax.traverse_util.flatten_dict(nn.get_partition_spec(wan_vae.param_shapes(model)))
+    assert set(specs) == table
+    for path, spec in specs.items():
+        assert spec is not None and len(spec) == len(flat[path].shape), path
+        assert spec[-1] in ("conv_out", "norm"), (path, spec)
+
+
+def test_bfloat16_compute_close_to_float32(folders):
+    _, model, params = _loaded("wan22", folders)
+    x = jnp.asarray(_video(model, 5, seed=2))
+    bf16 = wan_vae.WanVAE(model.config, dtype=jnp.bfloat16)
+    m32, _ = _jitted(model)[0](params, x)
+    m16, _ = _jitted(bf16)[0](params, x)
+    err = float(jnp.abs(m16 - m32).max())
+    print(f"wan22 bf16 compute: encoder mean max abs vs f32 {err:.2e}")
+    assert m16.dtype == jnp.float32 and 0 < err < 0.05
 
 
 def test_sora_jax_does_not_import_torch_or_diffusers():
