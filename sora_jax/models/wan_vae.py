@@ -73,6 +73,8 @@ __all__ = [
     "chunked_encode",
     "chunked_decode",
     "tiled_decode",
+    "init_params",
+    "param_shapes",
 ]
 
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
@@ -764,7 +766,7 @@ def denormalize_latents(latents: jax.Array, config: WanVAEConfig) -> jax.Array:
 # ---- long and large inputs ----------------------------------------------------------------------
 
 
-def _split_time(x: jax.Array, size: int) -> tuple[jax.Array, int]:
+def _split_time(x: jax.Array, size: int) -> jax.Array:
     """``f32[b t ...] -> f32[n b size ...]`` (``t`` must be a multiple of ``size``)."""
     if x.shape[1] % size:
         raise ValueError(f"{x.shape[1]} frames do not split into chunks of {size}")

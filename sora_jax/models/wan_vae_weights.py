@@ -25,8 +25,8 @@ the mapping is one rule per path segment plus one layout per kind of leaf:
 For example ``encoder/down_blocks_3/time_conv/kernel`` is ``encoder.down_blocks.3.time_conv.weight``
 and ``decoder/up_blocks_0/upsamplers_0/resample/kernel`` is
 ``decoder.up_blocks.0.upsamplers.0.resample.1.weight``. ``weight_table(model)`` lists every
-entry for a model; the encoder's 2.1 ``down_blocks`` are numbered flat, as in diffusers (residual
-blocks, attention blocks where ``attn_scales`` says, resamplers), the 2.2 ones per level.
+entry for a model; the encoder's 2.1 ``down_blocks`` are numbered flat, as in diffusers (the
+residual blocks and the resampler of each level in turn), the 2.2 ones per level.
 A tensor missing from the folder, one the model does not have, or one of the wrong shape is a
 ValueError naming the key.
 """
