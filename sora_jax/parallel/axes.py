@@ -17,8 +17,26 @@ TEXT_EMBED = "text_embed"  # width of the text encoder's outputs, as the DiT see
 NORM = "norm"  # norm scales and biases
 VOCAB = "vocab"  # token embedding rows
 LAYERS = "layers"  # the stacked blocks of a scanned network
+# Input / output channels of a (video VAE) conv kernel. No default rule maps them: the VAE's
+# weights stay replicated unless config.mesh.rules names a mesh axis for them.
+CONV_IN = "conv_in"
+CONV_OUT = "conv_out"
 
-LOGICAL_AXES = (BATCH, LENGTH, EMBED, HEADS, KV, MLP, PATCH, TEXT_EMBED, NORM, VOCAB, LAYERS)
+LOGICAL_AXES = (
+    BATCH,
+    LENGTH,
+    EMBED,
+    HEADS,
+    KV,
+    MLP,
+    PATCH,
+    TEXT_EMBED,
+    NORM,
+    VOCAB,
+    LAYERS,
+    CONV_IN,
+    CONV_OUT,
+)
 
 # Activation layouts.
 TOKENS = (BATCH, LENGTH, EMBED)  # f[b l hidden]
