@@ -176,6 +176,16 @@ def _param(module: nn.Module, name: str, init, shape, names, dtype=jnp.float32):
     return module.param(name, nn.with_logical_partitioning(init, names), shape, dtype)
 
 
+def _conv_params(module: nn.Module, shape: tuple[int, ...], dtype) -> tuple[jax.Array, jax.Array]:
+    """``kernel f32[*spatial ci co]`` and ``bias f32[co]`` of a conv."""
+    spatial = (None,) * (len(shape) - 2)
+    kernel = _param(
+        module, "kernel", _conv_init, shape, (*spatial, axes.CONV_IN, axes.CONV_OUT), dtype
+    )
+    bias = _param(module, "bias", nn.initializers.zeros, shape[-1:], (axes.CONV_OUT,), dtype)
+    return kernel, bias
+
+
 class CausalConv3d(nn.Module):
     """3D conv, causal in time with zero padding, symmetric zero padding in space.
 
@@ -198,22 +208,7 @@ class CausalConv3d(nn.Module):
     def __call__(self, x: jax.Array, cache: Cache = None):
         b, t, h, w, ci = x.shape
         kt, kh, kw = self.kernel_size
-        kernel = _param(
-            self,
-            "kernel",
-            _conv_init,
-            (kt, kh, kw, ci, self.features),
-            (None, None, None, axes.CONV_IN, axes.CONV_OUT),
-            self.param_dtype,
-        )
-        bias = _param(
-            self,
-            "bias",
-            nn.initializers.zeros,
-            (self.features,),
-            (axes.CONV_OUT,),
-            self.param_dtype,
-        )
+        kernel, bias = _conv_params(self, (kt, kh, kw, ci, self.features), self.param_dtype)
         x = x.astype(self.dtype)
         new_cache = None
         if kt > 1 and self.causal:
@@ -257,22 +252,7 @@ class Conv2d(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         b, t, h, w, ci = x.shape
-        kernel = _param(
-            self,
-            "kernel",
-            _conv_init,
-            (3, 3, ci, self.features),
-            (None, None, axes.CONV_IN, axes.CONV_OUT),
-            self.param_dtype,
-        )
-        bias = _param(
-            self,
-            "bias",
-            nn.initializers.zeros,
-            (self.features,),
-            (axes.CONV_OUT,),
-            self.param_dtype,
-        )
+        kernel, bias = _conv_params(self, (3, 3, ci, self.features), self.param_dtype)
         frames = einops.rearrange(x.astype(self.dtype), "b t h w c -> (b t) h w c")
         y = jax.lax.conv_general_dilated(
             frames,
