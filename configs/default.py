@@ -289,11 +289,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.diffusion.ddpm.zero_terminal_snr = False  # rescale so t=1 is pure noise (needs x0 or v)
     c.diffusion.ddpm.min_snr_gamma = 0.0  # > 0: min-SNR-gamma loss weighting (e.g. 5)
     # Sampler: 'euler' | 'heun' (flow ODE), 'ddim' (ddim_eta: 0 deterministic, 1 ancestral),
-    # 'dpmpp_2m' (DPM-Solver++ 2M); any of them with either objective.
+    # 'dpmpp_2m' (DPM-Solver++ 2M), 'unipc' (UniPC-2 with corrector); any with either objective.
     c.diffusion.sampler = "euler"
     c.diffusion.sample_steps = 30
     # Time grid: 'uniform', 'shifted' (uniform then the time shift above) or 'karras' (noise
-    # ratios sigma/alpha from karras_sigma_max to karras_sigma_min, denser at low noise).
+    # ratios sigma/alpha from karras_sigma_max to karras_sigma_min, denser at low noise) or
+    # 'flow_match' (diffusers' flow-matching grid over 1000 train steps, then the shift).
     c.diffusion.spacing = "shifted"
     c.diffusion.ddim_eta = 0.0
     c.diffusion.karras_rho = 7.0

@@ -69,7 +69,7 @@ def err(target, x):
 
 # Steps at which each sampler is converged to within the Monte Carlo floor (first-order
 # samplers need many more).
-CONVERGED = {"euler": 200, "heun": 20, "ddim": 200, "dpmpp_2m": 30}
+CONVERGED = {"euler": 200, "heun": 20, "ddim": 200, "dpmpp_2m": 30, "unipc": 20}
 
 
 @pytest.mark.parametrize("target_name", ["gaussian", "mixture"])
@@ -96,7 +96,7 @@ def test_flow_error_falls_with_steps():
     to a 200-step Heun solution from the same noise) both fall with steps and order."""
     target = TARGETS["mixture"]
     ref = run(target, FLOW, "heun", 200)
-    runs = [("euler", 10), ("euler", 50), ("heun", 10), ("dpmpp_2m", 10)]
+    runs = [("euler", 10), ("euler", 50), ("heun", 10), ("dpmpp_2m", 10), ("unipc", 10)]
     x = {k: run(target, FLOW, *k) for k in runs}
     dist = {k: err(target, v) - FLOOR["mixture"] for k, v in x.items()}
     ode = {k: float(np.sqrt(np.mean((v - ref) ** 2))) for k, v in x.items()}
@@ -107,6 +107,10 @@ def test_flow_error_falls_with_steps():
     # are first order (the step in log-SNR is infinite), so it gains less at 10 steps.
     assert dist["dpmpp_2m", 10] < 0.3 * dist["euler", 10], dist
     assert ode["dpmpp_2m", 10] < 0.6 * ode["euler", 10], ode
+    # UniPC's corrector reuses the model call of the next step, so it stays one call per step
+    # and still beats DPM-Solver++ at 10 steps.
+    assert dist["unipc", 10] < 0.5 * dist["dpmpp_2m", 10], dist
+    assert ode["unipc", 10] < 0.5 * ode["dpmpp_2m", 10], ode
 
 
 @pytest.mark.parametrize("variant", DDPM_VARIANTS)
@@ -149,7 +153,10 @@ def test_stochastic_ddim_matches_target_and_is_seeded(objective):
 def test_time_grids_run_from_noise_to_data(objective, spacing):
     for steps in (1, 7, 30):
         grid = np.asarray(samplers.time_grid(objective, steps, spacing, shift=3.0))
-        assert grid.shape == (steps + 1,) and grid[0] == 1.0 and grid[-1] == 0.0
+        # flow_match starts a hair below 1 (as diffusers' grid does) so log-SNR stays finite.
+        start = 1.0 - 1e-6 if spacing == "flow_match" else 1.0
+        assert grid.shape == (steps + 1,) and grid[-1] == 0.0
+        np.testing.assert_allclose(grid[0], start, rtol=0, atol=1e-7)
         assert np.all(np.diff(grid) < 0), grid
     uniform = samplers.time_grid(objective, 10, "uniform")
     shifted = samplers.time_grid(objective, 10, "shifted", shift=3.0)

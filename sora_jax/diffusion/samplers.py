@@ -16,6 +16,10 @@ state x_{t_start} given as `noise` (SDEdit); with t_start = 0 the grid is [0] an
   std; eta = 0 is the deterministic DDIM (= Euler on the flow), eta = 1 is ancestral DDPM.
 - dpmpp_2m: DPM-Solver++(2M) (Lu et al. 2022), the data-prediction multistep solver in
   lambda = log(alpha / sigma), second order from the previous step's x0.
+- unipc: UniPC (Zhao et al. 2023), B2(h) variant, data prediction, order 2: the multistep
+  predictor of dpmpp_2m's family followed, after each model call, by the UniC corrector that
+  reuses that call; the sampler Wan uses (as diffusers' UniPCMultistepScheduler with
+  solver_order=2, bh2, lower_order_final, on the same grid to float32 rounding).
 """
 
 from __future__ import annotations
@@ -31,8 +35,11 @@ from sora_jax.diffusion import rectified_flow as rf
 from sora_jax.models import geometry
 from sora_jax.parallel import mesh as mesh_lib
 
-SAMPLERS = ("euler", "heun", "ddim", "dpmpp_2m")
-SPACINGS = ("uniform", "shifted", "karras")
+SAMPLERS = ("euler", "heun", "ddim", "dpmpp_2m", "unipc")
+SPACINGS = ("uniform", "shifted", "karras", "flow_match")
+# flow_match: the grid of diffusers' flow-matching schedulers (Wan's): n points of
+# linspace(1, 1 / FLOW_MATCH_TRAIN_STEPS, n + 1), shifted, then 0.
+FLOW_MATCH_TRAIN_STEPS = 1000
 # config.sample.image_prompt: the factorized text->video's image pass is prompted with the
 # prompt itself or with its first-frame rewrite (sora_jax.inference.prompts.first_frame_prompt).
 IMAGE_PROMPTS = ("same", "first_frame")
@@ -57,6 +64,8 @@ def time_grid(
     karras: noise ratios sigma / alpha spaced as in Karras et al. 2022 (rho; dense near
       sigma_min), mapped to t by the objective; the first point is replaced by t = 1 so that
       sampling starts from pure noise like the others.
+    flow_match: the first n points of linspace(1, 1/1000, n + 1), shifted as above, the first
+      lowered by 1e-6 (a finite log-SNR), then 0: the grid Wan's pipelines sample on.
     t_start: the tail of the full grid below t_start, led by t_start itself (as in SDEdit
       with a truncated schedule: the remaining steps keep their sizes; t_start = 1 is the full
       grid, t_start = 0 the single point [0], i.e. no step).
@@ -96,6 +105,11 @@ def _full_grid(objective, num_steps, spacing, shift, rho, sigma_min, sigma_max) 
         ts = np.asarray(objective.t_from_noise_ratio(ratios), np.float64)
         ts = np.concatenate([[1.0], ts[1:], [0.0]])
         return jnp.asarray(ts, jnp.float32)
+    if spacing == "flow_match":
+        t = np.linspace(1.0, 1.0 / FLOW_MATCH_TRAIN_STEPS, num_steps + 1)[:-1]
+        t = shift * t / (1.0 + (shift - 1.0) * t)
+        t[0] = min(t[0], 1.0 - 1e-6)
+        return jnp.asarray(np.concatenate([t, [0.0]]), jnp.float32)
     raise ValueError(f"unknown time spacing {spacing!r}: use one of {SPACINGS}")
 
 
@@ -195,6 +209,63 @@ def dpmpp_2m(model_fn: ModelFn, objective, noise: jax.Array, ts: jax.Array) -> j
     return x
 
 
+def unipc(model_fn: ModelFn, objective, noise: jax.Array, ts: jax.Array) -> jax.Array:
+    """UniPC-2 with B(h) = e^-h - 1 in lambda = log(alpha / sigma), data prediction.
+
+    Step i calls the model at the predicted x_i, corrects x_i with that x0 (UniC, order of the
+    step that predicted it), then predicts x_{i+1} from the corrected x_i: second order from the
+    last two x0 where both steps are finite, first order on the first step, the last step (into
+    t = 0, lower_order_final) and wherever a step out of pure noise makes lambda infinite. The
+    last prediction is not corrected (that would take one more model call).
+    """
+    n = ts.shape[0] - 1
+
+    def lam(a, s):
+        return _log_snr_half(a, s)
+
+    def step(carry, i):
+        # x: the predicted x_i; x_last: the corrected x_{i-1}; m1, m2: x0 at steps i-1, i-2.
+        x, x_last, m1, m2 = carry
+        t_prev2, t_prev, t, t_next = (
+            ts[jnp.maximum(i - 2, 0)],
+            ts[jnp.maximum(i - 1, 0)],
+            ts[i],
+            ts[i + 1],
+        )
+        (a2, s2), (a1, s1) = objective.alpha_sigma(t_prev2), objective.alpha_sigma(t_prev)
+        (a, s), (a_n, s_n) = objective.alpha_sigma(t), objective.alpha_sigma(t_next)
+        l2, l1, l0, l_n = lam(a2, s2), lam(a1, s1), lam(a, s), lam(a_n, s_n)
+        m0, _ = objective.to_x0_eps(model_fn(x, t), x, t)
+
+        # UniC on x_i, from x_{i-1} with (m1, m2) and the new m0. Its order is the order the
+        # predictor of step i - 1 used: 2 from step 2 on where lambda_{i-2} is finite.
+        h = l0 - l1
+        phi = jnp.expm1(-h)  # -1 where the step is infinite (out of noise, into data)
+        hh = -h
+        b1 = (phi / hh - 1.0) / phi
+        b2 = 2.0 * ((phi / hh - 1.0) / hh - 0.5) / phi
+        second_c = (i >= 2) & jnp.isfinite(l2) & (i - 1 < n - 1)
+        rk = jnp.where(second_c, (l2 - l1) / jnp.where(second_c, h, 1.0), -1.0)
+        rho0 = jnp.where(second_c, (b1 - b2) / (1.0 - rk), 0.0)
+        rho1 = jnp.where(second_c, b1 - rho0, 0.5)
+        d1 = jnp.where(second_c, (m2 - m1) / rk, 0.0)
+        corrected = (s / s1) * x_last - a * phi * m1 - a * phi * (rho0 * d1 + rho1 * (m0 - m1))
+        x = jnp.where(i > 0, corrected, x)
+
+        # Predictor from x_i to x_{i+1}: rho = 1/2 on the difference with the previous x0.
+        h_n = l_n - l0
+        phi_n = jnp.expm1(-h_n)
+        second_p = (i >= 1) & jnp.isfinite(l1) & (i < n - 1)
+        rk_n = jnp.where(second_p, (l1 - l0) / jnp.where(second_p, h_n, 1.0), 1.0)
+        d1_n = jnp.where(second_p, (m1 - m0) / rk_n, 0.0)
+        x_next = (s_n / s) * x - a_n * phi_n * m0 - a_n * phi_n * 0.5 * d1_n
+        return (x_next, x, m0, m1), None
+
+    zeros = jnp.zeros_like(noise)
+    (x, _, _, _), _ = jax.lax.scan(step, (noise, zeros, zeros, zeros), jnp.arange(n))
+    return x
+
+
 def sample(
     sampler: str,
     model_fn: ModelFn,
@@ -214,6 +285,8 @@ def sample(
         return ddim(model_fn, objective, noise, ts, eta, rng)
     if sampler == "dpmpp_2m":
         return dpmpp_2m(model_fn, objective, noise, ts)
+    if sampler == "unipc":
+        return unipc(model_fn, objective, noise, ts)
     raise ValueError(f"unknown sampler {sampler!r}: use one of {SAMPLERS}")
 
 
