@@ -53,6 +53,7 @@ from sora_jax.kernels import blockwise
 from sora_jax.kernels.segments import Segments, layout_segments
 from sora_jax.models import attention as attention_lib
 from sora_jax.models import geometry
+from sora_jax.models import lora as lora_lib
 from sora_jax.models.rope import rope_3d
 from sora_jax.parallel.axes import (
     EMBED,
@@ -216,10 +217,20 @@ def period_layouts(attention_layout: str) -> tuple[str, ...]:
 class _Layers:
     """Dense / norm factories that name the logical axes of their parameters."""
 
-    def __init__(self, dtype, param_dtype):
-        self.dtype, self.param_dtype = dtype, param_dtype
+    def __init__(self, dtype, param_dtype, lora: lora_lib.LoraSpec | None = None):
+        self.dtype, self.param_dtype, self.lora = dtype, param_dtype, lora
 
     def dense(self, n, name, axes, kernel_init=nn.initializers.lecun_normal()):
+        if self.lora is not None and self.lora.applies(name):
+            return lora_lib.LoraDense(
+                n,
+                self.lora,
+                axes,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                kernel_init=kernel_init,
+                name=name,
+            )
         return nn.Dense(
             n,
             dtype=self.dtype,
@@ -280,6 +291,7 @@ class DiTBlock(nn.Module):
     attention_blocks: tuple[int, int] = (512, 512)  # (query, key) block sizes of the kernels
     attention_shard: bool = True  # run attention per device under shard_map (see attention.py)
     modulation: str = "segment"  # MODULATIONS
+    lora: lora_lib.LoraSpec | None = None  # adapters on the dense layers it targets
 
     def _modulation(self, layers, cond, index, prefix=""):
         """The six adaLN tensors ``f[b n hidden]`` (shift, scale, gate of attention, then of
@@ -347,7 +359,7 @@ class DiTBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, cond, positions, segments, text):
-        layers = _Layers(self.dtype, self.param_dtype)
+        layers = _Layers(self.dtype, self.param_dtype, self.lora)
         b, l, _ = x.shape
         # Named so that the remat policies can keep (or offload) just this.
         x = jax.ad_checkpoint.checkpoint_name(x, BLOCK_INPUT)
@@ -470,6 +482,8 @@ class DiT(nn.Module):
     # max_segments * lt; the data must keep each row's captions within it
     # (`packing.pack(..., text_tokens=)`): tokens past it are not seen.
     text_tokens: int = 0
+    # Low-rank adapters on the dense layers it targets (sora_jax/models/lora.py); None: none.
+    lora: lora_lib.LoraSpec | None = None
 
     def _check_options(self):
         for name, value, options in (
@@ -527,6 +541,7 @@ class DiT(nn.Module):
             attention_blocks=self.attention_blocks,
             attention_shard=self.attention_shard,
             modulation=self.modulation,
+            lora=self.lora,
         )
         layouts = period_layouts(self.attention_layout)
         if not self.scan_blocks:
@@ -540,7 +555,7 @@ class DiT(nn.Module):
         stack = nn.scan(
             self._remat(_Period),
             variable_axes={"params": 0},
-            split_rngs={"params": True},
+            split_rngs={"params": True, "dropout": True},
             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
             length=self.depth // len(layouts),
             metadata_params={nn.PARTITION_NAME: LAYERS},
@@ -572,7 +587,7 @@ class DiT(nn.Module):
             raise ValueError(f"DiT: cond_mask {cond_mask.shape} does not match tokens {(b, l)}")
         if t_given is not None and t_given.shape != (b, s):
             raise ValueError(f"DiT: t_given {t_given.shape} does not match t {t.shape}")
-        layers = _Layers(self.dtype, self.param_dtype)
+        layers = _Layers(self.dtype, self.param_dtype, self.lora)
         text = text.astype(self.dtype)
 
         # Conditioning: diffusion time + pooled text of the token's segment, one entry per
