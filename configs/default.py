@@ -257,6 +257,20 @@ def get_config() -> ml_collections.ConfigDict:
     # batch at 1/k of the activation memory). The batch must split into k equal microbatches
     # on every data device.
     c.dit.train.grad_accum_steps = 1
+    # Fine-tuning: start from the DiT of `init_from` (an export or a training workdir whose
+    # DiT config matches; '' = from scratch) and train all of it but the params whose path
+    # matches `freeze` (regex, e.g. 'text_proj|text_pool_proj') ('full'), or only low-rank
+    # adapters on the dense layers whose name matches `lora_targets` ('lora'; the update is
+    # scaled by lora_alpha / lora_rank; lora_dropout on the adapters' input). Exports merge
+    # the adapters into the weights.
+    c.dit.finetune = ml_collections.ConfigDict()
+    c.dit.finetune.mode = "full"  # 'full' | 'lora'
+    c.dit.finetune.init_from = ""
+    c.dit.finetune.freeze = ""
+    c.dit.finetune.lora_rank = 16
+    c.dit.finetune.lora_alpha = 16.0
+    c.dit.finetune.lora_dropout = 0.0
+    c.dit.finetune.lora_targets = "qkv|attn_out|cross_q|cross_kv|cross_out|mlp_in|mlp_out"
 
     # Diffusion objective (the same DiT learns either) and sampler; see README "Objectives and
     # samplers". Times t in [0, 1]: 0 is data, 1 is noise.

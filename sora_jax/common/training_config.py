@@ -6,6 +6,8 @@ for inference (which validates it) never imports the trainers.
 
 from __future__ import annotations
 
+import re
+
 from sora_jax.common import config_checks as cc
 from sora_jax.models import geometry
 
@@ -58,3 +60,34 @@ def validate_config(config):
         )
         geometry.check_size(config, "vae.train.buckets", *bucket)
     cc.positive(config, "dit.train.grad_accum_steps")
+    _validate_finetune(config)
+
+
+FINETUNE_MODES = ("full", "lora")
+
+
+def _validate_finetune(config):
+    """Checks config.dit.finetune.*."""
+    f = config.dit.finetune
+    cc.check(f.mode in FINETUNE_MODES, "dit.finetune.mode", f.mode, f"one of {FINETUNE_MODES}")
+    try:
+        re.compile(f.freeze)
+    except re.error as e:
+        cc.check(False, "dit.finetune.freeze", f.freeze, f"is not a regular expression ({e})")
+    cc.check(
+        not (f.mode == "lora" and f.freeze),
+        "dit.finetune.freeze",
+        f.freeze,
+        "applies to 'full' fine-tuning ('lora' trains the adapters only)",
+    )
+    if f.mode == "lora":
+        for key, ok, why in (
+            ("lora_rank", f.lora_rank >= 1, "must be >= 1"),
+            ("lora_alpha", f.lora_alpha > 0, "must be > 0"),
+            ("lora_dropout", 0.0 <= f.lora_dropout < 1.0, "must be in [0, 1)"),
+        ):
+            cc.check(ok, f"dit.finetune.{key}", f[key], why)
+        try:
+            re.compile(f.lora_targets)
+        except re.error as e:
+            cc.check(False, "dit.finetune.lora_targets", f.lora_targets, f"not a regex ({e})")

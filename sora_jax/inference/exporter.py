@@ -7,7 +7,7 @@ import os
 
 from sora_jax.common import checkpoint
 from sora_jax.inference import export_format, loader
-from sora_jax.models import block_stack
+from sora_jax.models import block_stack, builders, lora
 
 
 def save_model(
@@ -22,8 +22,14 @@ def save_model(
 ) -> str:
     """Exports a loaded model (its EMA params) to `out`; returns `out`'s path. `scan_blocks`
     (True / False) stores the DiT's blocks scanned / unrolled (`block_stack`), whichever
-    form the model has; its config says which."""
+    form the model has; its config says which. A LoRA fine-tune's adapters are merged into
+    the weights: the export is a plain DiT."""
     config, params = model.config, model.params
+    spec = builders.lora_spec(config)
+    if spec is not None:
+        params = {**params, "dit": lora.merge(params["dit"], spec)}
+        config = config.copy_and_resolve_references()
+        config.dit.finetune.mode = "full"
     if scan_blocks is not None and scan_blocks != config.dit.model.scan_blocks:
         params = dict(params)
         params["dit"] = block_stack.convert(

@@ -14,6 +14,7 @@ import numpy as np
 
 from sora_jax.data import shapes
 from sora_jax.models import dit as dit_lib
+from sora_jax.models import lora as lora_lib
 from sora_jax.models import vae as vae_lib
 from sora_jax.text import encoders
 
@@ -113,6 +114,17 @@ def build_dit(config, text_dim: int) -> dit_lib.DiT:
         # the mesh splits the sequence (sora_jax/parallel/sequence.py); 'gspmd' leaves the
         # partitioning of attention to the compiler.
         attention_shard=config.mesh.sequence_attention == "all_to_all",
+        lora=lora_spec(config),
+    )
+
+
+def lora_spec(config) -> lora_lib.LoraSpec | None:
+    """The DiT's adapters in a 'lora' fine-tune (config.dit.finetune), else None."""
+    f = config.dit.finetune
+    if f.mode != "lora":
+        return None
+    return lora_lib.LoraSpec(
+        rank=f.lora_rank, alpha=f.lora_alpha, dropout=f.lora_dropout, targets=f.lora_targets
     )
 
 

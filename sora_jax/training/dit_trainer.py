@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -22,7 +23,7 @@ from sora_jax.diffusion import objectives
 from sora_jax.models import builders
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.parallel import partitioning
-from sora_jax.training import grad_accum, loop, vae_trainer
+from sora_jax.training import finetune, grad_accum, loop, vae_trainer
 from sora_jax.training import train_state as ts
 
 
@@ -42,6 +43,8 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
     """
     objective = objectives.from_config(config)
     accum = config.dit.train.grad_accum_steps
+    # LoRA dropout draws from a 'dropout' rng; without one the model is deterministic.
+    adapter_dropout = dit.lora is not None and dit.lora.dropout > 0
     cond_noise = float(config.dit.condition.noise)
 
     def draw(batch, rng):
@@ -66,7 +69,7 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
         valid = batch["segment_ids"] > 0
         return valid & ~batch["cond_mask"] if "cond_mask" in batch else valid
 
-    def loss_fn(params, inputs):
+    def loss_fn(params, inputs, dropout_rng):
         """Sum of the squared errors of (a microbatch of) the batch / the whole batch's count
         of loss elements (`denoms`, the same in every row)."""
         batch, t, noise, t_cond, denoms = inputs
@@ -102,6 +105,7 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
             text,
             batch["caption_mask"],
             **kw,
+            rngs={"dropout": dropout_rng} if adapter_dropout else None,
         )
         diff = out - objective.target(x0, noise, t_tok)
         weight = valid[..., None] * objective.loss_weight(t_tok)
@@ -113,7 +117,10 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
         denom = jnp.sum(loss_mask(batch)) * batch["tokens"].shape[-1]
         # denom is the same for every microbatch: broadcast it along the batch axis.
         denoms = jnp.full(seg.shape[:1], denom, jnp.float32)
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        dropout_rng = jax.random.fold_in(rng, 3)
+        grad_fn = jax.value_and_grad(
+            functools.partial(loss_fn, dropout_rng=dropout_rng), has_aux=True
+        )
         (loss, aux), grads = grad_accum.sum_gradients(
             grad_fn, state.params, (batch, t, noise, t_cond, denoms), accum
         )
@@ -149,11 +156,17 @@ def _extras(latent_mean, latent_std):
 
 def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
     """Trains (or resumes, or skips if finished) the DiT; returns (state, history)."""
+    if config.dit.finetune.init_from and "vae" not in config.stages:
+        finetune.seed_vae(config, workdir, mesh)
     vae_model, vae_state = vae_trainer.load_state(config, workdir, mesh)
     text_encoder = builders.build_text_encoder(config)
     dit = builders.build_dit(config, text_encoder.dim)
     t = config.dit.train
-    tx = ts.make_optimizer(t)
+    tx = finetune.optimizer(
+        config,
+        ts.make_optimizer(t),
+        nn.unbox(builders.abstract_dit_params(config, dit, text_encoder)),
+    )
     grain_source = checkpoint.stage_has_data(config, "dit")
     ckpt = checkpoint.for_stage(config, workdir, "dit")
     null_ids, null_mask = (np.asarray(a)[0] for a in text_encoder.tokenize([""]))
@@ -173,6 +186,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
         state = ckpt.restore(state)
         if grain_source:
             batch_fn.set_state(ckpt.restore_data())
+    elif config.dit.finetune.init_from:
+        state = finetune.initialize(config, state)
     if not grain_source:
         stats = jax.device_get(state.extras)
         cache = batches.build_latent_cache(

@@ -1,10 +1,18 @@
-"""Fine-tuning part of a model: an optimizer that updates, and keeps state for, only the
-trainable leaves (LoRA adapters, or everything but a frozen pattern)."""
+"""Fine-tuning part of a model (config.dit.finetune): the DiT initialised from another run's
+weights, and an optimizer that updates, and keeps state for, only the trainable leaves (LoRA
+adapters, or everything but a frozen pattern)."""
 
 from __future__ import annotations
 
+import flax
 import jax
 import optax
+
+from sora_jax.common import checkpoint
+from sora_jax.inference import loader
+from sora_jax.models import block_stack, builders, lora
+from sora_jax.training import train_state as ts
+from sora_jax.training import vae_trainer
 
 
 def only_trainable(tx: optax.GradientTransformation, trainable) -> optax.GradientTransformation:
@@ -13,3 +21,107 @@ def only_trainable(tx: optax.GradientTransformation, trainable) -> optax.Gradien
     the trained leaves)."""
     labels = jax.tree.map(lambda m: "train" if m else "frozen", trainable)
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def trainable_mask(config, params) -> dict | None:
+    """bool pytree over the stage's params ({'dit': ..., 'text': ...}): the adapters of a 'lora'
+    fine-tune, everything but config.dit.finetune.freeze in a 'full' one; None when all train."""
+    f = config.dit.finetune
+    if f.mode == "lora":
+        return {
+            k: lora.trainable_mask(v) if k == "dit" else jax.tree.map(lambda _: False, v)
+            for k, v in params.items()
+        }
+    if not f.freeze:
+        return None
+    return jax.tree.map(lambda frozen: not frozen, lora.frozen_mask(params, f.freeze))
+
+
+def optimizer(config, tx: optax.GradientTransformation, params) -> optax.GradientTransformation:
+    """``tx`` restricted to the trainable params (see ``trainable_mask``)."""
+    mask = trainable_mask(config, params)
+    return tx if mask is None else only_trainable(tx, mask)
+
+
+def _flat(tree) -> dict:
+    return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree))
+
+
+def load_base(config, path: str):
+    """The DiT params (EMA) of an export or a training workdir at `path`, in the block form
+    (scanned or not) config.dit.model asks for."""
+    source = loader.load(path)
+    params = source.params["dit"]
+    spec = builders.lora_spec(source.config)
+    if spec is not None:  # a LoRA run's own adapters become part of the base
+        params = lora.merge(params, spec)
+    scanned = config.dit.model.scan_blocks
+    if source.config.dit.model.scan_blocks != scanned:
+        params = block_stack.convert(params, config.dit.model.attention_layout, scanned=scanned)
+    return params
+
+
+def initialize(config, state):
+    """``state`` with its DiT params and EMA taken from config.dit.finetune.init_from (a LoRA
+    model keeps its fresh adapters); each array placed where the state's is. A base leaf
+    missing from the source, an extra one, or a shape mismatch is an error naming it."""
+    path = config.dit.finetune.init_from
+    base = _flat(load_base(config, path))
+    ours = _flat(state.params["dit"])
+    wanted = {k for k in ours if k[-1] not in lora.ADAPTER_NAMES}
+    where = f"config.dit.finetune.init_from={path}"
+    if wanted - set(base):
+        raise ValueError(f"{where}: its DiT has no {'/'.join(min(wanted - set(base)))}")
+    if set(base) - wanted:
+        raise ValueError(f"{where}: {'/'.join(min(set(base) - wanted))} is not in this DiT")
+    for k in sorted(wanted):
+        if base[k].shape != ours[k].shape:
+            raise ValueError(
+                f"{where}: {'/'.join(k)} has shape {base[k].shape}, this DiT {ours[k].shape}"
+            )
+    merged = {k: jax.device_put(base[k], v.sharding) if k in wanted else v for k, v in ours.items()}
+    dit = flax.traverse_util.unflatten_dict(merged)
+    # The EMA gets its own buffers: the train step donates both trees.
+    ema = jax.tree.map(jax.numpy.copy, dit)
+    return state.replace(
+        params={**state.params, "dit": dit}, ema_params={**state.ema_params, "dit": ema}
+    )
+
+
+def seed_vae(config, workdir: str, mesh) -> None:
+    """A DiT fine-tune in a workdir without a VAE checkpoint (config.stages without 'vae')
+    takes the VAE of config.dit.finetune.init_from: its EMA params and latent statistics become
+    this workdir's VAE checkpoint at step 0, so the workdir samples and resumes on its own."""
+    ckpt = checkpoint.for_stage(config, workdir, "vae")
+    try:
+        if ckpt.latest_step() is not None:
+            return
+        path = config.dit.finetune.init_from
+        source = loader.load(path)
+        model = builders.build_vae(config)
+        disc = vae_trainer.build_discriminator(config)
+        state = vae_trainer.init_state(
+            config,
+            model,
+            ts.make_optimizer(config.vae.train),
+            mesh,
+            disc,
+            vae_trainer.disc_optimizer(config) if disc is not None else None,
+        )
+        ours, theirs = _flat(state.params), _flat(source.vae_params)
+        if set(ours) != set(theirs) or any(ours[k].shape != theirs[k].shape for k in ours):
+            raise ValueError(
+                f"config.dit.finetune.init_from={path}: its VAE does not match config.vae.model"
+            )
+        params = flax.traverse_util.unflatten_dict(
+            {k: jax.device_put(theirs[k], v.sharding) for k, v in ours.items()}
+        )
+        stats = {
+            "latent_mean": jax.numpy.asarray(source.latent_mean, jax.numpy.float32),
+            "latent_std": jax.numpy.asarray(source.latent_std, jax.numpy.float32),
+        }
+        state = state.replace(params=params, ema_params=params, extras=stats)
+        ckpt.save(0, state, force=True, data_state={} if ckpt.with_data else None)
+        ckpt.wait()
+    finally:
+        ckpt.close()

@@ -1,0 +1,140 @@
+"""Fine-tuning the DiT from another run (config.dit.finetune): LoRA trains only adapters and
+keeps optimizer state for them alone, its export merges them; a full fine-tune leaves frozen
+params alone; a base that does not fit is named."""
+
+import os
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_train import micro_config
+
+from sora_jax import config as config_lib
+from sora_jax import train
+from sora_jax.inference import exporter, loader
+from sora_jax.logging import writers
+from sora_jax.models import lora
+from sora_jax.parallel import mesh as mesh_lib
+from sora_jax.training import dit_trainer
+
+
+def _flat(tree):
+    return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree))
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("base"))
+    config = micro_config(vae_steps=1, dit_steps=1)
+    config.eval.at_end = False
+    train.train_and_evaluate(config, workdir)
+    return workdir
+
+
+def _finetune(base, workdir, steps=3, **finetune):
+    config = micro_config(dit_steps=steps)
+    config.stages = ("dit",)
+    config.dit.finetune.init_from = base
+    for k, v in finetune.items():
+        config.dit.finetune[k] = v
+    config = config_lib.validate(config)
+    config_lib.save(config, workdir)
+    writer = writers.MetricWriter(os.path.join(workdir, "tensorboard"), console=False)
+    state, history = dit_trainer.train(config, workdir, mesh_lib.create_mesh(1), writer)
+    return config, state, history
+
+
+def test_lora_trains_adapters_only_and_exports_merged(base, tmp_path):
+    workdir = str(tmp_path / "lora")
+    config, state, history = _finetune(base, workdir, mode="lora", lora_rank=2, lora_alpha=4.0)
+    assert [s for s, _ in history] == [1, 2, 3]
+    # The VAE came from the base (step 0 of this workdir), the DiT's base weights are the base
+    # run's EMA, untouched; only adapters moved, and only they have Adam moments.
+    source = loader.load(base)
+    ours = _flat(state.params["dit"])
+    for k, v in _flat(source.params["dit"]).items():
+        np.testing.assert_array_equal(np.asarray(ours[k]), np.asarray(v), err_msg="/".join(k))
+    adapters = {k: v for k, v in ours.items() if k[-1] in lora.ADAPTER_NAMES}
+    assert adapters and any(
+        np.any(np.asarray(v) != 0) for k, v in adapters.items() if k[-1] == "lora_b"
+    )
+    moments = [x for x in jax.tree.leaves(state.opt_state) if getattr(x, "ndim", 0) >= 1]
+    assert len(moments) == 2 * len(adapters)
+    assert sorted(os.listdir(os.path.join(workdir, "vae", "checkpoints"))) == ["0"]
+
+    # The workdir samples with the adapters; the export is a plain DiT with them merged.
+    model = loader.load(workdir)
+    assert model.dit.lora == lora.LoraSpec(2, 4.0, 0.0, config.dit.finetune.lora_targets)
+    out = exporter.save_model(model, str(tmp_path / "export"))
+    exported = loader.load(out)
+    assert exported.dit.lora is None and exported.config.dit.finetune.mode == "full"
+    assert not any(k[-1] in lora.ADAPTER_NAMES for k in _flat(exported.params["dit"]))
+    np.testing.assert_array_equal(
+        exported.vae_params["encoder"]["conv_in"]["kernel"],
+        source.vae_params["encoder"]["conv_in"]["kernel"],
+    )
+    rng = np.random.default_rng(0)
+    c = config.dit
+    x = jnp.asarray(rng.normal(size=(1, c.seq_len, model.dit.patch_dim)), jnp.float32)
+    seg = jnp.asarray(
+        np.r_[np.ones(c.seq_len // 2), np.zeros(c.seq_len - c.seq_len // 2)][None], jnp.int32
+    )
+    pos = jnp.zeros((1, c.seq_len, 3), jnp.int32).at[0, :, 0].set(jnp.arange(c.seq_len) % 4)
+    t = jnp.full((1, c.max_segments), 0.7)
+    lt = config.text.max_length
+    text = jnp.asarray(rng.normal(size=(1, c.max_segments, lt, model.dit.text_dim)), jnp.float32)
+    tmask = jnp.ones((1, c.max_segments, lt), bool)
+    args = (x, t, seg, pos, text, tmask)
+    want = model.dit.apply({"params": model.params["dit"]}, *args)
+    got = exported.dit.apply({"params": exported.params["dit"]}, *args)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    plain = source.dit.apply({"params": source.params["dit"]}, *args)
+    assert np.abs(np.asarray(want) - np.asarray(plain)).max() > 0  # the adapters act
+
+
+def test_full_finetune_leaves_frozen_params(base, tmp_path):
+    _, state, _ = _finetune(base, str(tmp_path / "full"), freeze="text_proj|time_mlp")
+    source = _flat(loader.load(base).params["dit"])
+    ours = _flat(state.params["dit"])
+    frozen = [k for k in ours if k[0] in ("text_proj", "time_mlp_in", "time_mlp_out")]
+    assert frozen
+    for k in frozen:
+        np.testing.assert_array_equal(np.asarray(ours[k]), np.asarray(source[k]))
+    assert np.any(
+        np.asarray(ours["block_0", "qkv", "kernel"])
+        != np.asarray(source["block_0", "qkv", "kernel"])
+    )
+
+
+def test_base_that_does_not_fit_is_named(base, tmp_path):
+    config = micro_config()
+    config.stages = ("dit",)
+    config.dit.finetune.init_from = base
+    config.dit.model.mlp_ratio = 2.0
+    with pytest.raises(ValueError, match=r"init_from=.*: block_0/mlp_in/(bias|kernel) has shape"):
+        config = config_lib.validate(config)
+        config_lib.save(config, str(tmp_path))
+        dit_trainer.train(
+            config,
+            str(tmp_path),
+            mesh_lib.create_mesh(1),
+            writers.MetricWriter(str(tmp_path / "tb"), console=False),
+        )
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("mode", "qlora", "dit.finetune.mode='qlora'"),
+        ("lora_rank", 0, "dit.finetune.lora_rank=0: must be >= 1"),
+        ("freeze", "(", "dit.finetune.freeze='\\(': is not a regular expression"),
+    ],
+)
+def test_finetune_config_is_checked(key, value, match):
+    config = micro_config()
+    config.dit.finetune.mode = "lora" if key == "lora_rank" else config.dit.finetune.mode
+    config.dit.finetune[key] = value
+    with pytest.raises(ValueError, match=match):
+        config_lib.validate(config)
