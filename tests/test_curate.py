@@ -335,3 +335,47 @@ def test_report_histogram_svg():
     svg = report.histogram_svg([0.1, 0.2, 0.2], [0.9], bins=4, marks=[0.5])
     assert svg.startswith("<svg") and svg.count("<rect") == 2 and "stroke-dasharray" in svg
     assert report.histogram_svg([3.0], [], log=True).count("<rect") == 1
+
+
+def _tiny_aesthetic_model(path):
+    """A randomly initialised CLIP vision tower (32x32 input) saved as a transformers folder,
+    with its image processor and a random linear head (nothing downloaded)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = transformers.CLIPVisionConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    transformers.CLIPVisionModelWithProjection(config).save_pretrained(path)
+    transformers.CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(path)
+    rng = np.random.default_rng(0)
+    np.savez(
+        os.path.join(path, scorers.HEAD), w=rng.normal(size=16).astype(np.float32), b=np.float32(5)
+    )
+    return str(path)
+
+
+def test_aesthetic_scores_batched_through_the_job(tmp_path):
+    model = _tiny_aesthetic_model(tmp_path / "clip")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for look in LOOKS:
+        video_io.write_video(videos / f"{look}.mp4", _moving(look), fps=FPS)
+    spec = scorers.ScorerSpec(aesthetic_model=model, batch_size=3)
+    counts = beam_pipeline.run(_job(videos, tmp_path / "out", scorers=spec, dedup=False))
+    assert counts["kept"] == 4 and counts["max_score_batch"] == 3  # batches, not one by one
+    rows = manifest.read_jsonl(str(tmp_path / "out" / "manifest.jsonl"))
+    alone = scorers.AestheticScorer(model)
+    for row in rows:
+        (_, track) = clipper.track_video(row["path"], _spec())
+        still = track.still(row["start_frame"], row["end_frame"])
+        assert row["aesthetic"] == pytest.approx(float(alone.score([still])[0]), abs=1e-4)
+    assert len({round(r["aesthetic"], 4) for r in rows}) == 4  # image-dependent

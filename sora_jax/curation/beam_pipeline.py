@@ -182,7 +182,7 @@ class Score(beam.DoFn):
 
     def process(self, batch):
         batch = list(batch)
-        Metrics.distribution(NS, "score_batch_size").update(len(batch))
+        Metrics.distribution(NS, "score_batch").update(len(batch))
         scores = self._loaded.models.score([still for _, still in batch])
         for (clip, _), extra in zip(batch, scores):
             yield dict(clip, **extra)
@@ -419,7 +419,8 @@ def _counter(result, name: str) -> int:
 def run(cfg: CurateConfig, options: PipelineOptions | None = None) -> dict:
     """Runs the job (DirectRunner unless `options` say otherwise), waits for it, merges the
     shards and (with cfg.report) writes report.html; returns the Beam counters (videos, frames,
-    clips, kept, rejected, rejected_<reason>, failed, skipped) and the merged row counts."""
+    clips, kept, rejected, rejected_<reason>, failed, skipped), the largest model batch and
+    the merged row counts."""
     now = time.time()  # run ids sort in time order: later shards win in `merge`
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now * 1e6) % 10**6:06d}"
     p = beam.Pipeline(options=options or PipelineOptions([]))
@@ -429,6 +430,9 @@ def run(cfg: CurateConfig, options: PipelineOptions | None = None) -> dict:
     counts = {name: _counter(result, name) for name in COUNTERS}
     for reason in filters.REASONS:
         counts[f"rejected_{reason}"] = _counter(result, f"rejected_{reason}")
+    found = result.metrics().query(MetricsFilter().with_namespace(NS).with_name("score_batch"))
+    sizes = [d.committed.max for d in found["distributions"] if d.committed and d.committed.count]
+    counts["max_score_batch"] = max(sizes, default=0)
     counts["manifest_rows"], counts["rejected_rows"] = merge(cfg.output_dir)
     if cfg.report:
         counts["report"] = report.write(cfg.output_dir, cfg.thresholds, cfg.report_thumbnails)
