@@ -16,10 +16,12 @@ def get_config():
 
     # Decoding: every frame is decoded once and downscaled (aspect kept) twice: `analysis_size`
     # (long side, pixels) for histograms, motion, hashes and thumbnails, and `detail_size` for
-    # sharpness, where blur survives the downscale.
+    # sharpness, where blur survives the downscale. `interpolation` is swscale's: AREA
+    # averages (no aliasing in the features); FAST_BILINEAR is ~25 % cheaper.
     c.decode = ml_collections.ConfigDict()
     c.decode.analysis_size = 96
     c.decode.detail_size = 480
+    c.decode.interpolation = "AREA"
 
     # Scene detection: a cut where the HSV histogram distance between consecutive frames
     # exceeds median + mad_factor * MAD of the `window` frames around it (and min_distance);

@@ -22,6 +22,7 @@ class ClipperSpec:
 
     analysis_size: int = 96
     detail_size: int = 480
+    interpolation: str = "AREA"
     hue_bins: int = 16
     sat_bins: int = 8
     val_bins: int = 8
@@ -48,6 +49,7 @@ class ClipperSpec:
         return cls(
             analysis_size=c.decode.analysis_size,
             detail_size=c.decode.detail_size,
+            interpolation=c.decode.interpolation,
             hue_bins=c.scene.hue_bins,
             sat_bins=c.scene.sat_bins,
             val_bins=c.scene.val_bins,
@@ -71,7 +73,7 @@ def _fps(row: dict, info: decode.VideoInfo, path: str) -> float:
 
 def track_video(path: str, spec: ClipperSpec, fps_hint: float | None = None):
     """(info, fps, FrameTrack) of every frame of the video at `path`."""
-    info, frames = decode.frames(path, spec.analysis_size, spec.detail_size)
+    info, frames = decode.frames(path, spec.analysis_size, spec.detail_size, spec.interpolation)
     fps = fps_hint or info.fps or 0.0
     still_every = max(1, int(round(fps * spec.still_seconds))) if fps else 1
     track = measurements.FrameTrack((spec.hue_bins, spec.sat_bins, spec.val_bins), still_every)
@@ -91,8 +93,9 @@ def _window(row: dict, fps: float, n: int) -> tuple[int, int]:
 
 
 def clips(row: dict, key: str, spec: ClipperSpec):
-    """(candidate clip rows, too-short clip rows, [still uint8[h w 3] per candidate],
-    frames decoded) of the video of `row` (its `path` resolved)."""
+    """(candidate clip rows, too-short clip rows (`reasons` ['too_short']), their stills
+    (uint8[h w 3] each, the analysis frame nearest each clip's middle), number of frames
+    decoded) of the video of `row` (its `path` resolved), keyed `key`."""
     path = row["path"]
     given = row.get("fps")
     info, track = track_video(path, spec, float(given) if given not in (None, "") else None)

@@ -51,11 +51,12 @@ def local_file(path: str):
 
 
 def frames(
-    path: str, analysis_size: int, detail_size: int
+    path: str, analysis_size: int, detail_size: int, interpolation: str = "AREA"
 ) -> tuple[VideoInfo, Iterator[tuple[np.ndarray, np.ndarray]]]:
     """(info, iterator of (uint8[ha wa 3] analysis RGB, uint8[hd wd] detail luma)) per frame.
 
-    The iterator owns the open file (it closes when exhausted or garbage collected).
+    `interpolation` is swscale's (AREA, BILINEAR, FAST_BILINEAR, ...). The iterator owns the
+    open file (it closes when exhausted or garbage collected).
     ValueError naming the path for a file that is not a decodable video."""
     stack = contextlib.ExitStack()
     local = stack.enter_context(local_file(path))
@@ -83,9 +84,11 @@ def frames(
             try:
                 for frame in container.decode(stream):
                     small = frame.reformat(
-                        width=aw, height=ah, format="rgb24", interpolation="AREA"
+                        width=aw, height=ah, format="rgb24", interpolation=interpolation
                     )
-                    grey = frame.reformat(width=dw, height=dh, format="gray", interpolation="AREA")
+                    grey = frame.reformat(
+                        width=dw, height=dh, format="gray", interpolation=interpolation
+                    )
                     yield small.to_ndarray(), grey.to_ndarray()
             except (av.FFmpegError, OSError) as e:
                 raise ValueError(f"cannot decode video {path}: {type(e).__name__}: {e}") from None
