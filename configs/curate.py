@@ -23,6 +23,11 @@ def get_config():
     c.decode.detail_size = 480
     c.decode.interpolation = "AREA"
 
+    # Measurements: motion compares frames `motion_seconds` apart (rounded to whole frames,
+    # at least one), so a clip's score does not depend on its frame rate.
+    c.measure = ml_collections.ConfigDict()
+    c.measure.motion_seconds = 0.1
+
     # Scene detection: a cut where the HSV histogram distance between consecutive frames
     # exceeds median + mad_factor * MAD of the `window` frames around it (and min_distance);
     # cuts closer than `min_gap` frames to a stronger one are dropped (flashes).
@@ -45,7 +50,7 @@ def get_config():
     c.filters = ml_collections.ConfigDict()
     c.filters.min_short_side = 0  # pixels
     c.filters.min_fps = 0.0
-    c.filters.min_motion = 0.004  # mean |frame difference| of the analysis luma, 0..1
+    c.filters.min_motion = 0.004  # mean |luma difference| over motion_seconds, 0..1
     c.filters.max_motion = 1.0
     c.filters.min_sharpness = 0.0
     c.filters.min_brightness = 0.03

@@ -5,6 +5,8 @@ Videos are moving-shapes renders written as 64x48 mp4 files at 10 fps."""
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -114,6 +116,13 @@ def test_blurred_copy_scores_lower_sharpness_and_measurements(tmp_path):
     assert blurred["sharpness"] < 0.5 * sharp["sharpness"], (blurred, sharp)
     assert sharp["brightness"] == pytest.approx(190 / 255, abs=0.08)  # a silver background
     assert sharp["motion"] > 0.004
+    # Motion compares frames motion_lag apart, inside the clip only.
+    track = measurements.FrameTrack(motion_lag=2)
+    for i in range(6):
+        frame = np.full((4, 4, 3), 10 * i, np.uint8)
+        track.add(frame, frame[..., 0])
+    assert measurements.measure(track, 0, 6)["motion"] == pytest.approx(20 / 255, rel=1e-5)
+    assert measurements.measure(track, 3, 5)["motion"] == pytest.approx(10 / 255, rel=1e-5)
     g = np.zeros((8, 8), np.float32)
     g[:, 4:] = 255.0
     assert measurements.laplacian_variance(g) > 0 and measurements.laplacian_variance(g * 0) == 0
@@ -224,7 +233,16 @@ def test_rerun_processes_nothing_new_and_new_videos_meet_earlier_clips(tmp_path)
     cfg = _job(videos, out)
     first = beam_pipeline.run(cfg)
     assert first["videos"] == 1 and first["kept"] == 1 and first["failed"] == 1
-    again = beam_pipeline.run(cfg)
+    # The program itself, with a Beam option passed through: nothing new to do.
+    r = subprocess.run(
+        [sys.executable, "-m", "sora_jax.curate", "--input", str(videos), "--output_dir"]
+        + [str(out), "--config.clips.min_duration=0.5", "--runner=DirectRunner"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    again = json.loads(r.stdout.strip().splitlines()[-1])
     assert again["videos"] == again["clips"] == again["failed"] == 0 and again["skipped"] == 2
     assert again["manifest_rows"] == 1 and len(manifest.read_jsonl(str(out / "dead_letter-*"))) == 1
     # New files: a copy of the clip kept before (the earlier clip wins) and a new video.

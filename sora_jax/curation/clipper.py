@@ -33,6 +33,7 @@ class ClipperSpec:
     min_duration: float = 1.0
     max_duration: float = 10.0
     keyframes: int = 3
+    motion_seconds: float = 0.1  # time step of the motion difference (at least one frame)
     still_seconds: float = 0.25  # a still (thumbnail / model input) kept this often
 
     def __post_init__(self):
@@ -60,6 +61,7 @@ class ClipperSpec:
             min_duration=c.clips.min_duration,
             max_duration=c.clips.max_duration,
             keyframes=c.dedup.keyframes,
+            motion_seconds=c.measure.motion_seconds,
         )
 
 
@@ -72,11 +74,14 @@ def _fps(row: dict, info: decode.VideoInfo, path: str) -> float:
 
 
 def track_video(path: str, spec: ClipperSpec, fps_hint: float | None = None):
-    """(info, fps, FrameTrack) of every frame of the video at `path`."""
+    """(info, FrameTrack of every frame) of the video at `path` (`fps_hint` overrides the
+    container's frame rate)."""
     info, frames = decode.frames(path, spec.analysis_size, spec.detail_size, spec.interpolation)
     fps = fps_hint or info.fps or 0.0
     still_every = max(1, int(round(fps * spec.still_seconds))) if fps else 1
-    track = measurements.FrameTrack((spec.hue_bins, spec.sat_bins, spec.val_bins), still_every)
+    lag = max(1, int(round(fps * spec.motion_seconds))) if fps else 1
+    bins = (spec.hue_bins, spec.sat_bins, spec.val_bins)
+    track = measurements.FrameTrack(bins, still_every, lag)
     for small, grey in frames:
         track.add(small, grey)
     if not len(track):

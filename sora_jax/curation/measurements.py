@@ -2,7 +2,8 @@
 
 `FrameTrack.add` takes each decoded frame once (analysis RGB, detail luma; see decode.py) and
 keeps only small per-frame values: the colour histogram (scene detection), the mean absolute
-luma change from the previous frame (motion), the Laplacian variance (sharpness), the mean luma
+luma change from the frame `motion_lag` frames before (motion: a fixed time step, so the score
+does not halve when the frame rate doubles), the Laplacian variance (sharpness), the mean luma
 (brightness), a 64-bit pHash (de-duplication) and, every `still_every` frames, the analysis
 frame itself (thumbnails, model scores). `measure` then reduces a clip window of the track.
 """
@@ -40,22 +41,27 @@ class FrameTrack:
 
     bins: tuple[int, int, int] = (16, 8, 8)
     still_every: int = 1
+    motion_lag: int = 1  # frames between the two frames of a motion difference
     hists: list = dataclasses.field(default_factory=list)  # f32[B] each
-    motion: list = dataclasses.field(default_factory=list)  # 0..1, 0 for frame 0
+    motion: list = dataclasses.field(default_factory=list)  # 0..1 (None: no frame lag before)
+    motion1: list = dataclasses.field(default_factory=list)  # the same at lag 1 (short clips)
     sharpness: list = dataclasses.field(default_factory=list)
     brightness: list = dataclasses.field(default_factory=list)  # 0..1
     hashes: list = dataclasses.field(default_factory=list)  # int (64-bit pHash)
     stills: dict = dataclasses.field(default_factory=dict)  # frame index -> uint8[h w 3]
-    _prev: np.ndarray | None = None
+    _recent: list = dataclasses.field(default_factory=list, init=False, repr=False)
 
     def add(self, small_rgb: np.ndarray, detail_luma: np.ndarray) -> None:
         i = len(self.hists)
         y = luma(small_rgb)
         self.hists.append(scenes.hsv_histogram(small_rgb, self.bins))
-        self.motion.append(
-            0.0 if self._prev is None else float(np.abs(y - self._prev).mean()) / 255
-        )
-        self._prev = y
+        diff = lambda a: float(np.abs(y - a).mean()) / 255.0  # noqa: E731
+        recent = self._recent
+        self.motion.append(diff(recent[0]) if len(recent) == self.motion_lag else None)
+        self.motion1.append(diff(recent[-1]) if recent else None)
+        recent.append(y)
+        if len(recent) > self.motion_lag:
+            recent.pop(0)
         self.sharpness.append(laplacian_variance(detail_luma))
         self.brightness.append(float(y.mean()) / 255.0)
         self.hashes.append(dedup.phash(y))
@@ -86,9 +92,12 @@ def keyframes(start: int, end: int, k: int) -> list[int]:
 
 def measure(track: FrameTrack, start: int, end: int, keyframe_count: int = 3) -> dict:
     """The measurements of clip window [start, end) of `track`: motion (mean absolute luma
-    change per frame, 0..1; the change into `start` is the cut's, not the clip's), sharpness
-    (median Laplacian variance), brightness (mean luma, 0..1) and the keyframes' pHashes."""
-    motion = track.motion[start + 1 : end]
+    change over `track.motion_lag` frames, 0..1, both frames inside the clip: a change across
+    the cut is not the clip's; at lag 1 for clips too short for the lag), sharpness (median
+    Laplacian variance), brightness (mean luma, 0..1) and the keyframes' pHashes."""
+    motion = track.motion[start + track.motion_lag : end]
+    if not motion:
+        motion = track.motion1[start + 1 : end]
     return dict(
         motion=float(np.mean(motion)) if motion else 0.0,
         sharpness=float(np.median(track.sharpness[start:end])),
