@@ -397,3 +397,19 @@ def test_aesthetic_scores_batched_through_the_job(tmp_path):
         still = track.still(row["start_frame"], row["end_frame"])
         assert row["aesthetic"] == pytest.approx(float(alone.score([still])[0]), abs=1e-4)
     assert len({round(r["aesthetic"], 4) for r in rows}) == 4  # image-dependent
+
+
+def test_a_failing_score_batch_is_retried_item_by_item():
+    class Models:
+        def score(self, stills):
+            if any(s.mean() > 100 for s in stills):
+                raise ValueError("cannot score a bright still")
+            return [{"aesthetic": float(s.mean())} for s in stills]
+
+    fn = beam_pipeline.Score(scorers.ScorerSpec())
+    fn._loaded = beam_pipeline._Loaded(Models())
+    dark, bright = np.zeros((2, 2, 3), np.uint8), np.full((2, 2, 3), 200, np.uint8)
+    out = list(fn.process([({"id": "a", "path": "a"}, dark), ({"id": "b", "path": "b"}, bright)]))
+    assert out[0] == {"id": "a", "path": "a", "aesthetic": 0.0}
+    assert out[1].tag == "failed" and out[1].value["id"] == "b"
+    assert out[1].value["stage"] == "score" and "bright still" in out[1].value["error"]

@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import tempfile
 import time
 import traceback
 
@@ -109,8 +110,6 @@ def _write_thumbnail(output_dir: str, clip: dict, still) -> None:
     name = thumbnail_name(clip["id"])
     target = os.path.join(output_dir, name)
     if "://" in output_dir:
-        import tempfile
-
         from apache_beam.io.filesystems import FileSystems
 
         with tempfile.NamedTemporaryFile(suffix=".png") as tmp:
@@ -170,7 +169,8 @@ class _Loaded:
 
 class Score(beam.DoFn):
     """[(clip, still)] -> clip rows with the model scores; the models are loaded once per
-    worker process (shared by its threads' DoFn instances) in setup()."""
+    worker process (shared by its threads' DoFn instances) in setup(). A failing batch is
+    scored item by item, so that a bad item alone goes to the dead letter (its clip id)."""
 
     def __init__(self, spec: scorers.ScorerSpec):
         self.spec = spec
@@ -183,8 +183,22 @@ class Score(beam.DoFn):
     def process(self, batch):
         batch = list(batch)
         Metrics.distribution(NS, "score_batch").update(len(batch))
-        scores = self._loaded.models.score([still for _, still in batch])
-        for (clip, _), extra in zip(batch, scores):
+        models = self._loaded.models
+        try:
+            scores = models.score([still for _, still in batch])
+        except Exception:  # noqa: BLE001 (find the failing items one by one)
+            scores = None
+        if scores is not None:
+            for (clip, _), extra in zip(batch, scores):
+                yield dict(clip, **extra)
+            return
+        for clip, still in batch:
+            try:
+                (extra,) = models.score([still])
+            except Exception as e:  # noqa: BLE001
+                Metrics.counter(NS, "failed").inc()
+                yield beam.pvalue.TaggedOutput(_FAILED, _dead_letter(clip, "score", e))
+                continue
             yield dict(clip, **extra)
 
 
@@ -340,13 +354,16 @@ def build(p: beam.Pipeline, cfg: CurateConfig, run_id: str) -> None:
         >> beam.ParDo(SplitAndMeasure(cfg, total)).with_outputs(_FAILED, _SHORT, _VIDEO, main="ok")
     )
     candidates = split.ok
+    failures = [parse_failed, split[_FAILED]]
     if cfg.scorers.active:
         size = cfg.scorers.batch_size
-        candidates = (
+        scored = (
             candidates
             | "Batch" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
-            | "Score" >> beam.ParDo(Score(cfg.scorers))
+            | "Score" >> beam.ParDo(Score(cfg.scorers)).with_outputs(_FAILED, main="ok")
         )
+        candidates = scored.ok
+        failures.append(scored[_FAILED])
     else:
         candidates = candidates | "DropStills" >> beam.Map(lambda clip_still: clip_still[0])
     filtered = candidates | "Filter" >> beam.ParDo(Filter(cfg.thresholds)).with_outputs(
@@ -390,7 +407,7 @@ def build(p: beam.Pipeline, cfg: CurateConfig, run_id: str) -> None:
     )
     _write(split[_VIDEO], cfg.output_dir, VIDEOS, run_id, "Videos")
     _write(
-        (parse_failed, split[_FAILED]) | "Failures" >> beam.Flatten(),
+        failures | "Failures" >> beam.Flatten(),
         cfg.output_dir,
         DEAD_LETTER,
         run_id,
