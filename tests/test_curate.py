@@ -353,6 +353,8 @@ def test_report_histogram_svg():
     svg = report.histogram_svg([0.1, 0.2, 0.2], [0.9], bins=4, marks=[0.5])
     assert svg.startswith("<svg") and svg.count("<rect") == 2 and "stroke-dasharray" in svg
     assert report.histogram_svg([3.0], [], log=True).count("<rect") == 1
+    # A threshold far from the data is not drawn (it would squash the bars into one bin).
+    assert "stroke-dasharray" not in report.histogram_svg([0.01, 0.02], [0.015], marks=[1.0])
 
 
 def _tiny_aesthetic_model(path):

@@ -18,7 +18,12 @@ REPORT = "report.html"
 # (field, label, log scale, (threshold fields of filters.Thresholds))
 MEASURES = (
     ("duration", "duration (s)", False, ()),
-    ("motion", "motion (mean |frame difference|, 0..1)", False, ("min_motion", "max_motion")),
+    (
+        "motion",
+        "motion (mean |luma change| over measure.motion_seconds)",
+        False,
+        ("min_motion", "max_motion"),
+    ),
     ("sharpness", "sharpness (Laplacian variance, log10)", True, ("min_sharpness",)),
     ("brightness", "brightness (mean luma, 0..1)", False, ("min_brightness", "max_brightness")),
     ("aesthetic", "aesthetic score", False, ("min_aesthetic",)),
@@ -28,14 +33,18 @@ _W, _H, _PAD = 360, 140, 24
 
 
 def histogram_svg(kept, rejected, bins: int = 24, log: bool = False, marks=()) -> str:
-    """An inline SVG bar chart of two value lists (kept green, rejected red, stacked), with
-    vertical lines at `marks`."""
+    """An inline SVG bar chart of two value lists (kept green, rejected red, stacked; at least
+    one value), with dashed vertical lines at the `marks` near the data."""
     f = (lambda v: math.log10(max(v, 1e-6))) if log else (lambda v: float(v))
     k = np.asarray([f(v) for v in kept], np.float64)
     r = np.asarray([f(v) for v in rejected], np.float64)
     both = np.concatenate([k, r])
-    marks = [f(m) for m in marks]
     lo, hi = float(both.min()), float(both.max())
+    # A threshold far outside the data (e.g. max_motion = 1) would squash the bars into one
+    # bin: only marks within one data span of the data are drawn.
+    span = hi - lo if hi - lo > 1e-9 else max(abs(lo), 1.0) * 0.5
+    marks = [f(m) for m in marks]
+    marks = [m for m in marks if lo - span <= m <= hi + span]
     lo, hi = min([lo, *marks]), max([hi, *marks])
     if hi - lo < 1e-9:
         lo, hi = lo - 0.5, hi + 0.5
