@@ -95,6 +95,7 @@ def test_the_top_level_holds_entry_points_and_the_public_api():
         "build_dataset",
         "cache_latents",
         "config",
+        "curate",
         "evaluate",
         "evaluate_vae",
         "export",

@@ -93,13 +93,18 @@ def _decoded(row: dict, read):
 
 
 class DecodeFrames(beam.DoFn):
-    """row -> (row, uint8[k h w 3] frames) sampled with PyAV; failures -> dead letter."""
+    """row -> (row, uint8[k h w 3] frames) sampled with PyAV (inside the row's clip window
+    `start` / `end` when it has one, e.g. a curated clip); failures -> dead letter."""
 
     def __init__(self, num_frames: int):
         self.num_frames = num_frames
 
     def process(self, row: dict):
-        yield from _decoded(row, lambda: (row, manifest.read_frames(row["path"], self.num_frames)))
+        def read():
+            window = manifest.row_window(row, row["path"])
+            return row, manifest.read_frames(row["path"], self.num_frames, window)
+
+        yield from _decoded(row, read)
 
 
 class DecodeTfdsRecord(beam.DoFn):

@@ -11,9 +11,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 
+import av
 import numpy as np
 
 from sora_jax.data import video_io
@@ -68,8 +70,12 @@ def resolve(path: str, manifest_path: str) -> str:
     return os.path.join(os.path.dirname(manifest_path), path)
 
 
-def read_frames(path: str, num_frames: int = 0) -> np.ndarray:
-    """uint8[k h w 3]: `num_frames` evenly spaced frames of the video at `path` (0 = all).
+def read_frames(
+    path: str, num_frames: int = 0, window: tuple[float | None, float | None, float] | None = None
+) -> np.ndarray:
+    """uint8[k h w 3]: `num_frames` evenly spaced frames of the video at `path` (0 = all),
+    taken inside `window` = (start, end, fps) when given: the clip [start, end) in seconds
+    (None: the video's start / end) of a video at `fps` frames per second.
 
     Local files are decoded in place; others are copied through Beam's FileSystems first.
     FileNotFoundError / ValueError (naming the path) for missing or undecodable files."""
@@ -84,7 +90,39 @@ def read_frames(path: str, num_frames: int = 0) -> np.ndarray:
             frames = video_io.read_frames(tmp.name)
     else:
         frames = video_io.read_frames(path)
+    if window is not None:
+        frames = frames[window_indices(len(frames), *window)]
     return frames[evenly_spaced(len(frames), num_frames)]
+
+
+def window_indices(n: int, start: float | None, end: float | None, fps: float) -> np.ndarray:
+    """i64[k]: the frames of a video of n frames at `fps` inside [start, end) seconds (at
+    least one; the same frames build_dataset's records and the input pipeline use)."""
+    first = 0 if start is None else min(int(math.ceil(float(start) * fps - 1e-6)), n - 1)
+    last = n if end is None else min(n, int(math.floor(float(end) * fps + 1e-6)))
+    return np.arange(first, max(last, first + 1), dtype=np.int64)
+
+
+def row_window(row: dict, path: str) -> tuple[float | None, float | None, float] | None:
+    """(start, end, fps) of a manifest row with a clip window (`start` and / or `end`
+    seconds; `fps` from the row, else the container's), None for a row without."""
+    start, end = row.get("start"), row.get("end")
+    start = None if start in (None, "") else float(start)
+    end = None if end in (None, "") else float(end)
+    if start is None and end is None:
+        return None
+    fps = row.get("fps")
+    fps = float(fps) if fps not in (None, "") else video_fps(path)
+    return start, end, fps
+
+
+def video_fps(path: str) -> float:
+    """The container's average frame rate of a local video; ValueError when it has none."""
+    with av.open(path) as container:
+        rate = container.streams.video[0].average_rate if container.streams.video else None
+    if not rate:
+        raise ValueError(f"unknown frame rate of {path}: give fps in the manifest row")
+    return float(rate)
 
 
 def evenly_spaced(n: int, num_frames: int) -> np.ndarray:

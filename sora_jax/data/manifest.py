@@ -1,8 +1,9 @@
 """The user's own videos: find them (a folder or a CSV / JSONL manifest), probe them, log bad ones.
 
 A folder holds video files with a caption file beside each (`clip.mp4` + `clip.txt`). A manifest
-has one row per clip: `path` (relative to the manifest's folder or absolute), `caption`, and
-optional `fps` (overrides the container's), `start` and `end` (seconds; the clip window).
+has one row per clip: `path` (relative to the manifest's folder or absolute), `caption` (or,
+when it has none, `dense_caption`, as recaption writes), and optional `fps` (overrides the
+container's), `start` and `end` (seconds; the clip window).
 
 `probe` decodes every frame once (so truncated files are caught here, not in training) and
 returns the metadata the loader plans with. Bad files (unreadable, truncated, zero-length, no
@@ -78,7 +79,9 @@ def read_manifest(path: str | os.PathLike) -> list[Entry]:
             raise ValueError(f"{where}: has no 'path'")
         clip = Path(row["path"])
         clip = clip if clip.is_absolute() else path.parent / clip
-        caption = (row.get("caption") or "").strip() or None
+        # A recaptioned manifest (python -m sora_jax.recaption) of uncaptioned videos has
+        # only the dense caption.
+        caption = (row.get("caption") or row.get("dense_caption") or "").strip() or None
         entries.append(
             Entry(
                 str(clip),
