@@ -206,6 +206,14 @@ def _pack(videos, texts, times, cfg, length):
     return (tokens, seg, pos, np.asarray(times, np.float32)[None], text, mask), ranges
 
 
+def _packed_row(cfg, sizes, text_lens, times, seeds, length):
+    """A row of random videos of ``sizes`` (their captions, times): ``(args, ranges, videos)``
+    with ``videos`` the ``(x f32[1 t h w c], text f32[1 m text_dim])`` of each."""
+    videos = [_inputs(cfg, 1, thw, n, seed) for thw, n, seed in zip(sizes, text_lens, seeds)]
+    args, ranges = _pack([x[0] for x, _ in videos], [t[0] for _, t in videos], times, cfg, length)
+    return args, ranges, videos
+
+
 # Two videos of different t, h and w (18 and 12 tokens), captions of 7 and 4 tokens.
 PACKED = dict(sizes=((3, 4, 6), (2, 6, 4)), text_lens=(7, 4), times=(700.0, 150.0), seeds=(2, 3))
 
@@ -232,10 +240,7 @@ def _alone(folder):
 def test_packed_row_equals_each_video_alone(impl, blocks, folders):
     _, model, params = _loaded("t2v", folders, attention_impl=impl, attention_blocks=blocks)
     cfg = CONFIGS["t2v"]
-    videos = [_inputs(cfg, 1, thw, n, seed) for thw, n, _, seed in zip(*PACKED.values())]
-    args, ranges = _pack(
-        [x[0] for x, _ in videos], [t[0] for _, t in videos], PACKED["times"], cfg, length=40
-    )
+    args, ranges, _ = _packed_row(cfg, **PACKED, length=40)
     out = np.asarray(_packed_fn(model)(params, *args))
     assert out.shape == (1, 40, 16)
     np.testing.assert_array_equal(out[0, 30:], 0.0)  # padding
@@ -278,6 +283,55 @@ def test_ti2v_per_token_timestep(folders):
     assert max(errs) < TOL
     # The per-token time matters: the same call with one time differs.
     assert _err(_run_ref(ref, x, np.array([812.0]), text), expect) > 0.01
+
+
+def test_ti2v_packed_row(folders):
+    """Two TI2V videos in one row, each with its given first frame (per-token time as two
+    entries per segment) and its own time, equal diffusers on each video alone."""
+    ref, model, params = _loaded(
+        "ti2v", folders, attention_impl="blockwise", attention_blocks=(8, 8)
+    )
+    cfg = CONFIGS["ti2v"]
+    sizes, times, lens = ((3, 4, 6), (2, 6, 4)), (812.0, 95.0), (6, 3)
+    args, ranges, videos = _packed_row(cfg, sizes, lens, times, (7, 8), length=32)
+    tokens, seg, pos, t, text, mask = args
+    timestep, index = wt.token_times(jnp.asarray(t), jnp.asarray(seg), pos[..., 0] == 0)
+    out = np.asarray(_packed_fn(model)(params, tokens, seg, pos, timestep, text, mask, index))
+    for (start, n), thw, (x, tx), tt in zip(ranges, sizes, videos, times):
+        grid = tuple(s // p for s, p in zip(thw, cfg["patch_size"]))
+        packed = packing.unpatchify(out[0, start : start + n], grid, cfg["patch_size"], 16)
+        expect = _run_ref(ref, x, _first_frame_timesteps(tt, grid), tx)[0]
+        err = _err(packed, expect)
+        print(f"ti2v packed video {thw} vs diffusers alone {err:.2e}")
+        assert err < TOL
+
+
+def test_sharded_over_a_mesh_equals_unsharded(folders):
+    """Under a data x fsdp x tensor mesh (8 simulated devices) with the default rules: params
+    placed by their logical axes, attention per device in shard_map; same output."""
+    from sora_jax.parallel import mesh as mesh_lib
+    from sora_jax.parallel import partitioning
+
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 (simulated) devices")
+    _, model, params = _loaded("t2v", folders, attention_impl="blockwise", attention_blocks=(8, 8))
+    cfg = CONFIGS["t2v"]
+    rows = [
+        _packed_row(cfg, **dict(PACKED, seeds=seeds), length=40)[0] for seeds in ((2, 3), (4, 5))
+    ]
+    args = [np.concatenate(parts) for parts in zip(*rows)]  # two rows
+    plain = _packed_fn(model)(params, *args)
+    mesh = mesh_lib.create_mesh(8, ici={"data": 2, "fsdp": 2, "tensor": 2})
+    rules = partitioning.DEFAULT_RULES
+    with partitioning.activate(mesh, rules):
+        placed = jax.device_put(params, partitioning.shardings(wt.param_shapes(model), mesh, rules))
+        fn = jax.jit(lambda p, *a: model.apply({"params": p}, *a))
+        split = fn(placed, *args)
+    kernel = placed["blocks_0"]["attn1"]["to_q"]["kernel"]
+    assert partitioning.spec_of(kernel) == ("fsdp", "tensor")
+    err = _err(split, plain)
+    print(f"t2v sharded (data 2, fsdp 2, tensor 2) vs one device: {err:.2e}")
+    assert err < PACK_TOL
 
 
 def test_sharded_and_bf16_folders(folders, tmp_path):
