@@ -9,6 +9,7 @@ loaded with ``load_transformer``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import os
@@ -30,6 +31,8 @@ diffusers = pytest.importorskip("diffusers", reason="parity tests need diffusers
 from sora_jax.data import packing  # noqa: E402
 from sora_jax.models import wan_transformer as wt  # noqa: E402
 from sora_jax.models import wan_transformer_weights as ww  # noqa: E402
+from sora_jax.parallel import mesh as mesh_lib  # noqa: E402
+from sora_jax.parallel import partitioning  # noqa: E402
 
 CONFIGS = {
     # Wan 2.1 T2V form: affine cross-attention norm, head dim 12 (RoPE t/h/w = 4/4/4).
@@ -309,12 +312,12 @@ def test_ti2v_packed_row(folders):
 def test_sharded_over_a_mesh_equals_unsharded(folders):
     """Under a data x fsdp x tensor mesh (8 simulated devices) with the default rules: params
     placed by their logical axes, attention per device in shard_map; same output."""
-    from sora_jax.parallel import mesh as mesh_lib
-    from sora_jax.parallel import partitioning
-
     if len(jax.devices()) < 8:
         pytest.skip("needs 8 (simulated) devices")
     _, model, params = _loaded("t2v", folders, attention_impl="blockwise", attention_blocks=(8, 8))
+    # One block is enough to place every kind of parameter (and compiles in half the time).
+    model = model.clone(config=dataclasses.replace(model.config, num_layers=1))
+    params = {k: v for k, v in params.items() if k != "blocks_1"}
     cfg = CONFIGS["t2v"]
     rows = [
         _packed_row(cfg, **dict(PACKED, seeds=seeds), length=40)[0] for seeds in ((2, 3), (4, 5))
@@ -445,10 +448,10 @@ def test_weight_table_init_and_logical_axes(folders):
     assert by_key["blocks.0.attn1.to_out.0.bias"].path[-2] == "to_out"
     assert by_key["scale_shift_table"].flax_shape == (2, 24)
     # init creates exactly the table's params, each naming its logical axes.
-    fresh = jax.jit(functools.partial(wt.init_params, model))(jax.random.key(0))
-    fresh = flax.traverse_util.flatten_dict(fresh)
+    boxed = wt.param_shapes(model)
+    fresh = flax.traverse_util.flatten_dict(nn.unbox(boxed))
     assert {p: v.shape for p, v in fresh.items()} == {e.path: e.flax_shape for e in table}
-    specs = flax.traverse_util.flatten_dict(nn.get_partition_spec(wt.param_shapes(model)))
+    specs = flax.traverse_util.flatten_dict(nn.get_partition_spec(boxed))
     assert set(specs) == set(fresh)
     for path, spec in specs.items():
         assert spec is not None and len(spec) == len(fresh[path].shape), path
@@ -457,8 +460,9 @@ def test_weight_table_init_and_logical_axes(folders):
 
 def test_bfloat16_compute_close_to_float32(folders):
     _, model, params = _loaded("t2v", folders, attention_impl="xla")
-    x, text = _inputs(CONFIGS["t2v"], 1, (2, 4, 4), 5, seed=6)
-    t = np.array([400.0], np.float32)
+    # The parity test's inputs (and compiled f32 program).
+    x, text = _inputs(CONFIGS["t2v"], 1, SIZES["t2v"], 7)
+    t = np.array([637.0], np.float32)
     bf16 = model.clone(dtype=jnp.bfloat16)
     o32 = _video_fn(model)(params, x, t, text)
     o16 = _video_fn(bf16)(params, x, t, text)
