@@ -309,15 +309,19 @@ def test_ti2v_packed_row(folders):
         assert err < TOL
 
 
+def _one_block(model, params):
+    """The model cut to its first block: every kind of parameter, half the compile time."""
+    model = model.clone(config=dataclasses.replace(model.config, num_layers=1))
+    return model, {k: v for k, v in params.items() if k != "blocks_1"}
+
+
 def test_sharded_over_a_mesh_equals_unsharded(folders):
     """Under a data x fsdp x tensor mesh (8 simulated devices) with the default rules: params
     placed by their logical axes, attention per device in shard_map; same output."""
     if len(jax.devices()) < 8:
         pytest.skip("needs 8 (simulated) devices")
     _, model, params = _loaded("t2v", folders, attention_impl="blockwise", attention_blocks=(8, 8))
-    # One block is enough to place every kind of parameter (and compiles in half the time).
-    model = model.clone(config=dataclasses.replace(model.config, num_layers=1))
-    params = {k: v for k, v in params.items() if k != "blocks_1"}
+    model, params = _one_block(model, params)
     cfg = CONFIGS["t2v"]
     rows = [
         _packed_row(cfg, **dict(PACKED, seeds=seeds), length=40)[0] for seeds in ((2, 3), (4, 5))
@@ -469,6 +473,19 @@ def test_bfloat16_compute_close_to_float32(folders):
     err = _err(o16, o32)
     print(f"t2v bf16 compute: max abs vs f32 {err:.2e} (std {float(jnp.std(o32)):.2f})")
     assert o16.dtype == jnp.float32 and 0 < err < 0.1
+
+
+def test_remat_recomputes_blocks_with_the_same_output(folders):
+    _, model, params = _loaded("t2v", folders, attention_impl="xla")
+    args, _, _ = _packed_row(CONFIGS["t2v"], **PACKED, length=40)
+    remat = model.clone(remat=True)
+    np.testing.assert_array_equal(
+        _packed_fn(remat)(params, *args), _packed_fn(model)(params, *args)
+    )
+    # The backward pass recomputes each block: one remat per block.
+    loss = lambda m: lambda p: jnp.sum(m.apply({"params": p}, *args))  # noqa: E731
+    count = lambda m: str(jax.make_jaxpr(jax.grad(loss(m)))(params)).count("remat2[")  # noqa: E731
+    assert count(model) == 0 and count(remat) == CONFIGS["t2v"]["num_layers"]
 
 
 def test_bad_inputs_raise_one_clear_error(folders):

@@ -499,6 +499,9 @@ class WanTransformer(nn.Module):
     attention_impl: str = "auto"  # sora_jax.models.attention.IMPLEMENTATIONS
     attention_blocks: tuple[int, int] = (512, 512)  # (query, key) block sizes of the kernels
     attention_shard: bool = True  # under a mesh, attention per device in shard_map
+    # Recompute each block in the backward pass (keeps only block inputs: training memory
+    # O(layers x tokens x dim) instead of every activation).
+    remat: bool = False
 
     @classmethod
     def from_diffusers_config(cls, d: dict, **fields) -> "WanTransformer":
@@ -556,8 +559,9 @@ class WanTransformer(nn.Module):
             tokens.astype(self.dtype)
         )
         x = nn.with_logical_constraint(x, TOKENS)
+        block = nn.remat(WanBlock) if self.remat else WanBlock
         for i in range(cfg.num_layers):
-            x = WanBlock(
+            x = block(
                 cfg,
                 self.dtype,
                 self.param_dtype,
@@ -576,8 +580,8 @@ class WanTransformer(nn.Module):
             (2, cfg.dim),
             self.param_dtype,
         )
-        mod = final.astype(jnp.float32) + temb[:, :, None]  # [b k 2 dim]
-        shift, scale = (_gather(mod[:, :, i], time_index) for i in range(2))
+        temb = nn.with_logical_constraint(_gather(temb, time_index), TOKENS)  # [b l dim]
+        shift, scale = (final[i].astype(jnp.float32) + temb for i in range(2))
         y = (_layer_norm(x, cfg.eps) * (1 + scale) + shift).astype(self.dtype)
         out = _dense(cfg.patch_out, "proj_out", (EMBED, PATCH), self.dtype, self.param_dtype)(y)
         return out.astype(jnp.float32) * (segment_ids > 0)[..., None]
