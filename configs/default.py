@@ -373,4 +373,8 @@ def _train_config(*, steps, learning_rate, warmup_steps):
     t.log_every = 50
     t.checkpoint_every = 1000
     t.keep_checkpoints = 2
+    # A step whose loss or gradients are NaN/inf: False stops the run there (nothing non-finite
+    # is ever checkpointed); True skips that step's update and goes on (README: "When things go
+    # wrong").
+    t.skip_nonfinite = False
     return t

@@ -160,6 +160,9 @@ ADDED_KEYS = {
     "sample.expand_prompt": False,
     "sample.prompt_lm": "",
     "sample.mesh": "",
+    # Before it a non-finite step stopped the run (at the next log step).
+    "vae.train.skip_nonfinite": False,
+    "dit.train.skip_nonfinite": False,
 }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
+from sora_jax.common import cli
 from sora_jax.inference import exporter
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to export.")
@@ -48,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

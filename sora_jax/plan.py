@@ -28,6 +28,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from sora_jax import config as config_lib
+from sora_jax.common import cli
 from sora_jax.training import planning
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
@@ -63,7 +64,7 @@ def _compiled(config) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config = config_lib.validate(_CONFIG.value)
+    config = config_lib.validate(cli.config_value(_CONFIG))
     if _TOPOLOGY.value or _COMPILE.value:
         try:
             p = _compiled(config)
@@ -87,4 +88,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    cli.run(main)

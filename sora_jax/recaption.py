@@ -29,6 +29,7 @@ from absl import app, flags
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from sora_jax.captioning import beam_pipeline, shapes_captioner, tfds_input
+from sora_jax.common import cli
 from sora_jax.captioning.captioner_spec import KINDS, CaptionerSpec
 
 _INPUT = flags.DEFINE_string("input", "", "Manifest (.jsonl or .csv).")
@@ -76,10 +77,9 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     try:
         return flags.FLAGS(list(argv), known_only=True)
     except flags.Error as e:
-        # As absl's own parser reports a bad flag.
-        sys.stderr.write(f"FATAL Flags parsing error: {e}\n")
-        sys.stderr.write("Pass --helpshort or --helpfull to see help on flags.\n")
-        sys.exit(1)
+        # One line naming the flag, as every sora_jax CLI reports a bad flag.
+        sys.stderr.write(f"error: {cli.one_line(e)}\n")
+        sys.exit(2)
 
 
 def recaption_config() -> beam_pipeline.RecaptionConfig:
@@ -119,4 +119,4 @@ def _app_main(argv):
 
 
 if __name__ == "__main__":
-    app.run(_app_main, flags_parser=parse_flags)
+    cli.run(_app_main, flags_parser=parse_flags)

@@ -47,9 +47,10 @@ import os
 from absl import app, flags
 
 from sora_jax import config as config_lib
+from sora_jax.common import cli
 from sora_jax.inference import prompts as prompts_lib
 from sora_jax.data import video_io
-from sora_jax.diffusion import samplers
+from sora_jax.diffusion import objectives, samplers
 from sora_jax.inference import pipeline as pipeline_lib
 from sora_jax.inference import samples
 from sora_jax.models import geometry, vae_inference
@@ -204,6 +205,7 @@ def main(argv):
         mesh = mesh_lib.inference_mesh(config, given(_MESH, s.mesh))
         decode = _decode_overrides()
         _check_decode(config, decode, mesh, grid)
+        _check_sampling_flags(config, interval)
         mode = _mode_inputs(config, list(argv[1:]), num_frames)
         _check_counts(config, mode, num_frames)
         expansions = _expand(config, prompts, num_frames)
@@ -244,6 +246,37 @@ def main(argv):
         print(p)
 
 
+# Sampling flags -> the config.diffusion keys they override (checked by the same rules).
+_SAMPLING_KEYS = (
+    ("--steps", _STEPS, "sample_steps"),
+    ("--time_shift", _SHIFT, "time_shift"),
+    ("--eta", _ETA, "ddim_eta"),
+    ("--guidance_scale", _GUIDANCE, "guidance_scale"),
+    ("--guidance_rescale", _RESCALE, "guidance_rescale"),
+    ("--condition_noise", _COND_NOISE, "condition_noise"),
+)
+
+
+def _check_sampling_flags(config, interval) -> None:
+    """The sampling flags' values, checked as config.diffusion's before anything loads; an
+    error names the flag (e.g. `--steps=0: must be > 0`)."""
+    c = config.copy_and_resolve_references()
+    for _, holder, key in _SAMPLING_KEYS:
+        if holder.value is not None:
+            c.diffusion[key] = type(c.diffusion[key])(holder.value)
+    if interval is not None:
+        c.diffusion.guidance_interval = interval
+    try:
+        objectives.validate_config(c)
+    except ValueError as e:
+        message = str(e)
+        for flag, _, key in _SAMPLING_KEYS + (("--guidance_interval", None, "guidance_interval"),):
+            message = message.replace(f"config.diffusion.{key}=", f"{flag}=")
+        raise app.UsageError(message) from None
+    if _EDIT.value is not None and not 0.0 <= _EDIT.value <= 1.0:
+        raise app.UsageError(f"--edit={_EDIT.value}: the SDEdit strength must be in [0, 1]")
+
+
 def _decode_overrides() -> dict:
     """config.vae.inference keys the decode flags set (None: the config's)."""
     tiles = _TILE.value
@@ -282,4 +315,4 @@ def _expand(config, prompts: list[str], num_frames: int) -> list | None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -19,6 +19,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from sora_jax import config as config_lib
+from sora_jax.common import cli, workdir_lock
 from sora_jax.evaluation import prompt_eval
 from sora_jax.inference import pipeline as pipeline_lib
 from sora_jax.inference import samples
@@ -82,7 +83,12 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs the configured stages; returns {'vae': history, 'dit': history, 'eval': ...}."""
     config = config_lib.validate(config)
-    check_workdir_config(config, workdir)
+    with workdir_lock.hold(workdir):
+        check_workdir_config(config, workdir)
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if jax.process_index() == 0:
         config_lib.save(config, workdir)
     mesh = mesh_lib.from_config(config.mesh)
@@ -130,19 +136,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = cli.config_value(_CONFIG)
     if _DRY_RUN.value:
-        dry_run(_CONFIG.value)
+        dry_run(config)
         return
     if _WORKDIR.value is None:
         raise app.UsageError("--workdir is required (checkpoints, logs and samples go there)")
+    # Values first: a bad key fails in a second, before devices and processes start.
+    config_lib.validate(config)
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     if jax.process_index() != 0:
         logging.set_verbosity(logging.WARNING)  # process 0 logs for the run
-    results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    results = train_and_evaluate(config, _WORKDIR.value)
     if "eval" in results:
         print("prompt following:", json.dumps(results["eval"]))
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    cli.run(main)

@@ -2,9 +2,11 @@
 message naming the problem (before any checkpoint loads where possible)."""
 
 import pytest
-from test_train import micro_config, run_cli
+from test_faults import _message_lines
+from test_train import TINY, micro_config, run_cli
 
 from sora_jax import config as config_lib
+from sora_jax.data import tfds_builder
 
 PROMPT = "--prompt=a large red circle moves right steadily on a grey background"
 
@@ -78,3 +80,98 @@ def test_export_cli_errors_name_the_problem(config_only, tmp_path):
         r = run_cli("sora_jax.export", *args)
         assert r.returncode != 0 and message in r.stderr, (args, r.stderr[-2000:])
         assert "Traceback" not in r.stderr, args
+
+
+def _one_line(r, *fragments):
+    """The CLI failed with exactly one message line (no usage dump, no traceback) holding
+    every fragment; returns it."""
+    lines = _message_lines(r.stderr)
+    assert r.returncode != 0, r.stderr[-2000:]
+    assert len(lines) == 1, r.stderr[-3000:]
+    assert lines[0].startswith("error: ") and "Traceback" not in r.stderr
+    for text in fragments:
+        assert text in lines[0], (text, lines[0])
+    return lines[0]
+
+
+TINY_MICRO = f"--config={TINY}:micro"
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--config=configs/nope.py", "--workdir=w"], ["--config=configs/nope.py", "no such file"]),
+        (
+            [TINY_MICRO, "--workdir=w", "--config.dit.train.stepz=3"],
+            ["--config.dit.train.stepz", "'stepz'", "did you mean 'steps'"],
+        ),
+        ([TINY_MICRO, "--workdir=w", "--config.dit.train.steps=0"], ["config.dit.train.steps=0"]),
+        (
+            [TINY_MICRO, "--workdir=w", "--config.mesh.fsdp=3"],
+            ["mesh", "'fsdp': 3", "devices are not divisible"],
+        ),
+        ([TINY_MICRO, "--workdri=w"], ["workdri", "workdir"]),
+        ([TINY_MICRO], ["--workdir is required"]),
+        (["--workdir=w"], ["--config"]),
+    ],
+)
+def test_train_cli_errors_are_one_line(args, fragments, tmp_path):
+    args = [a.replace("--workdir=w", f"--workdir={tmp_path}/w") for a in args]
+    _one_line(run_cli("sora_jax.train", *args), *fragments)
+
+
+def test_sampling_flags_are_checked_before_the_model_loads(config_only):
+    # config_only has no checkpoint: an error about the flag (not "no VAE checkpoint") shows
+    # the check ran before any loading.
+    w = f"--workdir={config_only}"
+    _one_line(run_cli("sora_jax.sample", w, PROMPT, "--steps", "0"), "--steps=0: must be > 0")
+    _one_line(
+        run_cli("sora_jax.sample", w, PROMPT, "--guidance_scale", "-5"),
+        "--guidance_scale=-5.0: must be >= 0",
+    )
+    _one_line(run_cli("sora_jax.sample", w, PROMPT, "--sampler=foo"), "--sampler=foo", "euler")
+    _one_line(run_cli("sora_jax.sample", w, PROMPT), "no VAE checkpoint under")
+
+
+def test_build_dataset_cli_errors_name_the_flag(tmp_path):
+    src = tmp_path / "src"
+    tfds_builder.export_moving_shapes(
+        src, 2, frame_choices=(1,), resolutions=((16, 16),), image_fraction=1.0
+    )
+    (src / "empty.mp4").write_bytes(b"")
+    (src / "empty.txt").write_text("a caption")
+    data = f"--data_dir={tmp_path}/tfds"
+    r = run_cli("sora_jax.build_dataset", f"--source={src}", data, "--max_bad_fraction=2")
+    _one_line(r, "--max_bad_fraction=2.0: must be in [0, 1]")
+    r = run_cli("sora_jax.build_dataset", f"--source={src}", data, "--max_bad_fraction=0.1")
+    _one_line(r, "1 of 3 files are bad", "(--max_bad_fraction)")
+    r = run_cli("sora_jax.build_dataset", f"--source={src}", data, "--max_bad_fraction=0.5")
+    assert r.returncode == 0, r.stderr[-2000:]
+    other = tmp_path / "other"
+    tfds_builder.export_moving_shapes(
+        other, 1, frame_choices=(1,), resolutions=((16, 16),), image_fraction=1.0
+    )
+    r = run_cli("sora_jax.build_dataset", f"--source={other}", data)
+    _one_line(
+        r, f"--data_dir={tmp_path}/tfds already holds a dataset built from {src}", "--overwrite"
+    )
+    r = run_cli("sora_jax.build_dataset", f"--source={other}", data, "--overwrite")
+    assert r.returncode == 0 and "video_clips: 1 clips" in r.stdout, r.stderr[-2000:]
+
+
+def test_other_cli_errors_are_one_line(tmp_path):
+    _one_line(run_cli("sora_jax.plan", "--config=nope.py"), "--config=nope.py", "no such file")
+    _one_line(
+        run_cli("sora_jax.export", f"--workdir={tmp_path}/x", f"--out={tmp_path}/o"),
+        "x does not exist",
+    )
+    _one_line(
+        run_cli("sora_jax.recaption", "--input=m.jsonl", "--output_dir=o", "--captioner=bogus"),
+        "--captioner",
+        "builtin|hf",
+    )
+    for module, flag in (
+        ("sora_jax.build_dataset", "--overwrite"),
+        ("sora_jax.plan", "--topology"),
+    ):
+        assert flag in run_cli(module, "--help").stdout, module

@@ -76,7 +76,7 @@ def test_cli_flags_and_beam_options(monkeypatch, capsys):
         text=True,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )
-    assert r.returncode == 1 and "exactly one input" in r.stderr
+    assert r.returncode == 2 and "exactly one input" in r.stderr  # 2: a usage error
 
 
 def _held_out(n, seed, mp4_dir=None):

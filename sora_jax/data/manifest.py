@@ -154,9 +154,17 @@ class BadFiles:
     `expected` files), so a few bad files at the start of a large set do not stop it.
     """
 
-    def __init__(self, log_path: str | os.PathLike, max_fraction: float, expected: int):
+    def __init__(
+        self,
+        log_path: str | os.PathLike,
+        max_fraction: float,
+        expected: int,
+        limit_name: str = "config.data.max_bad_fraction",
+    ):
+        # `limit_name`: where the limit was set (a config key or a CLI flag), for the errors.
+        self.limit_name = limit_name
         if not 0.0 <= max_fraction <= 1.0:
-            raise ValueError(f"max_fraction must be in [0, 1], got {max_fraction}")
+            raise ValueError(f"{limit_name}={max_fraction}: must be in [0, 1]")
         self.log_path = Path(log_path)
         self.max_fraction, self.expected = max_fraction, expected
         self.seen, self.bad = 0, []
@@ -182,5 +190,5 @@ class BadFiles:
     def _raise(self, total: int):
         raise TooManyBadFiles(
             f"{len(self.bad)} of {total} files are bad, more than the allowed fraction "
-            f"{self.max_fraction} (config.data.max_bad_fraction); see {self.log_path}"
+            f"{self.max_fraction} ({self.limit_name}); see {self.log_path}"
         )

@@ -1,12 +1,15 @@
 """Reading and writing videos (uint8[t h w 3] RGB) with PyAV.
 
 Formats by suffix:
-  .mp4  H.264 (libx264, yuv420p, crf 15). yuv420p subsamples chroma 2x2, so height and width
+  .mp4  H.264 (libx264, yuv420p, crf 15, `X264_OPTIONS`). yuv420p subsamples chroma 2x2, so height and width
         must be even; odd sizes raise ValueError rather than silently padding/scaling, so a
         file always round-trips to exactly the shape that was written.
   .gif  GIF with pix_fmt rgb8 (fixed 3-3-2 bit palette: coarse colours, any size). GIF has no
         key-value metadata: the 'comment' entry is written as a GIF Comment Extension, which
         FFmpeg (and so `read_metadata`) reads back as 'comment'; other keys are not kept.
+
+Writing is deterministic: the same frames and metadata give the same bytes (one encoder
+thread, fixed options, bitexact muxing without version strings or timestamps).
 
 Still images (.png, .jpg, .jpeg, .bmp, .webp) are read as 1-frame videos (`read_frames`), and
 `resize` scales frames with swscale; both through PyAV, so no image library is needed.
@@ -23,6 +26,8 @@ import numpy as np
 
 _SUFFIXES = (".mp4", ".gif")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# Fixed encoder settings: quality (crf), speed/size trade-off (preset) and one thread.
+X264_OPTIONS = {"crf": "15", "preset": "medium", "threads": "1"}
 
 
 def check_video(video) -> np.ndarray:
@@ -53,16 +58,20 @@ def write_video(
     _, height, width, _ = video.shape
     if suffix == ".mp4" and (height % 2 or width % 2):
         raise ValueError(f"mp4 (yuv420p) needs even height and width, got {height}x{width}")
-    with av.open(str(path), mode="w") as container:
+    # Deterministic bytes (the same frames give the same file on any machine): one encoder
+    # thread (x264's decisions depend on its thread count), a fixed preset, and bitexact
+    # muxing (no library version strings, no creation time).
+    with av.open(str(path), mode="w", container_options={"fflags": "+bitexact"}) as container:
         for key, value in (metadata or {}).items():
             container.metadata[str(key)] = str(value)
         if suffix == ".mp4":
             stream = container.add_stream("libx264", rate=int(fps))
             stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": "15", "preset": "medium"}
+            stream.options = {**X264_OPTIONS, "flags": "+bitexact"}
         else:
             stream = container.add_stream("gif", rate=int(fps))
             stream.pix_fmt = "rgb8"
+            stream.options = {"flags": "+bitexact"}
         stream.width, stream.height = width, height
         stream.time_base = Fraction(1, int(fps))
         for i, frame in enumerate(video):

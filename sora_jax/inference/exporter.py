@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 
-from sora_jax.common import checkpoint
 from sora_jax.inference import export_format, loader
 from sora_jax.models import block_stack, builders, lora
 
@@ -66,12 +65,8 @@ def export_workdir(
         raise ValueError(f"{workdir} is already an exported checkpoint, not a training workdir")
     export_format.check_out(out, overwrite)  # before the (slow) loading
     model = loader.load_workdir(workdir)
-    steps = {}
-    for stage in ("vae", "dit"):
-        ckpt = checkpoint.for_stage(model.config, workdir, stage)
-        steps[f"{stage}_step"] = ckpt.latest_step()
-        ckpt.close()
-    source = {"workdir": os.path.abspath(workdir), **steps}
+    # The steps loaded: older than the latest when a damaged checkpoint was passed over.
+    source = {"workdir": os.path.abspath(workdir), **model.steps}
     return save_model(
         model,
         out,

@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from sora_jax import config as config_lib
-from sora_jax.common import checkpoint
+from sora_jax.common import checkpoint, finite
 from sora_jax.inference import export_format
 from sora_jax.models import builders
 from sora_jax.parallel import mesh as mesh_lib
@@ -39,6 +39,7 @@ class InferenceModel:
     latent_mean: np.ndarray  # f32[c]: latents are normalised as (z - mean) / std
     latent_std: np.ndarray  # f32[c]
     name: str  # written into every video's provenance metadata
+    steps: dict | None = None  # a workdir's: the checkpoint steps loaded ({'vae_step': ...})
 
 
 def _checkpointer(config, workdir: str, stage: str) -> checkpoint.Checkpointer:
@@ -53,16 +54,41 @@ def _checkpointer(config, workdir: str, stage: str) -> checkpoint.Checkpointer:
     return ckpt
 
 
-def _restore_fields(config, workdir: str, stage: str, fields: dict) -> dict:
+def _restore_fields(config, workdir: str, stage: str, fields: dict) -> tuple[int, dict]:
+    """(step, fields) of the newest checkpoint of `stage` that restores (damaged ones are
+    passed over with a warning); non-finite EMA weights raise `NonFiniteWeights`."""
     ckpt = _checkpointer(config, workdir, stage)
+    name = "VAE" if stage == "vae" else "DiT"
     try:
-        return ckpt.restore_fields(fields)
+        step, out = ckpt.restore_newest(
+            lambda s: ckpt.restore_fields(fields, s), f"{name} checkpoint"
+        )
     finally:
         ckpt.close()
+    check_finite(out["ema_params"], f"the {name} checkpoint {step} in {ckpt.directory}")
+    return step, out
+
+
+class NonFiniteWeights(ValueError):
+    """The weights hold NaN or inf (a diverged run): sampling them gives blank videos."""
+
+
+def check_finite(params, where: str) -> None:
+    """Raises `NonFiniteWeights` naming `where` unless every weight is finite."""
+    if not finite.tree_is_finite(params):
+        raise NonFiniteWeights(
+            f"{where} holds non-finite weights (NaN/inf): the run diverged; re-run training "
+            f"(it resumes from the last finite checkpoint, README 'When things go wrong')"
+        )
 
 
 def load_vae(config, workdir: str, mesh: Mesh | None = None):
-    """(VAE module, EMA params replicated over `mesh`) from a workdir's latest VAE checkpoint."""
+    """(VAE module, EMA params replicated over `mesh`) from a workdir's newest VAE checkpoint
+    that restores."""
+    return _load_vae(config, workdir, mesh)[:2]
+
+
+def _load_vae(config, workdir: str, mesh: Mesh | None):
     mesh = mesh or mesh_lib.create_mesh(1)
     vae = builders.build_vae(config)
     replicated = mesh_lib.replicated(mesh)
@@ -70,7 +96,8 @@ def load_vae(config, workdir: str, mesh: Mesh | None = None):
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
         builders.abstract_vae_params(config, vae),
     )
-    return vae, _restore_fields(config, workdir, "vae", {"ema_params": target})["ema_params"]
+    step, out = _restore_fields(config, workdir, "vae", {"ema_params": target})
+    return vae, out["ema_params"], step
 
 
 def dit_shardings(config, dit, text_encoder, mesh: Mesh) -> dict:
@@ -94,6 +121,10 @@ def place(model: InferenceModel, mesh: Mesh) -> InferenceModel:
 
 def load_dit(config, workdir: str, mesh: Mesh):
     """(DiT, text encoder, EMA params sharded as config.mesh.rules say, extras)."""
+    return _load_dit(config, workdir, mesh)[:4]
+
+
+def _load_dit(config, workdir: str, mesh: Mesh):
     text_encoder = builders.build_text_encoder(config)
     dit = builders.build_dit(config, text_encoder.dim)
     boxed = builders.abstract_dit_params(config, dit, text_encoder)
@@ -106,16 +137,16 @@ def load_dit(config, workdir: str, mesh: Mesh):
     c = config.vae.model.latent_channels
     stat = jax.ShapeDtypeStruct((c,), jnp.float32, sharding=mesh_lib.replicated(mesh))
     extras = {"latent_mean": stat, "latent_std": stat}
-    out = _restore_fields(config, workdir, "dit", {"ema_params": params, "extras": extras})
-    return dit, text_encoder, out["ema_params"], out["extras"]
+    step, out = _restore_fields(config, workdir, "dit", {"ema_params": params, "extras": extras})
+    return dit, text_encoder, out["ema_params"], out["extras"], step
 
 
 def load_workdir(workdir: str, mesh: Mesh | None = None) -> InferenceModel:
     """The latest VAE and DiT checkpoints' EMA params of a training workdir."""
     config = config_lib.load_saved(workdir)
     mesh = mesh or mesh_lib.local_mesh()
-    vae, vae_params = load_vae(config, workdir, mesh)
-    dit, text_encoder, params, extras = load_dit(config, workdir, mesh)
+    vae, vae_params, vae_step = _load_vae(config, workdir, mesh)
+    dit, text_encoder, params, extras, dit_step = _load_dit(config, workdir, mesh)
     return InferenceModel(
         config=config,
         vae=vae,
@@ -126,6 +157,7 @@ def load_workdir(workdir: str, mesh: Mesh | None = None) -> InferenceModel:
         latent_mean=np.asarray(extras["latent_mean"]),
         latent_std=np.asarray(extras["latent_std"]),
         name=os.path.basename(os.path.abspath(workdir)),
+        steps={"vae_step": vae_step, "dit_step": dit_step},
     )
 
 
@@ -148,6 +180,7 @@ def load_export(path: str, mesh: Mesh | None = None) -> InferenceModel:
         **dit_shardings(config, dit, text_encoder, mesh),
     }
     params = export_format.read_params(path, meta, expected, mesh, shardings)
+    check_finite(params, f"the exported checkpoint {path}")
     vae_params = params.pop("vae")
     return InferenceModel(
         config=config,

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sora_jax.common import checkpoint
+from sora_jax.common import checkpoint, finite
 from sora_jax.data import batches, dit_input
 from sora_jax.diffusion import objectives
 from sora_jax.models import builders
@@ -46,6 +46,7 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
     # LoRA dropout draws from a 'dropout' rng; without one the model is deterministic.
     adapter_dropout = dit.lora is not None and dit.lora.dropout > 0
     cond_noise = float(config.dit.condition.noise)
+    skip_nonfinite = bool(config.dit.train.skip_nonfinite)
 
     def draw(batch, rng):
         """The step's randomness for the whole batch (so microbatching does not change it)."""
@@ -129,7 +130,11 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
             cond = batch["cond_mask"] & (seg > 0)
             aux["cond_fraction"] = jnp.sum(cond) / jnp.maximum(jnp.sum(seg > 0), 1)
         new_state = ts.apply_gradients(state, grads, tx, config.dit.train.ema_decay)
-        return new_state, {"loss": loss, **aux, **ts.norms(grads, state.params)}
+        norms = ts.norms(grads, state.params)
+        ok = finite.step_is_finite(loss, norms["grad_norm"])
+        if skip_nonfinite:
+            new_state = finite.keep_if_finite(state, new_state, ok)
+        return new_state, {"loss": loss, **aux, **norms, "finite": ok}
 
     return train_step
 
@@ -182,10 +187,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
     else:
         extras = vae_state.extras
     state = init_state(config, dit, text_encoder, tx, mesh, extras)
-    if ckpt.latest_step() is not None:
-        state = ckpt.restore(state)
+    if ckpt.all_steps():
+        target = state
         if grain_source:
-            batch_fn.set_state(ckpt.restore_data())
+            state, data = loop.resume(
+                "dit", ckpt, lambda s: (ckpt.restore(target, s), ckpt.restore_data(s))
+            )
+            batch_fn.set_state(data)
+        else:
+            state = loop.resume("dit", ckpt, lambda s: ckpt.restore(target, s))
     elif config.dit.finetune.init_from:
         state = finetune.initialize(config, state)
     if not grain_source:

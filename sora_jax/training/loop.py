@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 
 from sora_jax.common import checkpoint
@@ -15,6 +15,8 @@ from sora_jax.logging import progress as progress_lib
 from sora_jax.logging import writers
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.parallel import partitioning
+from sora_jax.common import finite
+from sora_jax.training import nonfinite
 
 
 def shardings_of(tree):
@@ -45,6 +47,22 @@ def jit_train_step(train_step: Callable, mesh, state_shardings=None, rules=()):
     return step
 
 
+def resume(stage: str, ckpt: checkpoint.Checkpointer, restore_step: Callable[[int], object]):
+    """`restore_step(step)` of the newest checkpoint that restores and holds only finite
+    values (its first element, for a tuple); newer, damaged steps are set aside so that the
+    run can write those steps again. Each passed-over step is logged with its reason."""
+
+    def checked(step):
+        out = restore_step(step)
+        if not finite.tree_is_finite(out[0] if isinstance(out, tuple) else out):
+            raise nonfinite.NonFiniteError("it holds non-finite values (NaN/inf)")
+        return out
+
+    step, out = ckpt.restore_newest(checked, f"{stage} checkpoint")
+    ckpt.set_aside([s for s in ckpt.all_steps() if s > step])
+    return out
+
+
 def run(
     stage: str,
     state,
@@ -65,13 +83,53 @@ def run(
     one with `metrics()` (e.g. 'data/num_bad') has them written with the step's metrics.
     `finalize(state) -> state` (optional) runs after the last step, before its checkpoint is
     written (e.g. statistics of the trained model that belong with it).
+
+    Non-finite steps (the step's `finite` metric) are checked before every checkpoint and log
+    line: the run stops with `nonfinite.NonFiniteError` naming the step and the checkpoint kept
+    (nothing non-finite is ever saved, so rotation never drops the last finite checkpoint),
+    or with `t.skip_nonfinite` counts the steps whose update the step skipped.
     """
     data_state = getattr(batch_fn, "get_state", None)
     data_metrics = getattr(batch_fn, "metrics", None)
     start = int(jax.device_get(state.step))
+    stage_dir = os.path.dirname(ckpt.directory)
+    if start < t.steps:
+        nonfinite.check_previous_stop(stage_dir, stage, t)
     history: list[tuple[int, dict[str, float]]] = []
     progress = progress_lib.Progress(stage, t.steps, start=start, enabled=jax.process_index() == 0)
     last_t, last_step = time.perf_counter(), start
+    # The steps' `finite` flags since the last check, left on device (no sync per step).
+    flags, flags_from, skipped = [], start + 1, 0
+
+    def check_finite(done: int):
+        """Stops (or, with skip_nonfinite, counts) non-finite steps up to `done`."""
+        nonlocal flags, flags_from, skipped
+        bad = finite.first_bad(flags, flags_from)
+        flags, flags_from = [], done + 1
+        if not bad:
+            return
+        if t.skip_nonfinite:
+            skipped += len(bad)
+            logging.warning(
+                "%s: skipped the update of %d non-finite step(s) %s (%d in all)",
+                stage,
+                len(bad),
+                bad[:10],
+                skipped,
+            )
+            return
+        stop(bad[0])
+
+    def stop(step: int, what: str = "loss or gradients"):
+        kept = ckpt.latest_step()
+        nonfinite.record_stop(stage_dir, stage, step, kept, t)
+        raise nonfinite.NonFiniteError(
+            f"{stage}: non-finite {what} (NaN/inf) at step {step}; stopped without saving it, "
+            f"keeping checkpoint {kept} (the last finite one). Re-run with a lower "
+            f"--config.{stage}.train.learning_rate (resumes from {kept}) or with "
+            f"--config.{stage}.train.skip_nonfinite=true; README: 'When things go wrong'"
+        )
+
     # An interrupt (Ctrl-C, preemption, NaN stop) first lets an in-flight async save commit:
     # the work it holds is finished and must not be lost.
     try:
@@ -79,15 +137,16 @@ def run(
             batch = mesh_lib.shard_batch(batch_fn(step), mesh)
             state, metrics = train_step(state, batch, jax.random.fold_in(key, step))
             done = step + 1
-            if done % t.log_every == 0 or done == t.steps:
+            flags.append(metrics["finite"])
+            last = done == t.steps
+            saving = last or ckpt.should_save(done)
+            if done % t.log_every == 0 or last or saving:
+                check_finite(done)
+            if done % t.log_every == 0 or last:
                 m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                if not np.isfinite(m["loss"]):
-                    raise FloatingPointError(
-                        f"{stage}: loss is {m['loss']} at step {done}; stopping (last checkpoint: "
-                        f"{ckpt.latest_step()}). Lower the learning rate or check the data."
-                    )
                 now = time.perf_counter()
                 m["steps_per_sec"] = (done - last_step) / max(now - last_t, 1e-9)
+                m["skipped_steps"] = float(skipped)
                 last_t, last_step = now, done
                 scalars = {f"{stage}/{k}": v for k, v in m.items()}
                 if data_metrics is not None:  # already named by the input pipeline (data/...)
@@ -96,12 +155,20 @@ def run(
                     m.update(d)
                 history.append((done, m))
                 writer.write_scalars(done, scalars)
-            if done == t.steps and finalize is not None:
+            if last and finalize is not None:
                 state = finalize(state)
-            if data_state is None:
-                ckpt.save(done, state, force=done == t.steps)
-            else:
-                ckpt.save(done, state, force=done == t.steps, data_state=data_state())
+            if saving:
+                # Flags cover the loss and gradients; the state itself is checked too (an
+                # overflowing update, `finalize`'s statistics) before it may be written.
+                if not finite.tree_is_finite(state):
+                    stop(done, "values in the train state")
+                try:
+                    if data_state is None:
+                        ckpt.save(done, state, force=last)
+                    else:
+                        ckpt.save(done, state, force=last, data_state=data_state())
+                except checkpoint.SaveFailed as e:
+                    raise checkpoint.SaveFailed(f"{stage}: stopped at step {done}: {e}") from None
             progress.update(done, extra=f"loss {history[-1][1]['loss']:.4f}" if history else "")
     finally:
         ckpt.wait()

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from sora_jax.common import checkpoint
+from sora_jax.common import checkpoint, finite
 from sora_jax.data import shapes
 from sora_jax.models import builders
 from sora_jax.models import discriminator as disc_lib
@@ -222,6 +222,7 @@ def make_train_step(
         )
         new_state = ts.apply_gradients(state, grads, tx, v.train.ema_decay)
         metrics = {"loss": loss, **aux, **ts.norms(grads, state.params)}
+        ok = finite.step_is_finite(loss, metrics["grad_norm"])
         if disc is not None:
             # The discriminator learns from the same step's reconstructions (before the update),
             # and only from the start step on (its loss is scaled by the same factor).
@@ -233,6 +234,10 @@ def make_train_step(
                 disc_params=optax.apply_updates(state.disc_params, updates), disc_opt_state=d_opt
             )
             metrics["gan_d_loss"] = d_loss
+            ok = ok & jnp.isfinite(d_loss)
+        if v.train.skip_nonfinite:
+            new_state = finite.keep_if_finite(state, new_state, ok)
+        metrics["finite"] = ok
         return new_state, metrics
 
     return train_step
@@ -290,16 +295,16 @@ def with_latent_stats(config, model, state: VAEState) -> VAEState:
     return state.replace(extras=_stats_extras(mean, std))
 
 
-def _restore(ckpt: checkpoint.Checkpointer, target: VAEState) -> VAEState:
-    """Restores into ``target``; checkpoints from before latent statistics were stored (no
-    ``extras``) restore without them (``extras`` is then None)."""
+def _restore(ckpt: checkpoint.Checkpointer, target: VAEState, step: int) -> VAEState:
+    """Restores step `step` into ``target``; checkpoints from before latent statistics were
+    stored (no ``extras``) restore without them (``extras`` is then None)."""
     try:
-        return ckpt.restore(target)
+        return ckpt.restore(target, step)
     except ValueError as e:  # orbax: the saved tree's structure differs from the target's
         # Such a checkpoint holds a plain TrainState with extras None (and no GAN).
         plain = ts.TrainState(target.step, target.params, target.opt_state, target.ema_params)
         try:
-            old = ckpt.restore(plain)
+            old = ckpt.restore(plain, step)
         except ValueError:
             raise e from None
         return target.replace(
@@ -316,8 +321,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
     disc_tx = disc_optimizer(config) if disc is not None else None
     state = init_state(config, model, tx, mesh, disc, disc_tx)
     ckpt = checkpoint.for_stage(config, workdir, "vae")
-    if ckpt.latest_step() is not None:
-        state = _restore(ckpt, state)
+    if ckpt.all_steps():
+        target = state
+        state = loop.resume("vae", ckpt, lambda s: _restore(ckpt, target, s))
     step_fn = loop.jit_train_step(
         make_train_step(model, tx, config.vae, disc, disc_tx, build_perceptual(config)), mesh
     )
@@ -351,7 +357,8 @@ def load_state(config, workdir: str, mesh) -> tuple[vae_lib.CausalVAE, VAEState]
             f"no VAE checkpoint under {ckpt.directory}: train the 'vae' stage first "
             f"(python -m sora_jax.train --config=... --workdir={workdir})"
         )
-    state = _restore(ckpt, init_state(config, model, tx, mesh, disc, disc_tx))
+    target = init_state(config, model, tx, mesh, disc, disc_tx)
+    _, state = ckpt.restore_newest(lambda s: _restore(ckpt, target, s), "VAE checkpoint")
     ckpt.close()
     if state.extras is None:
         state = with_latent_stats(config, model, state)
