@@ -1,0 +1,222 @@
+"""A whole Wan text->video pipeline against diffusers' `WanPipeline` (tiny random models: VAE,
+transformer, UMT5 with a locally built tokenizer, UniPC or flow-match Euler scheduler), saved with
+`save_pretrained` and loaded with `sora_jax.inference.wan_pipeline.load_folder`."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="parity tests need torch (test extra)")
+diffusers = pytest.importorskip("diffusers", reason="parity tests need diffusers (test extra)")
+transformers = pytest.importorskip("transformers", reason="the tokenizer needs transformers")
+
+from sora_jax.inference import wan_pipeline  # noqa: E402
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+WORDS = "a red blue green circle square moves left right up down slowly on grey background".split()
+SPECIALS = ["<pad>", "</s>", "<unk>"]
+PROMPT = "a red circle   moves left slowly on a grey background &amp; up"
+NEGATIVE = "a blue square"
+SIZE = dict(num_frames=5, height=32, width=32)  # latents 2 x 4 x 4, 2 x 2 x 2 tokens
+LATENT = (2, 4, 4, 4)  # t h w c
+
+
+def _tokenizer(folder):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS + ["&"])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", vocab["</s>"])]
+    )
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "tokenizer.json")
+    tok.save(path)
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_file=path, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    ), len(vocab)
+
+
+def _perturb(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def _scheduler(kind, shift):
+    if kind == "unipc":
+        return diffusers.UniPCMultistepScheduler(
+            prediction_type="flow_prediction",
+            use_flow_sigmas=True,
+            flow_shift=shift,
+            num_train_timesteps=1000,
+        )
+    return diffusers.FlowMatchEulerDiscreteScheduler(shift=shift, num_train_timesteps=1000)
+
+
+def _pipeline(tmp_path, kind="unipc", shift=3.0, seed=0):
+    torch.manual_seed(seed)
+    tokenizer, vocab = _tokenizer(str(tmp_path / "tok_src"))
+    text_encoder = transformers.UMT5EncoderModel(
+        transformers.UMT5Config(
+            vocab_size=vocab,
+            d_model=32,
+            d_kv=8,
+            d_ff=48,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            relative_attention_max_distance=12,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    )
+    vae = diffusers.AutoencoderKLWan(
+        base_dim=8,
+        z_dim=4,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.1, -0.2, 0.3, 0.0],
+        latents_std=[1.5, 0.5, 2.0, 1.0],
+    )
+    transformer = diffusers.WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=4,
+        text_dim=32,
+        freq_dim=16,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )
+    pipe = diffusers.WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=_perturb(text_encoder, seed),
+        transformer=_perturb(transformer, seed + 1),
+        vae=_perturb(vae, seed + 2),
+        scheduler=_scheduler(kind, shift),
+    )
+    folder = str(tmp_path / "wan")
+    pipe.save_pretrained(folder)
+    return pipe, folder
+
+
+def _diffusers_video(pipe, noise, steps, guidance):
+    latents = torch.from_numpy(np.ascontiguousarray(np.moveaxis(noise, -1, 1)))
+    out = pipe(
+        prompt=PROMPT,
+        negative_prompt=NEGATIVE,
+        latents=latents,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        max_sequence_length=16,
+        output_type="np",
+        **SIZE,
+    )
+    return np.asarray(out.frames, np.float32)
+
+
+@pytest.mark.parametrize(
+    "kind,shift,steps,guidance",
+    [("unipc", 3.0, 6, 5.0), ("unipc", 5.0, 4, 1.0), ("euler", 3.0, 5, 4.0)],
+)
+def test_pipeline_matches_diffusers(tmp_path, kind, shift, steps, guidance):
+    pipe, folder = _pipeline(tmp_path, kind, shift)
+    ours = wan_pipeline.load_folder(folder, max_sequence_length=16)
+    assert ours.scheduler.sampler == ("unipc" if kind == "unipc" else "euler")
+    noise = np.random.default_rng(steps).standard_normal((1, *LATENT)).astype(np.float32)
+    want = _diffusers_video(pipe, noise, steps, guidance)
+    got = ours.generate(
+        [PROMPT],
+        negative_prompts=[NEGATIVE],
+        steps=steps,
+        guidance_scale=guidance,
+        noise=jnp.asarray(noise),
+        **SIZE,
+    )
+    assert got.shape == want.shape == (1, 5, 32, 32, 3)
+    np.testing.assert_allclose(got, want, atol=1e-3, rtol=0)
+    # Not trivially so: the video depends on the prompt and on the solver.
+    other = ours.generate(["a blue square moves up"], steps=steps, noise=jnp.asarray(noise), **SIZE)
+    assert np.abs(other - want).max() > 1e-2
+
+
+def test_prompt_states_match_diffusers(tmp_path):
+    pipe, folder = _pipeline(tmp_path)
+    ours = wan_pipeline.load_folder(folder, max_sequence_length=16)
+    prompts = [PROMPT, "", "a green square moves right"]
+    want, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, max_sequence_length=16)
+    got = np.asarray(ours.encode_prompts(prompts))
+    assert got.shape == (3, 16, 32)
+    np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-5, rtol=0)
+    assert np.all(got[1, 1:] == 0)  # "" is </s> alone; the rest is zero, as diffusers pads
+
+
+def test_clean_prompt_and_timesteps():
+    assert wan_pipeline.clean_prompt("  a &amp;amp; b\n\tc  ") == "a & b c"
+    ts = np.array([1.0 - 1e-6, 0.8, 0.2999999, 0.0])
+    np.testing.assert_array_equal(wan_pipeline.model_timesteps(ts, True), [999.0, 800.0, 299.0])
+    np.testing.assert_allclose(wan_pipeline.model_timesteps(ts, False), [999.999, 800.0, 299.9999])
+
+
+@pytest.mark.parametrize("kind", ["unipc", "euler"])
+@pytest.mark.parametrize("shift,steps", [(3.0, 5), (5.0, 30), (1.0, 8)])
+def test_time_grid_is_the_schedulers(kind, shift, steps):
+    scheduler = _scheduler(kind, shift)
+    scheduler.set_timesteps(steps)
+    want = scheduler.sigmas.numpy()
+    got = wan_pipeline.Scheduler(kind, shift, kind == "unipc", kind).time_grid(steps)
+    assert got.shape == (steps + 1,)
+    np.testing.assert_allclose(got, want, atol=2e-6, rtol=0)
+
+
+def test_scheduler_settings_are_checked(tmp_path):
+    path = tmp_path / "scheduler_config.json"
+    config = {"_class_name": "UniPCMultistepScheduler", "flow_shift": 5.0, "solver_order": 2}
+    path.write_text(json.dumps(config))
+    assert wan_pipeline.read_scheduler(str(tmp_path)) == wan_pipeline.Scheduler(
+        "unipc", 5.0, True, "unipc"
+    )
+    path.write_text(json.dumps(dict(config, solver_order=3)))
+    with pytest.raises(ValueError, match="solver_order=3 is not supported"):
+        wan_pipeline.read_scheduler(str(tmp_path))
+    path.write_text(json.dumps({"_class_name": "DDIMScheduler"}))
+    with pytest.raises(ValueError, match="scheduler 'DDIMScheduler' is not one of"):
+        wan_pipeline.read_scheduler(str(tmp_path))
+
+
+def test_folder_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no model_index.json"):
+        wan_pipeline.load_folder(str(tmp_path))
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
+    assert wan_pipeline.is_wan_folder(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="missing the vae/ folder"):
+        wan_pipeline.load_folder(str(tmp_path))
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    assert not wan_pipeline.is_wan_folder(str(tmp_path))
+    with pytest.raises(ValueError, match="is not a Wan pipeline"):
+        wan_pipeline.load_folder(str(tmp_path))
+    (tmp_path / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "WanPipeline",
+                "transformer_2": ["diffusers", "WanTransformer3DModel"],
+            }
+        )
+    )
+    with pytest.raises(ValueError, match="two-expert pipeline"):
+        wan_pipeline.load_folder(str(tmp_path))
