@@ -34,6 +34,11 @@ config.vae.inference.shard_tiles) decodes in tiles (vae.inference.tile_latent_si
 whose rows are spread over the mesh's devices, the video split along its height; --tiles=16,4
 sets the tile size and overlap (latent pixels).
 
+A local diffusers Wan folder (WanPipeline: model_index.json, transformer/, vae/, text_encoder/,
+tokenizer/, scheduler/) samples text->video with that model: --frames/--height/--width default
+to 81/480/832, --steps to 50, --guidance to 5, --sampler and --time_shift to its scheduler's;
+one mp4 per prompt at 16 fps (the modes above and the mesh flags are not available there).
+
 Any duration, resolution and aspect ratio the model supports: height and width
 must be multiples of the VAE's spatial compression times the patch size; frame
 counts the causal VAE cannot produce are rounded up and trimmed.
@@ -52,7 +57,7 @@ from sora_jax.inference import prompts as prompts_lib
 from sora_jax.data import video_io
 from sora_jax.diffusion import objectives, samplers
 from sora_jax.inference import pipeline as pipeline_lib
-from sora_jax.inference import samples
+from sora_jax.inference import samples, wan_pipeline
 from sora_jax.models import geometry, vae_inference
 from sora_jax.parallel import mesh as mesh_lib
 
@@ -184,6 +189,10 @@ def main(argv):
     prompts = _PROMPT.value or []
     if not prompts or any(not p.strip() for p in prompts):
         raise app.UsageError("--prompt must be given and not empty")
+    if wan_pipeline.is_wan_folder(_WORKDIR.value):
+        for p in _sample_wan(prompts, list(argv[1:])):
+            print(p)
+        return
     interval = _INTERVAL.value
     if interval is not None:
         try:
@@ -244,6 +253,54 @@ def main(argv):
         paths.append(log)
     for p in paths:
         print(p)
+
+
+WAN_FPS = 16  # the frame rate Wan models are trained at
+
+
+def _sample_wan(prompts: list[str], positional: list[str]) -> list[str]:
+    """Text->video with a diffusers Wan folder; the paths of the mp4s written."""
+    unsupported = [
+        name
+        for name, flag in (
+            ("--image", _IMAGE),
+            ("--video", _VIDEO),
+            ("--connect", _CONNECT),
+            ("--edit", _EDIT),
+            ("--eta", _ETA),
+        )
+        if flag.value is not None
+    ]
+    if unsupported or positional:
+        raise app.UsageError(
+            f"{' '.join(unsupported + positional)}: a Wan folder samples text->video only"
+        )
+    value = lambda flag, default: default if flag.value is None else flag.value  # noqa: E731
+    try:
+        pipe = wan_pipeline.load_folder(_WORKDIR.value)
+        videos = pipe.generate(
+            prompts,
+            negative_prompts=[_NEGATIVE.value] * len(prompts),
+            num_frames=value(_FRAMES, 81),
+            height=value(_HEIGHT, 480),
+            width=value(_WIDTH, 832),
+            steps=value(_STEPS, 50),
+            guidance_scale=value(_GUIDANCE, 5.0),
+            sampler=_SAMPLER.value,
+            shift=_SHIFT.value,
+            seed=_SEED.value,
+        )
+        out = _OUT.value or os.path.join(_WORKDIR.value, "cli_samples")
+        os.makedirs(out, exist_ok=True)
+        paths = []
+        for i, (prompt, video) in enumerate(zip(prompts, videos)):
+            path = os.path.join(out, f"wan_{i:03d}_seed{_SEED.value}.mp4")
+            frames = (video * 255.0 + 0.5).astype("uint8")
+            video_io.write_video(path, frames, fps=WAN_FPS, metadata={"comment": prompt})
+            paths.append(path)
+    except (OSError, ValueError) as e:
+        raise app.UsageError(str(e)) from None
+    return paths
 
 
 # Sampling flags -> the config.diffusion keys they override (checked by the same rules).

@@ -15,7 +15,9 @@ torch = pytest.importorskip("torch", reason="parity tests need torch (test extra
 diffusers = pytest.importorskip("diffusers", reason="parity tests need diffusers (test extra)")
 transformers = pytest.importorskip("transformers", reason="the tokenizer needs transformers")
 
+from sora_jax.data import video_io  # noqa: E402
 from sora_jax.inference import wan_pipeline  # noqa: E402
+from test_train import run_cli  # noqa: E402
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 WORDS = "a red blue green circle square moves left right up down slowly on grey background".split()
@@ -220,3 +222,25 @@ def test_folder_errors_name_the_problem(tmp_path):
     )
     with pytest.raises(ValueError, match="two-expert pipeline"):
         wan_pipeline.load_folder(str(tmp_path))
+
+
+def test_sample_cli_writes_the_pipelines_video(tmp_path):
+    _, folder = _pipeline(tmp_path)
+    args = ["--frames=5", "--height=32", "--width=32", "--steps=3", "--seed=1"]
+    r = run_cli("sora_jax.sample", f"--workdir={folder}", f"--prompt={PROMPT}", *args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (path,) = r.stdout.split()
+    got = video_io.read_video(path).astype(np.float32) / 255.0
+    want = wan_pipeline.load_folder(folder).generate(
+        [PROMPT], steps=3, seed=1, guidance_scale=5.0, **SIZE
+    )[0]
+    assert got.shape == want.shape == (5, 32, 32, 3)
+    # h264 loses much of a 32 x 32 noise-like video: compare with the same video encoded here.
+    ref = str(tmp_path / "ref.mp4")
+    video_io.write_video(ref, (want * 255.0 + 0.5).astype(np.uint8), fps=16)
+    ref = video_io.read_video(ref).astype(np.float32) / 255.0
+    assert np.abs(got - ref).max() <= 3 / 255
+    assert np.abs(got - want).mean() < 0.1
+    r = run_cli("sora_jax.sample", f"--workdir={folder}", "--prompt=x", "--image=a.png")
+    assert r.returncode != 0
+    assert "--image: a Wan folder samples text->video only" in r.stderr.strip().splitlines()[-1]
