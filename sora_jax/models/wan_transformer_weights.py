@@ -36,7 +36,6 @@ ValueError naming the key (diffusers' ignored ``norm_added_q`` tensors excepted)
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -49,7 +48,14 @@ import numpy as np
 import safetensors.numpy
 
 from sora_jax.models import wan_transformer as wt
-from sora_jax.models.wan_vae_weights import CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME, read_state_dict
+from sora_jax.models.wan_vae_weights import (
+    CONFIG_NAME,
+    INDEX_NAME,
+    WEIGHTS_NAME,
+    Entry,
+    params_from_table,
+    read_state_dict,
+)
 
 __all__ = [
     "Entry",
@@ -72,18 +78,6 @@ _RENAMES = {
 }
 # Tensors diffusers itself skips when loading (``_keys_to_ignore_on_load_unexpected``).
 _IGNORED = re.compile(r"norm_added_q")
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    """One parameter: Flax ``path`` and shape, diffusers ``key`` and shape, and the ``kind``
-    of layout change between them (``patch``, ``linear``, ``table``, ``vector``)."""
-
-    path: tuple[str, ...]
-    key: str
-    flax_shape: tuple[int, ...]
-    torch_shape: tuple[int, ...]
-    kind: str
 
 
 def diffusers_key(path: tuple[str, ...]) -> str:
@@ -141,34 +135,11 @@ def _config_of(config) -> wt.WanTransformerConfig:
 
 def from_state_dict(tensors, config, dtype=jnp.float32):
     """``{diffusers key: array}`` -> Flax params (``dtype``, default float32) of the model of
-    ``config`` (a ``WanTransformerConfig`` or a ``WanTransformer``).
-
-    ``tensors`` is a mapping, or anything with ``keys()`` and ``[key]`` (read lazily). Every
-    parameter must be present with its exact shape and no tensor may be left over; otherwise
-    one ValueError lists each missing, unexpected or mis-shaped key.
-    """
+    ``config`` (a ``WanTransformerConfig`` or a ``WanTransformer``); see
+    `wan_vae_weights.params_from_table` for what is checked."""
     table = weight_table(_config_of(config))
-    keys = set(tensors.keys())
-    problems, params = [], {}
-    for e in table:
-        if e.key not in keys:
-            problems.append(f"missing tensor {e.key!r} (shape {e.torch_shape})")
-            continue
-        value = tensors[e.key]
-        if tuple(value.shape) != e.torch_shape:
-            problems.append(
-                f"tensor {e.key!r} has shape {tuple(value.shape)}, expected {e.torch_shape}"
-            )
-            continue
-        params[e.path] = jnp.asarray(_from_torch(np.asarray(value), e), dtype)
-    unexpected = sorted(k for k in keys - {e.key for e in table} if not _IGNORED.search(k))
-    problems += [f"unexpected tensor {k!r} (not in this {wt.CLASS_NAME})" for k in unexpected]
-    if problems:
-        raise ValueError(
-            f"Wan transformer weights do not match the config ({len(problems)} problem(s)): "
-            + "; ".join(problems[:20])
-        )
-    return flax.traverse_util.unflatten_dict(params)
+    what = ("Wan transformer", wt.CLASS_NAME)
+    return params_from_table(tensors, table, _from_torch, dtype, what, ignored=_IGNORED)
 
 
 def to_state_dict(params, config, dtype=np.float32) -> dict[str, np.ndarray]:

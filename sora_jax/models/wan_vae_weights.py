@@ -132,7 +132,8 @@ def config_to_diffusers(cfg: wan_vae.WanVAEConfig) -> dict:
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """One parameter: Flax ``path`` and shape, diffusers ``key`` and shape, and the ``kind``
-    of layout change between them (``conv3d``, ``conv2d``, ``linear``, ``gamma``, ``bias``)."""
+    of layout change between them (the VAE's ``conv3d``, ``conv2d``, ``linear``, ``gamma``,
+    ``bias``; the transformer's ``patch``, ``linear``, ``table``, ``vector``)."""
 
     path: tuple[str, ...]
     key: str
@@ -200,14 +201,15 @@ def _from_torch(value: np.ndarray, e: Entry) -> np.ndarray:
     return value.reshape(e.flax_shape)
 
 
-def from_state_dict(tensors, model: wan_vae.WanVAE, dtype=jnp.float32):
-    """``{diffusers key: array}`` -> ``model``'s Flax params (``dtype``, default float32).
+def params_from_table(tensors, table, from_torch, dtype, what: str, ignored=None):
+    """``{diffusers key: array}`` -> Flax params (``dtype``) of the parameters in ``table``
+    (``Entry`` list), each converted by ``from_torch(value, entry)``.
 
     ``tensors`` is a mapping, or anything with ``keys()`` and ``[key]`` (read lazily). Every
-    parameter must be present with its exact shape and no tensor may be left over; otherwise
-    one ValueError lists each missing, unexpected or mis-shaped key.
+    parameter must be present with its exact shape and no tensor may be left over (but those
+    ``ignored`` matches); otherwise one ValueError lists each missing, unexpected or
+    mis-shaped key. ``what`` names the weights in it, e.g. ``('Wan VAE', 'AutoencoderKLWan')``.
     """
-    table = weight_table(model)
     keys = set(tensors.keys())
     problems, params = [], {}
     for e in table:
@@ -220,15 +222,25 @@ def from_state_dict(tensors, model: wan_vae.WanVAE, dtype=jnp.float32):
                 f"tensor {e.key!r} has shape {tuple(value.shape)}, expected {e.torch_shape}"
             )
             continue
-        params[e.path] = jnp.asarray(_from_torch(np.asarray(value), e), dtype)
-    unexpected = sorted(keys - {e.key for e in table})
-    problems += [f"unexpected tensor {k!r} (not in this AutoencoderKLWan)" for k in unexpected]
+        params[e.path] = jnp.asarray(from_torch(np.asarray(value), e), dtype)
+    label, class_name = what
+    left = keys - {e.key for e in table}
+    unexpected = sorted(k for k in left if not (ignored and ignored.search(k)))
+    problems += [f"unexpected tensor {k!r} (not in this {class_name})" for k in unexpected]
     if problems:
         raise ValueError(
-            f"Wan VAE weights do not match the config ({len(problems)} problem(s)): "
+            f"{label} weights do not match the config ({len(problems)} problem(s)): "
             + "; ".join(problems[:20])
         )
     return flax.traverse_util.unflatten_dict(params)
+
+
+def from_state_dict(tensors, model: wan_vae.WanVAE, dtype=jnp.float32):
+    """``{diffusers key: array}`` -> ``model``'s Flax params (``dtype``, default float32);
+    see `params_from_table` for what is checked."""
+    return params_from_table(
+        tensors, weight_table(model), _from_torch, dtype, ("Wan VAE", "AutoencoderKLWan")
+    )
 
 
 def to_state_dict(params, model: wan_vae.WanVAE, dtype=np.float32) -> dict[str, np.ndarray]:
