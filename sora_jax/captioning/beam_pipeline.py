@@ -68,14 +68,15 @@ class ParseRow(beam.DoFn):
         yield manifest.key(row), row
 
 
-def _pending(keyed):
-    """(key, {'row': [rows], 'done': [...]}) -> the first row when the key is not done."""
+def pending(keyed, namespace: str = _NS):
+    """(key, {'row': [rows], 'done': [...]}) -> the first row when the key is not done (the
+    skipped ones counted in `namespace`'s 'skipped')."""
     key, groups = keyed
     rows = list(groups["row"])
     if not rows:
         return
     if list(groups["done"]):
-        Metrics.counter(_NS, "skipped").inc(len(rows))
+        Metrics.counter(namespace, "skipped").inc(len(rows))
         return
     yield rows[0]
 
@@ -255,7 +256,7 @@ def build(p: beam.Pipeline, cfg: RecaptionConfig, run_id: str) -> None:
     decoded = (
         {"row": rows, "done": done}
         | "JoinDone" >> beam.CoGroupByKey()
-        | "Pending" >> beam.FlatMap(_pending)
+        | "Pending" >> beam.FlatMap(pending)
         | "Decode" >> beam.ParDo(decode).with_outputs(_FAILED, main="ok")
     )
     captioned = (

@@ -252,17 +252,6 @@ def _dedup_verdict(keyed):
     yield clip
 
 
-def _pending(keyed):
-    key, groups = keyed
-    rows = list(groups["row"])
-    if not rows:
-        return
-    if list(groups["done"]):
-        Metrics.counter(NS, "skipped").inc(len(rows))
-        return
-    yield rows[0]
-
-
 def _glob(output_dir: str, kind: str) -> str:
     return os.path.join(output_dir, f"{kind}-*.jsonl")
 
@@ -349,7 +338,7 @@ def build(p: beam.Pipeline, cfg: CurateConfig, run_id: str) -> None:
     split = (
         {"row": rows, "done": done}
         | "JoinDone" >> beam.CoGroupByKey()
-        | "Pending" >> beam.FlatMap(_pending)
+        | "Pending" >> beam.FlatMap(recaption_pipeline.pending, namespace=NS)
         | "SplitAndMeasure"
         >> beam.ParDo(SplitAndMeasure(cfg, total)).with_outputs(_FAILED, _SHORT, _VIDEO, main="ok")
     )
