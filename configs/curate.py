@@ -70,8 +70,13 @@ def get_config():
     # CLIP vision folder (CLIPVisionModelWithProjection) with `aesthetic_head.npz` (w f32[d],
     # b f32[]) beside it, scoring the unit-norm image embedding of a clip's middle frame.
     c.models = ml_collections.ConfigDict()
+    # The text model is a local transformers object-detection folder
+    # (AutoModelForObjectDetection + image processor): text_area is the fraction of the middle
+    # frame inside the boxes whose label matches text_labels (regex) scored >= text_threshold.
     c.models.aesthetic_model = ""
     c.models.text_model = ""
+    c.models.text_labels = "text"
+    c.models.text_threshold = 0.5
     c.models.batch_size = 16
 
     # Job: re-runs skip videos done before (and failures, unless retry_failed).

@@ -283,7 +283,7 @@ def test_cli_config_overrides_beam_options_and_errors(tmp_path, monkeypatch, cap
         (["--input", "v"], "--output_dir is required"),
         (["--input", "v", "--output_dir", "o", "--config.filters.nope=1"], "no such key"),
         (["--input", "v", "--output_dir", "o", "--config.scene.window=x"], "not a int"),
-        (["--input", "v", "--output_dir", "o", "--config.models.text_model=/m"], "text detector"),
+        (["--input", "v", "--output_dir", "o", "--config.models.text_model=/m"], "no model folder"),
     ):
         with pytest.raises(app.UsageError, match=message):
             cli(*bad)
@@ -415,3 +415,66 @@ def test_a_failing_score_batch_is_retried_item_by_item():
     assert out[0] == {"id": "a", "path": "a", "aesthetic": 0.0}
     assert out[1].tag == "failed" and out[1].value["id"] == "b"
     assert out[1].value["stage"] == "score" and "bright still" in out[1].value["error"]
+
+
+def _tiny_text_model(path):
+    """A randomly initialised YOLOS detector (labels 'text', 'logo') saved as a transformers
+    folder with its image processor; weights perturbed so that boxes differ per image."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = transformers.YolosConfig(
+        image_size=[32, 32],
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_detection_tokens=6,
+        num_labels=2,
+        id2label={0: "text", 1: "logo"},
+        label2id={"text": 0, "logo": 1},
+    )
+    torch.manual_seed(0)
+    model = transformers.YolosForObjectDetection(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.15 * torch.randn(p.shape))
+    model.save_pretrained(path)
+    transformers.YolosImageProcessor(
+        size={"shortest_edge": 32, "longest_edge": 64}
+    ).save_pretrained(path)
+    return str(path)
+
+
+def test_box_union_fraction_counts_overlaps_once():
+    boxes = np.array([[0, 0, 4, 2], [2, 0, 6, 2], [-3, 9, 1, 20]], np.float32)  # 8 + 8 - 4 + 1
+    assert scorers.box_union_fraction(boxes, 10, 10) == pytest.approx(13 / 100)
+    assert scorers.box_union_fraction(np.zeros((0, 4)), 4, 4) == 0.0
+
+
+def test_text_area_scores_through_the_job_and_filter(tmp_path):
+    model = _tiny_text_model(tmp_path / "det")
+    with pytest.raises(ValueError, match=r"text_labels='caption' matches none of .*'logo', 'text'"):
+        scorers.TextAreaScorer(model, labels="caption")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for look in LOOKS:
+        video_io.write_video(videos / f"{look}.mp4", _moving(look), fps=FPS)
+    spec = scorers.ScorerSpec(text_model=model, text_threshold=0.0, batch_size=2)
+    counts = beam_pipeline.run(_job(videos, tmp_path / "out", scorers=spec, dedup=False))
+    assert counts["kept"] == 4
+    rows = manifest.read_jsonl(str(tmp_path / "out" / "manifest.jsonl"))
+    alone = scorers.TextAreaScorer(model, threshold=0.0)
+    both = scorers.TextAreaScorer(model, labels="text|logo", threshold=0.0)
+    for row in rows:
+        (_, track) = clipper.track_video(row["path"], _spec())
+        still = track.still(row["start_frame"], row["end_frame"])
+        (boxes,) = alone.boxes([still])
+        assert len(boxes) > 0 and row["text_area"] == pytest.approx(
+            scorers.box_union_fraction(boxes, *still.shape[:2]), abs=1e-6
+        )
+        assert 0.0 < row["text_area"] <= float(both.score([still])[0]) <= 1.0
+    cut = sorted(r["text_area"] for r in rows)[1]
+    t = filters.Thresholds(max_text_area=cut)
+    rejected = [r for r in rows if "too_much_text" in filters.reasons(r, t)]
+    assert len(rejected) == sum(r["text_area"] > cut for r in rows) >= 1
