@@ -248,8 +248,13 @@ def main(argv):
     for i, e in enumerate(expansions or ()):
         # write_samples gives an .mp4 and a .gif per prompt, in prompt order.
         log = os.path.splitext(paths[2 * i])[0] + ".json"
+        record = {}
+        if os.path.exists(log):  # the prompt's warnings (samples.write_samples)
+            with open(log) as f:
+                record = json.load(f)
+        record.update(prompt=e.prompt, expanded_prompt=e.expanded, expansion=e.to_json())
         with open(log, "w") as f:
-            json.dump(dict(prompt=e.prompt, expanded_prompt=e.expanded, expansion=e.to_json()), f)
+            json.dump(record, f)
         paths.append(log)
     for p in paths:
         print(p)

@@ -3,6 +3,7 @@ non-finite weights are refused with one line, and the same sample gives the same
 
 import dataclasses
 import glob
+import json
 import os
 import shutil
 
@@ -139,3 +140,21 @@ def test_the_same_sample_written_twice_is_byte_identical(source, tmp_path):
     for pa, pb in zip(a, b):
         if pa.endswith((".mp4", ".gif")):
             assert open(pa, "rb").read() == open(pb, "rb").read(), pa
+
+
+def test_prompts_the_encoder_does_not_see_whole_are_warned_about(source, tmp_path, caplog):
+    pipe = pipeline_lib.load_pipeline(source)
+    long = " ".join([PROMPT] * 40)
+    prompts = [PROMPT, "a red zeppelin moves up", long]
+    kw = dict(num_frames=1, height=16, width=24, seed=0)
+    with caplog.at_level("WARNING"):
+        paths = samples.write_samples(pipe, prompts, str(tmp_path), **kw)
+    records = {}
+    for p in paths[::2]:
+        log = os.path.splitext(p)[0] + ".json"
+        records[p] = json.load(open(log))["warnings"] if os.path.exists(log) else []
+    got = list(records.values())
+    assert got[0] == []
+    assert got[1] == ["words the text encoder does not know: 'zeppelin'"]
+    assert len(got[2]) == 1 and got[2][0].startswith("truncated to the first")
+    assert "zeppelin" in caplog.text and "truncated" in caplog.text

@@ -47,6 +47,18 @@ def test_word_tokenizer_ids_and_mask():
     assert WordTokenizer(VOCAB).encode(["  ...  "], 3)[0].tolist() == [[NULL_ID, PAD_ID, PAD_ID]]
 
 
+def test_word_tokenizer_names_unknown_words_and_truncation():
+    tok = WordTokenizer(VOCAB)
+    assert tok.problems("A small red circle moves left.", 8) == []
+    assert tok.problems("a red cat and a red dog", 20) == [
+        "words the text encoder does not know: 'cat', 'and', 'dog'"
+    ]
+    assert tok.problems("a small red circle moves left slowly", 4) == [
+        "truncated to the first 4 of 7 words (cut from 'moves')"
+    ]
+    assert tok.problems("红色的圆", 4) == ["words the text encoder does not know: '红色的圆'"]
+
+
 def test_word_tokenizer_bad_input():
     tok = WordTokenizer(VOCAB)
     with pytest.raises(ValueError, match="max_length"):

@@ -558,3 +558,17 @@ def test_frozen_t5_in_dit_training_and_sampling_uses_cached_embeddings(tmp_path,
         np.asarray(got), np.asarray(text.encode(text.params, ref_ids, ref_mask)), atol=1e-5
     )
     assert prompts[0] in cache_lib.EmbeddingCache(text, c.text.cache_dir)
+
+
+def test_hf_tokenizer_names_unknown_text_and_truncation(tmp_path):
+    from sora_jax.text.hf_tokenizer import load_tokenizer
+
+    _write_tokenizer(str(tmp_path), T5_SPECIALS, "$A </s>")
+    problems = load_tokenizer(str(tmp_path), 6).problems
+    assert problems("a red circle") == []
+    assert problems("a red zeppelin and 猫") == [
+        "text the tokenizer does not know: 'zeppelin', 'and', '猫'"
+    ]
+    assert problems("a small red circle moves left slowly") == [
+        "truncated to 6 tokens (cut from 'left slowly')"
+    ]

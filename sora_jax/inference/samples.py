@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
 
 import numpy as np
+from absl import logging
 
 from sora_jax.data import video_io
 from sora_jax.inference import gallery
@@ -40,16 +42,24 @@ def write_samples(
 ) -> list[str]:
     """Generates one video per prompt and writes each as .mp4 and .gif, with provenance
     metadata, then (re)writes `out_dir`/index.html, a gallery of every video there; returns
-    the video paths."""
+    the video paths. A prompt the text encoder does not see whole (unknown words, truncated)
+    is warned about, and NAME.json beside its videos lists the warnings."""
     videos = pipe.generate(
         prompts, num_frames=num_frames, height=height, width=width, seed=seed, **kwargs
     )
     os.makedirs(out_dir, exist_ok=True)
     paths = []
+    problems = pipe.model.text_encoder.prompt_problems(prompts)
     for i, (prompt, video) in enumerate(zip(prompts, videos)):
         meta = provenance(pipe.name, prompt, seed)
+        name = os.path.join(out_dir, f"{i:02d}_{slug(prompt)}_seed{seed}")
+        if problems[i]:
+            for p in problems[i]:
+                logging.warning("prompt %d (%.40r...): %s", i, prompt, p)
+            with open(name + ".json", "w") as f:
+                json.dump({"prompt": prompt, "warnings": problems[i]}, f)
         for ext in ("mp4", "gif"):
-            path = os.path.join(out_dir, f"{i:02d}_{slug(prompt)}_seed{seed}.{ext}")
+            path = f"{name}.{ext}"
             video_io.write_video(path, np.asarray(video), fps=pipe.config.data.fps, metadata=meta)
             paths.append(path)
     gallery.write_gallery(out_dir)

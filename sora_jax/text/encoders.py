@@ -118,8 +118,10 @@ class TextEncoder:
         dim: int,
         max_length: int,
         identity: str | None = None,
+        problems_fn: Callable[[str], list[str]] | None = None,
     ):
         self.module = module
+        self._problems_fn = problems_fn
         self.identity = identity
         self._tokenize_fn = tokenize_fn
         self.trainable = trainable
@@ -132,6 +134,13 @@ class TextEncoder:
         if isinstance(texts, str):
             raise ValueError("tokenize expects a sequence of strings, not a single string")
         return self._tokenize_fn(list(texts))
+
+    def prompt_problems(self, texts: Sequence[str]) -> list[list[str]]:
+        """Per text, what the encoder will not see of it (unknown words, truncation), as
+        one-line messages; [] where the tokenizer cannot tell."""
+        if self._problems_fn is None:
+            return [[] for _ in texts]
+        return [self._problems_fn(t) for t in texts]
 
     def init_params(self, rng: jax.Array) -> Any:
         """Fresh params pytree for the module (for trainable encoders); does not set self.params."""
@@ -178,6 +187,7 @@ def _frozen(kind, module, params, tokenize, dim, max_length, path, tok_dir, dtyp
         dim=dim,
         max_length=max_length,
         identity=identity,
+        problems_fn=getattr(tokenize, "problems", None),
     )
 
 
@@ -220,6 +230,7 @@ def build_text_encoder(
         enc = TextEncoder(
             module,
             lambda texts: tokenizer.encode(texts, max_length),
+            problems_fn=lambda text: tokenizer.problems(text, max_length),
             trainable=True,
             params=None,
             dim=width,

@@ -17,6 +17,7 @@ import numpy as np
 
 TokenizeFn = Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]
 _PAD_TOKENS = ("[PAD]", "<pad>", "<|endoftext|>")
+_UNK_TOKENS = ("[UNK]", "<unk>")
 
 
 def _pad_id(token_to_id, pad_id):
@@ -44,6 +45,22 @@ def _from_tokenizers(tok, max_length: int, pad_id: int | None) -> TokenizeFn:
             mask[i, :k] = np.asarray(e.attention_mask, bool)
         return ids, mask
 
+    unk = next((u for u in map(tok.token_to_id, _UNK_TOKENS) if u is not None), None)
+
+    def problems(text: str) -> list[str]:
+        e = tok.encode(text)
+        out = []
+        unknown = [text[a:b] for i, (a, b) in zip(e.ids, e.offsets) if i == unk and b > a]
+        if unknown:
+            shown = ", ".join(repr(w) for w in dict.fromkeys(unknown))
+            out.append(f"text the tokenizer does not know: {shown}")
+        if e.overflowing:
+            kept = max(b for a, b in e.offsets) if e.offsets else 0
+            out.append(f"truncated to {max_length} tokens (cut from {text[kept:].lstrip()[:20]!r})")
+        return out
+
+    # Read by the text encoder (its `prompt_problems`): sampling warns about both.
+    tokenize.problems = problems
     return tokenize
 
 

@@ -93,6 +93,23 @@ class WordTokenizer:
             mask[i, : len(toks)] = True
         return ids, mask
 
+    def problems(self, text: str, max_length: int) -> list[str]:
+        """What of `text` the encoder will not see: words outside the vocabulary (they become
+        <unk>) and words past `max_length` (cut); [] when it sees all of it."""
+        words = normalize_words(text)
+        unknown = list(dict.fromkeys(w for w in words if w not in self._ids))
+        out = []
+        if unknown:
+            shown = ", ".join(repr(w) for w in unknown[:10])
+            more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+            out.append(f"words the text encoder does not know: {shown}{more}")
+        if len(words) > max_length:
+            out.append(
+                f"truncated to the first {max_length} of {len(words)} words "
+                f"(cut from {words[max_length]!r})"
+            )
+        return out
+
     def decode(self, ids: Sequence[int]) -> str:
         """Inverse of encode for one row (pads dropped); for debugging and tests."""
         return " ".join(self._words[int(i)] for i in ids if int(i) != PAD_ID)
