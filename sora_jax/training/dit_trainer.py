@@ -74,6 +74,11 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
         """Sum of the squared errors of (a microbatch of) the batch / the whole batch's count
         of loss elements (`denoms`, the same in every row)."""
         batch, t, noise, t_cond, denoms = inputs
+        mask = finetune.trainable_mask(config, params)
+        if mask is not None:
+            # No gradient is built for frozen leaves (the base of a LoRA run, `freeze`):
+            # XLA drops their weight-gradient matmuls and buffers.
+            params = jax.tree.map(lambda p, m: p if m else jax.lax.stop_gradient(p), params, mask)
         if "caption_emb" in batch:
             text = batch["caption_emb"]
         else:
