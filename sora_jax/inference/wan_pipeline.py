@@ -10,8 +10,9 @@ A folder holds `model_index.json`, `vae/` (AutoencoderKLWan), `transformer/`
            padding included (Wan was trained that way, so no key mask).
   grid     the scheduler's grid: UniPC's is samplers' 'flow_match' spacing with flow_shift;
            flow-match Euler's is linspace(1, s(1/1000), n) shifted by s (the shift applied
-           twice to its end, as diffusers does), then 0. The transformer sees the scheduler's timesteps (sigma * 1000, truncated to integers
-           by UniPC), the solver the exact sigmas.
+           twice to its end, as diffusers does), then 0. The transformer sees the
+           scheduler's timesteps (sigma * 1000, truncated to integers by UniPC), the solver
+           the exact sigmas.
   solver   'unipc' (UniPC-2, Wan's default) or 'euler' (FlowMatchEulerDiscreteScheduler) or any
            other of sora_jax.diffusion.samplers on the same grid.
   CFG      conditional and negative-prompt rows in one transformer batch:
