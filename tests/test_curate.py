@@ -2,6 +2,7 @@
 its dead letters, resume and report, the CLI, and the chain curate -> recaption -> build_dataset.
 Videos are moving-shapes renders written as 64x48 mp4 files at 10 fps."""
 
+import importlib
 import json
 import os
 import shutil
@@ -255,9 +256,30 @@ def test_rerun_processes_nothing_new_and_new_videos_meet_earlier_clips(tmp_path)
     assert third["manifest_rows"] == 2
 
 
-def test_cli_config_overrides_beam_options_and_errors(tmp_path, monkeypatch, capsys):
-    from sora_jax import curate
+_CURATE_FLAGS = ("config", "input", "output_dir", "report", "retry_failed")
 
+
+@pytest.fixture
+def curate():
+    """sora_jax.curate with its flags, although another entry point imported in this process
+    (e.g. sora_jax.train) defined flags of the same names; theirs are put back afterwards."""
+    from absl import flags
+
+    saved = {n: flags.FLAGS[n] for n in _CURATE_FLAGS if n in flags.FLAGS}
+    for n in saved:
+        delattr(flags.FLAGS, n)
+    sys.modules.pop("sora_jax.curate", None)
+    module = importlib.import_module("sora_jax.curate")
+    yield module
+    for n in _CURATE_FLAGS:
+        if n in flags.FLAGS:
+            delattr(flags.FLAGS, n)
+    for n, flag in saved.items():
+        flags.FLAGS[n] = flag
+    sys.modules.pop("sora_jax.curate", None)
+
+
+def test_cli_config_overrides_beam_options_and_errors(tmp_path, monkeypatch, capsys, curate):
     jobs = []
     monkeypatch.setattr(
         beam_pipeline, "run", lambda cfg, options: jobs.append((cfg, options)) or {"kept": 0}

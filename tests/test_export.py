@@ -127,11 +127,17 @@ def test_export_reloads_in_a_fresh_process_and_samples_bitwise_equal(workdir, pi
 def test_bf16_export_loads_and_samples(pipe, tmp_path):
     f32 = exporter.save_model(pipe.model, str(tmp_path / "f32"))
     bf16 = exporter.save_model(pipe.model, str(tmp_path / "bf16"), bf16=True)
+    # The arrays' bytes (OCDBT data files), not the metadata, whose size is fixed.
     size = {
-        p: sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(p) for f in fs)
+        p: sum(
+            os.path.getsize(os.path.join(d, f))
+            for d, _, fs in os.walk(p)
+            if os.path.basename(d) == "d"
+            for f in fs
+        )
         for p in (f32, bf16)
     }
-    assert size[bf16] < 0.7 * size[f32], size
+    assert 0 < size[bf16] < 0.6 * size[f32], size
     loaded = sora_jax.load_pipeline(bf16)
     assert json.loads((tmp_path / "bf16" / "export.json").read_text())["dtype"] == "bfloat16"
     for a, b in zip(_leaves(loaded.model.params), _leaves(pipe.model.params)):
