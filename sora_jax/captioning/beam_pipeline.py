@@ -39,7 +39,8 @@ _NS = "recaption"
 _FAILED = "failed"
 
 
-def _dead_letter(row: dict, stage: str, error: BaseException) -> dict:
+def dead_letter(row: dict, stage: str, error: BaseException) -> dict:
+    """The dead-letter record of `row` failing at `stage` (called inside the except block)."""
     return dict(
         id=manifest.key(row),
         path=row.get("path"),
@@ -62,7 +63,7 @@ class ParseRow(beam.DoFn):
             row = manifest.parse_line(line, self.fmt, self.header)
         except Exception as e:  # noqa: BLE001 (any malformed line goes to the dead letter)
             Metrics.counter(_NS, "failed").inc()
-            yield beam.pvalue.TaggedOutput(_FAILED, _dead_letter({"path": line}, "parse", e))
+            yield beam.pvalue.TaggedOutput(_FAILED, dead_letter({"path": line}, "parse", e))
             return
         row["path"] = manifest.resolve(row["path"], self.manifest_path)
         yield manifest.key(row), row
@@ -87,7 +88,7 @@ def _decoded(row: dict, read):
         out = read()
     except Exception as e:  # noqa: BLE001
         Metrics.counter(_NS, "failed").inc()
-        yield beam.pvalue.TaggedOutput(_FAILED, _dead_letter(row, "decode", e))
+        yield beam.pvalue.TaggedOutput(_FAILED, dead_letter(row, "decode", e))
         return
     Metrics.counter(_NS, "decoded").inc()
     yield out
@@ -171,7 +172,7 @@ class CaptionBatch(beam.DoFn):
                 text = captioner.caption([frames])[0]
             except Exception as e:  # noqa: BLE001
                 Metrics.counter(_NS, "failed").inc()
-                yield beam.pvalue.TaggedOutput(_FAILED, _dead_letter(row, "caption", e))
+                yield beam.pvalue.TaggedOutput(_FAILED, dead_letter(row, "caption", e))
                 continue
             yield self._row(row, text)
 

@@ -26,7 +26,6 @@ import json
 import os
 import tempfile
 import time
-import traceback
 
 import apache_beam as beam
 import ml_collections
@@ -91,16 +90,6 @@ class CurateConfig:
         )
 
 
-def _dead_letter(row: dict, stage: str, error: BaseException) -> dict:
-    return dict(
-        id=manifest.key(row),
-        path=row.get("path"),
-        stage=stage,
-        error=f"{type(error).__name__}: {error}",
-        traceback=traceback.format_exc(limit=3),
-    )
-
-
 def thumbnail_name(clip_id: str) -> str:
     """The thumbnail file of a clip, relative to output_dir (ids may hold any characters)."""
     return f"{THUMBS}/{hashlib.sha1(clip_id.encode()).hexdigest()[:16]}.png"
@@ -141,7 +130,9 @@ class SplitAndMeasure(beam.DoFn):
             kept, short, stills, short_stills, n = clipper.clips(row, key, self.cfg.clipper)
         except Exception as e:  # noqa: BLE001 (one bad video never fails the job)
             Metrics.counter(NS, "failed").inc()
-            yield beam.pvalue.TaggedOutput(_FAILED, _dead_letter(row, "decode", e))
+            yield beam.pvalue.TaggedOutput(
+                _FAILED, recaption_pipeline.dead_letter(row, "decode", e)
+            )
             return
         Metrics.counter(NS, "videos").inc()
         Metrics.counter(NS, "frames").inc(n)
@@ -197,7 +188,9 @@ class Score(beam.DoFn):
                 (extra,) = models.score([still])
             except Exception as e:  # noqa: BLE001
                 Metrics.counter(NS, "failed").inc()
-                yield beam.pvalue.TaggedOutput(_FAILED, _dead_letter(clip, "score", e))
+                yield beam.pvalue.TaggedOutput(
+                    _FAILED, recaption_pipeline.dead_letter(clip, "score", e)
+                )
                 continue
             yield dict(clip, **extra)
 
