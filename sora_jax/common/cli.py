@@ -11,12 +11,14 @@ other exceptions (bugs) always keep theirs.
 from __future__ import annotations
 
 import difflib
+import inspect
+import logging as pylogging
 import os
 import re
 import sys
 from collections.abc import Callable
 
-from absl import app, flags
+from absl import app, flags, logging
 
 # Errors that come from what the user asked for or from the environment, not from a bug.
 USER_ERRORS = (app.UsageError, ValueError, KeyError, OSError, FloatingPointError, RuntimeError)
@@ -91,9 +93,47 @@ def config_value(holder, flag: str = "config"):
     return value
 
 
+def _is_abandoned_read(unraisable) -> bool:
+    """A checkpoint that fails to restore leaves orbax's other shard reads behind: coroutines
+    that Python closes when it collects them ('Exception ignored in <coroutine ...>' and a page
+    of tensorstore detail) and tensorstore callbacks that find orbax's event loop closed."""
+    if inspect.iscoroutine(unraisable.object):
+        return True
+    e = unraisable.exc_value
+    return isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
+
+
+class _NeverRetrieved(pylogging.Filter):
+    """asyncio's 'Task exception was never retrieved' for those abandoned reads: one page of
+    tensorstore detail per array; they go to the debug log."""
+
+    def filter(self, record):
+        if "exception was never retrieved" not in str(record.msg):
+            return True
+        logging.debug("abandoned read: %s", " ".join(record.getMessage().split())[:200])
+        return False
+
+
+def _quiet_abandoned_reads() -> None:
+    """The failed restore itself is already logged in one line, so what its abandoned reads
+    print goes to the debug log; any other unraisable exception keeps Python's report."""
+    default_hook = sys.unraisablehook
+
+    def hook(unraisable):
+        if _is_abandoned_read(unraisable):
+            text = " ".join(str(unraisable.exc_value).split())[:200]
+            logging.debug("abandoned %r: %s", unraisable.object, text)
+        else:
+            default_hook(unraisable)
+
+    sys.unraisablehook = hook
+    pylogging.getLogger("asyncio").addFilter(_NeverRetrieved())
+
+
 def run(main: Callable[[list[str]], int | None], flags_parser: Callable | None = None) -> None:
     """`absl.app.run(main)` whose user errors end with one line (see the module docstring);
     `flags_parser` replaces the default one (its errors must be one line too)."""
+    _quiet_abandoned_reads()
 
     def wrapped(argv):
         try:
