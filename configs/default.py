@@ -45,6 +45,11 @@ def get_config() -> ml_collections.ConfigDict:
     # `python -m sora_jax.recaption` over `python -m sora_jax.captioning.export_shapes`); ''
     # keeps the generator's captions.
     c.data.captions_manifest = ""
+    # Validation (grain sources): this share of the examples, chosen by a hash of
+    # (val_split_seed, index), is held out of training (dit.train.val_every measures the loss
+    # on it). The built-in set validates on unseen generated videos instead.
+    c.data.val_fraction = 0.0
+    c.data.val_split_seed = 0
 
     # Device mesh (sora_jax/parallel/mesh.py; README "Scaling out"). Axis sizes inside a slice
     # / node; one may be -1 (the devices left over); their product must be the device count.
@@ -145,6 +150,13 @@ def get_config() -> ml_collections.ConfigDict:
     # Joint image + video batches: this many still images of the step's bucket size join every
     # batch (0: videos only; the video's causal first frame still trains the image path).
     c.vae.train.image_batch_size = 0
+    # 'source': videos of data.source (for the latent cache: the TFDS dataset data.tfds_* it
+    # was written from; sora_jax/data/vae_input.py), each fitted to the step's bucket;
+    # 'moving_shapes': the built-in set whatever data.source is.
+    c.vae.train.data = "source"
+    # Every val_every steps (0: never) PSNR / SSIM of val_examples held-out videos per bucket.
+    c.vae.train.val_every = 0
+    c.vae.train.val_examples = 4
 
     # Text encoder: 'tiny' (trained jointly with the DiT, closed vocabulary of the
     # built-in captions) or a frozen pretrained one from a local HF folder (config.json,
@@ -257,6 +269,14 @@ def get_config() -> ml_collections.ConfigDict:
     # batch at 1/k of the activation memory). The batch must split into k equal microbatches
     # on every data device.
     c.dit.train.grad_accum_steps = 1
+    # Validation (sora_jax/training/validation.py): every val_every steps (0: never) the loss
+    # on up to val_examples held-out videos at times and noise fixed by val_seed; every
+    # sample_every steps (0: never) samples of sample.prompts into <workdir>/dit/val_samples
+    # and TensorBoard.
+    c.dit.train.val_every = 0
+    c.dit.train.val_examples = 16
+    c.dit.train.val_seed = 0
+    c.dit.train.sample_every = 0
     # Fine-tuning: start from the DiT of `init_from` (an export or a training workdir whose
     # DiT config matches; '' = from scratch) and train all of it but the params whose path
     # matches `freeze` (regex, e.g. 'text_proj|text_pool_proj') ('full'), or only low-rank

@@ -2,6 +2,9 @@
 
 import json
 import os
+import shutil
+
+import jax
 
 import jax.numpy as jnp
 import numpy as np
@@ -9,13 +12,16 @@ import pytest
 
 pytest.importorskip("tensorflow_datasets")
 
+from test_text import _random_bert_weights, _write_bert  # noqa: E402
 from test_train import micro_config, run_cli  # noqa: E402
 
 from sora_jax import config as config_lib  # noqa: E402
+from sora_jax import train  # noqa: E402
 from sora_jax.common import checkpoint  # noqa: E402
 from sora_jax.data import (  # noqa: E402
     dit_input,  # noqa: E402
     input_pipeline,
+    vae_input,
     latent_cache,
     manifest,
     shapes,
@@ -69,6 +75,7 @@ def _config(data_dir, **data):
     c.data.stats_examples = 4
     c.dit.rows = 8
     c.dit.max_segments = 1
+    c.vae.train.data = "moving_shapes"  # the VAE these tests share comes from elsewhere
     for k, v in data.items():
         c.data[k] = v
     return c
@@ -243,8 +250,6 @@ def test_cached_latents_give_the_same_batches_as_on_the_fly(dataset, vae, cache_
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory):
     """A tiny random-init BERT folder (config.json, model.safetensors, vocab.txt)."""
-    from test_text import _random_bert_weights, _write_bert
-
     return _write_bert(tmp_path_factory.mktemp("bert"), _random_bert_weights(0))
 
 
@@ -368,6 +373,91 @@ def test_run_stops_past_max_bad_fraction(dataset, cache_dir, tmp_path):
     c.data.max_bad_fraction = 0.2
     with pytest.raises(RuntimeError, match=r"4 of 16 examples were unusable, more than config"):
         batches.local_batch(1)
+
+
+def test_held_out_examples_never_reach_training(dataset, vae, cache_dir):
+    """The split is by source index: the TFDS source and the latent cache written from it hold
+    out the same examples, training groups never contain them, and every other one comes."""
+    _, data_dir, _ = dataset
+    c = _config(data_dir, val_fraction=0.3)
+    text = builders.build_text_encoder(c)
+    mesh = mesh_lib.create_mesh()
+    fly, _, _ = dit_input.build(c, *vae, text, mesh)
+    c.data.source, c.data.cache_dir = "latent_cache", cache_dir
+    cached, _, _ = dit_input.build(c, None, None, text, mesh)
+    held = set(fly.held_out.tolist())
+    assert 0 < len(held) < len(CLIPS) and set(cached.held_out.tolist()) == held
+    for source in (fly, cached):
+        seen = [int(e["index"]) for s in range(4) for e in source.iterator(s)["examples"]]
+        assert set(seen) == set(range(len(CLIPS))) - held, seen
+    a, b = fly.held_out_cache(8), cached.held_out_cache(8)
+    assert len(a.tokens) == len(b.tokens) == len(held)
+    for x, y in zip(a.tokens, b.tokens):
+        np.testing.assert_allclose(x, y, atol=1e-4)
+
+
+def _vae_config(data_dir, steps=4):
+    c = _config(data_dir, val_fraction=0.3)
+    c.stages = ("vae",)
+    c.vae.train.update(data="source", steps=steps, val_every=2, val_examples=2)
+    c.vae.train.update(buckets=((5, 16, 16), (1, 16, 24)), batch_size=8, image_batch_size=8)
+    c.vae.latent_stats_batches = 2
+    return config_lib.validate(c)
+
+
+def test_vae_batches_fit_own_clips_to_the_step_bucket_and_skip_held_out(dataset):
+    _, data_dir, _ = dataset
+    c = _vae_config(data_dir)
+    mesh = mesh_lib.create_mesh()
+    batches = vae_input.VAEBatches(c, mesh)
+    held = set(batches.held_out.tolist())
+    assert 0 < len(held) < len(CLIPS)
+    seen = set()
+    for step in range(6):
+        examples = batches.examples(step)
+        seen |= {e["index"] for e in examples}
+        b = batches.assemble(examples, step)
+        frames, h, w = batches.bucket(step)
+        # The shortest clip (5 frames) caps the frames; stills go to the images unless the
+        # group has nothing else.
+        longest = max(len(e["video"]) for e in examples)
+        want = min(frames, 5) if longest > 1 else 1
+        assert b["video"].shape == (8, want, h, w, 3), (step, b["video"].shape)
+        assert b["image"].shape == (8, 1, h, w, 3)
+        assert -1.0 <= b["video"].min() < b["video"].max() <= 1.0
+    assert seen == set(range(len(CLIPS))) - held
+    # Fitting keeps the aspect ratio: a 32x48 clip into 16x16 is a crop of its 16x24 resize.
+    video = np.arange(2 * 32 * 48 * 3, dtype=np.uint8).reshape(2, 32, 48, 3)
+    out = vae_input.fit(video, 5, 16, 16, np.random.default_rng(0))
+    full = video_io.resize(video, 16, 24)
+    assert out.shape == (2, 16, 16, 3)
+    assert any(np.array_equal(out, full[:, :, x : x + 16]) for x in range(9))
+    v = batches.held_out_videos(2, (5, 16, 16))
+    assert v.dtype == np.uint8 and v.shape[0] == min(2, len(held)) and v.shape[2:] == (16, 16, 3)
+
+
+def test_vae_trains_on_own_videos_and_resumes_bit_exactly(dataset, tmp_path):
+    _, data_dir, _ = dataset
+    c = _vae_config(data_dir)
+    c.vae.train.buckets = ((5, 16, 16),)  # one train step program to compile
+    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+    train.train_and_evaluate(c, full)
+    scalars = writers.read_scalars(os.path.join(full, "tensorboard"))
+    assert [s for s, _ in scalars["vae/val/psnr"]] == [2, 4]
+    assert {"vae/val/ssim/5x16x16", "vae/val/psnr/5x16x16"} <= set(scalars)
+    # A run killed after checkpoint 2 (its data iterator state saved with it) resumes to the
+    # same weights as the run that went through.
+    shutil.copytree(full, cut, ignore=shutil.ignore_patterns("tensorboard"))
+    shutil.rmtree(os.path.join(checkpoint.stage_directory(cut, "vae"), "4"))
+    train.train_and_evaluate(c, cut)
+    mesh = mesh_lib.create_mesh()
+    (_, a), (_, b) = (vae_trainer.load_state(c, w, mesh) for w in (full, cut))
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    np.testing.assert_array_equal(a.extras["latent_std"], b.extras["latent_std"])
+    ckpt = checkpoint.for_stage(c, cut, "vae")
+    assert ckpt.restore_data(4)["step"] == 4
+    ckpt.close()
 
 
 def _cache_std(cache_dir):

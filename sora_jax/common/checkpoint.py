@@ -190,8 +190,10 @@ def stage_directory(workdir: str, stage: str) -> str:
 
 def stage_has_data(config, stage: str) -> bool:
     """Whether a stage's checkpoints hold the input pipeline's state beside the train state:
-    the DiT trained from a grain source."""
-    return stage == "dit" and config.data.source != "moving_shapes"
+    a stage trained from a grain source (the VAE with vae.train.data='source')."""
+    if config.data.source == "moving_shapes":
+        return False
+    return stage == "dit" or config.vae.train.data == "source"
 
 
 def for_stage(config, workdir: str, stage: str) -> Checkpointer:

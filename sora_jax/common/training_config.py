@@ -59,7 +59,21 @@ def validate_config(config):
             len(bucket) == 3, "vae.train.buckets", bucket, "each bucket is (frames, height, width)"
         )
         geometry.check_size(config, "vae.train.buckets", *bucket)
-    cc.positive(config, "dit.train.grad_accum_steps")
+    cc.positive(
+        config, "dit.train.grad_accum_steps", "dit.train.val_examples", "vae.train.val_examples"
+    )
+    cc.check(
+        v.data in ("source", "moving_shapes"),
+        "vae.train.data",
+        v.data,
+        "must be 'source' (data.source's videos) or 'moving_shapes'",
+    )
+    for key in ("dit.train.val_every", "dit.train.sample_every", "vae.train.val_every"):
+        stage, _, name = key.split(".")
+        value = config[stage].train[name]
+        cc.check(value >= 0, key, value, "must be >= 0 (0: never)")
+    f = config.data.val_fraction
+    cc.check(0.0 <= f < 1.0, "data.val_fraction", f, "must be in [0, 1)")
     _validate_finetune(config)
 
 

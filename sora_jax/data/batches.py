@@ -39,6 +39,22 @@ class LatentCache:
     text_index: np.ndarray | None = None  # i32[n]: row of each video's caption in text_emb
     text_null_index: int = -1
 
+    @classmethod
+    def from_items(cls, items, latent_mean, latent_std, embs=None, null_emb=None) -> LatentCache:
+        """The cache of `pack_batch` items (tokens, positions, caption ids, mask) with, for a
+        frozen encoder, each item's caption embedding f32[lt dim] and the empty caption's."""
+        tokens, positions, ids, mask = (list(x) for x in zip(*items)) if items else ([],) * 4
+        text = {}
+        if embs is not None:
+            text = dict(
+                text_emb=np.stack(list(embs) + [null_emb]).astype(np.float32),
+                text_index=np.arange(len(items)),
+                text_null_index=len(items),
+            )
+        return cls(
+            tokens, positions, np.asarray(ids), np.asarray(mask), latent_mean, latent_std, **text
+        )
+
 
 @functools.lru_cache(maxsize=8)
 def _jitted_encoder(vae_model, inference: vae_inference.InferenceConfig):
@@ -164,6 +180,42 @@ def build_latent_cache(
     )
 
 
+def held_out_shapes(
+    config, vae_model, vae_params, text_encoder, latent_mean, latent_std, k: int
+) -> LatentCache:
+    """`k` built-in videos training never sees (the moving shapes after the latent cache's
+    `dit.latent_cache_size`), encoded and normalised as the cache is, for validation."""
+    d, first = config.data, config.dit.latent_cache_size
+    source = shapes.MovingShapes(
+        seed=d.seed,
+        num_examples=first + k,
+        frame_choices=tuple(d.frame_choices),
+        resolutions=tuple(tuple(r) for r in d.resolutions),
+        image_fraction=d.image_fraction,
+    )
+    examples = [source[i] for i in range(first, first + k)]
+    latents = encode_videos(
+        vae_model,
+        vae_params,
+        [e["video"] for e in examples],
+        batch_size=d.encode_batch_size,
+        inference=vae_inference.from_config(config),
+    )
+    mean, std = np.asarray(latent_mean, np.float32), np.asarray(latent_std, np.float32)
+    patched = [packing.patchify((l - mean) / std, tuple(config.dit.patch)) for l in latents]
+    captions = [e["caption"] for e in examples]
+    ids, mask = text_encoder.tokenize(captions)
+    return LatentCache(
+        [t.astype(np.float32) for t, _ in patched],
+        [p for _, p in patched],
+        np.asarray(ids),
+        np.asarray(mask),
+        mean,
+        std,
+        **caption_embeddings(config, text_encoder, captions),
+    )
+
+
 def packer(config, rows: int | None = None) -> packing.Packer:
     """The DiT's row shapes (dit.seq_len x `rows`, default dit.rows, and the dit.pack_lengths
     buckets of the same token budget) with dit.max_segments videos and dit.text_tokens caption
@@ -226,13 +278,13 @@ def dit_batch(
                 lrng.choice(shorter, size=min(len(shorter), videos), replace=False),
             ]
         ).astype(int)
-        return _pack_drawn(config, cache, null_ids, null_mask, rng, step, draw, length)
+        return pack_cached(config, cache, null_ids, null_mask, rng, step, draw, length)
     n = len(cache.tokens)
     draw = rng.choice(n, size=min(n, dc.rows * dc.max_segments), replace=False)
-    return _pack_drawn(config, cache, null_ids, null_mask, rng, step, draw)
+    return pack_cached(config, cache, null_ids, null_mask, rng, step, draw)
 
 
-def _pack_drawn(config, cache, null_ids, null_mask, rng, step, draw, length=None):
+def pack_cached(config, cache, null_ids, null_mask, rng, step, draw, length=None):
     """`pack_batch` of the cached videos `draw` (indices)."""
     items = [
         (cache.tokens[i], cache.positions[i], cache.caption_ids[i], cache.caption_mask[i])

@@ -25,11 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 
-from sora_jax.data import batches, input_pipeline, latent_cache, packing
+from sora_jax.data import batches, holdout, input_pipeline, latent_cache, packing
+from sora_jax.data.batches import LatentCache
 from sora_jax.models import builders, vae_inference
-from sora_jax.parallel import mesh as mesh_lib
 
 
 def latent_stats(latents: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -78,8 +77,11 @@ def storage_dtype(config):
     return jnp.bfloat16 if config.text.dtype == "bfloat16" else np.float32
 
 
-class Batches:
-    """`batch_fn(step)` for `loop.run`: global DiT batches, checkpointable (`get_state`)."""
+class Batches(input_pipeline.StepBatches):
+    """`batch_fn(step)` for `loop.run`: global DiT batches, checkpointable (`get_state`).
+
+    `build` adds `held_out` (the source indices training never reads, i64[k]) and
+    `held_out_cache(k)`: the first k of them that decode, as a `LatentCache`."""
 
     def __init__(
         self,
@@ -95,30 +97,14 @@ class Batches:
     ):
         """`to_items(examples) -> (pack_batch items, their caption embeddings f32[lt dim] each,
         or None)`; `null_emb` f32[lt dim]: the empty caption's embedding (frozen encoders);
-        `bad_files`: a JSONL file the skipped examples' reports are appended to (with the step;
-        a step re-run after a restart may list its examples again)."""
-        self.config, self.to_items, self.mesh = config, to_items, mesh
-        self.bad_files = bad_files
+        see `StepBatches` for the rest."""
+        super().__init__(config, groups, mesh, worker_count, bad_files)
+        self.to_items = to_items
         self.null_ids, self.null_mask, self.null_emb = null_ids, null_mask, null_emb
         self.rows = config.dit.rows // jax.process_count()
-        self.iterator = input_pipeline.DataIterator(groups, worker_count)
-        self.num_bad = self.num_seen = 0  # examples skipped / read so far
 
-    def local_batch(self, step: int) -> dict[str, np.ndarray]:
-        group = self.iterator(step)
-        self.num_bad += group["num_bad"]
-        self.num_seen += group["num_bad"] + len(group["examples"])
-        if self.bad_files and group["bad"]:
-            with open(self.bad_files, "a") as f:
-                f.writelines(json.dumps(dict(b, step=step)) + "\n" for b in group["bad"])
-        if self.num_bad > self.config.data.max_bad_fraction * self.num_seen:
-            raise RuntimeError(
-                f"{self.num_bad} of {self.num_seen} examples were unusable, more than "
-                f"config.data.max_bad_fraction={self.config.data.max_bad_fraction} (their paths "
-                f"and errors are in the log and {self.bad_files or 'bad_files.jsonl'}); fix or "
-                "rebuild the dataset"
-            )
-        items, embs = self.to_items(group["examples"])
+    def assemble(self, examples: list[dict], step: int) -> dict[str, np.ndarray]:
+        items, embs = self.to_items(examples)
         text_emb = None if embs is None else (embs, self.null_emb)
         rng = np.random.default_rng([self.config.data.seed, 2, step, jax.process_index()])
         return batches.pack_batch(
@@ -131,25 +117,6 @@ class Batches:
             rows=self.rows,
             text_emb=text_emb,
         )
-
-    def metrics(self) -> dict[str, float]:
-        """Unusable examples skipped so far, over all hosts (every host must call it)."""
-        counts = np.asarray([self.num_bad, self.num_seen], np.int64)
-        if jax.process_count() > 1:
-            counts = np.asarray(multihost_utils.process_allgather(counts)).sum(0)
-        num_bad, num_seen = (int(c) for c in counts)
-        return {"data/num_bad": num_bad, "data/bad_fraction": num_bad / max(num_seen, 1)}
-
-    def __call__(self, step: int):
-        sharding = mesh_lib.data_sharding(self.mesh)
-        return input_pipeline.to_global(self.local_batch(step), sharding)
-
-    def get_state(self) -> dict:
-        return dict(self.iterator.get_state(), num_bad=self.num_bad, num_seen=self.num_seen)
-
-    def set_state(self, state: dict):
-        self.iterator.set_state(state)
-        self.num_bad, self.num_seen = int(state["num_bad"]), int(state["num_seen"])
 
 
 def _patchify_items(config, mean, std, encoded):
@@ -187,15 +154,9 @@ def _check_cache_text(info: dict, config, text_encoder, cache_dir: str):
         )
 
 
-def bad_files_path(directory: str) -> str:
-    """This host's JSONL of skipped examples in `directory` (one file per host)."""
-    i, n = jax.process_index(), jax.process_count()
-    return os.path.join(directory, "bad_files.jsonl" if n == 1 else f"bad_files.{i}-of-{n}.jsonl")
-
-
 def build(config, vae_model, vae_params, text_encoder, mesh, log_dir: str | None = None):
     """(Batches, latent_mean f32[c], latent_std f32[c]) for config.data.source; skipped
-    examples are listed in `log_dir`'s bad_files.jsonl (`bad_files_path`) where it is given."""
+    examples are listed in `log_dir`'s bad_files.jsonl (`input_pipeline.bad_files_path`) where it is given."""
     d = config.data
     rows, nproc = config.dit.rows, jax.process_count()
     if rows % nproc:
@@ -214,7 +175,11 @@ def build(config, vae_model, vae_params, text_encoder, mesh, log_dir: str | None
             if (e := input_pipeline.decode_example(opts, i, source[i])) is not None
         ]
         mean, std = latent_stats([l for l, _, _ in encode(first)])
-        groups = input_pipeline.video_groups(config, source, jax.process_index(), nproc, per_step)
+        train, held_out = holdout.split(len(source), d.val_fraction, d.val_split_seed)
+        groups = input_pipeline.video_groups(
+            config, source, jax.process_index(), nproc, per_step, train
+        )
+        read = lambda i: input_pipeline.decode_example(opts, i, source[i])  # noqa: E731
 
         def to_items(examples):
             items = _patchify_items(config, mean, std, encode(examples))
@@ -236,8 +201,10 @@ def build(config, vae_model, vae_params, text_encoder, mesh, log_dir: str | None
                 return {input_pipeline.BAD: dict(index=i, path="", reason=why)}
             return record
 
-        examples = input_pipeline.examples_dataset(source, per_record)
+        train, held_out = holdout.split(len(source), d.val_fraction, d.val_split_seed)
+        examples = input_pipeline.examples_dataset(source, per_record, train)
         groups = input_pipeline.step_groups(examples, d.seed, per_step, jax.process_index(), nproc)
+        read = lambda i: latent_cache.decode_record(source[i])  # noqa: E731
 
         def to_items(records):
             encoded = [(r["latent"], r["caption_ids"], r["caption_mask"]) for r in records]
@@ -246,15 +213,29 @@ def build(config, vae_model, vae_params, text_encoder, mesh, log_dir: str | None
 
     else:
         raise ValueError(f"config.data.source={d.source!r} has no grain pipeline")
-    logging.info("DiT data: %s, %d examples, latent std %s", d.source, len(source), std)
+    logging.info(
+        "DiT data: %s, %d examples (%d held out for validation), latent std %s",
+        d.source,
+        len(source),
+        len(held_out),
+        std,
+    )
     bad_files = None
     if log_dir:
         os.makedirs(log_dir, exist_ok=True)
-        bad_files = bad_files_path(log_dir)
-    batches = Batches(
+        bad_files = input_pipeline.bad_files_path(log_dir)
+    batch_fn = Batches(
         config, groups, to_items, null_ids, null_mask, mesh, d.worker_count, null_emb, bad_files
     )
-    return batches, mean, std
+    batch_fn.held_out = held_out
+
+    def held_out_cache(k: int) -> LatentCache:
+        examples = [e for i in held_out[:k] if (e := read(int(i))) is not None]
+        items, embs = to_items(examples)
+        return LatentCache.from_items(items, mean, std, embs, null_emb)
+
+    batch_fn.held_out_cache = held_out_cache
+    return batch_fn, mean, std
 
 
 def write_latent_cache(config, vae, output: str, chunk: int = 64) -> dict:

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
+import os
 from collections.abc import Sequence
 
 import av
@@ -29,10 +31,12 @@ import grain
 import jax
 import numpy as np
 from absl import flags, logging
+from jax.experimental import multihost_utils
 
 from sora_jax.common import config_checks as cc
 from sora_jax.data import clips
 from sora_jax.models import geometry
+from sora_jax.parallel import mesh as mesh_lib
 
 SOURCES = ("moving_shapes", "tfds", "latent_cache")
 
@@ -113,13 +117,30 @@ def _group(examples) -> dict:
     return dict(examples=good, num_bad=len(examples) - len(good), bad=bad)
 
 
-def examples_dataset(source, per_example) -> grain.MapDataset:
-    """Unshuffled examples: per_example(index, record) over a random-access source.
+class _Subset:
+    """The records of `source` at `indices` (random access), e.g. the training split."""
 
-    Later epochs ask for index + epoch * n: the example stays a function of its source index.
+    def __init__(self, source, indices: np.ndarray):
+        self.source, self.indices = source, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.source[int(self.indices[i])]
+
+
+def examples_dataset(source, per_example, indices: np.ndarray | None = None) -> grain.MapDataset:
+    """Unshuffled examples: per_example(source index, record) over a random-access source, or
+    over its records at `indices` (all when None).
+
+    Later epochs ask for position + epoch * n: the example stays a function of its source index.
     """
-    n = len(source)
-    return grain.MapDataset.source(source).map_with_index(lambda i, r: per_example(i % n, r))
+    indices = np.arange(len(source)) if indices is None else np.asarray(indices)
+    n = len(indices)
+    return grain.MapDataset.source(_Subset(source, indices)).map_with_index(
+        lambda i, r: per_example(int(indices[i % n]), r)
+    )
 
 
 def step_groups(
@@ -137,10 +158,13 @@ def step_groups(
     return ds.batch(examples_per_step, batch_fn=_group)
 
 
-def video_groups(config, source, process_index: int, process_count: int, examples_per_step: int):
-    """Step groups of decoded training videos from a TFDS (video_clips) source."""
+def video_groups(
+    config, source, process_index: int, process_count: int, examples_per_step: int, indices=None
+):
+    """Step groups of decoded training videos from a TFDS (video_clips) source (its records
+    at `indices`, all when None)."""
     per_example = functools.partial(decode_or_report, clip_options(config))
-    examples = examples_dataset(source, per_example)
+    examples = examples_dataset(source, per_example, indices)
     return step_groups(examples, config.data.seed, examples_per_step, process_index, process_count)
 
 
@@ -179,6 +203,68 @@ class DataIterator:
     def set_state(self, state: dict):
         self._iter.set_state(state["grain"])
         self._next_step = int(state["step"])
+
+
+def bad_files_path(directory: str) -> str:
+    """This host's JSONL of skipped examples in `directory` (one file per host)."""
+    i, n = jax.process_index(), jax.process_count()
+    return os.path.join(directory, "bad_files.jsonl" if n == 1 else f"bad_files.{i}-of-{n}.jsonl")
+
+
+class StepBatches:
+    """`batch_fn(step)` for `loop.run` over a grain `DataIterator`'s step groups: each step's
+    usable examples become this host's rows (`assemble`, of a subclass), assembled into
+    global arrays; checkpointable (`get_state`), with the unusable examples counted
+    (`metrics`) and listed."""
+
+    def __init__(self, config, groups, mesh, worker_count=0, bad_files: str | None = None):
+        """`bad_files`: a JSONL file the skipped examples' reports are appended to (with the
+        step; a step re-run after a restart may list its examples again)."""
+        self.config, self.mesh, self.bad_files = config, mesh, bad_files
+        self.iterator = DataIterator(groups, worker_count)
+        self.num_bad = self.num_seen = 0  # examples skipped / read so far
+
+    def assemble(self, examples: list[dict], step: int) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def examples(self, step: int) -> list[dict]:
+        """The usable examples of step `step`; stops past data.max_bad_fraction."""
+        group = self.iterator(step)
+        self.num_bad += group["num_bad"]
+        self.num_seen += group["num_bad"] + len(group["examples"])
+        if self.bad_files and group["bad"]:
+            with open(self.bad_files, "a") as f:
+                f.writelines(json.dumps(dict(b, step=step)) + "\n" for b in group["bad"])
+        if self.num_bad > self.config.data.max_bad_fraction * self.num_seen:
+            raise RuntimeError(
+                f"{self.num_bad} of {self.num_seen} examples were unusable, more than "
+                f"config.data.max_bad_fraction={self.config.data.max_bad_fraction} (their paths "
+                f"and errors are in the log and {self.bad_files or 'bad_files.jsonl'}); fix or "
+                "rebuild the dataset"
+            )
+        return group["examples"]
+
+    def local_batch(self, step: int) -> dict[str, np.ndarray]:
+        return self.assemble(self.examples(step), step)
+
+    def metrics(self) -> dict[str, float]:
+        """Unusable examples skipped so far, over all hosts (every host must call it)."""
+        counts = np.asarray([self.num_bad, self.num_seen], np.int64)
+        if jax.process_count() > 1:
+            counts = np.asarray(multihost_utils.process_allgather(counts)).sum(0)
+        num_bad, num_seen = (int(c) for c in counts)
+        return {"data/num_bad": num_bad, "data/bad_fraction": num_bad / max(num_seen, 1)}
+
+    def __call__(self, step: int):
+        sharding = mesh_lib.data_sharding(self.mesh)
+        return to_global(self.local_batch(step), sharding)
+
+    def get_state(self) -> dict:
+        return dict(self.iterator.get_state(), num_bad=self.num_bad, num_seen=self.num_seen)
+
+    def set_state(self, state: dict):
+        self.iterator.set_state(state)
+        self.num_bad, self.num_seen = int(state["num_bad"]), int(state["num_seen"])
 
 
 def to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:

@@ -8,6 +8,7 @@ and ``config.vae.inference`` (chunked / tiled), padding sizes the VAE cannot tak
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -45,11 +46,16 @@ def held_out_videos(seed: int, n: int, frames: int, height: int, width: int) -> 
     return np.stack([source[i]["video"] for i in range(n)])
 
 
+@functools.lru_cache(maxsize=8)
+def _reconstructor(model, cfg: vae_inference.InferenceConfig):
+    return jax.jit(lambda p, x: vae_inference.reconstruct(model, p, x, cfg))
+
+
 def reconstruct_videos(
     model, params, videos: np.ndarray, cfg: vae_inference.InferenceConfig, batch_size: int = 8
 ) -> np.ndarray:
     """``uint8[n t h w 3] -> f32[n t h w 3]`` reconstructions in ``[0, 1]`` (clipped)."""
-    fn = jax.jit(lambda p, x: vae_inference.reconstruct(model, p, x, cfg))
+    fn = _reconstructor(model, cfg)  # compiled once per model, setting and shape
     out = []
     for s in range(0, len(videos), batch_size):
         chunk = videos[s : s + batch_size]

@@ -43,6 +43,22 @@ class MetricWriter:
         if self._console:
             logging.info("[%d] %s", step, ", ".join(f"{k}={_fmt(v)}" for k, v in scalars.items()))
 
+    def write_images(self, step: int, images: Mapping[str, bytes]):
+        """Encoded images (PNG, or GIF: TensorBoard shows it animated) under their tags."""
+        if not self._active or not images:
+            return
+        values = [
+            summary_pb2.Summary.Value(
+                tag=k, image=summary_pb2.Summary.Image(encoded_image_string=v)
+            )
+            for k, v in images.items()
+        ]
+        self._events.add_event(
+            event_pb2.Event(
+                wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)
+            )
+        )
+
     def write_hparams(self, hparams: Mapping[str, object]):
         if self._active and self._console:
             logging.info("hparams: %s", dict(hparams))

@@ -23,7 +23,7 @@ from sora_jax.diffusion import objectives
 from sora_jax.models import builders
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.parallel import partitioning
-from sora_jax.training import finetune, grad_accum, loop, vae_trainer
+from sora_jax.training import finetune, grad_accum, loop, vae_trainer, validation
 from sora_jax.training import train_state as ts
 
 
@@ -34,22 +34,19 @@ def text_features(text_encoder, text_params, ids, mask):
     return emb.reshape(b, s, lt, -1)
 
 
-def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
-    """Pure `train_step(state, batch, rng) -> (state, metrics)` for the DiT.
+def loss_mask(batch):
+    """bool[b l]: the tokens that carry loss (not padding, not given frames)."""
+    valid = batch["segment_ids"] > 0
+    return valid & ~batch["cond_mask"] if "cond_mask" in batch else valid
 
-    With a trainable text encoder its params are state.params['text']; a frozen
-    one's are passed in and closed over (they are not trained or checkpointed), unless the
-    batch brings cached 'caption_emb' (then the encoder does not run in the step at all).
-    """
+
+def make_draw(config):
+    """`draw(batch, rng) -> (t f32[b s], noise like batch['tokens'], t_cond f32[b s] | None)`:
+    a step's times, noise and given frames' times for the whole batch."""
     objective = objectives.from_config(config)
-    accum = config.dit.train.grad_accum_steps
-    # LoRA dropout draws from a 'dropout' rng; without one the model is deterministic.
-    adapter_dropout = dit.lora is not None and dit.lora.dropout > 0
     cond_noise = float(config.dit.condition.noise)
-    skip_nonfinite = bool(config.dit.train.skip_nonfinite)
 
     def draw(batch, rng):
-        """The step's randomness for the whole batch (so microbatching does not change it)."""
         x0, seg = batch["tokens"], batch["segment_ids"]
         num_seg = batch["caption_mask"].shape[1]  # caption slots per row, from the batch
         rng_t, rng_n = jax.random.split(rng)
@@ -65,20 +62,18 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
             t_cond = cond_noise * jax.random.uniform(jax.random.fold_in(rng, 2), t.shape)
         return t, jax.random.normal(rng_n, x0.shape, x0.dtype), t_cond
 
-    def loss_mask(batch):
-        """bool[b l]: the tokens that carry loss (not padding, not given frames)."""
-        valid = batch["segment_ids"] > 0
-        return valid & ~batch["cond_mask"] if "cond_mask" in batch else valid
+    return draw
 
-    def loss_fn(params, inputs, dropout_rng):
-        """Sum of the squared errors of (a microbatch of) the batch / the whole batch's count
-        of loss elements (`denoms`, the same in every row)."""
-        batch, t, noise, t_cond, denoms = inputs
-        mask = finetune.trainable_mask(config, params)
-        if mask is not None:
-            # No gradient is built for frozen leaves (the base of a LoRA run, `freeze`):
-            # XLA drops their weight-gradient matmuls and buffers.
-            params = jax.tree.map(lambda p, m: p if m else jax.lax.stop_gradient(p), params, mask)
+
+def make_token_errors(config, dit, text_encoder, frozen_text_params=None):
+    """`errors(params, batch, t, noise, t_cond, dropout_rng) -> f32[b l]`: each token's
+    squared error of the objective's target, weighted and summed over channels (0 on tokens
+    without loss), for params {'dit': ..., 'text': ...}. See `make_train_step` for the text
+    encoder's params; `dropout_rng` None runs without LoRA dropout."""
+    objective = objectives.from_config(config)
+    adapter_dropout = dit.lora is not None and dit.lora.dropout > 0
+
+    def errors(params, batch, t, noise, t_cond, dropout_rng):
         if "caption_emb" in batch:
             text = batch["caption_emb"]
         else:
@@ -111,11 +106,36 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
             text,
             batch["caption_mask"],
             **kw,
-            rngs={"dropout": dropout_rng} if adapter_dropout else None,
+            rngs={"dropout": dropout_rng} if adapter_dropout and dropout_rng is not None else None,
         )
         diff = out - objective.target(x0, noise, t_tok)
-        weight = valid[..., None] * objective.loss_weight(t_tok)
-        return jnp.sum(diff**2 * weight) / denoms[0], {}
+        return jnp.sum(diff**2 * objective.loss_weight(t_tok), axis=-1) * valid
+
+    return errors
+
+
+def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
+    """Pure `train_step(state, batch, rng) -> (state, metrics)` for the DiT.
+
+    With a trainable text encoder its params are state.params['text']; a frozen
+    one's are passed in and closed over (they are not trained or checkpointed), unless the
+    batch brings cached 'caption_emb' (then the encoder does not run in the step at all).
+    """
+    accum = config.dit.train.grad_accum_steps
+    skip_nonfinite = bool(config.dit.train.skip_nonfinite)
+    draw = make_draw(config)
+    errors = make_token_errors(config, dit, text_encoder, frozen_text_params)
+
+    def loss_fn(params, inputs, dropout_rng):
+        """Sum of the squared errors of (a microbatch of) the batch / the whole batch's count
+        of loss elements (`denoms`, the same in every row)."""
+        batch, t, noise, t_cond, denoms = inputs
+        mask = finetune.trainable_mask(config, params)
+        if mask is not None:
+            # No gradient is built for frozen leaves (the base of a LoRA run, `freeze`):
+            # XLA drops their weight-gradient matmuls and buffers.
+            params = jax.tree.map(lambda p, m: p if m else jax.lax.stop_gradient(p), params, mask)
+        return jnp.sum(errors(params, batch, t, noise, t_cond, dropout_rng)) / denoms[0], {}
 
     def train_step(state: ts.TrainState, batch, rng):
         t, noise, t_cond = draw(batch, rng)
@@ -218,7 +238,46 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
         loop.shardings_of(state),
         partitioning.rules_from_config(config.mesh.rules),
     )
+    validate = validator(
+        config, workdir, mesh, writer, (vae_model, vae_params), dit, text_encoder, state, batch_fn
+    )
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 3)
-    state, history = loop.run("dit", state, step_fn, batch_fn, t, ckpt, writer, mesh, key)
+    state, history = loop.run(
+        "dit", state, step_fn, batch_fn, t, ckpt, writer, mesh, key, validate=validate
+    )
     ckpt.close()
     return state, history
+
+
+def validator(config, workdir, mesh, writer, vae, dit, text_encoder, state, batch_fn):
+    """The run's `validation.Validator` (None when dit.train.val_every and sample_every are
+    0): held-out videos of the grain source (`batch_fn.held_out_cache`) or of the built-in
+    set, normalised with the state's latent statistics."""
+    t = config.dit.train
+    if not (t.val_every or t.sample_every):
+        return None
+    held_out = []
+    if t.val_every:
+        null_ids, null_mask = (np.asarray(a)[0] for a in text_encoder.tokenize([""]))
+        if checkpoint.stage_has_data(config, "dit"):
+            cache = batch_fn.held_out_cache(t.val_examples)
+        else:
+            stats = jax.device_get(state.extras)
+            cache = batches.held_out_shapes(
+                config,
+                *vae,
+                text_encoder,
+                stats["latent_mean"],
+                stats["latent_std"],
+                t.val_examples,
+            )
+        held_out = validation.pack_held_out(config, cache, null_ids, null_mask)
+    errors = validation.make_segment_errors(
+        make_token_errors(config, dit, text_encoder, text_encoder.params), make_draw(config)
+    )
+    models = None
+    if t.sample_every:
+        name = os.path.basename(os.path.abspath(workdir))
+        models = validation.sample_model(config, *vae, dit, text_encoder, name)
+    out_dir = os.path.join(workdir, "dit", "val_samples")
+    return validation.Validator(config, held_out, errors, mesh, writer, out_dir, models)

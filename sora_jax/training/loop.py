@@ -74,6 +74,7 @@ def run(
     mesh,
     key: jax.Array,
     finalize: Callable | None = None,
+    validate: Callable | None = None,
 ):
     """Runs `train_step` from state.step to t.steps; returns (state, logged metrics).
 
@@ -82,7 +83,9 @@ def run(
     with `get_state` (an input pipeline's iterator) has its state saved with each checkpoint;
     one with `metrics()` (e.g. 'data/num_bad') has them written with the step's metrics.
     `finalize(state) -> state` (optional) runs after the last step, before its checkpoint is
-    written (e.g. statistics of the trained model that belong with it).
+    written (e.g. statistics of the trained model that belong with it). `validate(step,
+    state)` (optional) runs after every step with the new state and writes what is due then
+    (e.g. `validation.Validator`); it must not change the state.
 
     Non-finite steps (the step's `finite` metric) are checked before every checkpoint and log
     line: the run stops with `nonfinite.NonFiniteError` naming the step and the checkpoint kept
@@ -157,6 +160,8 @@ def run(
                 writer.write_scalars(done, scalars)
             if last and finalize is not None:
                 state = finalize(state)
+            if validate is not None:
+                validate(done, state)
             if saving:
                 # Flags cover the loss and gradients; the state itself is checked too (an
                 # overflowing update, `finalize`'s statistics) before it may be written.

@@ -11,6 +11,7 @@ mean and std over ``vae.latent_stats_batches`` batches are stored in the final c
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import jax
@@ -21,11 +22,13 @@ import optax
 from absl import logging
 
 from sora_jax.common import checkpoint, finite
-from sora_jax.data import shapes
+from sora_jax.data import input_pipeline, shapes, vae_input
+from sora_jax.evaluation import vae_eval
 from sora_jax.models import builders
 from sora_jax.models import discriminator as disc_lib
 from sora_jax.models import lpips as lpips_lib
 from sora_jax.models import vae as vae_lib
+from sora_jax.models import vae_inference
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.training import loop, vae_losses
 from sora_jax.training import train_state as ts
@@ -272,13 +275,16 @@ def init_state(config, model, tx, mesh, disc=None, disc_tx=None) -> VAEState:
     return jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(jax.random.PRNGKey(config.seed))
 
 
-def latent_stats(config, model, params) -> tuple[np.ndarray, np.ndarray]:
+def latent_stats(config, model, params, batches=None) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std f32[c] of the posterior means of ``vae.latent_stats_batches``
-    training-distribution batches (drawn after the training steps' batches)."""
+    training-distribution batches: `batches(i)`'s (default: the built-in set's, drawn after
+    the training steps' batches)."""
+    if batches is None:
+        batches = lambda i: vae_batch(config, config.vae.train.steps + i)  # noqa: E731
     encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode)[0])
     total, total_sq, count = 0.0, 0.0, 0
     for i in range(config.vae.latent_stats_batches):
-        batch = vae_batch(config, config.vae.train.steps + i)
+        batch = batches(i)
         for x in batch.values():
             z = np.asarray(encode(params, x), np.float64)
             z = z.reshape(-1, z.shape[-1])
@@ -288,9 +294,10 @@ def latent_stats(config, model, params) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def with_latent_stats(config, model, state: VAEState) -> VAEState:
-    """``state`` with ``extras`` = the latent statistics of its EMA params."""
-    mean, std = latent_stats(config, model, state.ema_params)
+def with_latent_stats(config, model, state: VAEState, batches=None) -> VAEState:
+    """``state`` with ``extras`` = the latent statistics of its EMA params (on `batches`,
+    see `latent_stats`)."""
+    mean, std = latent_stats(config, model, state.ema_params, batches)
     logging.info("VAE latent stats: mean %s std %s", np.round(mean, 3), np.round(std, 3))
     return state.replace(extras=_stats_extras(mean, std))
 
@@ -312,6 +319,49 @@ def _restore(ckpt: checkpoint.Checkpointer, target: VAEState, step: int) -> VAES
         ).replace(extras=None)
 
 
+def uses_source(config) -> bool:
+    """Whether the VAE trains on data.source's videos (`vae_input`), not the built-in set."""
+    return checkpoint.stage_has_data(config, "vae")
+
+
+def validator(config, model, writer, held_out=None):
+    """`validate(step, state) -> {name: value}` for `loop.run` (None when vae.train.val_every
+    is 0): every val_every steps and at the last, PSNR and SSIM of the EMA VAE's
+    reconstructions of `val_examples` held-out videos per training bucket, as
+    'vae/val/psnr/<t>x<h>x<w>', and their mean over buckets ('vae/val/psnr', 'vae/val/ssim'),
+    written to TensorBoard. The videos: `held_out(k, bucket)`'s (own data,
+    `VAEBatches.held_out_videos`), else moving shapes of config.eval.seed (never a training
+    seed)."""
+    t = config.vae.train
+    if not t.val_every:
+        return None
+    if held_out is None:
+        held_out = lambda k, b: vae_eval.held_out_videos(config.eval.seed, k, *b)  # noqa: E731
+    sets = {"x".join(map(str, b)): held_out(t.val_examples, tuple(b)) for b in t.buckets}
+    sets = {name: videos for name, videos in sets.items() if len(videos)}
+    if not sets:
+        logging.warning("VAE validation: no held-out videos (data.val_fraction=0?); skipped")
+        return None
+    inference = vae_inference.from_config(config)
+
+    def validate(step: int, state) -> dict[str, float]:
+        if step % t.val_every and step != t.steps:
+            return {}
+        out = {}
+        for name, videos in sets.items():
+            recon = vae_eval.reconstruct_videos(
+                model, state.ema_params, videos, inference, batch_size=len(videos)
+            )
+            m = vae_eval.metrics(videos, recon)
+            out.update({f"vae/val/{k}/{name}": m[k] for k in ("psnr", "ssim")})
+        for k in ("psnr", "ssim"):
+            out[f"vae/val/{k}"] = float(np.mean([out[f"vae/val/{k}/{n}"] for n in sets]))
+        writer.write_scalars(step, out)
+        return out
+
+    return validate
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
     """Trains (or resumes, or skips if finished) the VAE; returns (model, state, history)."""
     model = builders.build_vae(config)
@@ -321,9 +371,28 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
     disc_tx = disc_optimizer(config) if disc is not None else None
     state = init_state(config, model, tx, mesh, disc, disc_tx)
     ckpt = checkpoint.for_stage(config, workdir, "vae")
+    own = uses_source(config)
+    if own:
+        log_dir = os.path.join(workdir, "vae")
+        os.makedirs(log_dir, exist_ok=True)
+        batch_fn = vae_input.VAEBatches(config, mesh, input_pipeline.bad_files_path(log_dir))
+        # The latent statistics: the first batches of a fresh pass over the data (opened when
+        # the last step is done).
+        fresh = functools.cache(lambda: vae_input.VAEBatches(config, mesh))
+        stats_batches = lambda i: fresh().local_batch(i)  # noqa: E731
+        held_out = batch_fn.held_out_videos
+    else:
+        batch_fn = functools.partial(vae_batch, config)
+        stats_batches = held_out = None
     if ckpt.all_steps():
         target = state
-        state = loop.resume("vae", ckpt, lambda s: _restore(ckpt, target, s))
+        if own:
+            state, data = loop.resume(
+                "vae", ckpt, lambda s: (_restore(ckpt, target, s), ckpt.restore_data(s))
+            )
+            batch_fn.set_state(data)
+        else:
+            state = loop.resume("vae", ckpt, lambda s: _restore(ckpt, target, s))
     step_fn = loop.jit_train_step(
         make_train_step(model, tx, config.vae, disc, disc_tx, build_perceptual(config)), mesh
     )
@@ -332,13 +401,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
         "vae",
         state,
         step_fn,
-        functools.partial(vae_batch, config),
+        batch_fn,
         t,
         ckpt,
         writer,
         mesh,
         key,
-        finalize=functools.partial(with_latent_stats, config, model),
+        finalize=functools.partial(with_latent_stats, config, model, batches=stats_batches),
+        validate=validator(config, model, writer, held_out),
     )
     ckpt.close()
     return model, state, history
