@@ -37,8 +37,10 @@ def base(tmp_path_factory):
     return workdir
 
 
-def _finetune(base, workdir, steps=3, **finetune):
+def _finetune(base, workdir, steps=3, learning_rate=None, **finetune):
     config = micro_config(dit_steps=steps)
+    if learning_rate is not None:
+        config.dit.train.learning_rate = learning_rate
     config.stages = ("dit",)
     config.dit.finetune.init_from = base
     for k, v in finetune.items():
@@ -139,6 +141,7 @@ def test_base_that_does_not_fit_is_named(base, tmp_path):
         ("mode", "qlora", "dit.finetune.mode='qlora'"),
         ("lora_rank", 0, "dit.finetune.lora_rank=0: must be >= 1"),
         ("freeze", "(", "dit.finetune.freeze='\\(': is not a regular expression"),
+        ("adapters_from", "exports/a", "dit.finetune.adapters_from='exports/a': needs mode='lora'"),
     ],
 )
 def test_finetune_config_is_checked(key, value, match):
@@ -259,3 +262,24 @@ def test_adapters_only_needs_a_lora_run(base, tmp_path):
     r = run_cli("sora_jax.export", f"--workdir={base}", f"--out={tmp_path}/b", "--adapters_only")
     _one_line(r, "is not a LoRA run", "export the whole model without --adapters_only")
     assert not os.path.exists(tmp_path / "b")
+
+
+def test_lora_run_starts_from_saved_adapters(base, lora_run, tmp_path):
+    _, out = lora_run
+    lora_fields = dict(mode="lora", lora_rank=2, lora_alpha=4.0, lora_targets="cross_.*")
+    # A learning rate of 1e-9 (it must be > 0): one Adam step moves each weight by about that, so
+    # the run still holds the adapters it started from (fresh ones differ by O(1): A is random).
+    _, state, _ = _finetune(
+        base, str(tmp_path / "a"), steps=1, learning_rate=1e-9, adapters_from=out, **lora_fields
+    )
+    ckptr = ocp.StandardCheckpointer()
+    stored = _flat(ckptr.restore(os.path.join(out, adapter_format.PARAMS_DIR)))
+    ckptr.close()
+    ours = _flat(state.params["dit"])
+    assert any(np.any(v != 0) for k, v in stored.items() if k[-1] == "lora_b")
+    for k, v in stored.items():
+        np.testing.assert_allclose(np.asarray(ours[k]), v, rtol=0, atol=1e-7, err_msg="/".join(k))
+    with pytest.raises(
+        ValueError, match=r"adapters_from=.*: trained with lora_rank=2, this run has 3"
+    ):
+        _finetune(base, str(tmp_path / "b"), adapters_from=out, **{**lora_fields, "lora_rank": 3})
