@@ -1,6 +1,7 @@
 """Fine-tuning the DiT from another run (config.dit.finetune): LoRA trains only adapters and
-keeps optimizer state for them alone, its export merges them; a full fine-tune leaves frozen
-params alone; a base that does not fit is named."""
+keeps optimizer state for them alone, its export merges them, its adapters exported alone apply
+to the base (or start another run) as they were; a full fine-tune leaves frozen params alone; a
+base or adapters that do not fit are named."""
 
 import json
 import os
