@@ -194,12 +194,19 @@ def test_adapters_export_holds_only_the_adapters(base, lora_run, tmp_path):
 def test_base_with_adapters_samples_as_the_merged_export(base, lora_run, tmp_path, scan):
     workdir, out = lora_run
     merged = loader.load(exporter.export_workdir(workdir, str(tmp_path / "merged")))
-    # The base as an export whose blocks are scanned, or the workdir itself (unrolled): the
-    # adapters follow the run's unrolled blocks either way.
-    path = exporter.export_workdir(base, str(tmp_path / "base"), scan_blocks=True) if scan else base
-    model = loader.load(path, adapters=out)
+    # The base as an export whose blocks are scanned, sharded over fsdp x tensor, or the
+    # workdir itself (unrolled, one device): the adapters follow the run's unrolled blocks.
+    if scan:
+        path = exporter.export_workdir(base, str(tmp_path / "base"), scan_blocks=True)
+        mesh = mesh_lib.create_mesh(4, ici={"fsdp": 2, "tensor": 2})
+    else:
+        path, mesh = base, None
+    model = loader.load(path, mesh, adapters=out)
     assert model.dit.lora is None and model.name.endswith("+adapters")
     assert model.config.dit.model.scan_blocks == scan
+    if scan:  # each merged kernel stays where the base's was
+        kernel = model.params["dit"]["blocks"]["block"]["cross_q"]["kernel"]
+        assert not kernel.sharding.is_fully_replicated, kernel.sharding
     args = _dit_args(model)
     got = model.dit.apply({"params": model.params["dit"]}, *args)
     want = merged.dit.apply({"params": merged.params["dit"]}, *args)

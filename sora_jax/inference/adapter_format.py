@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from sora_jax.inference import export_format
@@ -65,7 +66,10 @@ def save(
     os.makedirs(out, exist_ok=True)
     ckptr = ocp.StandardCheckpointer()
     try:
-        ckptr.save(os.path.join(out, PARAMS_DIR), jax.tree.map(jnp.float32, adapters))
+        ckptr.save(
+            os.path.join(out, PARAMS_DIR),
+            jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), adapters),
+        )
         ckptr.wait_until_finished()
     finally:
         ckptr.close()
@@ -139,5 +143,5 @@ def read(path: str, meta: dict, want: dict, *, scanned: bool) -> dict:
                 f"{tuple(wanted[k].shape)}"
             )
     return flax.traverse_util.unflatten_dict(
-        {k: jnp.asarray(v, jnp.float32) for k, v in flat.items()}
+        {k: np.asarray(v, np.float32) for k, v in flat.items()}
     )
