@@ -23,6 +23,7 @@ from sora_jax.logging import writers
 from sora_jax.models import builders, lora
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.training import dit_trainer
+from sora_jax.training import finetune as finetune_lib
 
 
 def _flat(tree):
@@ -258,6 +259,7 @@ def _other_model(tmp_path, **model):
         (lambda out, tmp: _other_model(tmp, mlp_ratio=2.0), r"block_0/mlp_in/lora_b has shape"),
         (lambda out, tmp: _other_model(tmp, depth=2), "adapter block_1/.* has no place"),
     ],
+    ids=["rank", "fewer_targets", "more_targets", "mlp_ratio", "depth"],
 )
 def test_adapters_that_do_not_fit_are_named(base, lora_run, tmp_path, make, match):
     with pytest.raises(ValueError, match=match):
@@ -287,7 +289,12 @@ def test_lora_run_starts_from_saved_adapters(base, lora_run, tmp_path):
     assert any(np.any(v != 0) for k, v in stored.items() if k[-1] == "lora_b")
     for k, v in stored.items():
         np.testing.assert_allclose(np.asarray(ours[k]), v, rtol=0, atol=1e-7, err_msg="/".join(k))
+    config = micro_config()
+    config.dit.finetune.update(init_from=base, adapters_from=out, **{**lora_fields, "lora_rank": 3})
+    want = adapter_format.expected(
+        config, builders.build_text_encoder(config), builders.lora_spec(config)
+    )
     with pytest.raises(
         ValueError, match=r"adapters_from=.*: trained with lora_rank=2, this run has 3"
     ):
-        _finetune(base, str(tmp_path / "b"), adapters_from=out, **{**lora_fields, "lora_rank": 3})
+        finetune_lib.load_adapters(config, want)
