@@ -291,6 +291,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.dit.finetune.lora_alpha = 16.0
     c.dit.finetune.lora_dropout = 0.0
     c.dit.finetune.lora_targets = "qkv|attn_out|cross_q|cross_kv|cross_out|mlp_in|mlp_out"
+    # A LoRA run's starting adapters: a folder of `python -m sora_jax.export --adapters_only`
+    # (same rank, alpha, targets) instead of fresh ones; the base is still init_from.
+    c.dit.finetune.adapters_from = ""
 
     # Diffusion objective (the same DiT learns either) and sampler; see README "Objectives and
     # samplers". Times t in [0, 1]: 0 is data, 1 is noise.

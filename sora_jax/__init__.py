@@ -3,11 +3,12 @@
 __version__ = "0.1.0"
 
 
-def load_pipeline(path: str, mesh=None):
+def load_pipeline(path: str, mesh=None, adapters=None):
     """A ready-to-sample `inference.pipeline.Pipeline` from an exported inference checkpoint
-    (`python -m sora_jax.export`) or a training workdir.
+    (`python -m sora_jax.export`) or a training workdir; `adapters`: a LoRA adapters folder
+    (`python -m sora_jax.export --adapters_only`) to merge into its DiT.
 
     Imported on first use, so `import sora_jax` stays light (no JAX start-up)."""
     from sora_jax.inference import pipeline  # noqa: PLC0415 (the lazy public API)
 
-    return pipeline.load_pipeline(path, mesh)
+    return pipeline.load_pipeline(path, mesh, adapters)

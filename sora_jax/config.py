@@ -65,6 +65,7 @@ ADDED_KEYS = {
     "dit.finetune.lora_alpha": 16.0,
     "dit.finetune.lora_dropout": 0.0,
     "dit.finetune.lora_targets": "qkv|attn_out|cross_q|cross_kv|cross_out|mlp_in|mlp_out",
+    "dit.finetune.adapters_from": "",
     "dit.pack_lengths": (),
     "dit.text_tokens": 0,
     "sample.factorized": False,

@@ -10,6 +10,12 @@ text-encoder reference beside them (format: `sora_jax/inference/export_format.py
 trained with (`sora_jax/models/block_stack.py`; the exported config says which). Load it
 with `sora_jax.load_pipeline("exports/tiny")`, or sample from it with
 `python -m sora_jax.sample --workdir=exports/tiny --prompt "..."`.
+
+  python -m sora_jax.export --workdir=runs/ft --out=exports/ft_adapters --adapters_only
+
+writes only a LoRA fine-tune's adapters (EMA) and what applying them needs (format:
+`sora_jax/inference/adapter_format.py`), a small part of a whole export; sample a base with
+them: `python -m sora_jax.sample --workdir=exports/base --adapters=exports/ft_adapters ...`.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace a non-empty --out
 _SCAN = flags.DEFINE_enum(
     "scan_blocks", None, ["true", "false"], "Store the DiT's blocks scanned / unrolled."
 )
+_ADAPTERS = flags.DEFINE_boolean(
+    "adapters_only", False, "Store only a LoRA run's adapters (float32), not the base model."
+)
 
 
 def main(argv):
@@ -34,15 +43,25 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not _WORKDIR.value or not _OUT.value:
         raise app.UsageError("--workdir (a training workdir) and --out (a new folder) are required")
-    try:
-        out = exporter.export_workdir(
-            _WORKDIR.value,
-            _OUT.value,
-            bf16=_BF16.value,
-            name=_NAME.value,
-            overwrite=_OVERWRITE.value,
-            scan_blocks=None if _SCAN.value is None else _SCAN.value == "true",
+    if _ADAPTERS.value and (_BF16.value or _SCAN.value is not None):
+        raise app.UsageError(
+            "--adapters_only stores the adapters in float32 and the run's block form: "
+            "drop --bf16 and --scan_blocks"
         )
+    try:
+        if _ADAPTERS.value:
+            out = exporter.export_adapters(
+                _WORKDIR.value, _OUT.value, name=_NAME.value, overwrite=_OVERWRITE.value
+            )
+        else:
+            out = exporter.export_workdir(
+                _WORKDIR.value,
+                _OUT.value,
+                bf16=_BF16.value,
+                name=_NAME.value,
+                overwrite=_OVERWRITE.value,
+                scan_blocks=None if _SCAN.value is None else _SCAN.value == "true",
+            )
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         raise app.UsageError(str(e)) from None
     print(out)

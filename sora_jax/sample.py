@@ -9,6 +9,9 @@ checkpoint (`python -m sora_jax.export`), plus an index.html gallery of the outp
 
 Sampling flags left out take their value from the workdir's config.diffusion.
 
+--adapters=DIR merges a LoRA fine-tune's adapters (`python -m sora_jax.export --adapters_only`)
+into the DiT of --workdir (the base they were trained on, or any DiT of the same shapes).
+
 Generation modes (given frames are resized to --height x --width and kept in the output):
 
   --image first.png                          image->video (the image is the first frame)
@@ -63,6 +66,9 @@ from sora_jax.parallel import mesh as mesh_lib
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Training workdir or exported checkpoint folder (config + weights)."
+)
+_ADAPTERS = flags.DEFINE_string(
+    "adapters", None, "LoRA adapters folder (export --adapters_only) to apply to --workdir's DiT."
 )
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "Text prompt (repeat for several).")
 _NEGATIVE = flags.DEFINE_string("negative_prompt", "", "Prompt to steer away from (CFG).")
@@ -190,6 +196,10 @@ def main(argv):
     if not prompts or any(not p.strip() for p in prompts):
         raise app.UsageError("--prompt must be given and not empty")
     if wan_pipeline.is_wan_folder(_WORKDIR.value):
+        if _ADAPTERS.value:
+            raise app.UsageError(
+                "--adapters applies to sora_jax models, not a diffusers Wan folder"
+            )
         for p in _sample_wan(prompts, list(argv[1:])):
             print(p)
         return
@@ -220,7 +230,9 @@ def main(argv):
         expansions = _expand(config, prompts, num_frames)
         if expansions:
             prompts = [e.expanded for e in expansions]
-        pipe = pipeline_lib.load_pipeline(_WORKDIR.value, mesh).with_vae_inference(**decode)
+        pipe = pipeline_lib.load_pipeline(_WORKDIR.value, mesh, _ADAPTERS.value).with_vae_inference(
+            **decode
+        )
         paths = samples.write_samples(
             pipe,
             prompts,

@@ -59,6 +59,7 @@ def test_sample_cli_errors_name_the_problem(config_only, tmp_path):
         ([w, PROMPT, "--frames=0"], "num_frames=0: must be at least 1"),
         ([w, PROMPT], "no VAE checkpoint under"),
         ([w, PROMPT, "--guidance_interval=a,b"], "--guidance_interval must be two numbers"),
+        ([w, PROMPT, f"--adapters={tmp_path}/none"], f"{tmp_path}/none/adapters.json not found"),
     ]
     for args, message in cases:
         r = run_cli("sora_jax.sample", *args)
@@ -75,6 +76,14 @@ def test_export_cli_errors_name_the_problem(config_only, tmp_path):
         ),
         ([f"--workdir={config_only}", f"--out={tmp_path}/o"], "no VAE checkpoint under"),
         ([f"--workdir={config_only}", f"--out={config_only}"], "exists and is not empty"),
+        (
+            [f"--workdir={config_only}", f"--out={tmp_path}/o", "--adapters_only", "--bf16"],
+            "drop --bf16 and --scan_blocks",
+        ),
+        (
+            [f"--workdir={config_only}", f"--out={tmp_path}/o", "--adapters_only"],
+            "is not a LoRA run (config.dit.finetune.mode='full')",
+        ),
     ]
     for args, message in cases:
         r = run_cli("sora_jax.export", *args)

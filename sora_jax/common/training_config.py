@@ -105,3 +105,10 @@ def _validate_finetune(config):
             re.compile(f.lora_targets)
         except re.error as e:
             cc.check(False, "dit.finetune.lora_targets", f.lora_targets, f"not a regex ({e})")
+    if f.adapters_from:
+        cc.check(
+            f.mode == "lora" and bool(f.init_from),
+            "dit.finetune.adapters_from",
+            f.adapters_from,
+            "needs mode='lora' and the base they adapt in init_from",
+        )

@@ -48,13 +48,17 @@ def text_reference(config: ml_collections.ConfigDict) -> dict:
     return ref
 
 
-def check_out(out: str, overwrite: bool) -> str:
+def check_out(
+    out: str, overwrite: bool, is_ours=is_export, kind: str = "an exported checkpoint"
+) -> str:
+    """`out`'s absolute path once it may be written: new, empty, or (with `overwrite`) `kind`
+    of folder, as `is_ours` recognises it."""
     out = os.path.abspath(out)
     if os.path.isdir(out) and os.listdir(out):
         if not overwrite:
             raise FileExistsError(f"{out} exists and is not empty; choose a new --out")
-        if not is_export(out):  # overwrite replaces old exports, never other folders
-            raise FileExistsError(f"{out} is not an exported checkpoint; will not replace it")
+        if not is_ours(out):  # overwrite replaces what we wrote before, never other folders
+            raise FileExistsError(f"{out} is not {kind}; will not replace it")
     if os.path.exists(out) and not os.path.isdir(out):
         raise FileExistsError(f"{out} exists and is not a folder; choose a new --out")
     return out

@@ -1,11 +1,13 @@
 """Exporting a model for inference (`python -m sora_jax.export`): a training workdir's latest
-EMA params, or a loaded model, written in the `export_format`."""
+EMA params, or a loaded model, written in the `export_format`; or a LoRA run's adapters alone
+(`export_adapters`, `adapter_format`)."""
 
 from __future__ import annotations
 
 import os
 
-from sora_jax.inference import export_format, loader
+from sora_jax import config as config_lib
+from sora_jax.inference import adapter_format, export_format, loader
 from sora_jax.models import block_stack, builders, lora
 
 
@@ -75,4 +77,34 @@ def export_workdir(
         source=source,
         overwrite=overwrite,
         scan_blocks=scan_blocks,
+    )
+
+
+def export_adapters(
+    workdir: str, out: str, *, name: str | None = None, overwrite: bool = False
+) -> str:
+    """Writes a LoRA fine-tune workdir's latest EMA adapters, without the base model, to `out`
+    (`adapter_format`); returns `out`'s path. Any other workdir is a ValueError."""
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"--workdir={workdir} does not exist")
+    if export_format.is_export(workdir):
+        raise ValueError(
+            f"{workdir} is an exported checkpoint (adapters merged), not a LoRA run's workdir"
+        )
+    mode = config_lib.load_saved(workdir).dit.finetune.mode
+    if mode != "lora":
+        raise ValueError(
+            f"{workdir} is not a LoRA run (config.dit.finetune.mode={mode!r}): it has no "
+            f"adapters to export alone; export the whole model without --adapters_only"
+        )
+    export_format.check_out(out, overwrite, adapter_format.is_adapters, "an adapters folder")
+    model = loader.load_workdir(workdir)
+    _, adapters = lora.split(model.params["dit"])
+    return adapter_format.save(
+        out,
+        model.config,
+        adapters,
+        name=name or os.path.basename(os.path.abspath(out)),
+        source={"workdir": os.path.abspath(workdir), **model.steps},
+        overwrite=overwrite,
     )

@@ -20,8 +20,8 @@ from jax.sharding import Mesh
 
 from sora_jax import config as config_lib
 from sora_jax.common import checkpoint, finite
-from sora_jax.inference import export_format
-from sora_jax.models import builders
+from sora_jax.inference import adapter_format, export_format
+from sora_jax.models import builders, lora
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.parallel import partitioning
 
@@ -195,9 +195,33 @@ def load_export(path: str, mesh: Mesh | None = None) -> InferenceModel:
     )
 
 
-def load(path: str, mesh: Mesh | None = None) -> InferenceModel:
+def with_adapters(model: InferenceModel, path: str) -> InferenceModel:
+    """`model` with the LoRA adapters of the folder `path` (`adapter_format`) merged into its
+    DiT's kernels, each placed as the kernel was: a plain DiT that samples as the LoRA
+    fine-tune did. An adapter missing, unexpected or of another shape is a ValueError naming it."""
+    meta = adapter_format.read_meta(path)
+    if builders.lora_spec(model.config) is not None:
+        raise ValueError(
+            f"{model.name} is a LoRA run with adapters of its own: export it (merged) first and "
+            f"load the adapters {path} onto that export"
+        )
+    spec = adapter_format.spec(meta)
+    want = adapter_format.expected(model.config, model.text_encoder, spec)
+    adapters = adapter_format.read(path, meta, want, scanned=model.config.dit.model.scan_blocks)
+    base = model.params["dit"]
+    dit = lora.merge(lora.combine(base, adapters), spec)
+    dit = jax.tree.map(lambda x, b: jax.device_put(x, b.sharding), dit, base)
+    check_finite(dit, f"the base {model.name} with the adapters {path}")
+    return dataclasses.replace(
+        model, params={**model.params, "dit": dit}, name=f"{model.name}+{meta['name']}"
+    )
+
+
+def load(path: str, mesh: Mesh | None = None, adapters: str | None = None) -> InferenceModel:
     """The model of an exported checkpoint (`python -m sora_jax.export`) or of a training
-    workdir (its latest checkpoints)."""
-    if export_format.is_export(path):
-        return load_export(path, mesh)
-    return load_workdir(path, mesh)
+    workdir (its latest checkpoints); with `adapters` (a folder written by `python -m
+    sora_jax.export --adapters_only`) merged into its DiT (`with_adapters`)."""
+    if adapters:
+        adapter_format.read_meta(adapters)  # a wrong folder fails before the slow loading
+    model = load_export(path, mesh) if export_format.is_export(path) else load_workdir(path, mesh)
+    return with_adapters(model, adapters) if adapters else model

@@ -553,8 +553,9 @@ def _decode(
     return vae_inference.decode(vae, vae_params, latents, inference_cfg, mesh)
 
 
-def load_pipeline(path: str, mesh: Mesh | None = None) -> Pipeline:
+def load_pipeline(path: str, mesh: Mesh | None = None, adapters: str | None = None) -> Pipeline:
     """A ready-to-sample Pipeline from an exported inference checkpoint
     (`python -m sora_jax.export`) or from a training workdir (its latest VAE and DiT
-    checkpoints, EMA params); on `mesh` (None: one device) it samples sharded."""
-    return Pipeline(loader.load(path, mesh), mesh=mesh)
+    checkpoints, EMA params), with the LoRA `adapters` folder (`--adapters_only` export)
+    merged into its DiT if given; on `mesh` (None: one device) it samples sharded."""
+    return Pipeline(loader.load(path, mesh, adapters), mesh=mesh)

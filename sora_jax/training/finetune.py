@@ -1,6 +1,7 @@
 """Fine-tuning part of a model (config.dit.finetune): the DiT initialised from another run's
-weights, and an optimizer that updates, and keeps state for, only the trainable leaves (LoRA
-adapters, or everything but a frozen pattern)."""
+weights (a LoRA run's adapters fresh, or from an adapters folder: adapters_from), and an
+optimizer that updates, and keeps state for, only the trainable leaves (LoRA adapters, or
+everything but a frozen pattern)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import jax
 import optax
 
 from sora_jax.common import checkpoint
-from sora_jax.inference import loader
+from sora_jax.inference import adapter_format, loader
 from sora_jax.models import block_stack, builders, lora
 from sora_jax.training import train_state as ts
 from sora_jax.training import vae_trainer
@@ -61,10 +62,28 @@ def load_base(config, path: str):
     return params
 
 
+def load_adapters(config, dit_params) -> dict:
+    """The adapters of config.dit.finetune.adapters_from, nested as in `dit_params` (this
+    run's LoRA DiT); a LoRA field other than this run's, or an adapter missing, unexpected or
+    of another shape, is a ValueError naming it."""
+    path = config.dit.finetune.adapters_from
+    meta = adapter_format.read_meta(path)
+    ours, theirs = builders.lora_spec(config), adapter_format.spec(meta)
+    for field in ("rank", "alpha", "targets"):
+        if getattr(ours, field) != getattr(theirs, field):
+            raise ValueError(
+                f"config.dit.finetune.adapters_from={path}: trained with lora_{field}="
+                f"{getattr(theirs, field)!r}, this run has {getattr(ours, field)!r}"
+            )
+    want = lora.split(dit_params)[1]
+    return adapter_format.read(path, meta, want, scanned=config.dit.model.scan_blocks)
+
+
 def initialize(config, state):
     """``state`` with its DiT params and EMA taken from config.dit.finetune.init_from (a LoRA
-    model keeps its fresh adapters); each array placed where the state's is. A base leaf
-    missing from the source, an extra one, or a shape mismatch is an error naming it."""
+    model keeps its fresh adapters, or takes those of adapters_from); each array placed where
+    the state's is. A base leaf missing from the source, an extra one, or a shape mismatch is
+    an error naming it."""
     path = config.dit.finetune.init_from
     base = _flat(load_base(config, path))
     ours = _flat(state.params["dit"])
@@ -79,7 +98,9 @@ def initialize(config, state):
             raise ValueError(
                 f"{where}: {'/'.join(k)} has shape {base[k].shape}, this DiT {ours[k].shape}"
             )
-    merged = {k: jax.device_put(base[k], v.sharding) if k in wanted else v for k, v in ours.items()}
+    if config.dit.finetune.adapters_from:
+        base.update(_flat(load_adapters(config, state.params["dit"])))
+    merged = {k: jax.device_put(base[k], v.sharding) if k in base else v for k, v in ours.items()}
     dit = flax.traverse_util.unflatten_dict(merged)
     # The EMA gets its own buffers: the train step donates both trees.
     ema = jax.tree.map(jax.numpy.copy, dit)
