@@ -71,7 +71,8 @@ def test_no_sora_jax_import_inside_a_function():
             for node in ast.walk(fn):
                 if _imported(node, name):
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
-    assert found == ["sora_jax/__init__.py:11"], found
+    # The one exception: the lazy public `load_pipeline`.
+    assert [f.split(":")[0] for f in found] == ["sora_jax/__init__.py"], found
 
 
 def test_no_import_cycles():
