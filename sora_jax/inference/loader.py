@@ -85,10 +85,11 @@ def check_finite(params, where: str) -> None:
 def load_vae(config, workdir: str, mesh: Mesh | None = None):
     """(VAE module, EMA params replicated over `mesh`) from a workdir's newest VAE checkpoint
     that restores."""
-    return _load_vae(config, workdir, mesh)[:2]
+    return load_vae_with_step(config, workdir, mesh)[:2]
 
 
-def _load_vae(config, workdir: str, mesh: Mesh | None):
+def load_vae_with_step(config, workdir: str, mesh: Mesh | None = None):
+    """`load_vae`'s (module, params) and the step of the checkpoint they come from."""
     mesh = mesh or mesh_lib.create_mesh(1)
     vae = builders.build_vae(config)
     replicated = mesh_lib.replicated(mesh)
@@ -145,7 +146,7 @@ def load_workdir(workdir: str, mesh: Mesh | None = None) -> InferenceModel:
     """The latest VAE and DiT checkpoints' EMA params of a training workdir."""
     config = config_lib.load_saved(workdir)
     mesh = mesh or mesh_lib.local_mesh()
-    vae, vae_params, vae_step = _load_vae(config, workdir, mesh)
+    vae, vae_params, vae_step = load_vae_with_step(config, workdir, mesh)
     dit, text_encoder, params, extras, dit_step = _load_dit(config, workdir, mesh)
     return InferenceModel(
         config=config,
