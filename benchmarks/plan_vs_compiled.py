@@ -36,6 +36,12 @@ CASES = {
         "configs/dit.py:XL", "v5p-8", "fsdp:4",
         {"rows": 4, "seq_len": 8192, "model.remat_policy": "save_block_inputs"},
     ),
+    # Fine-tuning XL at 480p x 81 frames on a v5e-8 (16 GiB chips): all of it, or LoRA.
+    "xl_480p_v5e8": ("configs/dit.py:XL", "v5e-8", "fsdp:8", {"rows": 8, "seq_len": 32768}),
+    "xl_480p_v5e8_lora": (
+        "configs/dit.py:XL", "v5e-8", "fsdp:8",
+        {"rows": 8, "seq_len": 32768, "finetune.mode": "lora"},
+    ),
     "b_16k_v5e": ("configs/dit.py:B", "v5e-8", "fsdp:8", {"rows": 8, "seq_len": 16384}),
     "s_4k_dots": (
         "configs/dit.py:S", "v5e-8", "fsdp:8",

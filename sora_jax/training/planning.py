@@ -35,7 +35,7 @@ from sora_jax.models import dit as dit_lib
 from sora_jax.models import flops as flops_lib
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.parallel import partitioning
-from sora_jax.training import dit_trainer
+from sora_jax.training import dit_trainer, finetune
 from sora_jax.training import train_state as ts
 
 # Per-device memory (GiB) and dense bf16 peak (FLOP/s), from the vendors' data sheets.
@@ -91,7 +91,13 @@ def model_summary(config) -> dict[str, float]:
 def _abstract_state(config):
     text_encoder = builders.build_text_encoder(config)
     dit = builders.build_dit(config, text_encoder.dim)
-    tx = ts.make_optimizer(config.dit.train)
+    # As the trainer builds it: a LoRA / frozen fine-tune keeps optimizer state for the
+    # trainable leaves only.
+    tx = finetune.optimizer(
+        config,
+        ts.make_optimizer(config.dit.train),
+        nn.unbox(builders.abstract_dit_params(config, dit, text_encoder)),
+    )
     init = dit_trainer.boxed_init(config, dit, text_encoder, tx, None)
     return dit, text_encoder, tx, jax.eval_shape(init, jax.random.PRNGKey(0))
 
@@ -235,6 +241,14 @@ def plan(
     p_total, p_dev = _split_bytes(abstract.params, shape, rules)
     o_total, o_dev = _split_bytes(abstract.opt_state, shape, rules)
     e_total, e_dev = _split_bytes(abstract.ema_params, shape, rules)
+    # Gradients exist for the trainable leaves only (the others are under stop_gradient):
+    # their share of the params' bytes.
+    mask = finetune.trainable_mask(config, nn.unbox(abstract.params))
+    g_dev = p_dev
+    if mask is not None:
+        leaves = jax.tree.leaves(nn.unbox(abstract.params))
+        trained = [x for x, m in zip(leaves, jax.tree.leaves(mask)) if m]
+        g_dev = p_dev * sum(math.prod(x.shape) * x.dtype.itemsize for x in trained) / p_total
     if platform is None and device_kind:
         platform = "tpu" if device_kind.startswith("v") else "gpu"
     act = activation_bytes(config, shape, platform)
@@ -253,10 +267,10 @@ def plan(
             "param_bytes": p_dev,
             "optimizer_bytes": o_dev,
             "ema_bytes": e_dev,
-            # Gradients: one more params-sized, params-sharded tree during the step.
-            "gradient_bytes": p_dev,
+            # Gradients: one more params-sharded tree (of the trainable leaves) in the step.
+            "gradient_bytes": g_dev,
             "activation_bytes_estimate": act,
-            "total_bytes": 2 * p_dev + o_dev + e_dev + act,
+            "total_bytes": p_dev + g_dev + o_dev + e_dev + act,
         },
         "rows": config.dit.rows,
         "tokens_per_step": config.dit.rows * config.dit.seq_len,

@@ -1,4 +1,5 @@
-"""Stage 1: train the causal video VAE on moving shapes.
+"""Stage 1: train the causal video VAE on moving shapes, or on own videos (data.source's,
+``vae.train.data='source'``: `data.vae_input`, its iterator state checkpointed with the model).
 
 Losses: L1 + L2 reconstruction, KL, optionally LPIPS (``config.vae.perceptual``) and a 3D patch
 GAN with hinge loss and VQGAN's adaptive weight from a start step (``config.vae.gan``; the
