@@ -381,7 +381,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.num_prompts = 32
     c.eval.seed = 10_000  # prompts and noise from seeds never used in training
-    c.eval.at_end = True
+    c.eval.at_end = True  # after training; on the built-in set only (it judges moving shapes)
     return c
 
 

@@ -118,7 +118,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                     width=s.width,
                     seed=s.seed,
                 )
-            if config.eval.at_end:
+            # The prompt-following judge reads moving shapes: own data has no such truth.
+            if config.eval.at_end and config.data.source == "moving_shapes":
                 results["eval"] = prompt_eval.evaluate_pipeline(
                     pipe, config.eval.num_prompts, config.eval.seed
                 )
