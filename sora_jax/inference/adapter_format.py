@@ -88,17 +88,13 @@ def save(
 
 
 def read_meta(path: str) -> dict:
-    file = os.path.join(path, META_FILE)
-    if not os.path.isfile(file):
-        raise FileNotFoundError(
-            f"{file} not found: not an adapters folder (write one with "
-            f"`python -m sora_jax.export --workdir=<LoRA run> --out={path} --adapters_only`)"
-        )
-    with open(file) as f:
-        meta = json.load(f)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{file}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    return meta
+    return export_format.read_json(
+        path,
+        META_FILE,
+        FORMAT,
+        "an adapters folder",
+        f"python -m sora_jax.export --workdir=<LoRA run> --out={path} --adapters_only",
+    )
 
 
 def expected(config, text_encoder, s: lora.LoraSpec) -> dict:

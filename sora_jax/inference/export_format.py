@@ -106,18 +106,27 @@ def save(
     return out
 
 
-def read_meta(path: str) -> dict:
-    file = os.path.join(path, META_FILE)
+def read_json(path: str, name: str, fmt: str, what: str, command: str) -> dict:
+    """The metadata file `name` of the folder `path`, of format `fmt`; a missing file says the
+    folder is not `what` and how to write one (`command`)."""
+    file = os.path.join(path, name)
     if not os.path.isfile(file):
-        raise FileNotFoundError(
-            f"{file} not found: not an exported checkpoint (write one with "
-            f"`python -m sora_jax.export --workdir=... --out={path}`)"
-        )
+        raise FileNotFoundError(f"{file} not found: not {what} (write one with `{command}`)")
     with open(file) as f:
         meta = json.load(f)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{file}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("format") != fmt:
+        raise ValueError(f"{file}: format {meta.get('format')!r}, expected {fmt!r}")
     return meta
+
+
+def read_meta(path: str) -> dict:
+    return read_json(
+        path,
+        META_FILE,
+        FORMAT,
+        "an exported checkpoint",
+        f"python -m sora_jax.export --workdir=... --out={path}",
+    )
 
 
 def read_params(path: str, meta: dict, expected, mesh, shardings=None) -> dict:
