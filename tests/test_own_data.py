@@ -27,15 +27,17 @@ DATA = [
 ]
 
 
-def _kill_once(module, *args, when: str, timeout: float = 300):
+def _kill_once(module, *args, when: str, cache: str, timeout: float = 300):
     """Runs `python -m module args` and kills it (SIGKILL) as soon as a file matches the glob
-    `when`; if it ends first, it must have succeeded."""
+    `when`; if it ends first, it must have succeeded. It compiles into its own JAX cache
+    `cache`: a process killed while writing an entry of the suite's shared cache would leave
+    it truncated, and the next process to read it aborts."""
     p = subprocess.Popen(
         [sys.executable, "-m", module, *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        env=dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache),
         cwd=ROOT,
     )
     start = time.time()
@@ -58,6 +60,7 @@ def test_own_videos_from_folder_to_samples_with_a_kill_at_every_stage(tmp_path):
     videos = _write_folder(tmp_path / "videos")  # mixed sizes, rates, lengths; bad files
     data_dir, work = str(tmp_path / "tfds"), str(tmp_path / "run")
     config = f"--config={TINY}:micro"
+    jax_cache = str(tmp_path / "jax_cache")  # the killed processes'
 
     # 1. The dataset (the bad files are listed, not fatal).
     args = [f"--source={videos}", f"--data_dir={data_dir}", "--max_bad_fraction=0.5"]
@@ -69,7 +72,7 @@ def test_own_videos_from_folder_to_samples_with_a_kill_at_every_stage(tmp_path):
     vae += ["--config.data.source=tfds", f"--config.data.tfds_data_dir={data_dir}"]
     vae += ["--config.vae.train.steps=4", "--config.vae.latent_stats_batches=1"]
     ckpts = os.path.join(work, "vae", "checkpoints")
-    assert _kill_once("sora_jax.train", *vae, when=f"{ckpts}/2") == "killed"
+    assert _kill_once("sora_jax.train", *vae, when=f"{ckpts}/2", cache=jax_cache) == "killed"
     assert not os.path.exists(f"{ckpts}/4")
     _ok(run_cli("sora_jax.train", *vae))
     assert sorted(os.listdir(ckpts))[-1] == "4"
@@ -78,7 +81,7 @@ def test_own_videos_from_folder_to_samples_with_a_kill_at_every_stage(tmp_path):
     prep = [config, f"--workdir={work}", f"--source={videos}", f"--data_dir={data_dir}"]
     prep += ["--max_bad_fraction=0.5", *DATA]
     cache = os.path.join(work, "latent_cache")
-    _kill_once("sora_jax.prepare", *prep, when=f"{cache}/latents-*")
+    _kill_once("sora_jax.prepare", *prep, when=f"{cache}/latents-*", cache=jax_cache)
     assert not os.path.exists(os.path.join(cache, "prepare.json"))
     _ok(run_cli("sora_jax.prepare", *prep))
     with open(os.path.join(cache, "cache_info.json")) as f:
@@ -92,7 +95,7 @@ def test_own_videos_from_folder_to_samples_with_a_kill_at_every_stage(tmp_path):
     dit += ["--config.dit.rows=8", "--config.dit.max_segments=1", "--config.dit.train.steps=4"]
     dit += ["--config.dit.train.val_every=2"]
     ckpts = os.path.join(work, "dit", "checkpoints")
-    assert _kill_once("sora_jax.train", *dit, when=f"{ckpts}/2") == "killed"
+    assert _kill_once("sora_jax.train", *dit, when=f"{ckpts}/2", cache=jax_cache) == "killed"
     _ok(run_cli("sora_jax.train", *dit))
     assert sorted(os.listdir(ckpts))[-1] == "4"
     assert glob.glob(os.path.join(work, "samples", "*.mp4"))
