@@ -14,3 +14,19 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "sora_jax_tests_jax_cache")
 )
+
+
+import gc  # noqa: E402
+
+import jax  # noqa: E402  (after the environment above)
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drops each module's compiled programs when it ends: an xdist worker runs dozens of
+    modules, and their executables kept in memory grew a worker past 8 GB (XLA then aborts
+    allocating); later modules get theirs back from the persistent cache."""
+    yield
+    jax.clear_caches()
+    gc.collect()
