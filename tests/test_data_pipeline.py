@@ -417,7 +417,7 @@ def test_vae_batches_fit_own_clips_to_the_step_bucket_and_skip_held_out(dataset)
         examples = batches.examples(step)
         seen |= {e["index"] for e in examples}
         b = batches.assemble(examples, step)
-        frames, h, w = batches.bucket(step)
+        frames, h, w = vae_input.step_bucket(c, step)
         # The shortest clip (5 frames) caps the frames; stills go to the images unless the
         # group has nothing else.
         longest = max(len(e["video"]) for e in examples)

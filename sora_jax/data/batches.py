@@ -120,28 +120,39 @@ def caption_embeddings(config, text_encoder, captions: list[str]) -> dict:
     return dict(text_emb=table, text_index=index[:-1], text_null_index=int(index[-1]))
 
 
-def build_latent_cache(
-    config, vae_model, vae_params, text_encoder, latent_mean, latent_std
-) -> LatentCache:
-    """Encodes the first `dit.latent_cache_size` videos and normalises their latents with the
-    VAE's stored statistics ((z - latent_mean) / latent_std, f32[c] each)."""
+def shapes_source(config, num_examples: int) -> shapes.MovingShapes:
+    """The built-in set of config.data (its seed, lengths, sizes and image share)."""
     d = config.data
-    source = shapes.MovingShapes(
+    return shapes.MovingShapes(
         seed=d.seed,
-        num_examples=d.num_examples,
+        num_examples=num_examples,
         frame_choices=tuple(d.frame_choices),
         resolutions=tuple(tuple(r) for r in d.resolutions),
         image_fraction=d.image_fraction,
     )
-    n = min(config.dit.latent_cache_size, len(source))
-    examples = [source[i] for i in range(n)]
-    latents = encode_videos(
+
+
+def encode_examples(config, vae_model, vae_params, examples) -> list[np.ndarray]:
+    """The latents f32[t h w c] of the examples' videos (config.data.encode_batch_size per VAE
+    call, config.vae.inference)."""
+    return encode_videos(
         vae_model,
         vae_params,
         [e["video"] for e in examples],
         batch_size=config.data.encode_batch_size,
         inference=vae_inference.from_config(config),
     )
+
+
+def build_latent_cache(
+    config, vae_model, vae_params, text_encoder, latent_mean, latent_std
+) -> LatentCache:
+    """Encodes the first `dit.latent_cache_size` videos and normalises their latents with the
+    VAE's stored statistics ((z - latent_mean) / latent_std, f32[c] each)."""
+    source = shapes_source(config, config.data.num_examples)
+    n = min(config.dit.latent_cache_size, len(source))
+    examples = [source[i] for i in range(n)]
+    latents = encode_examples(config, vae_model, vae_params, examples)
     mean, std = np.asarray(latent_mean, np.float32), np.asarray(latent_std, np.float32)
     flat = np.concatenate([l.reshape(-1, l.shape[-1]) for l in latents])
     captions = captions_of(config, examples)
@@ -185,22 +196,10 @@ def held_out_shapes(
 ) -> LatentCache:
     """`k` built-in videos training never sees (the moving shapes after the latent cache's
     `dit.latent_cache_size`), encoded and normalised as the cache is, for validation."""
-    d, first = config.data, config.dit.latent_cache_size
-    source = shapes.MovingShapes(
-        seed=d.seed,
-        num_examples=first + k,
-        frame_choices=tuple(d.frame_choices),
-        resolutions=tuple(tuple(r) for r in d.resolutions),
-        image_fraction=d.image_fraction,
-    )
+    first = config.dit.latent_cache_size
+    source = shapes_source(config, first + k)
     examples = [source[i] for i in range(first, first + k)]
-    latents = encode_videos(
-        vae_model,
-        vae_params,
-        [e["video"] for e in examples],
-        batch_size=d.encode_batch_size,
-        inference=vae_inference.from_config(config),
-    )
+    latents = encode_examples(config, vae_model, vae_params, examples)
     mean, std = np.asarray(latent_mean, np.float32), np.asarray(latent_std, np.float32)
     patched = [packing.patchify((l - mean) / std, tuple(config.dit.patch)) for l in latents]
     captions = [e["caption"] for e in examples]

@@ -28,7 +28,7 @@ from absl import logging
 
 from sora_jax.data import batches, holdout, input_pipeline, latent_cache, packing
 from sora_jax.data.batches import LatentCache
-from sora_jax.models import builders, vae_inference
+from sora_jax.models import builders
 
 
 def latent_stats(latents: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -41,13 +41,7 @@ def encode_examples(config, vae_model, vae_params, text_encoder, examples: list[
     """[(latent f32[t h w c], caption ids i32[lt], mask bool[lt])] of decoded examples."""
     if not examples:
         return []
-    latents = batches.encode_videos(
-        vae_model,
-        vae_params,
-        [e["video"] for e in examples],
-        batch_size=config.data.encode_batch_size,
-        inference=vae_inference.from_config(config),
-    )
+    latents = batches.encode_examples(config, vae_model, vae_params, examples)
     ids, mask = text_encoder.tokenize([e["caption"] for e in examples])
     return list(zip(latents, np.asarray(ids), np.asarray(mask)))
 
@@ -238,13 +232,14 @@ def build(config, vae_model, vae_params, text_encoder, mesh, log_dir: str | None
     return batch_fn, mean, std
 
 
-def write_latent_cache(config, vae, output: str, chunk: int = 64) -> dict:
+def write_latent_cache(config, vae, output: str, chunk: int = 64, text_encoder=None) -> dict:
     """`python -m sora_jax.cache_latents`: encodes every example of the TFDS source once with
-    `vae` = (model, params) and, for a frozen text encoder, each caption with it; writes the
-    latent cache to `output` and returns its info (num_examples, num_bad, latent_mean/std, ...)."""
+    `vae` = (model, params) and, for a frozen text encoder, each caption with it (config.text's,
+    or `text_encoder` when the caller has built it); writes the latent cache to `output` and
+    returns its info (num_examples, num_bad, latent_mean/std, ...)."""
     d = config.data
     vae_model, vae_params = vae
-    text_encoder = builders.build_text_encoder(config)
+    text_encoder = text_encoder or builders.build_text_encoder(config)
     embed = caption_embedder(text_encoder)
     source = input_pipeline.open_tfds(d.tfds_name, d.tfds_data_dir, d.tfds_split)
     opts = input_pipeline.clip_options(config)

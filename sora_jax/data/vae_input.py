@@ -36,6 +36,13 @@ def fit(video: np.ndarray, frames: int, height: int, width: int, rng) -> np.ndar
     return video[:, y : y + height, x : x + width]
 
 
+def step_bucket(config, step: int) -> tuple[int, int, int]:
+    """The (frames, height, width) of `vae.train.buckets` that VAE step `step` trains on (a
+    pure function of the step, the same for the built-in set and own videos)."""
+    buckets = [tuple(b) for b in config.vae.train.buckets]
+    return buckets[np.random.default_rng([config.data.seed, 1, step]).integers(len(buckets))]
+
+
 def common_frames(lengths, frames: int, temporal_compression: int) -> int:
     """The longest 1 + ct*k <= `frames` that clips of these lengths all have."""
     n = min([frames, *lengths])
@@ -79,17 +86,11 @@ class VAEBatches(input_pipeline.StepBatches):
         super().__init__(config, groups, mesh, d.worker_count, bad_files)
         self.ct = geometry.vae_compression(config)[0]
 
-    def bucket(self, step: int) -> tuple[int, int, int]:
-        buckets = [tuple(b) for b in self.config.vae.train.buckets]
-        return buckets[
-            np.random.default_rng([self.config.data.seed, 1, step]).integers(len(buckets))
-        ]
-
     def assemble(self, examples: list[dict], step: int) -> dict[str, np.ndarray]:
         if not examples:
             raise RuntimeError(f"VAE step {step}: no usable example in its group")
         t, nproc = self.config.vae.train, jax.process_count()
-        frames, h, w = self.bucket(step)
+        frames, h, w = step_bucket(self.config, step)
         rng = np.random.default_rng([self.config.data.seed, 8, step, jax.process_index()])
         clips = [e["video"] for e in examples]
         # Stills of the dataset go to the images (a 1-frame clip would make the batch one of

@@ -59,8 +59,7 @@ def vae_batch(config: ml_collections.ConfigDict, step: int) -> dict[str, np.ndar
     (frames, h, w) bucket and, with ``image_batch_size > 0``, ``image`` f32[bi 1 h w 3] (still
     images of the same size, from a source of their own)."""
     d, t = config.data, config.vae.train
-    buckets = [tuple(b) for b in t.buckets]
-    frames, h, w = buckets[np.random.default_rng([d.seed, 1, step]).integers(len(buckets))]
+    frames, h, w = vae_input.step_bucket(config, step)
     source = _bucket_source(d.seed, d.num_examples, frames, h, w)
     first = step * t.batch_size
     videos = [source[(first + i) % len(source)]["video"] for i in range(t.batch_size)]
