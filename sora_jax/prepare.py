@@ -45,12 +45,12 @@ _FLAG_NAMES = dict(data_dir="--data_dir", source="--source", max_bad_fraction="-
 RECORD = "prepare.json"  # in the cache: what it was written from
 
 
-def _record(config, data_dir: str, vae_step: int, num_examples: int) -> dict:
+def _record(data_dir: str, vae_step: int, num_examples: int, text_encoder) -> dict:
     return dict(
         data_dir=os.path.abspath(data_dir),
         num_examples=num_examples,
         vae_step=vae_step,
-        text=builders.build_text_encoder(config).identity,
+        text=text_encoder.identity,
     )
 
 
@@ -75,13 +75,16 @@ def prepare(config, workdir: str, source: str, data_dir: str, cache_dir: str, ma
     config.data.tfds_name, config.data.tfds_split = tfds_builder.NAME, "train"
     mesh = mesh_lib.create_mesh(config.mesh.num_devices)
     vae_model, vae_params, vae_step = loader.load_vae_with_step(config, workdir, mesh)
-    record = _record(config, data_dir, vae_step, num)
+    text_encoder = builders.build_text_encoder(config)  # a frozen one loads its weights once
+    record = _record(data_dir, vae_step, num, text_encoder)
     if _complete(cache_dir, record):
         print(f"latent cache: {cache_dir} is complete (VAE step {vae_step}); reusing it")
         return cache_dir
     if os.path.exists(os.path.join(cache_dir, RECORD)):
         os.remove(os.path.join(cache_dir, RECORD))  # written again once the cache is whole
-    info = dit_input.write_latent_cache(config, (vae_model, vae_params), cache_dir)
+    info = dit_input.write_latent_cache(
+        config, (vae_model, vae_params), cache_dir, text_encoder=text_encoder
+    )
     with open(os.path.join(cache_dir, RECORD), "w") as f:
         json.dump(record, f, indent=2)
     logging.info("latent cache info: %s", {k: info[k] for k in ("num_examples", "num_bad")})
