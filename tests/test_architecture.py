@@ -101,6 +101,7 @@ def test_the_top_level_holds_entry_points_and_the_public_api():
         "evaluate_vae",
         "export",
         "plan",
+        "prepare",
         "recaption",
         "sample",
         "train",

@@ -81,8 +81,11 @@ def test_own_videos_from_folder_to_samples_with_a_kill_at_every_stage(tmp_path):
     prep = [config, f"--workdir={work}", f"--source={videos}", f"--data_dir={data_dir}"]
     prep += ["--max_bad_fraction=0.5", *DATA]
     cache = os.path.join(work, "latent_cache")
+    # Four clips encode fast: the cache may be whole before the kill lands. Either way the
+    # record that makes a re-run reuse the cache never exists without the whole cache.
     _kill_once("sora_jax.prepare", *prep, when=f"{cache}/latents-*", cache=jax_cache)
-    assert not os.path.exists(os.path.join(cache, "prepare.json"))
+    if os.path.exists(os.path.join(cache, "prepare.json")):
+        assert os.path.exists(os.path.join(cache, "cache_info.json"))
     _ok(run_cli("sora_jax.prepare", *prep))
     with open(os.path.join(cache, "cache_info.json")) as f:
         assert json.load(f)["num_examples"] == len(CLIPS)
