@@ -8,6 +8,7 @@ Transformer on the frozen VAE's latents; after the last stage, samples are writt
 
 import ml_collections
 
+from sora_jax.models import wan_presets
 from sora_jax.parallel import axes
 
 
@@ -82,8 +83,20 @@ def get_config() -> ml_collections.ConfigDict:
         (axes.LAYERS, None),
     )
 
+    # Start from a public model: a local diffusers Wan folder (WanPipeline: model_index.json,
+    # vae/, transformer/, text_encoder/, tokenizer/, scheduler/). Its VAE (frozen) and UMT5
+    # encoder replace the project's, the Wan transformer the DiT (initialised from its
+    # weights); sora_jax/models/wan_folder.py fills vae.kind, vae.path, vae.model's geometry,
+    # text.*, dit.model.arch, dit.model.wan and dit.patch from it. '' = the project's models.
+    c.init = ml_collections.ConfigDict()
+    c.init.from_pretrained = ""
+
     # Causal 3D-conv VAE.
     c.vae = ml_collections.ConfigDict()
+    # 'causal' (this project's, trained by the 'vae' stage) or 'wan' (a diffusers
+    # AutoencoderKLWan folder at vae.path, frozen; see init.from_pretrained).
+    c.vae.kind = "causal"
+    c.vae.path = ""
     c.vae.model = ml_collections.ConfigDict()
     c.vae.model.base_channels = 64
     c.vae.model.channel_mults = (1, 2, 4, 4)
@@ -180,6 +193,11 @@ def get_config() -> ml_collections.ConfigDict:
     # Diffusion Transformer over patch-n'-packed latent tokens.
     c.dit = ml_collections.ConfigDict()
     c.dit.model = ml_collections.ConfigDict()
+    # 'dit' (this project's DiT, the fields below) or 'wan' (diffusers' WanTransformer3DModel
+    # with the architecture of dit.model.wan; dtype, remat_policy and the attention kernel
+    # fields apply to both). The Wan fields here are Wan 2.1 T2V 1.3B's.
+    c.dit.model.arch = "dit"
+    c.dit.model.wan = ml_collections.ConfigDict(wan_presets.WAN_2_1_T2V_1_3B)
     c.dit.model.hidden = 384
     c.dit.model.depth = 12
     c.dit.model.num_heads = 6

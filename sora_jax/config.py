@@ -20,6 +20,7 @@ from sora_jax.data import input_pipeline
 from sora_jax.diffusion import objectives, samplers
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import vae as vae_lib
+from sora_jax.models import wan_folder, wan_presets
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.parallel import partitioning
 from sora_jax.text import encoders
@@ -173,6 +174,12 @@ ADDED_KEYS = {
     # Before it a non-finite step stopped the run (at the next log step).
     "vae.train.skip_nonfinite": False,
     "dit.train.skip_nonfinite": False,
+    # Public models (a diffusers Wan folder); before them every run built the project's own.
+    "init.from_pretrained": "",
+    "vae.kind": "causal",
+    "vae.path": "",
+    "dit.model.arch": "dit",
+    **{f"dit.model.wan.{k}": v for k, v in wan_presets.WAN_2_1_T2V_1_3B.items()},
 }
 
 
@@ -256,12 +263,15 @@ _CHECKS = (
     objectives.validate_config,  # diffusion.*
     samplers.validate_sample_config,  # sample.*, eval.*
     mesh_lib.validate_config,  # mesh.*, the DiT's split over it
+    wan_folder.validate_config,  # vae.kind, dit.model.arch: what a Wan model needs
 )
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Checks every value the code relies on; returns the config unchanged. A bad value raises
+    """Checks every value the code relies on; returns the config, with the sections of
+    config.init.from_pretrained's models filled in (`wan_folder.resolve`). A bad value raises
     ValueError naming its key (config.<key>=<value>: why)."""
+    wan_folder.resolve(config)
     for check in _CHECKS:
         check(config)
     return config

@@ -5,7 +5,6 @@ transformer, UMT5 with a locally built tokenizer, UniPC or flow-match Euler sche
 from __future__ import annotations
 
 import json
-import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -19,102 +18,9 @@ from sora_jax.data import video_io  # noqa: E402
 from sora_jax.inference import wan_pipeline  # noqa: E402
 from test_train import run_cli  # noqa: E402
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-WORDS = "a red blue green circle square moves left right up down slowly on grey background".split()
-SPECIALS = ["<pad>", "</s>", "<unk>"]
-PROMPT = "a red circle   moves left slowly on a grey background &amp; up"
-NEGATIVE = "a blue square"
-SIZE = dict(num_frames=5, height=32, width=32)  # latents 2 x 4 x 4, 2 x 2 x 2 tokens
-LATENT = (2, 4, 4, 4)  # t h w c
-
-
-def _tokenizer(folder):
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-
-    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS + ["&"])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", special_tokens=[("</s>", vocab["</s>"])]
-    )
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, "tokenizer.json")
-    tok.save(path)
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_file=path, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    ), len(vocab)
-
-
-def _perturb(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return model.eval()
-
-
-def _scheduler(kind, shift):
-    if kind == "unipc":
-        return diffusers.UniPCMultistepScheduler(
-            prediction_type="flow_prediction",
-            use_flow_sigmas=True,
-            flow_shift=shift,
-            num_train_timesteps=1000,
-        )
-    return diffusers.FlowMatchEulerDiscreteScheduler(shift=shift, num_train_timesteps=1000)
-
-
-def _pipeline(tmp_path, kind="unipc", shift=3.0, seed=0):
-    torch.manual_seed(seed)
-    tokenizer, vocab = _tokenizer(str(tmp_path / "tok_src"))
-    text_encoder = transformers.UMT5EncoderModel(
-        transformers.UMT5Config(
-            vocab_size=vocab,
-            d_model=32,
-            d_kv=8,
-            d_ff=48,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            relative_attention_max_distance=12,
-            pad_token_id=0,
-            eos_token_id=1,
-        )
-    )
-    vae = diffusers.AutoencoderKLWan(
-        base_dim=8,
-        z_dim=4,
-        dim_mult=[1, 1, 1, 1],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-        latents_mean=[0.1, -0.2, 0.3, 0.0],
-        latents_std=[1.5, 0.5, 2.0, 1.0],
-    )
-    transformer = diffusers.WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=4,
-        out_channels=4,
-        text_dim=32,
-        freq_dim=16,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-    )
-    pipe = diffusers.WanPipeline(
-        tokenizer=tokenizer,
-        text_encoder=_perturb(text_encoder, seed),
-        transformer=_perturb(transformer, seed + 1),
-        vae=_perturb(vae, seed + 2),
-        scheduler=_scheduler(kind, shift),
-    )
-    folder = str(tmp_path / "wan")
-    pipe.save_pretrained(folder)
-    return pipe, folder
+from wan_setup import LATENT, NEGATIVE, PROMPT, SIZE  # noqa: E402
+from wan_setup import scheduler as _scheduler  # noqa: E402
+from wan_setup import tiny_pipeline as _pipeline  # noqa: E402
 
 
 def _diffusers_video(pipe, noise, steps, guidance):

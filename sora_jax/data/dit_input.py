@@ -28,7 +28,7 @@ from absl import logging
 
 from sora_jax.data import batches, holdout, input_pipeline, latent_cache, packing
 from sora_jax.data.batches import LatentCache
-from sora_jax.models import builders
+from sora_jax.models import builders, wan_folder
 
 
 def latent_stats(latents: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -163,12 +163,17 @@ def build(config, vae_model, vae_params, text_encoder, mesh, log_dir: str | None
         source = input_pipeline.open_tfds(d.tfds_name, d.tfds_data_dir, d.tfds_split)
         encode = functools.partial(encode_examples, config, vae_model, vae_params, text_encoder)
         opts = input_pipeline.clip_options(config)
-        first = [
-            e
-            for i in range(min(d.stats_examples, len(source)))
-            if (e := input_pipeline.decode_example(opts, i, source[i])) is not None
-        ]
-        mean, std = latent_stats([l for l, _, _ in encode(first)])
+
+        def measured_stats():
+            first = [
+                e
+                for i in range(min(d.stats_examples, len(source)))
+                if (e := input_pipeline.decode_example(opts, i, source[i])) is not None
+            ]
+            return latent_stats([l for l, _, _ in encode(first)])
+
+        # A Wan VAE's latents keep the statistics its transformer was trained with.
+        mean, std = wan_folder.latent_stats(config) or measured_stats()
         train, held_out = holdout.split(len(source), d.val_fraction, d.val_split_seed)
         groups = input_pipeline.video_groups(
             config, source, jax.process_index(), nproc, per_step, train
@@ -267,7 +272,7 @@ def write_latent_cache(config, vae, output: str, chunk: int = 64, text_encoder=N
         logging.info("cached %d / %d examples", indices[-1] + 1, len(source))
     with open(os.path.join(output, "bad_files.jsonl"), "w") as f:  # paths and errors
         f.writelines(json.dumps(r) + "\n" for r in reports)
-    mean, std = latent_stats(stats)
+    mean, std = wan_folder.latent_stats(config) or latent_stats(stats)
     info = writer.close(
         dict(
             num_bad=num_bad,

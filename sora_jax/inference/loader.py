@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from sora_jax import config as config_lib
 from sora_jax.common import checkpoint, finite
 from sora_jax.inference import adapter_format, export_format
-from sora_jax.models import builders, lora
+from sora_jax.models import builders, lora, wan_folder
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.parallel import partitioning
 
@@ -89,10 +89,14 @@ def load_vae(config, workdir: str, mesh: Mesh | None = None):
 
 
 def load_vae_with_step(config, workdir: str, mesh: Mesh | None = None):
-    """`load_vae`'s (module, params) and the step of the checkpoint they come from."""
+    """`load_vae`'s (module, params) and the step of the checkpoint they come from (0 for a
+    Wan VAE, read from its folder)."""
     mesh = mesh or mesh_lib.create_mesh(1)
     vae = builders.build_vae(config)
     replicated = mesh_lib.replicated(mesh)
+    if config.vae.kind == "wan":
+        params = wan_folder.load_vae_params(vae, config.vae.path)
+        return vae, jax.device_put(params, replicated), 0
     target = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
         builders.abstract_vae_params(config, vae),

@@ -39,10 +39,9 @@ import numpy as np
 
 from sora_jax.diffusion import objectives, samplers
 from sora_jax.models import wan_transformer_weights, wan_vae, wan_vae_weights
+from sora_jax.models.wan_folder import check_folder, is_wan_folder  # noqa: F401 (API)
 from sora_jax.text import hf_tokenizer, t5
 
-MODEL_INDEX = "model_index.json"
-SUBFOLDERS = ("vae", "transformer", "text_encoder", "tokenizer", "scheduler")
 SCHEDULERS = {
     # diffusers class -> (default sampler, the transformer sees integer timesteps)
     "UniPCMultistepScheduler": ("unipc", True),
@@ -69,15 +68,6 @@ _EULER_FIXED = {
     "use_exponential_sigmas": False,
     "use_beta_sigmas": False,
 }
-
-
-def is_wan_folder(path: str) -> bool:
-    """True for a folder whose model_index.json names a Wan pipeline."""
-    index = os.path.join(path, MODEL_INDEX)
-    if not os.path.isfile(index):
-        return False
-    with open(index) as f:
-        return str(json.load(f).get("_class_name", "")).startswith("Wan")
 
 
 def clean_prompt(text: str) -> str:
@@ -251,30 +241,12 @@ class WanPipeline:
         return np.clip((np.asarray(video, np.float32) + 1.0) / 2.0, 0.0, 1.0)
 
 
-def _check_folder(folder: str) -> dict:
-    index = os.path.join(folder, MODEL_INDEX)
-    if not os.path.isfile(index):
-        raise FileNotFoundError(f"{folder}: no {MODEL_INDEX}; not a diffusers pipeline folder")
-    with open(index) as f:
-        d = json.load(f)
-    if not str(d.get("_class_name", "")).startswith("Wan"):
-        raise ValueError(f"{index}: _class_name {d.get('_class_name')!r} is not a Wan pipeline")
-    if d.get("transformer_2") and d["transformer_2"][0] is not None:
-        raise ValueError(
-            f"{index}: a two-expert pipeline (transformer_2, Wan 2.2 A14B) is not supported"
-        )
-    for sub in SUBFOLDERS:
-        if not os.path.isdir(os.path.join(folder, sub)):
-            raise FileNotFoundError(f"{folder}: missing the {sub}/ folder of a Wan pipeline")
-    return d
-
-
 def load_folder(
     folder: str, dtype=jnp.float32, compute_dtype=jnp.float32, max_sequence_length: int = 512
 ) -> WanPipeline:
     """A WanPipeline from a local diffusers Wan folder; params in `dtype`, compute in
     `compute_dtype` (the text encoder and VAE too)."""
-    _check_folder(folder)
+    check_folder(folder)
     vae, vae_params = wan_vae_weights.load_folder(
         os.path.join(folder, "vae"), dtype=dtype, compute_dtype=compute_dtype
     )

@@ -16,6 +16,7 @@ from sora_jax.data import shapes
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import lora as lora_lib
 from sora_jax.models import vae as vae_lib
+from sora_jax.models import wan_dit, wan_folder, wan_vae
 from sora_jax.text import encoders
 
 
@@ -29,7 +30,10 @@ def to_uint8(x) -> np.ndarray:
     return np.asarray(jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255)).astype(np.uint8)
 
 
-def build_vae(config: ml_collections.ConfigDict) -> vae_lib.CausalVAE:
+def build_vae(config: ml_collections.ConfigDict) -> vae_lib.CausalVAE | wan_vae.WanVAE:
+    """The project's causal VAE, or (vae.kind 'wan') the Wan VAE of the folder vae.path."""
+    if config.vae.kind == "wan":
+        return wan_vae.WanVAE(wan_folder.vae_config(config.vae.path))
     m = config.vae.model
     return vae_lib.CausalVAE(
         base_channels=m.base_channels,
@@ -87,8 +91,24 @@ def adaln_entries(config) -> int:
     return config.dit.max_segments * (2 if config.dit.condition.rate > 0 else 1)
 
 
-def build_dit(config, text_dim: int) -> dit_lib.DiT:
+def build_dit(config, text_dim: int) -> dit_lib.DiT | wan_dit.WanDiT:
+    """The project's DiT, or (dit.model.arch 'wan') the Wan transformer of dit.model.wan."""
     m = config.dit.model
+    if m.arch == "wan":
+        cfg = wan_folder.transformer_config(config)
+        if cfg.text_dim != text_dim:
+            raise ValueError(
+                f"config.dit.model.wan.text_dim={cfg.text_dim} but the text encoder's states "
+                f"have {text_dim} channels"
+            )
+        return wan_dit.WanDiT(
+            cfg,
+            dtype=dit_lib.DTYPES[m.dtype],
+            attention_impl=m.attention_impl,
+            attention_blocks=(m.attention_block_q, m.attention_block_kv),
+            attention_shard=config.mesh.sequence_attention == "all_to_all",
+            remat=m.remat_policy != "none",
+        )
     pt, ph, pw = config.dit.patch
     return dit_lib.DiT(
         patch_dim=pt * ph * pw * config.vae.model.latent_channels,

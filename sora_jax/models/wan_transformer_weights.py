@@ -42,6 +42,7 @@ import re
 
 import flax
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, for bf16 safetensors files)
 import numpy as np
@@ -53,6 +54,7 @@ from sora_jax.models.wan_vae_weights import (
     INDEX_NAME,
     WEIGHTS_NAME,
     Entry,
+    check_tensors,
     params_from_table,
     read_state_dict,
 )
@@ -165,6 +167,49 @@ def load_transformer(folder: str, dtype=jnp.float32, compute_dtype=jnp.float32, 
             json.load(f), dtype=compute_dtype, param_dtype=dtype, **fields
         )
     return model, from_state_dict(read_state_dict(folder), model.config, dtype)
+
+
+def _read_part(tensors, e: Entry, index: tuple[slice, ...]) -> np.ndarray:
+    """The part ``index`` (in the Flax layout) of parameter ``e``, read from the files."""
+    if e.kind == "linear":  # Flax [in, out] is torch [out, in] transposed
+        return tensors.read_slice(e.key, index[::-1]).T
+    if e.kind == "vector":
+        return tensors.read_slice(e.key, index)
+    if e.kind == "table":  # torch [1, 6, dim]
+        return tensors.read_slice(e.key, (slice(None), *index))[0]
+    return _from_torch(np.asarray(tensors[e.key]), e)[index]  # the small patch embedding
+
+
+def load_sharded(folder: str, target):
+    """The weights of the diffusers ``transformer/`` folder as the params ``target`` describes
+    (arrays or ``jax.ShapeDtypeStruct`` leaves with a ``sharding``, e.g. a train state's):
+    each process reads from the safetensors files only the slices its devices hold, so no
+    host holds the whole model. Keys and shapes are checked first (one ValueError naming each
+    problem); the folder's config must build the same param tree as ``target``."""
+    with open(os.path.join(folder, CONFIG_NAME)) as f:
+        cfg = wt.WanTransformerConfig.from_diffusers(json.load(f))
+    tensors = read_state_dict(folder)
+    table = weight_table(cfg)
+    check_tensors(tensors, table, ("Wan transformer", wt.CLASS_NAME), ignored=_IGNORED)
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(nn.unbox(target)))
+    if set(flat) != {e.path for e in table}:
+        extra = sorted("/".join(p) for p in set(flat) ^ {e.path for e in table})
+        raise ValueError(
+            f"{folder}: its transformer's params differ from the model's: {extra[:10]}"
+        )
+    out = {}
+    for e in table:
+        want = flat[e.path]
+        if tuple(want.shape) != e.flax_shape:
+            raise ValueError(
+                f"{folder}: {e.key} is {e.flax_shape} (Flax layout), the model's {want.shape}"
+            )
+        out[e.path] = jax.make_array_from_callback(
+            e.flax_shape,
+            want.sharding,
+            lambda index, e=e, dtype=want.dtype: _read_part(tensors, e, index).astype(dtype),
+        )
+    return flax.traverse_util.unflatten_dict(out)
 
 
 def _shards(tensors: dict[str, np.ndarray], max_shard_bytes: int) -> list[dict[str, np.ndarray]]:

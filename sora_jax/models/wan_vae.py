@@ -660,6 +660,22 @@ class WanVAE(nn.Module):
         self.post_quant_conv = CausalConv3d(cfg.z_dim, (1, 1, 1), **kw)
         self.decoder = Decoder(cfg, **kw)
 
+    # The geometry the project's VAE exposes (sora_jax.models.vae_inference reads it).
+    @property
+    def latent_channels(self) -> int:
+        return self.config.z_dim
+
+    @property
+    def temporal_compression(self) -> int:
+        return self.config.temporal_compression
+
+    @property
+    def spatial_compression(self) -> int:
+        return self.config.spatial_compression
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        return self.config.latent_shape(num_frames, height, width)
+
     def _check_video(self, what: str, x: jax.Array) -> None:
         c = self.config.video_channels
         if x.ndim != 5 or x.shape[-1] != c:

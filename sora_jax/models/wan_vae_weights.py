@@ -210,19 +210,23 @@ def params_from_table(tensors, table, from_torch, dtype, what: str, ignored=None
     ``ignored`` matches); otherwise one ValueError lists each missing, unexpected or
     mis-shaped key. ``what`` names the weights in it, e.g. ``('Wan VAE', 'AutoencoderKLWan')``.
     """
+    check_tensors(tensors, table, what, ignored)
+    params = {e.path: jnp.asarray(from_torch(np.asarray(tensors[e.key]), e), dtype) for e in table}
+    return flax.traverse_util.unflatten_dict(params)
+
+
+def check_tensors(tensors, table, what: str, ignored=None) -> None:
+    """One ValueError listing every tensor of ``table`` that ``tensors`` lacks or holds with
+    another shape, and every tensor it holds beyond them (but those ``ignored`` matches);
+    shapes are read from the files' headers (``shape_of``) where it can, nothing loaded."""
     keys = set(tensors.keys())
-    problems, params = [], {}
+    shape_of = getattr(tensors, "shape_of", lambda k: tuple(tensors[k].shape))
+    problems = []
     for e in table:
         if e.key not in keys:
             problems.append(f"missing tensor {e.key!r} (shape {e.torch_shape})")
-            continue
-        value = tensors[e.key]
-        if tuple(value.shape) != e.torch_shape:
-            problems.append(
-                f"tensor {e.key!r} has shape {tuple(value.shape)}, expected {e.torch_shape}"
-            )
-            continue
-        params[e.path] = jnp.asarray(from_torch(np.asarray(value), e), dtype)
+        elif (shape := tuple(shape_of(e.key))) != e.torch_shape:
+            problems.append(f"tensor {e.key!r} has shape {shape}, expected {e.torch_shape}")
     label, class_name = what
     left = keys - {e.key for e in table}
     unexpected = sorted(k for k in left if not (ignored and ignored.search(k)))
@@ -232,7 +236,6 @@ def params_from_table(tensors, table, from_torch, dtype, what: str, ignored=None
             f"{label} weights do not match the config ({len(problems)} problem(s)): "
             + "; ".join(problems[:20])
         )
-    return flax.traverse_util.unflatten_dict(params)
 
 
 def from_state_dict(tensors, model: wan_vae.WanVAE, dtype=jnp.float32):
@@ -269,6 +272,16 @@ class _LazyTensors:
     def __getitem__(self, key: str) -> np.ndarray:
         with safe_open(self._file_of[key], framework="np") as f:
             return f.get_tensor(key)
+
+    def shape_of(self, key: str) -> tuple[int, ...]:
+        """The tensor's shape, from its file's header."""
+        with safe_open(self._file_of[key], framework="np") as f:
+            return tuple(f.get_slice(key).get_shape())
+
+    def read_slice(self, key: str, index: tuple[slice, ...]) -> np.ndarray:
+        """``tensor[index]``, reading only that part of the file."""
+        with safe_open(self._file_of[key], framework="np") as f:
+            return f.get_slice(key)[index]
 
 
 def read_state_dict(folder: str) -> _LazyTensors:

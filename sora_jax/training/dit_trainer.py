@@ -223,6 +223,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
             state = loop.resume("dit", ckpt, lambda s: ckpt.restore(target, s))
     elif config.dit.finetune.init_from:
         state = finetune.initialize(config, state)
+    elif config.init.from_pretrained:
+        state = finetune.from_pretrained(config, state)
     if not grain_source:
         stats = jax.device_get(state.extras)
         cache = batches.build_latent_cache(

@@ -1,9 +1,11 @@
 """Fine-tuning part of a model (config.dit.finetune): the DiT initialised from another run's
-weights (a LoRA run's adapters fresh, or from an adapters folder: adapters_from), and an
-optimizer that updates, and keeps state for, only the trainable leaves (LoRA adapters, or
-everything but a frozen pattern)."""
+weights (a LoRA run's adapters fresh, or from an adapters folder: adapters_from) or from a
+public Wan transformer (config.init.from_pretrained), and an optimizer that updates, and keeps
+state for, only the trainable leaves (LoRA adapters, or everything but a frozen pattern)."""
 
 from __future__ import annotations
+
+import os
 
 import flax
 import jax
@@ -11,7 +13,7 @@ import optax
 
 from sora_jax.common import checkpoint
 from sora_jax.inference import adapter_format, loader
-from sora_jax.models import block_stack, builders, lora
+from sora_jax.models import block_stack, builders, lora, wan_transformer_weights
 from sora_jax.training import train_state as ts
 from sora_jax.training import vae_trainer
 
@@ -102,6 +104,20 @@ def initialize(config, state):
         base.update(_flat(load_adapters(config, state.params["dit"])))
     merged = {k: jax.device_put(base[k], v.sharding) if k in base else v for k, v in ours.items()}
     dit = flax.traverse_util.unflatten_dict(merged)
+    # The EMA gets its own buffers: the train step donates both trees.
+    ema = jax.tree.map(jax.numpy.copy, dit)
+    return state.replace(
+        params={**state.params, "dit": dit}, ema_params={**state.ema_params, "dit": ema}
+    )
+
+
+def from_pretrained(config, state: ts.TrainState) -> ts.TrainState:
+    """``state`` with the Wan transformer's params (and their EMA) read from the
+    ``transformer/`` folder of config.init.from_pretrained onto the state's shardings, each
+    process reading only its devices' slices."""
+    folder = os.path.join(config.init.from_pretrained, "transformer")
+    dit = dict(state.params["dit"])
+    dit["transformer"] = wan_transformer_weights.load_sharded(folder, dit["transformer"])
     # The EMA gets its own buffers: the train step donates both trees.
     ema = jax.tree.map(jax.numpy.copy, dit)
     return state.replace(

@@ -29,7 +29,7 @@ from sora_jax.models import builders
 from sora_jax.models import discriminator as disc_lib
 from sora_jax.models import lpips as lpips_lib
 from sora_jax.models import vae as vae_lib
-from sora_jax.models import vae_inference
+from sora_jax.models import vae_inference, wan_folder
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.training import loop, vae_losses
 from sora_jax.training import train_state as ts
@@ -416,8 +416,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
 
 def load_state(config, workdir: str, mesh) -> tuple[vae_lib.CausalVAE, VAEState]:
     """(model, state) from the workdir's latest VAE checkpoint; ``state.extras`` always holds
-    the latent statistics (computed here for checkpoints written before they were stored)."""
+    the latent statistics (computed here for checkpoints written before they were stored).
+    A Wan VAE (vae.kind 'wan') comes from its folder instead, at step 0 with its own
+    statistics."""
     model = builders.build_vae(config)
+    if config.vae.kind == "wan":
+        params = jax.device_put(
+            wan_folder.load_vae_params(model, config.vae.path), mesh_lib.replicated(mesh)
+        )
+        extras = _stats_extras(*wan_folder.latent_stats(config))
+        zero = jnp.zeros((), jnp.int32)
+        return model, VAEState(zero, params, None, params, extras)
     tx = ts.make_optimizer(config.vae.train)
     disc = build_discriminator(config)
     disc_tx = disc_optimizer(config) if disc is not None else None

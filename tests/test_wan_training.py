@@ -1,0 +1,249 @@
+"""Training a public Wan model in sora_jax: a diffusers Wan folder as the models of a run
+(config.init.from_pretrained), the Wan transformer on packed rows behind the DiT interface
+against diffusers' forward, its weights read per device slice, and the train CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="parity tests need torch (test extra)")
+pytest.importorskip("diffusers", reason="parity tests need diffusers (test extra)")
+pytest.importorskip("transformers", reason="the tokenizer needs transformers")
+
+from sora_jax import config as config_lib  # noqa: E402
+from sora_jax.data import packing, shapes  # noqa: E402
+from sora_jax.inference import pipeline as pipeline_lib  # noqa: E402
+from sora_jax.models import builders, wan_dit, wan_folder  # noqa: E402
+from sora_jax.models import wan_transformer as wt  # noqa: E402
+from sora_jax.models import wan_transformer_weights as ww  # noqa: E402
+from sora_jax.parallel import mesh as mesh_lib  # noqa: E402
+from sora_jax.parallel import partitioning  # noqa: E402
+from test_train import TINY, run_cli  # noqa: E402
+from wan_setup import tiny_pipeline  # noqa: E402
+
+# The captions of the built-in set are the tokenizer's words, so prompts are not <unk>.
+WORDS = sorted(set(shapes.VOCABULARY) - {"<pad>", "<unk>", "</s>"})
+# Micro run on the Wan folder: 16 x 16 / 16 x 32 clips of 1 and 5 frames (Wan 2.1's 4x8x8
+# VAE, patch 1x2x2: 1-2 tokens per latent frame).
+OVERRIDES = {
+    "stages": ("dit",),
+    "data.resolutions": ((16, 16), (16, 32)),
+    "text.max_length": 16,
+    "dit.model.remat_policy": "none",
+    "dit.text_tokens": 0,
+    "dit.condition.rate": 0.25,
+    "sample.num_frames": 5,
+    "sample.height": 16,
+    "sample.width": 32,
+    "eval.at_end": False,
+}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return tiny_pipeline(tmp_path_factory.mktemp("wan"), words=WORDS)
+
+
+def _config(path):
+    c = config_lib.load_with_arg(TINY, "micro")
+    c.init.from_pretrained = path
+    for key, value in OVERRIDES.items():
+        *parents, leaf = key.split(".")
+        node = c
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return config_lib.validate(c)
+
+
+def test_the_folder_becomes_the_runs_models(folder):
+    pipe, path = folder
+    c = _config(path)
+    assert (c.vae.kind, c.text.kind, c.dit.model.arch) == ("wan", "t5", "wan")
+    assert c.text.path == os.path.join(path, "text_encoder")
+    assert tuple(c.dit.patch) == (1, 2, 2) and c.vae.model.latent_channels == 4
+    assert tuple(c.vae.model.channel_mults) == (1, 1, 1, 1)
+    cfg = wan_folder.transformer_config(c)
+    assert cfg == wt.WanTransformerConfig.from_diffusers(dict(pipe.transformer.config))
+    # Resolving again (a workdir's saved config) changes nothing.
+    assert json.loads(config_lib.validate(c).to_json()) == json.loads(c.to_json())
+    mean, std = wan_folder.latent_stats(c)
+    np.testing.assert_array_equal(mean, np.float32([0.1, -0.2, 0.3, 0.0]))
+    np.testing.assert_array_equal(std, np.float32([1.5, 0.5, 2.0, 1.0]))
+
+
+def test_wan_settings_are_checked(folder, tmp_path):
+    _, path = folder
+    c = config_lib.load_with_arg(TINY, "micro")
+    c.init.from_pretrained = str(tmp_path / "nothing")
+    with pytest.raises(ValueError, match=r"config.init.from_pretrained=.*nothing: no model_index"):
+        config_lib.validate(c)
+    for key, value, why in [
+        ("stages", ("vae", "dit"), "the Wan VAE is loaded frozen, not trained"),
+        ("dit.finetune.mode", "lora", "the Wan transformer trains 'full'"),
+        ("diffusion.objective", "ddpm", "predicts the flow velocity"),
+        ("dit.model.remat_policy", "dots_saveable", "must be one of"),
+    ]:
+        c = config_lib.load_with_arg(TINY, "micro")
+        c.init.from_pretrained = path
+        for k, v in OVERRIDES.items():
+            if k != key:
+                *parents, leaf = k.split(".")
+                node = c
+                for name in parents:
+                    node = node[name]
+                node[leaf] = v
+        *parents, leaf = key.split(".")
+        node = c
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+        with pytest.raises(ValueError, match=why):
+            config_lib.validate(c)
+
+
+def test_packed_rows_equal_diffusers_forward_per_video(folder):
+    """Two videos (and a given first latent frame for one) in one row through WanDiT equal
+    diffusers' WanTransformer3DModel on each video alone, at timestep t * 1000 and with the
+    caption states zeroed past the prompt (Wan's training input), to 1e-4."""
+    pipe, path = folder
+    c = _config(path)
+    text_encoder = builders.build_text_encoder(c)
+    dit = builders.build_dit(c, text_encoder.dim)
+    params = ww.load_transformer(os.path.join(path, "transformer"))[1]
+    rng = np.random.default_rng(0)
+    grids = [(2, 2, 4), (1, 4, 2)]  # latent (t, h, w) of two videos, 4 channels
+    videos = [rng.standard_normal((*g, 4)).astype(np.float32) for g in grids]
+    times = np.float32([0.7, 0.25])
+    prompts = ["a red circle moves left", "a large blue square moves up quickly"]
+    ids, mask = text_encoder.tokenize(prompts)
+    states = np.asarray(text_encoder.encode(text_encoder.params, ids, mask))
+    rows = [packing.patchify(v, tuple(c.dit.patch)) for v in videos]
+    tokens = np.concatenate([r[0] for r in rows] + [np.zeros((3, 16), np.float32)])
+    seg = np.concatenate([np.full(len(r[0]), i + 1) for i, r in enumerate(rows)] + [[0] * 3])
+    pos = np.concatenate([r[1] for r in rows] + [np.zeros((3, 3), np.int32)])
+    # The second video's first latent frame is given (clean, t = 0), as in image->video.
+    cond = np.zeros(len(seg), bool)
+    first = len(rows[0][0])
+    cond[first : first + 2] = True
+    out = dit.apply(
+        {"params": {"transformer": params}},
+        jnp.asarray(tokens[None]),
+        jnp.asarray(times[None]),
+        jnp.asarray(seg[None], jnp.int32),
+        jnp.asarray(pos[None], jnp.int32),
+        jnp.asarray(states[None]),
+        jnp.asarray(np.asarray(mask)[None]),
+        cond_mask=jnp.asarray(cond[None]),
+    )[0]
+    np.testing.assert_array_equal(np.asarray(out[seg == 0]), 0.0)
+    start = 0
+    for i, (video, (tok, _)) in enumerate(zip(videos, rows)):
+        n = len(tok)
+        hidden = np.where(np.asarray(mask[i])[:, None], states[i], 0.0)
+        timestep = np.full((1, n), times[i] * 1000.0, np.float32)
+        if i == 1:
+            timestep[0, :2] = 0.0  # diffusers' per-token (expand_timesteps) form
+        with torch.no_grad():
+            want = pipe.transformer(
+                hidden_states=torch.from_numpy(np.moveaxis(video, -1, 0)[None].copy()),
+                timestep=torch.from_numpy(timestep if i == 1 else timestep[:, 0]),
+                encoder_hidden_states=torch.from_numpy(hidden[None]),
+                return_dict=False,
+            )[0].numpy()
+        token_grid = (grids[i][0], grids[i][1] // 2, grids[i][2] // 2)
+        got = wt.unpatchify(out[None, start : start + n], token_grid, (1, 2, 2))[0]
+        np.testing.assert_allclose(np.asarray(got), np.moveaxis(want[0], 0, -1), atol=1e-4)
+        start += n
+    # Not trivially: another time gives another output.
+    other = dit.apply(
+        {"params": {"transformer": params}},
+        jnp.asarray(tokens[None]),
+        jnp.asarray(times[None] * 0.5),
+        jnp.asarray(seg[None], jnp.int32),
+        jnp.asarray(pos[None], jnp.int32),
+        jnp.asarray(states[None]),
+        jnp.asarray(np.asarray(mask)[None]),
+    )[0]
+    assert np.abs(np.asarray(other - out)[seg > 0]).max() > 1e-2
+    assert isinstance(dit, wan_dit.WanDiT)
+
+
+def test_weights_are_read_per_device_slice(folder):
+    """On an fsdp x tensor mesh each param arrives with the train state's sharding and the
+    folder's values; a mis-shaped or missing tensor is an error naming its key."""
+    _, path = folder
+    c = _config(path)
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 4, 2
+    mesh = mesh_lib.from_config(c.mesh)
+    text_encoder = builders.build_text_encoder(c)
+    dit = builders.build_dit(c, text_encoder.dim)
+    boxed = builders.abstract_dit_params(c, dit, text_encoder)["dit"]["transformer"]
+    rules = partitioning.rules_from_config(c.mesh.rules)
+    shardings = partitioning.shardings(boxed, mesh, rules)
+    target = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        nn.unbox(boxed),
+        shardings,
+    )
+    got = ww.load_sharded(os.path.join(path, "transformer"), target)
+    want = ww.load_transformer(os.path.join(path, "transformer"))[1]
+    flat_got = flax.traverse_util.flatten_dict(got)
+    flat_want = flax.traverse_util.flatten_dict(want)
+    flat_sh = flax.traverse_util.flatten_dict(shardings)
+    assert set(flat_got) == set(flat_want)
+    split = 0
+    for k, v in flat_got.items():
+        assert v.sharding == flat_sh[k], k
+        np.testing.assert_array_equal(np.asarray(v), np.asarray(flat_want[k]), err_msg=str(k))
+        split += not v.sharding.is_fully_replicated
+    assert split > 10  # most weights really are split across devices
+    wrong = jax.tree.map(lambda s: s, target)
+    wrong["blocks_0"]["ffn"]["proj_in"]["kernel"] = jax.ShapeDtypeStruct(
+        (16, 33), jnp.float32, sharding=mesh_lib.replicated(mesh)
+    )
+    with pytest.raises(ValueError, match="ffn.net.0.proj.weight is"):
+        ww.load_sharded(os.path.join(path, "transformer"), wrong)
+
+
+def test_train_cli_fine_tunes_the_wan_model_and_samples(folder, tmp_path):
+    """`python -m sora_jax.train --config.init.from_pretrained=FOLDER` trains the Wan
+    transformer on packed built-in videos (the Wan VAE frozen, its statistics), checkpoints,
+    resumes, and the workdir samples through the project's pipeline."""
+    _, path = folder
+    workdir = str(tmp_path / "run")
+    flags = [f"--config={TINY}:micro", f"--workdir={workdir}"]
+    flags += [f"--config.init.from_pretrained={path}"]
+    for key, value in OVERRIDES.items():
+        flags.append(f"--config.{key}={json.dumps(value) if isinstance(value, tuple) else value}")
+    r = run_cli("sora_jax.train", *flags, "--config.dit.train.steps=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    checkpoints = os.path.join(workdir, "dit", "checkpoints")
+    steps = lambda: sorted(int(s) for s in os.listdir(checkpoints))  # noqa: E731
+    assert steps()[-1] == 2
+    # The same command with more steps resumes from step 2.
+    r = run_cli("sora_jax.train", *flags, "--config.dit.train.steps=3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert steps()[-2:] == [2, 3]
+    saved = config_lib.load_saved(workdir)
+    assert saved.vae.kind == "wan" and saved.dit.model.arch == "wan"
+    assert os.path.isdir(os.path.join(workdir, "samples"))
+    pipe = pipeline_lib.load_pipeline(workdir)
+    model = pipe.model
+    assert model.steps["dit_step"] == 3
+    start = ww.load_transformer(os.path.join(path, "transformer"))[1]
+    moved = jax.tree.map(
+        lambda a, b: float(jnp.abs(a - b).max()), model.params["dit"]["transformer"], start
+    )
+    assert 0 < max(jax.tree.leaves(moved)) < 0.1  # trained, from the folder's weights
+    np.testing.assert_array_equal(model.latent_std, np.float32([1.5, 0.5, 2.0, 1.0]))
+    video = pipe.generate(["a red circle moves left"], num_frames=5, height=16, width=32, seed=0)
+    assert video.shape == (1, 5, 16, 32, 3) and video.std() > 0
