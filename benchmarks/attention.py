@@ -51,7 +51,7 @@ def step_temp_bytes(seq_len: int, kernel: str) -> tuple[int, float]:
     tx = ts.make_optimizer(c.dit.train)
     init = dit_trainer.boxed_init(c, dit, text, tx, None)
     state = nn.unbox(jax.eval_shape(init, jax.random.PRNGKey(0)))
-    batch = planning.abstract_batch(c, dit)
+    batch = planning.abstract_batch(c, dit, text)
     step = dit_trainer.make_train_step(c, dit, text, tx, text.params)
     t0 = time.perf_counter()
     compiled = jax.jit(step).lower(state, batch, jax.random.PRNGKey(0)).compile()

@@ -42,6 +42,13 @@ CASES = {
         "configs/dit.py:XL", "v5e-8", "fsdp:8",
         {"rows": 8, "seq_len": 32768, "finetune.mode": "lora"},
     ),
+    # Public Wan transformers fine-tuned at 480p x 81 frames (32,760 tokens), fsdp over chips.
+    "wan_1_3b_480p_v5e8": (
+        "configs/wan2_1_t2v_1_3b.py", "v5e-8", "fsdp:8", {"rows": 8, "seq_len": 32768}
+    ),
+    "wan_14b_480p_v5p8": (
+        "configs/wan2_1_t2v_14b.py", "v5p-8", "fsdp:4", {"rows": 4, "seq_len": 32768}
+    ),
     "b_16k_v5e": ("configs/dit.py:B", "v5e-8", "fsdp:8", {"rows": 8, "seq_len": 16384}),
     "s_4k_dots": (
         "configs/dit.py:S", "v5e-8", "fsdp:8",

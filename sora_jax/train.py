@@ -25,8 +25,10 @@ from sora_jax.inference import pipeline as pipeline_lib
 from sora_jax.inference import samples
 from sora_jax.logging import writers
 from sora_jax.models import attention as attention_lib
+from sora_jax.models import wan_folder
 from sora_jax.parallel import distributed
 from sora_jax.parallel import mesh as mesh_lib
+from sora_jax.text import encoders
 from sora_jax.training import dit_trainer, planning, vae_trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
@@ -83,6 +85,9 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs the configured stages; returns {'vae': history, 'dit': history, 'eval': ...}."""
     config = config_lib.validate(config)
+    # What a run needs beyond a plannable config: the model folders it loads.
+    encoders.check_folder(config)
+    wan_folder.check_trainable(config)
     with workdir_lock.hold(workdir):
         check_workdir_config(config, workdir)
         return _train_and_evaluate(config, workdir)

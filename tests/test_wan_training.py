@@ -15,17 +15,19 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="parity tests need torch (test extra)")
-pytest.importorskip("diffusers", reason="parity tests need diffusers (test extra)")
+diffusers = pytest.importorskip("diffusers", reason="parity tests need diffusers (test extra)")
 pytest.importorskip("transformers", reason="the tokenizer needs transformers")
 
 from sora_jax import config as config_lib  # noqa: E402
 from sora_jax.data import packing, shapes  # noqa: E402
 from sora_jax.inference import pipeline as pipeline_lib  # noqa: E402
-from sora_jax.models import builders, wan_dit, wan_folder  # noqa: E402
+from sora_jax.models import builders, wan_dit, wan_folder, wan_presets  # noqa: E402
 from sora_jax.models import wan_transformer as wt  # noqa: E402
 from sora_jax.models import wan_transformer_weights as ww  # noqa: E402
 from sora_jax.parallel import mesh as mesh_lib  # noqa: E402
 from sora_jax.parallel import partitioning  # noqa: E402
+from sora_jax.text import encoders  # noqa: E402
+from sora_jax.training import planning  # noqa: E402
 from test_train import TINY, run_cli  # noqa: E402
 from wan_setup import tiny_pipeline  # noqa: E402
 
@@ -247,3 +249,32 @@ def test_train_cli_fine_tunes_the_wan_model_and_samples(folder, tmp_path):
     np.testing.assert_array_equal(model.latent_std, np.float32([1.5, 0.5, 2.0, 1.0]))
     video = pipe.generate(["a red circle moves left"], num_frames=5, height=16, width=32, seed=0)
     assert video.shape == (1, 5, 16, 32, 3) and video.std() > 0
+
+
+@pytest.mark.parametrize(
+    "name, preset",
+    [
+        ("wan2_1_t2v_1_3b.py", "WAN_2_1_T2V_1_3B"),
+        ("wan2_1_t2v_14b.py", "WAN_2_1_T2V_14B"),
+        ("wan2_2_ti2v_5b.py", "WAN_2_2_TI2V_5B"),
+    ],
+)
+def test_public_model_configs_plan_without_weights(name, preset):
+    """The named configs validate and plan with no folder: the parameter count equals
+    diffusers' WanTransformer3DModel of the same architecture (built on the meta device), and
+    training them asks for the folder in one line."""
+    c = config_lib.validate(config_lib.load(os.path.join(os.path.dirname(TINY), name)))
+    arch = getattr(wan_presets, preset)
+    with torch.device("meta"):
+        ref = diffusers.WanTransformer3DModel(**arch)
+    want = sum(p.numel() for p in ref.parameters())
+    p = planning.plan(c, {"data": 1, "fsdp": 8, "tensor": 1, "sequence": 1}, "v5p", count_xla=False)
+    assert p["dit_params"] == want
+    # fsdp 8 splits the weights 8 ways; the text embedder's input projection, the norms and
+    # the tables stay whole (4 % of the 1.3B's eighth).
+    per_chip = p["per_device"]["param_bytes"]
+    assert 4 * want / 8 <= per_chip < 1.05 * 4 * want / 8
+    with pytest.raises(ValueError, match="needs the path of a local Hugging Face model folder"):
+        encoders.check_folder(c)
+    with pytest.raises(ValueError, match="--config.init.from_pretrained=FOLDER"):
+        wan_folder.check_trainable(c)

@@ -131,6 +131,18 @@ def load_vae_params(model: wan_vae.WanVAE, path: str):
     return wan_vae_weights.from_state_dict(wan_vae_weights.read_state_dict(path), model)
 
 
+def check_trainable(config):
+    """A Wan transformer trains from the public model it fine-tunes (its folder gives the VAE
+    and the text encoder too); a config without one can be planned, not trained."""
+    cc.check(
+        config.dit.model.arch != "wan" or config.vae.kind == "wan",
+        "init.from_pretrained",
+        config.init.from_pretrained,
+        "a Wan config trains from a local diffusers Wan folder: "
+        "--config.init.from_pretrained=FOLDER",
+    )
+
+
 def validate_config(config):
     """Checks what a Wan model in the config needs (vae.kind, dit.model.arch)."""
     cc.one_of(config, "vae.kind", ("causal", "wan"))

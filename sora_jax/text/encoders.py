@@ -170,6 +170,17 @@ class TextEncoder:
         return self.encode(self.params, ids, mask), mask
 
 
+def check_folder(config):
+    """A frozen encoder (text.kind other than 'tiny') names its local model folder."""
+    t = config.text
+    cc.check(
+        t.kind == "tiny" or bool(t.path),
+        "text.path",
+        t.path,
+        f"text.kind={t.kind!r} needs the path of a local Hugging Face model folder",
+    )
+
+
 def load_bert_tokenizer(folder: str, max_length: int, pad_id: int | None = None):
     """Tokenizer of a HF BERT folder (tokenizer.json or vocab.txt); see `hf_tokenizer`."""
     return load_tokenizer(folder, max_length, pad_id)
@@ -277,15 +288,10 @@ def build_text_encoder(
 
 
 def validate_config(config):
-    """Checks config.text.*."""
+    """Checks config.text.* (the frozen encoders' folder is checked where they are built, so
+    that a config plans without it: `check_folder`)."""
     t = config.text
     cc.check(t.kind in KINDS, "text.kind", t.kind, f"must be one of {KINDS}")
-    cc.check(
-        t.kind == "tiny" or bool(t.path),
-        "text.path",
-        t.path,
-        f"text.kind={t.kind!r} needs the path of a local Hugging Face model folder",
-    )
     cc.check(
         t.dtype in ("float32", "bfloat16"),
         "text.dtype",

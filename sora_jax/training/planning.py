@@ -35,6 +35,7 @@ from sora_jax.models import dit as dit_lib
 from sora_jax.models import flops as flops_lib
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.parallel import partitioning
+from sora_jax.text import encoders
 from sora_jax.training import dit_trainer, finetune
 from sora_jax.training import train_state as ts
 
@@ -72,7 +73,8 @@ def config_mesh_shape(config, devices: int | None = None) -> dict[str, int]:
 
 def model_summary(config) -> dict[str, float]:
     """Parameter counts and matmul FLOPs per token of the configured DiT (no allocation)."""
-    text_encoder = builders.build_text_encoder(config)
+    text_encoder = _text_encoder(config)
+    config = _analytic_view(config)
     dit = builders.build_dit(config, text_encoder.dim)
     params = builders.abstract_dit_params(config, dit, text_encoder)
     dc = config.dit
@@ -88,8 +90,46 @@ def model_summary(config) -> dict[str, float]:
     }
 
 
+def _text_encoder(config) -> encoders.TextEncoder:
+    """The run's text encoder; for a frozen one without its folder (text.path ''; planning a
+    public model's fine-tune before its weights are at hand) a stand-in of the width the Wan
+    transformer reads (dit.model.wan.text_dim). Frozen encoders never run in the train step
+    (batches bring their cached caption states), so the stand-in plans the same step."""
+    t = config.text
+    if t.kind == "tiny" or t.path:
+        return builders.build_text_encoder(config)
+    if config.dit.model.arch != "wan":
+        raise ValueError(f"config.text.path='': text.kind={t.kind!r} needs its model folder")
+    return encoders.TextEncoder(
+        None,
+        None,
+        trainable=False,
+        params=None,
+        dim=config.dit.model.wan.text_dim,
+        max_length=t.max_length,
+    )
+
+
+def _analytic_view(config):
+    """The config the analytic memory and FLOP model reads: a Wan transformer's as the
+    project's DiT of the same shape (width, depth, heads, GELU FFN, cross-attention, one
+    shared time projection with per-block tables); any other config unchanged."""
+    if config.dit.model.arch != "wan":
+        return config
+    w = config.dit.model.wan
+    c = config.copy_and_resolve_references()
+    m = c.dit.model
+    m.arch = "dit"
+    m.hidden = w.num_attention_heads * w.attention_head_dim
+    m.num_heads, m.depth = w.num_attention_heads, w.num_layers
+    m.mlp, m.mlp_ratio = "gelu", w.ffn_dim / m.hidden
+    m.text_attention, m.attention_layout, m.modulation = "cross", "full", "shared"
+    m.abs_positions = m.cond_embedding = False
+    return c
+
+
 def _abstract_state(config):
-    text_encoder = builders.build_text_encoder(config)
+    text_encoder = _text_encoder(config)
     dit = builders.build_dit(config, text_encoder.dim)
     # As the trainer builds it: a LoRA / frozen fine-tune keeps optimizer state for the
     # trainable leaves only.
@@ -146,6 +186,7 @@ def activation_bytes(config, shape: dict[str, int], platform: str | None = None)
     policy keeps of every block, plus one block's working set while it is recomputed and
     differentiated, in the compute dtype. Dense-mask attention kernels keep l x l scores
     (every block's without remat, one block's with it); the flash-style ones only O(l)."""
+    config = _analytic_view(config)
     m, dc = config.dit.model, config.dit
     hid, depth = m.hidden, m.depth
     mlp_hidden = (
@@ -186,7 +227,8 @@ def activation_bytes(config, shape: dict[str, int], platform: str | None = None)
 def analytic_flops(config, platform: str | None = None) -> float:
     """Training FLOPs per step of the DiT (3 x forward, matmuls and attention; see
     sora_jax/models/flops.py)."""
-    text_encoder = builders.build_text_encoder(config)
+    text_encoder = _text_encoder(config)
+    config = _analytic_view(config)
     dit = builders.build_dit(config, text_encoder.dim)
     dc = config.dit
     per_token = flops_lib.dit_flops_per_token(
@@ -199,8 +241,10 @@ def analytic_flops(config, platform: str | None = None) -> float:
     return per_token["train"] * dc.rows * dc.seq_len
 
 
-def abstract_batch(config, dit) -> dict:
-    """The shapes and dtypes of one global DiT batch (``jax.ShapeDtypeStruct`` leaves)."""
+def abstract_batch(config, dit, text_encoder) -> dict:
+    """The shapes and dtypes of one global DiT batch (``jax.ShapeDtypeStruct`` leaves): caption
+    ids for a trained text encoder, a frozen one's cached states ('caption_emb') otherwise, as
+    the input pipelines give them."""
     dc, lt = config.dit, config.text.max_length
     b, l, s = dc.rows, dc.seq_len, dc.max_segments
     sds = jax.ShapeDtypeStruct
@@ -208,9 +252,12 @@ def abstract_batch(config, dit) -> dict:
         "tokens": sds((b, l, dit.patch_dim), jnp.float32),
         "segment_ids": sds((b, l), jnp.int32),
         "positions": sds((b, l, 3), jnp.int32),
-        "caption_ids": sds((b, s, lt), jnp.int32),
         "caption_mask": sds((b, s, lt), jnp.bool_),
     }
+    if text_encoder.trainable:
+        batch["caption_ids"] = sds((b, s, lt), jnp.int32)
+    else:
+        batch["caption_emb"] = sds((b, s, lt, text_encoder.dim), jnp.float32)
     if dc.condition.rate > 0:
         batch["cond_mask"] = sds((b, l), jnp.bool_)
     return batch
@@ -218,7 +265,7 @@ def abstract_batch(config, dit) -> dict:
 
 def xla_flops(config, dit, text_encoder, tx, abstract_boxed) -> float:
     """XLA's FLOP count of the whole jitted train step on the global batch (lowered only)."""
-    batch = abstract_batch(config, dit)
+    batch = abstract_batch(config, dit, text_encoder)
     step = dit_trainer.make_train_step(config, dit, text_encoder, tx, text_encoder.params)
     state = nn.unbox(abstract_boxed)
     lowered = jax.jit(step).lower(state, batch, jax.random.PRNGKey(0))
@@ -434,7 +481,7 @@ def compiled_step(config, mesh) -> dict:
     dit, text_encoder, tx, _ = _abstract_state(config)
     batch_split = mesh_lib.batch_size_divisor(mesh)
     init = dit_trainer.boxed_init(config, dit, text_encoder, tx, None, batch_split)
-    batch = abstract_batch(config, dit)
+    batch = abstract_batch(config, dit, text_encoder)
     step = dit_trainer.make_train_step(config, dit, text_encoder, tx, text_encoder.params)
     key = jax.eval_shape(lambda: jax.random.PRNGKey(0))  # abstract: nothing is placed
     with partitioning.activate(mesh, rules):
