@@ -46,6 +46,9 @@ CASES = {
     "wan_1_3b_480p_v5e8": (
         "configs/wan2_1_t2v_1_3b.py", "v5e-8", "fsdp:8", {"rows": 8, "seq_len": 32768}
     ),
+    "wan_1_3b_480p_v5p8": (
+        "configs/wan2_1_t2v_1_3b.py", "v5p-8", "fsdp:4", {"rows": 4, "seq_len": 32768}
+    ),
     "wan_14b_480p_v5p8": (
         "configs/wan2_1_t2v_14b.py", "v5p-8", "fsdp:4", {"rows": 4, "seq_len": 32768}
     ),

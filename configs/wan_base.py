@@ -63,6 +63,9 @@ def wan_config(
     c.dit.text_tokens = 0
     c.dit.latent_cache_size = 64
 
+    # --config.dit.finetune.mode=lora: adapters on both attentions and the FFN of every block.
+    c.dit.finetune.lora_targets = r"attn[12]\.to_(q|k|v|out)|ffn\.proj_(in|out)"
+
     c.dit.train.steps = 5000
     c.dit.train.learning_rate = 1e-5
     c.dit.train.warmup_steps = 100

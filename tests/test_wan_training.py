@@ -21,13 +21,14 @@ pytest.importorskip("transformers", reason="the tokenizer needs transformers")
 from sora_jax import config as config_lib  # noqa: E402
 from sora_jax.data import packing, shapes  # noqa: E402
 from sora_jax.inference import pipeline as pipeline_lib  # noqa: E402
-from sora_jax.models import builders, wan_dit, wan_folder, wan_presets  # noqa: E402
+from sora_jax.models import builders, lora, wan_dit, wan_folder, wan_presets  # noqa: E402
 from sora_jax.models import wan_transformer as wt  # noqa: E402
 from sora_jax.models import wan_transformer_weights as ww  # noqa: E402
 from sora_jax.parallel import mesh as mesh_lib  # noqa: E402
 from sora_jax.parallel import partitioning  # noqa: E402
 from sora_jax.text import encoders  # noqa: E402
-from sora_jax.training import planning  # noqa: E402
+from sora_jax.training import dit_trainer, finetune, planning  # noqa: E402
+from sora_jax.training import train_state as ts  # noqa: E402
 from test_train import TINY, run_cli  # noqa: E402
 from wan_setup import tiny_pipeline  # noqa: E402
 
@@ -90,7 +91,7 @@ def test_wan_settings_are_checked(folder, tmp_path):
         config_lib.validate(c)
     for key, value, why in [
         ("stages", ("vae", "dit"), "the Wan VAE is loaded frozen, not trained"),
-        ("dit.finetune.mode", "lora", "the Wan transformer trains 'full'"),
+        ("dit.finetune.mode", "lora", "matches no layer of the Wan transformer"),
         ("diffusion.objective", "ddpm", "predicts the flow velocity"),
         ("dit.model.remat_policy", "dots_saveable", "must be one of"),
     ]:
@@ -278,3 +279,59 @@ def test_public_model_configs_plan_without_weights(name, preset):
         encoders.check_folder(c)
     with pytest.raises(ValueError, match="--config.init.from_pretrained=FOLDER"):
         wan_folder.check_trainable(c)
+
+
+def test_lora_on_the_wan_transformer(folder):
+    """A LoRA fine-tune of the Wan model: adapters on the matched layers only, the folder's
+    weights under fresh adapters give the folder's model exactly, only adapters are in the
+    optimizer, and merging trained adapters gives base + adapters (1e-5); targets that match
+    no Wan layer are rejected."""
+    _, path = folder
+    c = _config(path)
+    c.dit.finetune.mode = "lora"
+    with pytest.raises(ValueError, match="matches no layer of the Wan transformer"):
+        config_lib.validate(c)
+    c.dit.finetune.lora_targets = r"attn1\.to_(q|v)|ffn\.proj_in"
+    c.dit.finetune.lora_rank = 2
+    c = config_lib.validate(c)
+    mesh = mesh_lib.create_mesh(1)
+    text_encoder = builders.build_text_encoder(c)
+    dit = builders.build_dit(c, text_encoder.dim)
+    abstract = nn.unbox(builders.abstract_dit_params(c, dit, text_encoder))
+    tx = finetune.optimizer(c, ts.make_optimizer(c.dit.train), abstract)
+    state = dit_trainer.init_state(c, dit, text_encoder, tx, mesh, None)
+    state = finetune.from_pretrained(c, state)
+    flat = flax.traverse_util.flatten_dict(state.params["dit"]["transformer"])
+    adapted = sorted("/".join(k[:-1]) for k in flat if k[-1] == "lora_a")
+    assert adapted == [
+        f"{b}/{layer}" for b in ("blocks_0", "blocks_1")
+        for layer in ("attn1/to_q", "attn1/to_v", "ffn/proj_in")
+    ]  # fmt: skip
+    # Adam's two moments for each adapter leaf and nothing else.
+    moments = [x for x in jax.tree.leaves(state.opt_state) if getattr(x, "ndim", 0) >= 1]
+    assert len(moments) == 2 * 2 * len(adapted)
+    base_params, _ = lora.split(state.params["dit"]["transformer"])
+    want = ww.load_transformer(os.path.join(path, "transformer"))[1]
+    jax.tree.map(np.testing.assert_array_equal, base_params, want)
+
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((1, 8, 16)), jnp.float32)
+    seg = jnp.ones((1, 8), jnp.int32)
+    pos = jnp.asarray(np.stack(np.unravel_index(np.arange(8), (2, 2, 2)), -1)[None], jnp.int32)
+    t = jnp.full((1, 1), 0.6)
+    ids, mask = text_encoder.tokenize(["a red circle moves left"])
+    text = text_encoder.encode(text_encoder.params, ids, mask)[:, None]
+    args = (x, t, seg, pos, text, jnp.asarray(mask)[:, None])
+    plain = builders.build_dit(_config(path), text_encoder.dim)
+    ref = plain.apply({"params": {"transformer": want}}, *args)
+    out = dit.apply({"params": state.params["dit"]}, *args)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))  # B = 0: the base exactly
+    trained_params = jax.tree_util.tree_map_with_path(
+        lambda p, v: v + 0.05 if p[-1].key == "lora_b" else v, state.params["dit"]
+    )
+    moved = dit.apply({"params": trained_params}, *args)
+    assert np.abs(np.asarray(moved - ref)).max() > 1e-3
+    merged = lora.merge(trained_params, builders.lora_spec(c))
+    np.testing.assert_allclose(
+        np.asarray(plain.apply({"params": merged}, *args)), np.asarray(moved), atol=1e-5
+    )

@@ -108,6 +108,7 @@ def build_dit(config, text_dim: int) -> dit_lib.DiT | wan_dit.WanDiT:
             attention_blocks=(m.attention_block_q, m.attention_block_kv),
             attention_shard=config.mesh.sequence_attention == "all_to_all",
             remat=m.remat_policy != "none",
+            lora=lora_spec(config),
         )
     pt, ph, pw = config.dit.patch
     return dit_lib.DiT(

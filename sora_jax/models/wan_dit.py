@@ -15,7 +15,8 @@ t_given f32[b s] | None) -> f32[b l patch_dim]``, as the DiT's. What it translat
             are zeroed and every token of the segment's caption attended.
 
 Its params are ``{'transformer': <WanTransformer params>}``, the layout
-``wan_transformer_weights`` maps to diffusers' keys.
+``wan_transformer_weights`` maps to diffusers' keys (LoRA adapters, when configured, are extra
+``lora_a`` / ``lora_b`` leaves beside the kernels they adapt).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from sora_jax.models import wan_transformer as wt
+from sora_jax.models.lora import LoraSpec
 
 TIMESTEPS = 1000.0  # Wan's training timesteps per unit of sigma
 
@@ -38,8 +40,7 @@ class WanDiT(nn.Module):
     attention_blocks: tuple[int, int] = (512, 512)
     attention_shard: bool = True
     remat: bool = False
-    # The trainer's LoRA hook: the Wan transformer trains without adapters.
-    lora = None
+    lora: LoraSpec | None = None  # see WanTransformer.lora
 
     @property
     def patch_dim(self) -> int:
@@ -61,5 +62,6 @@ class WanDiT(nn.Module):
             attention_blocks=self.attention_blocks,
             attention_shard=self.attention_shard,
             remat=self.remat,
+            lora=self.lora,
             name="transformer",
         )(x, segment_ids, positions, timestep, text, jnp.ones_like(text_mask), time_index)

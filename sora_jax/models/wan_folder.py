@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 
 import ml_collections
 import numpy as np
@@ -177,11 +178,12 @@ def validate_config(config):
         f"channels (out_channels={cfg.out_channels})",
     )
     cc.one_of(config, "dit.model.remat_policy", ("none", "nothing_saveable"))
+    f = config.dit.finetune
     cc.check(
-        config.dit.finetune.mode == "full",
-        "dit.finetune.mode",
-        config.dit.finetune.mode,
-        "the Wan transformer trains 'full' (with dit.finetune.freeze); LoRA is for the DiT",
+        f.mode != "lora" or any(re.fullmatch(f.lora_targets, n) for n in wt.LORA_LAYERS),
+        "dit.finetune.lora_targets",
+        f.lora_targets,
+        f"matches no layer of the Wan transformer; its layers: {'|'.join(wt.LORA_LAYERS)}",
     )
     cc.check(
         config.diffusion.objective == "rectified_flow",

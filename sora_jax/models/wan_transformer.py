@@ -73,6 +73,7 @@ import numpy as np
 from sora_jax.kernels.segments import Segments
 from sora_jax.models import attention as attention_lib
 from sora_jax.models.dit import timestep_embedding
+from sora_jax.models.lora import LoraDense, LoraSpec
 from sora_jax.parallel.axes import EMBED, HEADS, MLP, NORM, PATCH, QKV, TEXT_EMBED, TOKENS
 
 __all__ = [
@@ -91,6 +92,10 @@ __all__ = [
 ]
 
 CLASS_NAME = "WanTransformer3DModel"
+# The layers LoRA adapts, by qualified name (what LoraSpec.targets is matched against).
+LORA_LAYERS = tuple(
+    f"{attn}.{layer}" for attn in ("attn1", "attn2") for layer in ("to_q", "to_k", "to_v", "to_out")
+) + ("ffn.proj_in", "ffn.proj_out")
 QK_NORM = "rms_norm_across_heads"
 
 
@@ -265,7 +270,11 @@ def token_times(
 # ---- layers ----------------------------------------------------------------------------------
 
 
-def _dense(features, name, axes, dtype, param_dtype):
+def _dense(features, name, axes, dtype, param_dtype, lora=None, qualified=None):
+    """A dense layer with logical axes; with ``lora`` (a ``LoraSpec``) whose targets match
+    ``qualified`` (e.g. 'attn1.to_q') a ``LoraDense`` with the same base params."""
+    if lora is not None and lora.applies(qualified):
+        return LoraDense(features, lora, axes, dtype=dtype, param_dtype=param_dtype, name=name)
     return nn.Dense(
         features,
         dtype=dtype,
@@ -307,6 +316,7 @@ class WanAttention(nn.Module):
     attention_impl: str = "auto"
     attention_blocks: tuple[int, int] = (512, 512)
     attention_shard: bool = True
+    lora: LoraSpec | None = None  # adapters on the layers named '<attn1|attn2>.<to_q|...>'
 
     def _rms_norm(self, name):
         return nn.RMSNorm(
@@ -320,7 +330,12 @@ class WanAttention(nn.Module):
     @nn.compact
     def __call__(self, x, context, segments, positions=None):
         inner = self.num_heads * self.head_dim
-        dense = functools.partial(_dense, dtype=self.dtype, param_dtype=self.param_dtype)
+
+        def dense(features, name, axes):
+            return _dense(
+                features, name, axes, self.dtype, self.param_dtype, self.lora, f"{self.name}.{name}"
+            )
+
         kv_in = x if context is None else context
         q = dense(inner, "to_q", (EMBED, HEADS))(x)
         k = dense(inner, "to_k", (EMBED, HEADS))(kv_in)
@@ -354,10 +369,15 @@ class FeedForward(nn.Module):
     ffn_dim: int
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    lora: LoraSpec | None = None  # adapters on 'ffn.proj_in' / 'ffn.proj_out'
 
     @nn.compact
     def __call__(self, x):
-        dense = functools.partial(_dense, dtype=self.dtype, param_dtype=self.param_dtype)
+        def dense(features, name, axes):
+            return _dense(
+                features, name, axes, self.dtype, self.param_dtype, self.lora, f"{self.name}.{name}"
+            )
+
         h = nn.gelu(dense(self.ffn_dim, "proj_in", (EMBED, MLP))(x), approximate=True)
         return dense(x.shape[-1], "proj_out", (MLP, EMBED))(h)
 
@@ -376,6 +396,7 @@ class WanBlock(nn.Module):
     attention_impl: str = "auto"
     attention_blocks: tuple[int, int] = (512, 512)
     attention_shard: bool = True
+    lora: LoraSpec | None = None
 
     @nn.compact
     def __call__(self, x, time_proj, time_index, text, positions, segments):
@@ -405,6 +426,7 @@ class WanBlock(nn.Module):
             attention_impl=self.attention_impl,
             attention_blocks=self.attention_blocks,
             attention_shard=self.attention_shard,
+            lora=self.lora,
         )
         self_ids, cross_ids = segments
 
@@ -427,7 +449,7 @@ class WanBlock(nn.Module):
         x = x + attn(name="attn2")(y.astype(self.dtype), text, cross_ids)
 
         y = (_layer_norm(x, cfg.eps) * (1 + scale_f) + shift_f).astype(self.dtype)
-        f = FeedForward(cfg.ffn_dim, self.dtype, self.param_dtype, name="ffn")(y)
+        f = FeedForward(cfg.ffn_dim, self.dtype, self.param_dtype, self.lora, name="ffn")(y)
         x = (x.astype(jnp.float32) + f.astype(jnp.float32) * gate_f).astype(self.dtype)
         return nn.with_logical_constraint(x, TOKENS)
 
@@ -502,6 +524,9 @@ class WanTransformer(nn.Module):
     # Recompute each block in the backward pass (keeps only block inputs: training memory
     # O(layers x tokens x dim) instead of every activation).
     remat: bool = False
+    # Low-rank adapters on the blocks' attention and FFN layers whose qualified names
+    # ('attn1.to_q', 'attn2.to_out', 'ffn.proj_in', ...) match lora.targets.
+    lora: LoraSpec | None = None
 
     @classmethod
     def from_diffusers_config(cls, d: dict, **fields) -> "WanTransformer":
@@ -568,6 +593,7 @@ class WanTransformer(nn.Module):
                 self.attention_impl,
                 self.attention_blocks,
                 self.attention_shard,
+                self.lora,
                 name=f"blocks_{i}",
             )(x, time_proj, time_index, text_h, positions, segments)
 

@@ -117,7 +117,9 @@ def from_pretrained(config, state: ts.TrainState) -> ts.TrainState:
     process reading only its devices' slices."""
     folder = os.path.join(config.init.from_pretrained, "transformer")
     dit = dict(state.params["dit"])
-    dit["transformer"] = wan_transformer_weights.load_sharded(folder, dit["transformer"])
+    # A LoRA run's adapters stay fresh (zero update): the folder fills the base.
+    base, adapters = lora.split(dit["transformer"])
+    dit["transformer"] = lora.combine(wan_transformer_weights.load_sharded(folder, base), adapters)
     # The EMA gets its own buffers: the train step donates both trees.
     ema = jax.tree.map(jax.numpy.copy, dit)
     return state.replace(
