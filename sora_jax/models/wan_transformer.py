@@ -300,6 +300,14 @@ def _gather(table: jax.Array, index: jax.Array) -> jax.Array:
     return jnp.take_along_axis(table, index, axis=1)
 
 
+def _block_dense(module: nn.Module, features, name, axes):
+    """``_dense`` in a block's sub-module (attention, FFN): its dtypes, and its LoRA spec on
+    the qualified name '<module>.<name>'."""
+    return _dense(
+        features, name, axes, module.dtype, module.param_dtype, module.lora, f"{module.name}.{name}"
+    )
+
+
 class WanAttention(nn.Module):
     """Self- (``context=None``) or cross-attention with RMS QK-norm across all heads.
 
@@ -331,11 +339,7 @@ class WanAttention(nn.Module):
     def __call__(self, x, context, segments, positions=None):
         inner = self.num_heads * self.head_dim
 
-        def dense(features, name, axes):
-            return _dense(
-                features, name, axes, self.dtype, self.param_dtype, self.lora, f"{self.name}.{name}"
-            )
-
+        dense = functools.partial(_block_dense, self)
         kv_in = x if context is None else context
         q = dense(inner, "to_q", (EMBED, HEADS))(x)
         k = dense(inner, "to_k", (EMBED, HEADS))(kv_in)
@@ -373,11 +377,7 @@ class FeedForward(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        def dense(features, name, axes):
-            return _dense(
-                features, name, axes, self.dtype, self.param_dtype, self.lora, f"{self.name}.{name}"
-            )
-
+        dense = functools.partial(_block_dense, self)
         h = nn.gelu(dense(self.ffn_dim, "proj_in", (EMBED, MLP))(x), approximate=True)
         return dense(x.shape[-1], "proj_out", (MLP, EMBED))(h)
 
