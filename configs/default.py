@@ -25,6 +25,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.frame_choices = (1, 9, 17)
     c.data.resolutions = ((64, 64), (64, 96), (96, 64))
     c.data.image_fraction = 0.2  # joint image/video training: share of 1-frame examples
+    # Attribute values (caption words: colours, shapes, sizes, directions, speeds,
+    # backgrounds, textures) the built-in set never draws, e.g. ('magenta',): a model trained
+    # without them has never seen the words, for a fine-tune (dit.finetune) to teach later.
+    c.data.exclude_words = ()
     c.data.fps = 8  # moving shapes' frame rate; the rate clips are sampled at from files
     # 'moving_shapes' (built in, rendered in memory), 'tfds' (a TFDS video dataset, e.g. the
     # user's videos built by `python -m sora_jax.build_dataset`; decoded by grain, encoded by

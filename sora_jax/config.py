@@ -73,6 +73,7 @@ ADDED_KEYS = {
     "sample.image_prompt": "same",
     "dit.first_frames": 0.0,
     "dit.token_drop.rate": 0.0,
+    "data.exclude_words": (),
     "data.val_fraction": 0.0,
     "data.val_split_seed": 0,
     "dit.train.val_every": 0,

@@ -39,10 +39,14 @@ def base(tmp_path_factory):
     return workdir
 
 
-def _finetune(base, workdir, steps=3, learning_rate=None, **finetune):
+def _finetune(base, workdir, steps=3, learning_rate=None, overrides=None, **finetune):
+    """(config, state, history) of a DiT fine-tune of `base` in `workdir`: micro with `steps`
+    steps, config.dit.finetune fields `finetune` and dotted-key `overrides`."""
     config = micro_config(dit_steps=steps)
     if learning_rate is not None:
         config.dit.train.learning_rate = learning_rate
+    if overrides:
+        config = config_lib.override(config, overrides)
     config.stages = ("dit",)
     config.dit.finetune.init_from = base
     for k, v in finetune.items():

@@ -251,3 +251,21 @@ def test_bad_index_and_attributes_rejected():
         attributes_for_prompt("circle", "red", "small", direction="left")
     with pytest.raises(ValueError, match="positive"):
         render(attributes_for_prompt("circle", "red", "small"), 0, 32, 32)
+
+
+def test_excluded_words_are_never_drawn():
+    ds = MovingShapes(seed=0, num_examples=200, exclude_words=("white", "circle", "left"))
+    attrs = [ds[i]["attributes"] for i in range(200)]
+    assert {a["background"] for a in attrs} == set(BACKGROUNDS) - {"white"}
+    assert {a["shape"] for a in attrs} == {"square", "triangle"}
+    assert "left" not in {a["direction"] for a in attrs}
+    # Nothing excluded draws exactly the full set.
+    full, same = (
+        MovingShapes(seed=0, num_examples=5),
+        MovingShapes(seed=0, num_examples=5, exclude_words=()),
+    )
+    assert [full[i]["caption"] for i in range(5)] == [same[i]["caption"] for i in range(5)]
+    with pytest.raises(ValueError, match="'purple' is not an attribute value"):
+        MovingShapes(seed=0, num_examples=5, exclude_words=("purple",))
+    with pytest.raises(ValueError, match="leaves no shape"):
+        MovingShapes(seed=0, num_examples=5, exclude_words=SHAPES)

@@ -27,6 +27,7 @@ def export(config, out_dir: str, num_examples: int) -> str:
         tuple(d.frame_choices),
         tuple(tuple(r) for r in d.resolutions),
         d.image_fraction,
+        tuple(d.exclude_words),
     )
     os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
     path = os.path.join(out_dir, "manifest.jsonl")

@@ -121,7 +121,8 @@ def caption_embeddings(config, text_encoder, captions: list[str]) -> dict:
 
 
 def shapes_source(config, num_examples: int) -> shapes.MovingShapes:
-    """The built-in set of config.data (its seed, lengths, sizes and image share)."""
+    """The built-in set of config.data (its seed, lengths, sizes, image share and excluded
+    words)."""
     d = config.data
     return shapes.MovingShapes(
         seed=d.seed,
@@ -129,6 +130,7 @@ def shapes_source(config, num_examples: int) -> shapes.MovingShapes:
         frame_choices=tuple(d.frame_choices),
         resolutions=tuple(tuple(r) for r in d.resolutions),
         image_fraction=d.image_fraction,
+        exclude_words=tuple(d.exclude_words),
     )
 
 

@@ -34,7 +34,7 @@ from absl import flags, logging
 from jax.experimental import multihost_utils
 
 from sora_jax.common import config_checks as cc
-from sora_jax.data import clips
+from sora_jax.data import clips, shapes
 from sora_jax.models import geometry
 from sora_jax.parallel import mesh as mesh_lib
 
@@ -309,6 +309,8 @@ def validate_config(config):
         0.0 <= d.image_fraction <= 1.0, "data.image_fraction", d.image_fraction, "must be in [0, 1]"
     )
     cc.positive(config, "data.num_examples", "data.fps")
+    problem = shapes.exclusion_problem(d.exclude_words)
+    cc.check(not problem, "data.exclude_words", d.exclude_words, problem)
     for f in d.frame_choices:
         geometry.check_size(config, "data.frame_choices", f, *d.resolutions[0])
     for res in d.resolutions:

@@ -90,6 +90,43 @@ VOCABULARY: tuple[str, ...] = (
 )
 assert len(set(VOCABULARY)) == len(VOCABULARY), "caption vocabulary words must be unique"
 
+# The values each attribute draws from, by attribute name ('plain' is the texture no word names).
+_CHOICES: MappingProxyType = MappingProxyType(
+    {
+        "shape": SHAPES,
+        "colour": tuple(COLOURS),
+        "size": tuple(SIZES),
+        "direction": tuple(DIRECTIONS),
+        "speed": tuple(SPEEDS),
+        "background": tuple(BACKGROUNDS),
+        "texture": TEXTURES,
+    }
+)
+
+
+def exclusion_problem(words: Sequence[str]) -> str:
+    """Why `words` cannot be excluded from the set ('' when they can): each must be an
+    attribute value (a colour, shape, size, direction, speed, background or texture) and
+    every attribute must keep at least one value."""
+    if isinstance(words, str) or any(not isinstance(w, str) for w in words):
+        return "must be a sequence of words"
+    values = {v for choices in _CHOICES.values() for v in choices}
+    unknown = [w for w in words if w not in values]
+    if unknown:
+        return f"{unknown[0]!r} is not an attribute value; expected some of {sorted(values)}"
+    for name, choices in _CHOICES.items():
+        if set(choices) <= set(words):
+            return f"leaves no {name}"
+    return ""
+
+
+def check_excluded(words: Sequence[str]) -> tuple[str, ...]:
+    """`words` as a tuple; a ValueError when `exclusion_problem` finds one."""
+    problem = exclusion_problem(words)
+    if problem:
+        raise ValueError(f"exclude_words={words!r}: {problem}")
+    return tuple(words)
+
 
 def _check_choice(name: str, value: Any, choices) -> None:
     if value not in choices:
@@ -166,25 +203,33 @@ def sample_attributes(
     num_frames: int = 17,
     height: int = 32,
     width: int = 32,
+    exclude: Sequence[str] = (),
 ) -> dict:
     """Random attributes plus a `start` centre (y, x) in pixels for a (num_frames, height, width)
     clip, chosen uniformly among the starts that keep the shape inside the frame throughout.
 
-    For images direction/speed are None and num_frames is treated as 1.
+    For images direction/speed are None and num_frames is treated as 1. Each attribute is drawn
+    among its values not in `exclude` (checked by `check_excluded`); with none excluded the
+    draws are those of the full set.
     """
     if height <= 0 or width <= 0 or num_frames <= 0:
         raise ValueError(
             f"num_frames, height and width must be positive, got {(num_frames, height, width)}"
         )
-    pick = lambda options: options[int(rng.integers(len(options)))]  # noqa: E731
+    excluded = set(check_excluded(exclude))
+
+    def pick(name: str) -> str:
+        options = [v for v in _CHOICES[name] if v not in excluded]
+        return options[int(rng.integers(len(options)))]
+
     attrs = attributes_for_prompt(
-        shape=pick(SHAPES),
-        colour=pick(tuple(COLOURS)),
-        size=pick(tuple(SIZES)),
-        direction=None if is_image else pick(tuple(DIRECTIONS)),
-        speed=None if is_image else pick(tuple(SPEEDS)),
-        background=pick(tuple(BACKGROUNDS)),
-        texture=pick(TEXTURES),
+        shape=pick("shape"),
+        colour=pick("colour"),
+        size=pick("size"),
+        direction=None if is_image else pick("direction"),
+        speed=None if is_image else pick("speed"),
+        background=pick("background"),
+        texture=pick("texture"),
     )
     frames = 1 if is_image else num_frames
     r = radius(attrs, height, width)
@@ -316,7 +361,9 @@ class MovingShapes:
 
     Example i is a pure function of (seed, i). With probability `image_fraction` it is a 1-frame
     image; otherwise its frame count is drawn from the entries of `frame_choices` that are > 1.
-    Its (height, width) is drawn from `resolutions`.
+    Its (height, width) is drawn from `resolutions`. No example has an attribute value in
+    `exclude_words` (e.g. ('magenta',): no magenta shape, so no caption with that word): a base
+    model trained on such a set has never seen the words, which a fine-tune can then teach.
 
     `ds[i]` -> dict(video=uint8[t h w 3], caption=str, attributes=dict) where attributes also
     hold num_frames, height and width.
@@ -329,6 +376,7 @@ class MovingShapes:
         frame_choices: Sequence[int] = (1, 5, 9, 17),
         resolutions: Sequence[tuple[int, int]] = ((32, 32), (32, 48), (48, 32)),
         image_fraction: float = 0.2,
+        exclude_words: Sequence[str] = (),
     ):
         if not isinstance(num_examples, (int, np.integer)) or num_examples <= 0:
             raise ValueError(f"num_examples must be a positive int, got {num_examples!r}")
@@ -356,6 +404,7 @@ class MovingShapes:
         self.frame_choices = frame_choices
         self.resolutions = tuple((int(h), int(w)) for h, w in resolutions)
         self.image_fraction = float(image_fraction)
+        self.exclude_words = check_excluded(exclude_words)
 
     def __len__(self) -> int:
         return self.num_examples
@@ -370,7 +419,7 @@ class MovingShapes:
         lengths = self.video_lengths
         num_frames = 1 if is_image else lengths[int(rng.integers(len(lengths)))]
         height, width = self.resolutions[int(rng.integers(len(self.resolutions)))]
-        attrs = sample_attributes(rng, is_image, num_frames, height, width)
+        attrs = sample_attributes(rng, is_image, num_frames, height, width, self.exclude_words)
         video = render(attrs, num_frames, height, width, rng)
         attrs.update(num_frames=num_frames, height=height, width=width)
         return dict(video=video, caption=caption(attrs), attributes=attrs)
@@ -379,5 +428,5 @@ class MovingShapes:
         return (
             f"MovingShapes(seed={self.seed}, num_examples={self.num_examples}, "
             f"frame_choices={self.frame_choices}, resolutions={self.resolutions}, "
-            f"image_fraction={self.image_fraction})"
+            f"image_fraction={self.image_fraction}, exclude_words={self.exclude_words})"
         )

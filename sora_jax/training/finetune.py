@@ -1,7 +1,8 @@
-"""Fine-tuning part of a model (config.dit.finetune): the DiT initialised from another run's
-weights (a LoRA run's adapters fresh, or from an adapters folder: adapters_from) or from a
-public Wan transformer (config.init.from_pretrained), and an optimizer that updates, and keeps
-state for, only the trainable leaves (LoRA adapters, or everything but a frozen pattern)."""
+"""Fine-tuning part of a model (config.dit.finetune): the DiT (and a trained text encoder)
+initialised from another run's weights (a LoRA run's adapters fresh, or from an adapters
+folder: adapters_from) or from a public Wan transformer (config.init.from_pretrained), and an
+optimizer that updates, and keeps state for, only the trainable leaves (LoRA adapters, or
+everything but a frozen pattern)."""
 
 from __future__ import annotations
 
@@ -50,9 +51,10 @@ def _flat(tree) -> dict:
     return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree))
 
 
-def load_base(config, path: str):
-    """The DiT params (EMA) of an export or a training workdir at `path`, in the block form
-    (scanned or not) config.dit.model asks for."""
+def load_base(config, path: str) -> dict:
+    """The params (EMA) of an export or a training workdir at `path`: 'dit' in the block form
+    (scanned or not) config.dit.model asks for, and 'text' when its text encoder was trained
+    (the built-in one: its DiT was trained on that encoder's embeddings)."""
     source = loader.load(path)
     params = source.params["dit"]
     spec = builders.lora_spec(source.config)
@@ -61,7 +63,7 @@ def load_base(config, path: str):
     scanned = config.dit.model.scan_blocks
     if source.config.dit.model.scan_blocks != scanned:
         params = block_stack.convert(params, config.dit.model.attention_layout, scanned=scanned)
-    return params
+    return {**source.params, "dit": params}
 
 
 def load_adapters(config, dit_params) -> dict:
@@ -81,34 +83,45 @@ def load_adapters(config, dit_params) -> dict:
     return adapter_format.read(path, meta, want, scanned=config.dit.model.scan_blocks)
 
 
-def initialize(config, state):
-    """``state`` with its DiT params and EMA taken from config.dit.finetune.init_from (a LoRA
-    model keeps its fresh adapters, or takes those of adapters_from); each array placed where
-    the state's is. A base leaf missing from the source, an extra one, or a shape mismatch is
-    an error naming it."""
-    path = config.dit.finetune.init_from
-    base = _flat(load_base(config, path))
-    ours = _flat(state.params["dit"])
+def _matched(where: str, part: str, base: dict, ours: dict) -> None:
+    """Raises naming the first leaf of `part` missing from the base, extra in it, or of
+    another shape (flat dicts; this run's LoRA adapters are not the base's to have)."""
     wanted = {k for k in ours if k[-1] not in lora.ADAPTER_NAMES}
-    where = f"config.dit.finetune.init_from={path}"
+    name = "DiT" if part == "dit" else "text encoder"
     if wanted - set(base):
-        raise ValueError(f"{where}: its DiT has no {'/'.join(min(wanted - set(base)))}")
+        raise ValueError(f"{where}: its {name} has no {'/'.join(min(wanted - set(base)))}")
     if set(base) - wanted:
-        raise ValueError(f"{where}: {'/'.join(min(set(base) - wanted))} is not in this DiT")
+        raise ValueError(f"{where}: {'/'.join(min(set(base) - wanted))} is not in this {name}")
     for k in sorted(wanted):
         if base[k].shape != ours[k].shape:
             raise ValueError(
-                f"{where}: {'/'.join(k)} has shape {base[k].shape}, this DiT {ours[k].shape}"
+                f"{where}: {'/'.join(k)} has shape {base[k].shape}, this {name} {ours[k].shape}"
             )
-    if config.dit.finetune.adapters_from:
-        base.update(_flat(load_adapters(config, state.params["dit"])))
-    merged = {k: jax.device_put(base[k], v.sharding) if k in base else v for k, v in ours.items()}
-    dit = flax.traverse_util.unflatten_dict(merged)
-    # The EMA gets its own buffers: the train step donates both trees.
-    ema = jax.tree.map(jax.numpy.copy, dit)
-    return state.replace(
-        params={**state.params, "dit": dit}, ema_params={**state.ema_params, "dit": ema}
-    )
+
+
+def initialize(config, state):
+    """``state`` with its DiT params and EMA, and those of a trained text encoder, taken from
+    config.dit.finetune.init_from (a LoRA model keeps its fresh adapters, or takes those of
+    adapters_from); each array placed where the state's is. A base leaf missing from the
+    source, an extra one, or a shape mismatch is an error naming it."""
+    path = config.dit.finetune.init_from
+    where = f"config.dit.finetune.init_from={path}"
+    source = load_base(config, path)
+    params, ema = dict(state.params), dict(state.ema_params)
+    for part, tree in state.params.items():
+        if part not in source:
+            raise ValueError(f"{where}: it has no trained {part} params for this run to start from")
+        base, ours = _flat(source[part]), _flat(tree)
+        _matched(where, part, base, ours)
+        if part == "dit" and config.dit.finetune.adapters_from:
+            base.update(_flat(load_adapters(config, tree)))
+        merged = {
+            k: jax.device_put(base[k], v.sharding) if k in base else v for k, v in ours.items()
+        }
+        params[part] = flax.traverse_util.unflatten_dict(merged)
+        # The EMA gets its own buffers: the train step donates both trees.
+        ema[part] = jax.tree.map(jax.numpy.copy, params[part])
+    return state.replace(params=params, ema_params=ema)
 
 
 def from_pretrained(config, state: ts.TrainState) -> ts.TrainState:

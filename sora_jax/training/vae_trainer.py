@@ -44,13 +44,14 @@ class VAEState(ts.TrainState):
 
 
 @functools.lru_cache(maxsize=None)
-def _bucket_source(seed, num_examples, frames, height, width):
+def _bucket_source(seed, num_examples, frames, height, width, exclude_words):
     return shapes.MovingShapes(
         seed=seed,
         num_examples=num_examples,
         frame_choices=(frames,),
         resolutions=((height, width),),
         image_fraction=1.0 if frames == 1 else 0.0,
+        exclude_words=exclude_words,
     )
 
 
@@ -60,12 +61,13 @@ def vae_batch(config: ml_collections.ConfigDict, step: int) -> dict[str, np.ndar
     images of the same size, from a source of their own)."""
     d, t = config.data, config.vae.train
     frames, h, w = vae_input.step_bucket(config, step)
-    source = _bucket_source(d.seed, d.num_examples, frames, h, w)
+    exclude = tuple(d.exclude_words)
+    source = _bucket_source(d.seed, d.num_examples, frames, h, w, exclude)
     first = step * t.batch_size
     videos = [source[(first + i) % len(source)]["video"] for i in range(t.batch_size)]
     batch = {"video": builders.to_model_range(np.stack(videos))}
     if t.image_batch_size > 0:
-        images = _bucket_source(d.seed + 1, d.num_examples, 1, h, w)
+        images = _bucket_source(d.seed + 1, d.num_examples, 1, h, w, exclude)
         first = step * t.image_batch_size
         batch["image"] = builders.to_model_range(
             np.stack(
