@@ -3,10 +3,11 @@
 Two expanders, both deterministic by seed (the same prompt and seed give the same expansion):
 
   GrammarExpander   no model: reads the attributes a prompt names in the moving-shapes grammar
-                    (with a few synonyms: 'big' -> large, 'ball' -> circle, 'fast' -> quickly,
-                    'upper left' -> up-left, ...) and fills the unnamed ones (size, speed,
-                    background and texture, and colour / shape / direction too) with values
-                    sampled uniformly from the grammar, then writes the grammar's caption;
+                    as people phrase them (sora_jax.inference.prompt_reading: 'a crimson ball
+                    drifts up and to the right' -> red, circle, up-right, slowly) and fills
+                    the unnamed ones (size, speed, background and texture, and colour / shape
+                    / direction too) with values sampled uniformly from the grammar, then
+                    writes the grammar's caption (a caption of the grammar expands to itself);
   LMExpander        a local instruction-tuned causal LM (transformers, PyTorch) prompted with its
                     chat template, a system prompt that describes the caption style and shows
                     example captions, and the user's prompt; sampled with the seed.
@@ -18,44 +19,15 @@ given and what was filled in), which the sampling CLI writes beside each sample.
 from __future__ import annotations
 
 import dataclasses
-import re
+import functools
 import zlib
 
 import numpy as np
 
 from sora_jax.data import shapes
+from sora_jax.inference.prompt_reading import read_attributes, unknown_words
 
-# Words users write for the grammar's words.
-SYNONYMS = {
-    "big": "large",
-    "huge": "large",
-    "tiny": "small",
-    "little": "small",
-    "gray": "grey",
-    "purple": "magenta",
-    "pink": "magenta",
-    "ball": "circle",
-    "disc": "circle",
-    "dot": "circle",
-    "box": "square",
-    "fast": "quickly",
-    "quick": "quickly",
-    "rapidly": "quickly",
-    "slow": "slowly",
-    "steady": "steadily",
-    "checked": "checkered",
-    "checkerboard": "checkered",
-    "stripes": "striped",
-    "stripy": "striped",
-    "noise": "noisy",
-    "upwards": "up",
-    "downwards": "down",
-    "upward": "up",
-    "downward": "down",
-}
-_COMPOUND_DIRECTION = re.compile(r"\b(up|upper|top|down|lower|bottom)[\s-]+(left|right)\b")
-_VERTICAL = {"up": "up", "upper": "up", "top": "up", "down": "down", "lower": "down"}
-_VERTICAL["bottom"] = "down"
+__all__ = ["Expansion", "GrammarExpander", "LMExpander", "read_attributes", "load_expander"]
 
 _CATEGORIES = {
     "shape": shapes.SHAPES,
@@ -64,15 +36,14 @@ _CATEGORIES = {
     "direction": tuple(shapes.DIRECTIONS),
     "speed": tuple(shapes.SPEEDS),
     "background": tuple(shapes.BACKGROUNDS),
-    "texture": tuple(t for t in shapes.TEXTURES if t != "plain"),
 }
-_WORD_CATEGORY = {w: cat for cat, words in _CATEGORIES.items() for w in words}
 
 
 @dataclasses.dataclass(frozen=True)
 class Expansion:
     """One expanded prompt: `given` holds the attributes the prompt named, `sampled` those
-    filled in (GrammarExpander), `ignored` the words it did not use."""
+    filled in (GrammarExpander), `ignored` the words it did not use and `unknown` those of
+    them that are not common function or motion words (worth telling the user about)."""
 
     prompt: str
     expanded: str
@@ -81,6 +52,7 @@ class Expansion:
     given: dict = dataclasses.field(default_factory=dict)
     sampled: dict = dataclasses.field(default_factory=dict)
     ignored: tuple = ()
+    unknown: tuple = ()
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -89,25 +61,6 @@ class Expansion:
 def _rng(prompt: str, seed: int) -> np.random.Generator:
     """Generator of (seed, prompt): the same prompt and seed always draw the same values."""
     return np.random.default_rng([int(seed), zlib.crc32(prompt.encode("utf-8"))])
-
-
-def read_attributes(prompt: str) -> tuple[dict, tuple[str, ...]]:
-    """(attributes the prompt names, words it does not use); ValueError when it names two
-    values of one attribute (e.g. two colours)."""
-    text = _COMPOUND_DIRECTION.sub(
-        lambda m: f"{_VERTICAL[m.group(1)]}-{m.group(2)}", prompt.lower()
-    )
-    found, ignored = {}, []
-    for word in re.findall(r"[a-z]+(?:-[a-z]+)?", text):
-        word = SYNONYMS.get(word, word)
-        category = _WORD_CATEGORY.get(word)
-        if category is None:
-            ignored.append(word)
-        elif found.setdefault(category, word) != word:
-            raise ValueError(
-                f"prompt {prompt!r} names two {category}s: {found[category]!r} and {word!r}"
-            )
-    return found, tuple(ignored)
 
 
 class GrammarExpander:
@@ -123,7 +76,8 @@ class GrammarExpander:
             raise ValueError(
                 f"prompt {prompt!r} names nothing of the moving-shapes grammar (shapes "
                 f"{shapes.SHAPES}, colours {tuple(shapes.COLOURS)}, ...); the built-in expander "
-                "only knows that grammar: give a language model (--prompt_lm) for other prompts"
+                "only knows that grammar: give a language model (--prompt_lm) for other prompts, "
+                "or sample it as written (--expand_prompt=false)"
             )
         rng = _rng(prompt, seed)
         attrs, sampled = dict(given), {}
@@ -151,6 +105,7 @@ class GrammarExpander:
             given=given,
             sampled=sampled,
             ignored=ignored,
+            unknown=unknown_words(ignored),
         )
 
 
@@ -250,6 +205,41 @@ class LMExpander:
         return Expansion(prompt=prompt, expanded=expanded, method=self.name, seed=int(seed))
 
 
+@functools.lru_cache(maxsize=2)
 def load_expander(lm_path: str = ""):
-    """LMExpander of the local folder `lm_path`, or the GrammarExpander when it is empty."""
+    """LMExpander of the local folder `lm_path`, or the GrammarExpander when it is empty (kept
+    loaded: sampling asks for it on every call)."""
     return LMExpander(lm_path) if lm_path else GrammarExpander()
+
+
+# config.sample.expand_prompt: 'auto' expands for the built-in text encoder, whose closed
+# vocabulary is the grammar's (a prompt in other words reaches it mostly as unknown tokens),
+# and not for a pretrained Hugging Face encoder, which reads free text; booleans (or their
+# spelling in a --config flag) force it on or off.
+_SETTINGS = {"auto": "auto", "true": True, "false": False}
+
+
+def expansion_setting(value):
+    """'auto', True or False from a config value or flag (bools, or 'auto' / 'true' /
+    'false' in any case); ValueError for anything else."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _SETTINGS:
+        return _SETTINGS[value.lower()]
+    raise ValueError(f"expand_prompt={value!r}: must be 'auto', true or false")
+
+
+def expands(config, expand=None) -> bool:
+    """Whether sampling expands prompts: `expand` (None: config.sample.expand_prompt), with
+    'auto' on exactly for the built-in (closed-grammar) text encoder."""
+    setting = expansion_setting(config.sample.expand_prompt if expand is None else expand)
+    return config.text.kind == "tiny" if setting == "auto" else setting
+
+
+def expand_prompts(config, prompts, seed: int, num_frames: int, expand=None, prompt_lm=None):
+    """The `Expansion` of each prompt as sampling makes it (None when expansion is off):
+    `expand` as in `expands`, `prompt_lm` None for config.sample.prompt_lm."""
+    if not expands(config, expand):
+        return None
+    expander = load_expander(config.sample.prompt_lm if prompt_lm is None else prompt_lm)
+    return [expander.expand(p, seed, num_frames) for p in prompts]
