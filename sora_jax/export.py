@@ -16,6 +16,13 @@ with `sora_jax.load_pipeline("exports/tiny")`, or sample from it with
 writes only a LoRA fine-tune's adapters (EMA) and what applying them needs (format:
 `sora_jax/inference/adapter_format.py`), a small part of a whole export; sample a base with
 them: `python -m sora_jax.sample --workdir=exports/base --adapters=exports/ft_adapters ...`.
+
+  python -m sora_jax.export --workdir=runs/wan_ft --out=exports/wan_ft --format=diffusers [--bf16]
+
+writes a fine-tuned Wan model (a run of `--config.init.from_pretrained=FOLDER`) as a diffusers
+pipeline folder: FOLDER with its transformer replaced by the run's EMA weights (LoRA merged), in
+safetensors shards of at most `--max_shard_gb`; `diffusers.WanPipeline.from_pretrained` loads it,
+as does `--config.init.from_pretrained` for a further run.
 """
 
 from __future__ import annotations
@@ -33,6 +40,12 @@ _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace a non-empty --out
 _SCAN = flags.DEFINE_enum(
     "scan_blocks", None, ["true", "false"], "Store the DiT's blocks scanned / unrolled."
 )
+_FORMAT = flags.DEFINE_enum(
+    "format", "sora_jax", ["sora_jax", "diffusers"], "sora_jax's export, or a diffusers folder."
+)
+_SHARD_GB = flags.DEFINE_float(
+    "max_shard_gb", 10.0, "--format=diffusers: largest safetensors file of the transformer."
+)
 _ADAPTERS = flags.DEFINE_boolean(
     "adapters_only", False, "Store only a LoRA run's adapters (float32), not the base model."
 )
@@ -48,8 +61,23 @@ def main(argv):
             "--adapters_only stores the adapters in float32 and the run's block form: "
             "drop --bf16 and --scan_blocks"
         )
+    if _FORMAT.value == "diffusers" and (_ADAPTERS.value or _SCAN.value is not None or _NAME.value):
+        raise app.UsageError(
+            "--format=diffusers writes the whole pipeline in diffusers' layout: drop "
+            "--adapters_only, --scan_blocks and --name"
+        )
+    if _SHARD_GB.value <= 0:
+        raise app.UsageError(f"--max_shard_gb={_SHARD_GB.value}: must be > 0")
     try:
-        if _ADAPTERS.value:
+        if _FORMAT.value == "diffusers":
+            out = exporter.export_diffusers(
+                _WORKDIR.value,
+                _OUT.value,
+                bf16=_BF16.value,
+                overwrite=_OVERWRITE.value,
+                max_shard_bytes=int(_SHARD_GB.value * 2**30),
+            )
+        elif _ADAPTERS.value:
             out = exporter.export_adapters(
                 _WORKDIR.value, _OUT.value, name=_NAME.value, overwrite=_OVERWRITE.value
             )

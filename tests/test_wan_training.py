@@ -11,8 +11,11 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
+
+import sora_jax
 
 torch = pytest.importorskip("torch", reason="parity tests need torch (test extra)")
 diffusers = pytest.importorskip("diffusers", reason="parity tests need diffusers (test extra)")
@@ -20,6 +23,7 @@ pytest.importorskip("transformers", reason="the tokenizer needs transformers")
 
 from sora_jax import config as config_lib  # noqa: E402
 from sora_jax.data import packing, shapes  # noqa: E402
+from sora_jax.inference import exporter, loader, wan_pipeline  # noqa: E402
 from sora_jax.inference import pipeline as pipeline_lib  # noqa: E402
 from sora_jax.models import builders, lora, wan_dit, wan_folder, wan_presets  # noqa: E402
 from sora_jax.models import wan_transformer as wt  # noqa: E402
@@ -29,7 +33,7 @@ from sora_jax.parallel import partitioning  # noqa: E402
 from sora_jax.text import encoders  # noqa: E402
 from sora_jax.training import dit_trainer, finetune, planning  # noqa: E402
 from sora_jax.training import train_state as ts  # noqa: E402
-from test_train import TINY, run_cli  # noqa: E402
+from test_train import TINY, micro_config, run_cli  # noqa: E402
 from wan_setup import tiny_pipeline  # noqa: E402
 
 # The captions of the built-in set are the tokenizer's words, so prompts are not <unk>.
@@ -217,25 +221,33 @@ def test_weights_are_read_per_device_slice(folder):
         ww.load_sharded(os.path.join(path, "transformer"), wrong)
 
 
-def test_train_cli_fine_tunes_the_wan_model_and_samples(folder, tmp_path):
-    """`python -m sora_jax.train --config.init.from_pretrained=FOLDER` trains the Wan
-    transformer on packed built-in videos (the Wan VAE frozen, its statistics), checkpoints,
-    resumes, and the workdir samples through the project's pipeline."""
+@pytest.fixture(scope="module")
+def trained(folder, tmp_path_factory):
+    """A workdir of `python -m sora_jax.train` fine-tuning the folder's model 2 steps, then
+    resumed to 3: (workdir, the stderr of each run or None where it succeeded)."""
     _, path = folder
-    workdir = str(tmp_path / "run")
+    workdir = str(tmp_path_factory.mktemp("wan_run") / "run")
     flags = [f"--config={TINY}:micro", f"--workdir={workdir}"]
     flags += [f"--config.init.from_pretrained={path}"]
     for key, value in OVERRIDES.items():
         flags.append(f"--config.{key}={json.dumps(value) if isinstance(value, tuple) else value}")
-    r = run_cli("sora_jax.train", *flags, "--config.dit.train.steps=2")
-    assert r.returncode == 0, r.stderr[-3000:]
     checkpoints = os.path.join(workdir, "dit", "checkpoints")
-    steps = lambda: sorted(int(s) for s in os.listdir(checkpoints))  # noqa: E731
-    assert steps()[-1] == 2
-    # The same command with more steps resumes from step 2.
-    r = run_cli("sora_jax.train", *flags, "--config.dit.train.steps=3")
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert steps()[-2:] == [2, 3]
+    runs = []
+    for steps in (2, 3):  # the same command with more steps resumes
+        r = run_cli("sora_jax.train", *flags, f"--config.dit.train.steps={steps}")
+        runs.append(sorted(int(s) for s in os.listdir(checkpoints)) if r.returncode == 0 else r)
+    return workdir, runs
+
+
+def test_train_cli_fine_tunes_the_wan_model_and_samples(folder, trained, tmp_path):
+    """`python -m sora_jax.train --config.init.from_pretrained=FOLDER` trains the Wan
+    transformer on packed built-in videos (the Wan VAE frozen, its statistics), checkpoints,
+    resumes, and the workdir samples through the project's pipeline."""
+    _, path = folder
+    workdir, runs = trained
+    for r in runs:
+        assert isinstance(r, list), r.stderr[-3000:]
+    assert runs[0][-1] == 2 and runs[1][-2:] == [2, 3]
     saved = config_lib.load_saved(workdir)
     assert saved.vae.kind == "wan" and saved.dit.model.arch == "wan"
     assert os.path.isdir(os.path.join(workdir, "samples"))
@@ -248,8 +260,95 @@ def test_train_cli_fine_tunes_the_wan_model_and_samples(folder, tmp_path):
     )
     assert 0 < max(jax.tree.leaves(moved)) < 0.1  # trained, from the folder's weights
     np.testing.assert_array_equal(model.latent_std, np.float32([1.5, 0.5, 2.0, 1.0]))
-    video = pipe.generate(["a red circle moves left"], num_frames=5, height=16, width=32, seed=0)
+    args = dict(num_frames=5, height=16, width=32, seed=0)
+    video = pipe.generate(["a red circle moves left"], **args)
     assert video.shape == (1, 5, 16, 32, 3) and video.std() > 0
+    # The project's export of the run (the Wan VAE's weights in it) samples the same video.
+    out = exporter.export_workdir(workdir, str(tmp_path / "export"))
+    again = sora_jax.load_pipeline(out).generate(["a red circle moves left"], **args)
+    np.testing.assert_array_equal(again, video)
+
+
+def _state_dict(model) -> dict[str, np.ndarray]:
+    return {k: v.float().numpy() for k, v in model.state_dict().items()}
+
+
+def test_export_as_diffusers_folder_round_trips(folder, trained, tmp_path):
+    """`python -m sora_jax.export --format=diffusers` writes the fine-tuned run as a folder
+    diffusers' WanPipeline loads: its transformer holds the run's EMA weights bit for bit (and
+    runs as ours, 1e-4), the other models are the base folder's; the folder loads back into
+    sora_jax exactly (`load_pipeline`, `init.from_pretrained`); bf16 is the weights rounded."""
+    pipe, path = folder
+    workdir, _ = trained
+    out = str(tmp_path / "wan_ft")
+    r = run_cli(
+        "sora_jax.export", f"--workdir={workdir}", f"--out={out}", "--format=diffusers",
+        "--max_shard_gb=0.00002",  # ~21 KB: the tiny (48 KB) transformer in shards
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert os.path.isfile(os.path.join(out, "transformer", ww.INDEX_NAME))
+    model = loader.load_workdir(workdir)
+    ours = flax.traverse_util.flatten_dict(model.params["dit"]["transformer"])
+    loaded = diffusers.WanPipeline.from_pretrained(out)
+    got = _state_dict(loaded.transformer)
+    want = ww.to_state_dict(model.params["dit"]["transformer"], wan_folder.transformer_config(
+        config_lib.load_saved(workdir)
+    ))  # fmt: skip
+    assert set(got) == set(want)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    for name in ("vae", "text_encoder"):
+        base, exported = _state_dict(getattr(pipe, name)), _state_dict(getattr(loaded, name))
+        assert base.keys() == exported.keys()
+        for k in base:
+            np.testing.assert_array_equal(exported[k], base[k], err_msg=f"{name}: {k}")
+    assert json.load(open(os.path.join(out, exporter.DIFFUSERS_SOURCE)))["dit_step"] == 3
+    # diffusers runs the exported transformer as sora_jax runs the fine-tuned one.
+    rng = np.random.default_rng(3)
+    latents = rng.standard_normal((1, 2, 4, 4, 4)).astype(np.float32)
+    text = rng.standard_normal((1, 6, 32)).astype(np.float32)
+    module, _ = ww.load_transformer(os.path.join(out, "transformer"))
+    mine = module.apply(
+        {"params": model.params["dit"]["transformer"]},
+        jnp.asarray(latents), jnp.float32([400.0]), jnp.asarray(text), method=module.video,
+    )  # fmt: skip
+    with torch.no_grad():
+        theirs = loaded.transformer(
+            hidden_states=torch.from_numpy(np.moveaxis(latents, -1, 1).copy()),
+            timestep=torch.tensor([400.0]),
+            encoder_hidden_states=torch.from_numpy(text),
+            return_dict=False,
+        )[0].numpy()
+    np.testing.assert_allclose(np.asarray(mine)[0], np.moveaxis(theirs[0], 0, -1), atol=1e-4)
+    # Back into sora_jax: the exported folder samples, and starts a further run, exactly.
+    wan = sora_jax.load_pipeline(out)
+    assert isinstance(wan, wan_pipeline.WanPipeline)
+    back = flax.traverse_util.flatten_dict(wan.transformer_params)
+    assert back.keys() == ours.keys()
+    for k in ours:
+        np.testing.assert_array_equal(np.asarray(back[k]), np.asarray(ours[k]), err_msg=str(k))
+    assert wan_folder.transformer_config(_config(out)) == wan_folder.transformer_config(
+        _config(path)
+    )
+    # bfloat16: half the bytes, the same weights rounded.
+    half = exporter.save_diffusers(model, str(tmp_path / "bf16"), bf16=True)
+    got = _state_dict(
+        diffusers.WanTransformer3DModel.from_pretrained(half, subfolder="transformer")
+    )
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k].astype(ml_dtypes.bfloat16).astype(np.float32))
+    # Errors: a run of the project's own DiT, the base folder itself, a folder of something else.
+    project_run = str(tmp_path / "dit_run")
+    config_lib.save(micro_config(), project_run)
+    with pytest.raises(ValueError, match="has no diffusers class"):
+        exporter.export_diffusers(project_run, str(tmp_path / "x"))
+    with pytest.raises(FileExistsError, match="the Wan folder the run started from"):
+        exporter.save_diffusers(model, path, overwrite=True)
+    with pytest.raises(FileExistsError, match="is not a Wan folder; will not replace"):
+        exporter.export_diffusers(workdir, project_run, overwrite=True)
+    r = run_cli("sora_jax.export", f"--workdir={workdir}", f"--out={out}2", "--format=diffusers",
+                "--adapters_only")  # fmt: skip
+    assert r.returncode != 0 and "drop --adapters_only" in r.stderr
 
 
 @pytest.mark.parametrize(
@@ -281,7 +380,7 @@ def test_public_model_configs_plan_without_weights(name, preset):
         wan_folder.check_trainable(c)
 
 
-def test_lora_on_the_wan_transformer(folder):
+def test_lora_on_the_wan_transformer(folder, tmp_path):
     """A LoRA fine-tune of the Wan model: adapters on the matched layers only, the folder's
     weights under fresh adapters give the folder's model exactly, only adapters are in the
     optimizer, and merging trained adapters gives base + adapters (1e-5); targets that match
@@ -335,3 +434,11 @@ def test_lora_on_the_wan_transformer(folder):
     np.testing.assert_allclose(
         np.asarray(plain.apply({"params": merged}, *args)), np.asarray(moved), atol=1e-5
     )
+    # A LoRA run exports to diffusers with its adapters merged: a plain Wan transformer.
+    model = loader.InferenceModel(
+        config=c, vae=None, vae_params=None, dit=dit, text_encoder=text_encoder,
+        params={"dit": trained_params}, latent_mean=None, latent_std=None, name="lora",
+    )  # fmt: skip
+    out = exporter.save_diffusers(model, str(tmp_path / "merged"))
+    exported = ww.load_transformer(os.path.join(out, "transformer"))[1]
+    jax.tree.map(np.testing.assert_array_equal, exported, merged["transformer"])

@@ -35,6 +35,7 @@ from sora_jax.diffusion import conditioning
 from sora_jax.inference import loader
 from sora_jax.inference import sampling as sampling_lib
 from sora_jax.inference import prompts as prompts_lib
+from sora_jax.inference import wan_pipeline
 from sora_jax.models import builders, geometry, vae_inference
 from sora_jax.models import vae as vae_lib
 from sora_jax.text import cache as text_cache_lib
@@ -553,9 +554,21 @@ def _decode(
     return vae_inference.decode(vae, vae_params, latents, inference_cfg, mesh)
 
 
-def load_pipeline(path: str, mesh: Mesh | None = None, adapters: str | None = None) -> Pipeline:
+def load_pipeline(
+    path: str, mesh: Mesh | None = None, adapters: str | None = None
+) -> Pipeline | wan_pipeline.WanPipeline:
     """A ready-to-sample Pipeline from an exported inference checkpoint
     (`python -m sora_jax.export`) or from a training workdir (its latest VAE and DiT
     checkpoints, EMA params), with the LoRA `adapters` folder (`--adapters_only` export)
-    merged into its DiT if given; on `mesh` (None: one device) it samples sharded."""
+    merged into its DiT if given; on `mesh` (None: one device) it samples sharded.
+
+    A diffusers Wan folder (a public model, or `export --format=diffusers`) gives a
+    `wan_pipeline.WanPipeline` on one device, sampling as diffusers' WanPipeline does."""
+    if wan_pipeline.is_wan_folder(path):
+        if adapters or mesh is not None:
+            raise ValueError(
+                f"{path} is a diffusers Wan folder: it loads on one device without adapters "
+                f"(fine-tune it with --config.init.from_pretrained for LoRA or a mesh)"
+            )
+        return wan_pipeline.load_folder(path)
     return Pipeline(loader.load(path, mesh, adapters), mesh=mesh)

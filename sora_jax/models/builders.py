@@ -7,6 +7,7 @@ the same thing everywhere. Nothing here allocates params unless asked to (`*_ini
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -57,8 +58,10 @@ def vae_init_fn(config, model: vae_lib.CausalVAE):
     ]
 
 
-def abstract_vae_params(config, model: vae_lib.CausalVAE):
+def abstract_vae_params(config, model: vae_lib.CausalVAE | wan_vae.WanVAE):
     """Shapes/dtypes of the VAE's params, with no allocation."""
+    if config.vae.kind == "wan":
+        return nn.unbox(wan_vae.param_shapes(model))
     return jax.eval_shape(vae_init_fn(config, model), jax.random.PRNGKey(0))
 
 
