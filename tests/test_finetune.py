@@ -90,10 +90,17 @@ def test_lora_trains_adapters_only_and_exports_merged(base, tmp_path):
     )
     moments = [x for x in jax.tree.leaves(state.opt_state) if getattr(x, "ndim", 0) >= 1]
     assert len(moments) == 2 * len(adapters)
+    # The EMA averages the adapters alone: no second copy of the frozen base.
+    assert set(state.ema_params) == {"dit"} and set(_flat(state.ema_params["dit"])) == set(adapters)
     assert sorted(os.listdir(os.path.join(workdir, "vae", "checkpoints"))) == ["0"]
 
     # The workdir samples with the adapters; the export is a plain DiT with them merged.
     model = loader.load(workdir)
+    loaded = _flat(model.params["dit"])
+    assert set(loaded) == set(ours)
+    for k, v in loaded.items():  # the base from the params, the adapters from their EMA
+        want = state.ema_params["dit"] if k in adapters else state.params["dit"]
+        np.testing.assert_array_equal(np.asarray(v), np.asarray(_flat(want)[k]), err_msg=str(k))
     assert model.dit.lora == lora.LoraSpec(2, 4.0, 0.0, config.dit.finetune.lora_targets)
     out = exporter.save_model(model, str(tmp_path / "export"))
     exported = loader.load(out)
@@ -117,6 +124,7 @@ def test_full_finetune_leaves_frozen_params(base, tmp_path):
     ours = _flat(state.params["dit"])
     frozen = [k for k in ours if k[0] in ("text_proj", "time_mlp_in", "time_mlp_out")]
     assert frozen
+    assert set(_flat(state.ema_params["dit"])) == set(ours) - set(frozen)  # no EMA of frozen
     for k in frozen:
         np.testing.assert_array_equal(np.asarray(ours[k]), np.asarray(source[k]))
     assert np.any(

@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from sora_jax import config as config_lib
-from sora_jax.common import checkpoint, finite
+from sora_jax.common import checkpoint, finite, trees
 from sora_jax.inference import adapter_format, export_format
 from sora_jax.models import builders, lora, wan_folder
 from sora_jax.parallel import mesh as mesh_lib
@@ -141,9 +141,17 @@ def _load_dit(config, workdir: str, mesh: Mesh):
     )
     c = config.vae.model.latent_channels
     stat = jax.ShapeDtypeStruct((c,), jnp.float32, sharding=mesh_lib.replicated(mesh))
-    extras = {"latent_mean": stat, "latent_std": stat}
-    step, out = _restore_fields(config, workdir, "dit", {"ema_params": params, "extras": extras})
-    return dit, text_encoder, out["ema_params"], out["extras"], step
+    fields = {"extras": {"latent_mean": stat, "latent_std": stat}}
+    # The EMA holds only the trained leaves (a LoRA run's adapters); the frozen ones are read
+    # from the params, which they are.
+    trained = builders.trainable_mask(config, params)
+    fields["ema_params"] = trees.subset(params, trained)
+    if trained is not None:
+        frozen = jax.tree.map(lambda m: not m, trained)
+        fields["params"] = trees.subset(params, frozen)
+    step, out = _restore_fields(config, workdir, "dit", fields)
+    ema = out["ema_params"] if trained is None else trees.overlay(out["params"], out["ema_params"])
+    return dit, text_encoder, ema, out["extras"], step
 
 
 def load_workdir(workdir: str, mesh: Mesh | None = None) -> InferenceModel:

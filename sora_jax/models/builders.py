@@ -152,6 +152,21 @@ def lora_spec(config) -> lora_lib.LoraSpec | None:
     )
 
 
+def trainable_mask(config, params) -> dict | None:
+    """bool pytree over a DiT stage's plain (unboxed) params ({'dit': ..., 'text': ...}): the
+    adapters of a 'lora' fine-tune, everything but config.dit.finetune.freeze in a 'full'
+    one; None when all train. The optimizer and the EMA keep only these leaves."""
+    f = config.dit.finetune
+    if f.mode == "lora":
+        return {
+            k: lora_lib.trainable_mask(v) if k == "dit" else jax.tree.map(lambda _: False, v)
+            for k, v in params.items()
+        }
+    if not f.freeze:
+        return None
+    return jax.tree.map(lambda frozen: not frozen, lora_lib.frozen_mask(params, f.freeze))
+
+
 def dit_init_fn(config, dit: dit_lib.DiT, text_encoder, batch_size: int = 1):
     """`init(key) -> params` ({'dit': ..., 'text': ... if trainable}), the DiT's params boxed
     with their logical axis names (nn.Partitioned): `nn.unbox` them for plain arrays, or

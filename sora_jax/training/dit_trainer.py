@@ -130,7 +130,7 @@ def make_train_step(config, dit, text_encoder, tx, frozen_text_params=None):
         """Sum of the squared errors of (a microbatch of) the batch / the whole batch's count
         of loss elements (`denoms`, the same in every row)."""
         batch, t, noise, t_cond, denoms = inputs
-        mask = finetune.trainable_mask(config, params)
+        mask = builders.trainable_mask(config, params)
         if mask is not None:
             # No gradient is built for frozen leaves (the base of a LoRA run, `freeze`):
             # XLA drops their weight-gradient matmuls and buffers.
@@ -168,7 +168,13 @@ def boxed_init(config, dit, text_encoder, tx, extras, batch: int = 1):
     """`init(key) -> TrainState` whose DiT leaves are boxed with their logical axis names
     (for jax.eval_shape and the shardings; `init_state` unboxes)."""
     init_params = builders.dit_init_fn(config, dit, text_encoder, batch)
-    return lambda key: ts.create(init_params(key), tx, extras)
+
+    def init(key):
+        params = init_params(key)
+        trainable = builders.trainable_mask(config, nn.unbox(params))
+        return ts.create(params, tx, extras, trainable)
+
+    return init
 
 
 def init_state(config, dit, text_encoder, tx, mesh, extras):

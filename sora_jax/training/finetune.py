@@ -12,7 +12,7 @@ import flax
 import jax
 import optax
 
-from sora_jax.common import checkpoint
+from sora_jax.common import checkpoint, trees
 from sora_jax.inference import adapter_format, loader
 from sora_jax.models import block_stack, builders, lora, wan_transformer_weights
 from sora_jax.training import train_state as ts
@@ -27,23 +27,9 @@ def only_trainable(tx: optax.GradientTransformation, trainable) -> optax.Gradien
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
-def trainable_mask(config, params) -> dict | None:
-    """bool pytree over the stage's params ({'dit': ..., 'text': ...}): the adapters of a 'lora'
-    fine-tune, everything but config.dit.finetune.freeze in a 'full' one; None when all train."""
-    f = config.dit.finetune
-    if f.mode == "lora":
-        return {
-            k: lora.trainable_mask(v) if k == "dit" else jax.tree.map(lambda _: False, v)
-            for k, v in params.items()
-        }
-    if not f.freeze:
-        return None
-    return jax.tree.map(lambda frozen: not frozen, lora.frozen_mask(params, f.freeze))
-
-
 def optimizer(config, tx: optax.GradientTransformation, params) -> optax.GradientTransformation:
-    """``tx`` restricted to the trainable params (see ``trainable_mask``)."""
-    mask = trainable_mask(config, params)
+    """``tx`` restricted to the trainable params (see ``builders.trainable_mask``)."""
+    mask = builders.trainable_mask(config, params)
     return tx if mask is None else only_trainable(tx, mask)
 
 
@@ -107,7 +93,7 @@ def initialize(config, state):
     path = config.dit.finetune.init_from
     where = f"config.dit.finetune.init_from={path}"
     source = load_base(config, path)
-    params, ema = dict(state.params), dict(state.ema_params)
+    params = dict(state.params)
     for part, tree in state.params.items():
         if part not in source:
             raise ValueError(f"{where}: it has no trained {part} params for this run to start from")
@@ -119,9 +105,13 @@ def initialize(config, state):
             k: jax.device_put(base[k], v.sharding) if k in base else v for k, v in ours.items()
         }
         params[part] = flax.traverse_util.unflatten_dict(merged)
-        # The EMA gets its own buffers: the train step donates both trees.
-        ema[part] = jax.tree.map(jax.numpy.copy, params[part])
-    return state.replace(params=params, ema_params=ema)
+    return state.replace(params=params, ema_params=_fresh_ema(params, state.ema_params))
+
+
+def _fresh_ema(params, ema_like):
+    """The EMA of `params` at the start: copies of the leaves the EMA keeps (`ema_like`'s
+    paths), in buffers of their own, since the train step donates both trees."""
+    return jax.tree.map(jax.numpy.copy, trees.like(params, ema_like))
 
 
 def from_pretrained(config, state: ts.TrainState) -> ts.TrainState:
@@ -133,11 +123,8 @@ def from_pretrained(config, state: ts.TrainState) -> ts.TrainState:
     # A LoRA run's adapters stay fresh (zero update): the folder fills the base.
     base, adapters = lora.split(dit["transformer"])
     dit["transformer"] = lora.combine(wan_transformer_weights.load_sharded(folder, base), adapters)
-    # The EMA gets its own buffers: the train step donates both trees.
-    ema = jax.tree.map(jax.numpy.copy, dit)
-    return state.replace(
-        params={**state.params, "dit": dit}, ema_params={**state.ema_params, "dit": ema}
-    )
+    params = {**state.params, "dit": dit}
+    return state.replace(params=params, ema_params=_fresh_ema(params, state.ema_params))
 
 
 def seed_vae(config, workdir: str, mesh) -> None:

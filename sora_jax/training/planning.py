@@ -290,7 +290,7 @@ def plan(
     e_total, e_dev = _split_bytes(abstract.ema_params, shape, rules)
     # Gradients exist for the trainable leaves only (the others are under stop_gradient):
     # their share of the params' bytes.
-    mask = finetune.trainable_mask(config, nn.unbox(abstract.params))
+    mask = builders.trainable_mask(config, nn.unbox(abstract.params))
     g_dev = p_dev
     if mask is not None:
         leaves = jax.tree.leaves(nn.unbox(abstract.params))

@@ -10,10 +10,14 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from sora_jax.common import trees
+
 
 class TrainState(flax.struct.PyTreeNode):
     """Everything a stage needs to resume: the step, params, optimizer state, EMA.
 
+    `ema_params` averages only the trained leaves (a `trees.subset` of `params`: a LoRA
+    fine-tune's adapters, not its frozen base); `ema_model` is the whole EMA model.
     `extras` holds arrays that are not trained but belong with the checkpoint
     (e.g. the latent normalisation statistics the DiT was trained with).
     """
@@ -40,14 +44,21 @@ def make_optimizer(t: ml_collections.ConfigDict) -> optax.GradientTransformation
     )
 
 
-def create(params, tx: optax.GradientTransformation, extras=None) -> TrainState:
+def create(params, tx: optax.GradientTransformation, extras=None, trainable=None) -> TrainState:
+    """Step 0 of `params`; `trainable` (a bool tree of their paths, None = all) picks the
+    leaves the EMA keeps."""
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=tx.init(params),
-        ema_params=params,
+        ema_params=trees.subset(params, trainable),
         extras=extras,
     )
+
+
+def ema_model(state: TrainState):
+    """The EMA weights of the whole model: the frozen leaves are the params themselves."""
+    return trees.overlay(state.params, state.ema_params)
 
 
 def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
@@ -62,7 +73,9 @@ def apply_gradients(
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     d = ema_decay_at(state.step, ema_decay)
-    ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, params)
+    ema = jax.tree.map(
+        lambda e, p: d * e + (1.0 - d) * p, state.ema_params, trees.like(params, state.ema_params)
+    )
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
 
 

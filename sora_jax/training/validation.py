@@ -30,6 +30,7 @@ from sora_jax.inference import pipeline as pipeline_lib
 from sora_jax.inference import samples
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.parallel import partitioning
+from sora_jax.training import train_state as ts
 
 
 def packing_config(config):
@@ -144,7 +145,7 @@ class Validator:
         out = {}
         if self.batches and self.due(self.train.val_every, step):
             out = {f"val/{k}": v for k, v in self.losses(state.params).items()}
-            out["val/loss_ema"] = self.losses(state.ema_params)["loss"]
+            out["val/loss_ema"] = self.losses(ts.ema_model(state))["loss"]
             self.writer.write_scalars(step, out)
         if self.models is not None and self.due(self.train.sample_every, step):
             paths = self.write_samples(step, state)
@@ -179,7 +180,7 @@ def sample_model(config, vae_model, vae_params, dit, text_encoder, name: str):
             vae_params=vae_params,
             dit=dit,
             text_encoder=text_encoder,
-            params=state.ema_params,
+            params=ts.ema_model(state),
             latent_mean=np.asarray(extras["latent_mean"]),
             latent_std=np.asarray(extras["latent_std"]),
             name=name,
