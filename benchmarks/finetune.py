@@ -86,7 +86,7 @@ def main():
             .compile()
         )
         mem = compiled.memory_analysis()
-        mask = finetune.trainable_mask(c, state.params)
+        mask = builders.trainable_mask(c, state.params)
         leaves = jax.tree.leaves(state.params)
         trainable = (
             sum(x.size for x in leaves)
