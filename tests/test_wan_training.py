@@ -34,6 +34,7 @@ from sora_jax.text import encoders  # noqa: E402
 from sora_jax.training import dit_trainer, finetune, planning  # noqa: E402
 from sora_jax.training import train_state as ts  # noqa: E402
 from test_train import TINY, micro_config, run_cli  # noqa: E402
+from dit_setup import fixed_batch  # noqa: E402
 from wan_setup import tiny_pipeline  # noqa: E402
 
 # The captions of the built-in set are the tokenizer's words, so prompts are not <unk>.
@@ -442,3 +443,25 @@ def test_lora_on_the_wan_transformer(folder, tmp_path):
     out = exporter.save_diffusers(model, str(tmp_path / "merged"))
     exported = ww.load_transformer(os.path.join(out, "transformer"))[1]
     jax.tree.map(np.testing.assert_array_equal, exported, merged["transformer"])
+
+
+def test_fine_tuning_steps_lower_the_loss_on_a_packed_batch(folder):
+    """From the folder's weights, three train steps on one packed batch of four video sizes
+    lower its loss (the same times and noise each step)."""
+    _, path = folder
+    c = _config(path)
+    c.dit.train.warmup_steps, c.dit.train.learning_rate = 1, 3e-3
+    text_encoder = builders.build_text_encoder(c)
+    dit = builders.build_dit(c, text_encoder.dim)
+    abstract = nn.unbox(builders.abstract_dit_params(c, dit, text_encoder))
+    tx = finetune.optimizer(c, ts.make_optimizer(c.dit.train), abstract)
+    state = dit_trainer.init_state(c, dit, text_encoder, tx, mesh_lib.create_mesh(1), None)
+    state = finetune.from_pretrained(c, state)
+    batch = fixed_batch(c)
+    assert len(np.unique(batch["segment_ids"][0])) > 3  # several videos share a row
+    step = jax.jit(dit_trainer.make_train_step(c, dit, text_encoder, tx, text_encoder.params))
+    losses = []
+    for _ in range(4):
+        state, metrics = step(state, batch, jax.random.key(0))
+        losses.append(float(metrics["loss"]))
+    assert losses[3] < 0.97 * losses[0], losses
