@@ -388,10 +388,13 @@ def get_config() -> ml_collections.ConfigDict:
     # 'first_frame' (sora_jax.prompts.first_frame_prompt: a moving-shapes caption without its
     # motion clause, the form of the training images' captions; other prompts unchanged).
     c.sample.image_prompt = "same"
-    # Prompt expansion in the sampling CLI (sora_jax/prompts.py): rewrite each prompt in the
-    # training captions' style first, with the local instruction-tuned LM folder `prompt_lm`,
-    # or, when it is '', the built-in moving-shapes expander.
-    c.sample.expand_prompt = False
+    # Prompt expansion in sampling (the CLI, Pipeline.generate, end-of-run samples;
+    # sora_jax/inference/prompts.py): rewrite each prompt in the training captions' style
+    # first, with the local instruction-tuned LM folder `prompt_lm`, or, when it is '', the
+    # built-in moving-shapes expander. 'auto': on for the built-in text encoder (its closed
+    # vocabulary is the captions'; a prompt it cannot read is sampled as written), off for a
+    # pretrained one; True / False force it.
+    c.sample.expand_prompt = "auto"
     c.sample.prompt_lm = ""
     # Device mesh of sampling (the sampling CLI's --mesh; README "Using it"): '' one device,
     # 'config' the mesh section above, or axis sizes such as 'data:2,sequence:4'. The DiT runs

@@ -18,6 +18,7 @@ import ml_collections
 from sora_jax.common import training_config
 from sora_jax.data import input_pipeline
 from sora_jax.diffusion import objectives, samplers
+from sora_jax.inference import prompts
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import vae as vae_lib
 from sora_jax.models import wan_folder, wan_presets
@@ -263,6 +264,7 @@ _CHECKS = (
     training_config.validate_config,  # vae.train.*, dit.train.*
     objectives.validate_config,  # diffusion.*
     samplers.validate_sample_config,  # sample.*, eval.*
+    prompts.validate_config,  # sample.expand_prompt
     mesh_lib.validate_config,  # mesh.*, the DiT's split over it
     wan_folder.validate_config,  # vae.kind, dit.model.arch: what a Wan model needs
 )

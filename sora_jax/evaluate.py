@@ -2,12 +2,15 @@ r"""Prompt-following evaluation: generate from moving-shapes prompts, measure fr
 
   python -m sora_jax.evaluate --workdir=runs/tiny [--num_prompts=32 --seed=10000]
   python -m sora_jax.evaluate --workdir=runs/tiny --mode=i2v  # first frame given
+  python -m sora_jax.evaluate --workdir=runs/tiny --prompts=user  # prompts as users type them
   python -m sora_jax.evaluate --real [--num_prompts=32]   # the data itself (~100%)
   python -m sora_jax.evaluate --noise                     # random pixels (chance)
 
 For each prompt the colour (foreground colour histogram), shape, direction and
 speed of motion (centroid trajectory) are read off the video and compared with
-the prompt's attributes.
+the prompt's attributes. --prompts=user samples the 48 prompts of
+sora_jax/evaluation/user_prompts.py (everyday phrasing, through the default
+sampling path and its prompt expansion) and scores the attributes each names.
 """
 
 from __future__ import annotations
@@ -35,6 +38,15 @@ _MODE = flags.DEFINE_enum(
     ["t2v", "i2v"],
     "t2v: text->video; i2v: image->video, conditioned on each held-out video's first frame.",
 )
+_PROMPTS = flags.DEFINE_enum(
+    "prompts",
+    "grammar",
+    ["grammar", "user"],
+    "grammar: captions of the training grammar; user: prompts as users type them (t2v).",
+)
+_EXPAND = flags.DEFINE_bool(
+    "expand_prompt", None, "Expand prompts first (default: config.sample.expand_prompt)."
+)
 _SAMPLER = flags.DEFINE_string("sampler", None, "Sampler (default: config.diffusion).")
 _STEPS = flags.DEFINE_integer("steps", None, "Sampling steps (default: config.diffusion).")
 
@@ -42,6 +54,8 @@ _STEPS = flags.DEFINE_integer("steps", None, "Sampling steps (default: config.di
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _PROMPTS.value == "user" and (_REAL.value or _NOISE.value or _MODE.value != "t2v"):
+        raise app.UsageError("--prompts=user: text->video of a --workdir only")
     if _REAL.value or _NOISE.value:
         n, seed = _NUM.value or 32, 10_000 if _SEED.value is None else _SEED.value
         attrs = prompt_eval.eval_prompts(n, seed, _FRAMES.value, _HEIGHT.value, _WIDTH.value)
@@ -67,21 +81,20 @@ def main(argv):
         except (FileNotFoundError, ValueError) as e:
             raise app.UsageError(str(e)) from None
         e = pipe.config.eval
-        evaluate = {
-            "t2v": prompt_eval.evaluate_pipeline,
-            "i2v": prompt_eval.evaluate_image_to_video,
-        }[_MODE.value]
+        seed = e.seed if _SEED.value is None else _SEED.value
+        sampling = dict(sampler=_SAMPLER.value, steps=_STEPS.value, expand_prompt=_EXPAND.value)
         try:
-            result = evaluate(
-                pipe,
-                _NUM.value or e.num_prompts,
-                e.seed if _SEED.value is None else _SEED.value,
-                sampler=_SAMPLER.value,
-                steps=_STEPS.value,
-            )
+            if _PROMPTS.value == "user":
+                result = prompt_eval.evaluate_user_prompts(pipe, seed, **sampling)
+            else:
+                evaluate = {
+                    "t2v": prompt_eval.evaluate_pipeline,
+                    "i2v": prompt_eval.evaluate_image_to_video,
+                }[_MODE.value]
+                result = evaluate(pipe, _NUM.value or e.num_prompts, seed, **sampling)
         except ValueError as err:
             raise app.UsageError(str(err)) from None
-        result["mode"] = _MODE.value
+        result.update(mode=_MODE.value, prompts=_PROMPTS.value)
     print(json.dumps(result, indent=2))
 
 

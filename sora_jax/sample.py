@@ -27,7 +27,9 @@ backward for a 4x temporal VAE; connect: two numbers a,b); by default about half
 
 --expand_prompt rewrites each prompt in the training captions' style first (a local LM from
 --prompt_lm, else the built-in moving-shapes expander; deterministic by --seed) and writes
-SAMPLE.json beside each sample with the prompt, its expansion and how it was made.
+SAMPLE.json beside each sample with the prompt, its expansion and how it was made. By default
+(config.sample.expand_prompt='auto') it is on for the built-in text encoder, whose vocabulary
+is the captions', and off for a pretrained one; --noexpand_prompt samples prompts as written.
 
 --mesh samples on a device mesh (default: config.sample.mesh, '' = one device): 'config' for
 the workdir's config.mesh, or axis sizes such as `--mesh=data:2,sequence:4` (one may be -1).
@@ -252,6 +254,7 @@ def main(argv):
             guidance_rescale=_RESCALE.value,
             condition_noise=_COND_NOISE.value,
             factorized=_FACTORIZED.value,
+            expand_prompt=False,  # expanded above, so SAMPLE.json can record it
             progress=True,
             **mode,
         )
@@ -380,12 +383,9 @@ def _check_decode(config, overrides: dict, mesh, grid) -> None:
 
 def _expand(config, prompts: list[str], num_frames: int) -> list | None:
     """Expansions of the prompts (None when expansion is off)."""
-    expand = config.sample.expand_prompt if _EXPAND.value is None else _EXPAND.value
-    if not expand:
-        return None
-    lm = config.sample.prompt_lm if _PROMPT_LM.value is None else _PROMPT_LM.value
-    expander = prompts_lib.load_expander(lm)
-    return [expander.expand(p, _SEED.value, num_frames) for p in prompts]
+    return prompts_lib.expand_prompts(
+        config, prompts, _SEED.value, num_frames, _EXPAND.value, _PROMPT_LM.value
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ frames is the old DiT; given tokens leave the loss; the training masks follow th
 """
 
 import dataclasses
+import json
 import os
 
 import jax
@@ -449,7 +450,9 @@ def test_edit_strength_zero_is_the_round_trip_and_one_is_text_to_video(pipe, cli
 
 def test_factorized_text_to_video_is_text_to_image_then_image_to_video(pipe, clip):
     prompt, _ = clip
-    image = pipe.generate([prompt], **dict(KW, num_frames=1))
+    # The image is drawn from the prompt as the video reads it, not as a 1-frame prompt reads.
+    video_prompt = pipe.expand_prompts([prompt], KW["seed"], KW["num_frames"])
+    image = pipe.generate(video_prompt, **dict(KW, num_frames=1), expand_prompt=False)
     out = pipe.generate([prompt], factorized=True, **KW)
     np.testing.assert_array_equal(out, pipe.image_to_video([prompt], image[0, 0], **KW))
     assert psnr(out[0, :1], _round_trip(pipe, image[0])[0]) > 40  # the image is frame 0
@@ -458,7 +461,10 @@ def test_factorized_text_to_video_is_text_to_image_then_image_to_video(pipe, cli
     pipe.config.sample.factorized = True
     try:
         np.testing.assert_array_equal(pipe.generate([prompt], **KW), out)
-        np.testing.assert_array_equal(pipe.generate([prompt], **dict(KW, num_frames=1)), image)
+        one = dict(KW, num_frames=1)
+        np.testing.assert_array_equal(
+            pipe.generate([prompt], **one), pipe.generate([prompt], **one, factorized=False)
+        )
     finally:
         pipe.config.sample.factorized = False
     # image_prompt 'first_frame': the image pass is prompted without the motion clause.
@@ -545,8 +551,10 @@ def test_cli_modes_and_errors(workdir, clip, tmp_path):
     r = run_cli("sora_jax.sample", *base, f"--out={out}", "--connect", str(a), str(b), "--steps=2")
     assert r.returncode == 0, r.stderr
     files = sorted(os.listdir(out))
-    assert files[2:] == ["index.html"]
-    assert len(files) == 3 and video_io.read_video(out / files[1]).shape == (9, 16, 16, 3)
+    assert [os.path.splitext(f)[1] for f in files] == [".gif", ".json", ".mp4", ".html"]
+    assert video_io.read_video(out / files[2]).shape == (9, 16, 16, 3)
+    with open(out / files[1]) as f:
+        assert json.load(f)["expanded_prompt"] == prompt  # a caption expands to itself
     r = run_cli("sora_jax.sample", *base, f"--image={tmp_path}/missing.png")
     assert r.returncode != 0 and "not found" in r.stderr and "missing.png" in r.stderr
     r = run_cli("sora_jax.sample", *base, f"--video={a}", "--extend=forward", "--context_frames=9")

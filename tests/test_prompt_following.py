@@ -89,3 +89,18 @@ def test_bad_input_rejected():
         analyze_video(np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(ValueError, match="attribute"):
         score([np.zeros((2, 8, 8, 3), np.uint8)], [])
+
+
+def test_only_the_named_attributes_are_scored():
+    """A user's prompt names some attributes: the others are not counted."""
+    videos, attrs = _real(n=4, seed=13)
+    wrong = {"square": "circle", "circle": "triangle", "triangle": "square"}
+    named = [
+        dict(colour=a["colour"], shape=wrong[a["shape"]]) if i % 2 else dict(colour=a["colour"])
+        for i, a in enumerate(attrs)
+    ]
+    named[0]["direction"] = attrs[0]["direction"]
+    result = score(videos, named)
+    assert result["colour_accuracy"] == 1.0 and result["shape_accuracy"] == 0.0
+    assert result["direction_accuracy"] == 1.0 and result["num_motion_videos"] == 1
+    assert np.isnan(result["speed_accuracy"])

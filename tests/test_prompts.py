@@ -1,14 +1,19 @@
-"""Prompt expansion: the built-in grammar expander, a tiny random-init LM expander, and the
+"""Prompt expansion: the built-in grammar expander (on prompts written as users type them), a
+tiny random-init LM expander, expansion on by default for the built-in text encoder, and the
 expansion log the sampling CLI writes beside each sample."""
 
 import json
 import os
 
+import numpy as np
 import pytest
 
-from sora_jax.inference import prompts
+from sora_jax import config as config_lib
 from sora_jax.data import shapes, video_io
-from test_modes import workdir  # noqa: F401 (module fixture: a freshly initialised workdir)
+from sora_jax.evaluation import prompt_eval
+from sora_jax.evaluation.user_prompts import USER_PROMPTS
+from sora_jax.inference import prompts
+from test_modes import pipe, workdir  # noqa: F401 (module fixtures: a random pipeline, a workdir)
 from test_train import run_cli
 
 
@@ -54,6 +59,67 @@ def test_grammar_expander_edge_cases():
         g.expand("a red and blue circle")
     with pytest.raises(ValueError, match="names nothing of the moving-shapes grammar"):
         g.expand("a dog playing in the park")
+
+
+def test_user_prompts_are_read_whole():
+    """Prompts phrased as people type them (written apart from the expander's word lists):
+    every attribute each names reaches the expanded caption."""
+    g = prompts.GrammarExpander()
+    assert len(USER_PROMPTS) == 48
+    for prompt, named in USER_PROMPTS:
+        e = g.expand(prompt, seed=0, num_frames=9)
+        attrs = shapes.parse_caption(e.expanded)
+        assert {k: e.given.get(k) for k in named} == named, prompt
+        assert {k: attrs[k] for k in named} == named, prompt
+
+
+@pytest.mark.parametrize("path", ["configs/tiny.py", "configs/default.py"])
+def test_captions_of_the_grammar_expand_to_themselves(path):
+    """Expansion on by default must not change a caption the model was trained on: the
+    config's sample prompts and the evaluation's held-out captions, videos and images."""
+    c = config_lib.load(path)
+    held_out = lambda n: [  # noqa: E731
+        shapes.caption(a) for a in prompt_eval.eval_prompts(40, 10_000, n, 32, 48)
+    ]
+    for frames, captions in (
+        (c.sample.num_frames, list(c.sample.prompts)),
+        (9, held_out(9)),
+        (1, held_out(1)),
+    ):
+        for seed in (0, 7):
+            expanded = prompts.expand_prompts(c, captions, seed, frames)
+            assert [e.expanded for e in expanded] == captions
+
+
+def test_expansion_is_on_by_default_for_the_built_in_text_encoder_only():
+    c = config_lib.load("configs/tiny.py")
+    assert c.sample.expand_prompt == "auto" and prompts.expands(c)
+    c.text.kind = "t5"
+    assert not prompts.expands(c) and prompts.expand_prompts(c, ["red ball"], 0, 9) is None
+    assert prompts.expands(c, "TRUE") and not prompts.expands(c, False)
+    c.text.kind = "tiny"
+    # Under 'auto' a prompt outside the grammar is sampled as written, saying why; asked for
+    # explicitly, expansion refuses it.
+    kept, ball = prompts.expand_prompts(c, ["a dog playing in the park", "red ball going up"], 0, 9)
+    assert (kept.expanded, kept.method) == ("a dog playing in the park", "as_written")
+    assert "names nothing of the moving-shapes grammar" in kept.note
+    assert ball.method == "grammar" and ball.given["direction"] == "up"
+    with pytest.raises(ValueError, match="names nothing"):
+        prompts.expand_prompts(c, ["a dog playing in the park"], 0, 9, expand=True)
+    c.sample.expand_prompt = "sometimes"
+    with pytest.raises(ValueError, match="config.sample.expand_prompt='sometimes': must be"):
+        config_lib.validate(c)
+
+
+def test_generate_expands_prompts_by_default(pipe):  # noqa: F811
+    """Pipeline.generate's default path reads a user's prompt as its expansion (seeded by the
+    sampling seed); expand_prompt=False samples it as written."""
+    kw = dict(num_frames=5, height=16, width=16, seed=4, steps=1)
+    user = ["red ball going up", "a blue square sliding left"]
+    expanded = [e.expanded for e in prompts.expand_prompts(pipe.config, user, 4, 5)]
+    default = pipe.generate(user, **kw)
+    np.testing.assert_array_equal(default, pipe.generate(expanded, expand_prompt=False, **kw))
+    assert not np.array_equal(default, pipe.generate(user, expand_prompt=False, **kw))
 
 
 def _tiny_chat_lm(path, chat_template=True):

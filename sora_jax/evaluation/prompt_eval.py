@@ -1,5 +1,6 @@
-"""Prompt-following evaluation of a pipeline: prompts from the moving-shapes grammar,
-videos generated from held-out seeds, attributes measured from pixels."""
+"""Prompt-following evaluation of a pipeline: prompts from the moving-shapes grammar or
+written as users type them (`USER_PROMPTS`), videos generated from held-out seeds,
+attributes measured from pixels."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 
 from sora_jax.data import shapes
 from sora_jax.evaluation import prompt_following
+from sora_jax.evaluation.user_prompts import USER_PROMPTS
 
 
 def eval_prompts(num_prompts: int, seed: int, num_frames: int, height: int, width: int):
@@ -50,6 +52,29 @@ def evaluate_pipeline(
         **sampling,
     )
     return evaluate_videos(videos, attrs)
+
+
+def evaluate_user_prompts(
+    pipe,
+    seed: int,
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    **sampling,
+) -> dict:
+    """Samples each of `USER_PROMPTS` through `Pipeline.generate`'s default path (its
+    prompt expansion included; `sampling` may set `expand_prompt`) and scores the attributes
+    the prompt names."""
+    num_frames, height, width = _sizes(pipe, num_frames, height, width)
+    videos = pipe.generate(
+        [p for p, _ in USER_PROMPTS],
+        num_frames=num_frames,
+        height=height,
+        width=width,
+        seed=seed,
+        **sampling,
+    )
+    return evaluate_videos(videos, [named for _, named in USER_PROMPTS])
 
 
 def first_frames(attributes, num_frames: int, height: int, width: int) -> np.ndarray:

@@ -136,10 +136,10 @@ def analyze_video(video: np.ndarray) -> dict:
 def score(videos: Sequence[np.ndarray], attributes: Sequence[dict]) -> dict:
     """Prompt-following accuracies of videos against the attributes they were prompted with.
 
-    colour/shape accuracy are over all videos; direction/speed accuracy over videos with more
-    than one frame whose attributes have a direction (NaN when there are none). Returns
-    dict(colour_accuracy, shape_accuracy, direction_accuracy, speed_accuracy, num_videos,
-    num_motion_videos).
+    Each accuracy is over the videos whose attributes name it (a user's prompt may name no
+    shape or speed); direction and speed only over videos with more than one frame (NaN when
+    there are none). Returns dict(colour_accuracy, shape_accuracy, direction_accuracy,
+    speed_accuracy, num_videos, num_motion_videos), the last the videos scored on direction.
     """
     if len(videos) != len(attributes):
         raise ValueError(f"got {len(videos)} videos but {len(attributes)} attribute dicts")
@@ -148,10 +148,9 @@ def score(videos: Sequence[np.ndarray], attributes: Sequence[dict]) -> dict:
     hits = {k: [] for k in ("colour", "shape", "direction", "speed")}
     for video, attrs in zip(videos, attributes):
         found = analyze_video(video)
-        for key in ("colour", "shape"):
-            hits[key].append(found[key] == attrs[key])
-        if np.asarray(video).shape[0] > 1 and attrs.get("direction") is not None:
-            for key in ("direction", "speed"):
+        moving = np.asarray(video).shape[0] > 1
+        for key in hits:
+            if attrs.get(key) is not None and (moving or key in ("colour", "shape")):
                 hits[key].append(found[key] == attrs[key])
     mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731
     return dict(

@@ -111,6 +111,7 @@ class Pipeline:
         edit_video: np.ndarray | None = None,
         edit_strength: float = 1.0,
         factorized: bool | None = None,
+        expand_prompt: bool | str | None = None,
         progress: bool = False,
         **sampling,
     ) -> np.ndarray:
@@ -132,18 +133,28 @@ class Pipeline:
         two passes: the first frame as an image from the prompt (same seed; rewritten as
         config.sample.image_prompt says), then the video with that frame given.
 
+        `expand_prompt` (None: config.sample.expand_prompt; 'auto' for the built-in text
+        encoder) rewrites the prompts in the training captions' style first
+        (`prompts.expand_prompts`, seeded by `seed`).
+
         `progress` prints a progress line with ETA over the sampler steps to stderr.
 
         The videos are one per row of the packed sampling batch (`generate_packed` packs
         videos of different sizes into shared rows).
         """
-        prompts = _check_prompts(prompts)
+        prompts = self.expand_prompts(_check_prompts(prompts), seed, num_frames, expand_prompt)
         c = self.config
         gen_frames = generated_frames(c, num_frames)
         factorized = c.sample.factorized if factorized is None else factorized
         given = (start_frames, end_frames, edit_video)
         if factorized and gen_frames > 1 and all(v is None for v in given):
-            kw = dict(height=height, width=width, seed=seed, negative_prompt=negative_prompt)
+            kw = dict(
+                height=height,
+                width=width,
+                seed=seed,
+                negative_prompt=negative_prompt,
+                expand_prompt=False,
+            )
             image = self.generate(
                 self._image_prompts(prompts), num_frames=1, progress=progress, **kw, **sampling
             )
@@ -208,6 +219,7 @@ class Pipeline:
         rows: int = 1,
         max_segments: int | None = None,
         factorized: bool | None = None,
+        expand_prompt: bool | str | None = None,
         progress: bool = False,
         **sampling,
     ) -> list[np.ndarray]:
@@ -219,10 +231,15 @@ class Pipeline:
         DDIM's eta > 0 noise is drawn per packed batch). Same options as `generate`, except
         editing.
         """
-        requests = list(requests)
         if not requests:
             raise ValueError("generate_packed: no requests")
         _check_prompts([r.prompt for r in requests])
+        requests = [
+            dataclasses.replace(
+                r, prompt=self.expand_prompts([r.prompt], r.seed, r.num_frames, expand_prompt)[0]
+            )
+            for r in requests
+        ]
         c = self.config
         factorized = c.sample.factorized if factorized is None else factorized
         plain = [r.start_frames is None and r.end_frames is None for r in requests]
@@ -239,6 +256,7 @@ class Pipeline:
                 rows=rows,
                 max_segments=max_segments,
                 factorized=False,
+                expand_prompt=False,
                 progress=progress,
                 **sampling,
             )
@@ -279,6 +297,11 @@ class Pipeline:
             video = self._to_videos([v], tok[None])[0]
             out.append(video[: r.num_frames])
         return out
+
+    def expand_prompts(self, prompts: list[str], seed: int, num_frames: int, expand=None):
+        """The prompts as `generate` reads them (see its `expand_prompt`)."""
+        expansions = prompts_lib.expand_prompts(self.config, prompts, seed, num_frames, expand)
+        return prompts if expansions is None else [e.expanded for e in expansions]
 
     def _image_prompts(self, prompts: list[str]) -> list[str]:
         """The first-frame pass's prompts of factorised sampling (config.sample.image_prompt)."""

@@ -43,7 +43,8 @@ _CATEGORIES = {
 class Expansion:
     """One expanded prompt: `given` holds the attributes the prompt named, `sampled` those
     filled in (GrammarExpander), `ignored` the words it did not use and `unknown` those of
-    them that are not common function or motion words (worth telling the user about)."""
+    them that are not common function or motion words (worth telling the user about); `note`
+    says why a prompt was kept as written."""
 
     prompt: str
     expanded: str
@@ -53,6 +54,7 @@ class Expansion:
     sampled: dict = dataclasses.field(default_factory=dict)
     ignored: tuple = ()
     unknown: tuple = ()
+    note: str = ""
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -229,6 +231,14 @@ def expansion_setting(value):
     raise ValueError(f"expand_prompt={value!r}: must be 'auto', true or false")
 
 
+def validate_config(config) -> None:
+    """config.sample.expand_prompt is a setting `expansion_setting` reads."""
+    try:
+        expansion_setting(config.sample.expand_prompt)
+    except ValueError as e:
+        raise ValueError(f"config.sample.{e}") from None
+
+
 def expands(config, expand=None) -> bool:
     """Whether sampling expands prompts: `expand` (None: config.sample.expand_prompt), with
     'auto' on exactly for the built-in (closed-grammar) text encoder."""
@@ -238,8 +248,19 @@ def expands(config, expand=None) -> bool:
 
 def expand_prompts(config, prompts, seed: int, num_frames: int, expand=None, prompt_lm=None):
     """The `Expansion` of each prompt as sampling makes it (None when expansion is off):
-    `expand` as in `expands`, `prompt_lm` None for config.sample.prompt_lm."""
-    if not expands(config, expand):
+    `expand` as in `expands`, `prompt_lm` None for config.sample.prompt_lm. A prompt the
+    expander cannot read raises ValueError when expansion was asked for; under 'auto' it is
+    kept as written (method 'as_written', the reason in `note`)."""
+    setting = expansion_setting(config.sample.expand_prompt if expand is None else expand)
+    if not expands(config, setting):
         return None
     expander = load_expander(config.sample.prompt_lm if prompt_lm is None else prompt_lm)
-    return [expander.expand(p, seed, num_frames) for p in prompts]
+    out = []
+    for p in prompts:
+        try:
+            out.append(expander.expand(p, seed, num_frames))
+        except ValueError as e:
+            if setting != "auto":
+                raise
+            out.append(Expansion(p, p, "as_written", int(seed), note=str(e)))
+    return out
