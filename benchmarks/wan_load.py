@@ -6,7 +6,7 @@
 For each of --sizes it writes a diffusers ``transformer/`` folder of random bfloat16 weights
 (sharded as diffusers' save_pretrained does, 10 GiB a file) and loads it as float32 params in a
 fresh process each way, printing load seconds and the peak resident memory above the process's
-baseline (after imports), with the ratio to the weights' float32 bytes:
+resident memory (after imports; VmHWM - VmRSS), with the ratio to the weights' float32 bytes:
 
   slices   ``wan_transformer_weights.load_sharded`` onto the param shardings (one CPU device:
            every slice is the whole tensor; on a pod each host reads only its devices' part);
@@ -24,7 +24,6 @@ import json
 import math
 import multiprocessing
 import os
-import resource
 import shutil
 import time
 
@@ -47,8 +46,14 @@ def _arch(name: str) -> dict:
     }[name]
 
 
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+def _status_mib(field: str) -> float:
+    """A memory field of /proc/self/status in MiB. Not ru_maxrss: that survives the exec of a
+    spawned child, so it would start from the parent's peak (the folder writer's)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise KeyError(field)
 
 
 def write_folder(name: str, folder: str) -> int:
@@ -96,7 +101,8 @@ def _measure(kind: str, folder: str, name: str, out):
     from sora_jax.models import wan_transformer as wt
     from sora_jax.models import wan_transformer_weights as ww
 
-    base = _rss_mib()
+    jax.devices()  # the backend's own memory is part of the baseline
+    base = _status_mib("VmRSS")
     start = time.perf_counter()
     if kind == "abstract":
         shapes = wt.param_shapes(
@@ -115,7 +121,7 @@ def _measure(kind: str, folder: str, name: str, out):
     else:
         leaves = jax.tree.leaves(jax.block_until_ready(ww.load_transformer(folder)[1]))
     seconds = time.perf_counter() - start
-    out.put((seconds, _rss_mib() - base, sum(math.prod(x.shape) for x in leaves)))
+    out.put((seconds, _status_mib("VmHWM") - base, sum(math.prod(x.shape) for x in leaves)))
 
 
 def measure(kind: str, folder: str = "", name: str = "") -> tuple[float, float, int]:
