@@ -20,6 +20,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from sora_jax import config as config_lib
+from sora_jax.common import cli
 from sora_jax.data import dit_input
 from sora_jax.inference import loader
 from sora_jax.parallel import mesh as mesh_lib
@@ -45,4 +46,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    cli.run(main)

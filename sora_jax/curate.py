@@ -27,6 +27,7 @@ from absl import app, flags
 from apache_beam.options.pipeline_options import PipelineOptions
 from ml_collections import config_flags
 
+from sora_jax.common import cli
 from sora_jax.curation import beam_pipeline
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "curate.py")
@@ -122,4 +123,4 @@ def _app_main(argv):
 
 
 if __name__ == "__main__":
-    app.run(_app_main, flags_parser=parse_flags)
+    cli.run(_app_main, flags_parser=parse_flags)

@@ -20,6 +20,7 @@ import json
 import numpy as np
 from absl import app, flags
 
+from sora_jax.common import cli
 from sora_jax.data import shapes
 from sora_jax.evaluation import prompt_eval
 from sora_jax.inference import pipeline as pipeline_lib
@@ -99,4 +100,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -18,6 +18,7 @@ import json
 
 from absl import app, flags
 
+from sora_jax.common import cli
 from sora_jax.evaluation import vae_eval
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding a VAE checkpoint.")
@@ -59,4 +60,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

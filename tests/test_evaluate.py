@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+from test_faults import _message_lines
 
 from sora_jax.data import shapes
 from sora_jax.evaluation import prompt_eval
@@ -37,3 +38,16 @@ def test_evaluate_cli_real_and_noise():
         )
         out[mode] = json.loads(r.stdout)
     assert out["real"]["colour_accuracy"] >= 0.9 > out["noise"]["colour_accuracy"]
+
+
+def test_user_prompts_are_text_to_video_of_a_workdir_only():
+    for bad in (["--real"], ["--noise"], ["--workdir=x", "--mode=i2v"]):
+        r = subprocess.run(
+            [sys.executable, "-m", "sora_jax.evaluate", "--prompts=user", *bad],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        assert r.returncode == 2 and _message_lines(r.stderr) == [
+            "error: --prompts=user: text->video of a --workdir only"
+        ], r.stderr

@@ -55,8 +55,15 @@ def scheduler(kind, shift):
     return diffusers.FlowMatchEulerDiscreteScheduler(shift=shift, num_train_timesteps=1000)
 
 
-def tiny_pipeline(tmp_path, kind="unipc", shift=3.0, seed=0, words=WORDS):
-    """A random tiny WanPipeline saved with `save_pretrained` under tmp_path: (pipe, folder)."""
+# Wan 2.2's VAE form (residual blocks, 2x2 patchified pixels, 4x16x16) on the tiny widths.
+WAN22_VAE = dict(
+    is_residual=True, in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=16
+)
+
+
+def tiny_pipeline(tmp_path, kind="unipc", shift=3.0, seed=0, words=WORDS, wan22=False):
+    """A random tiny WanPipeline saved with `save_pretrained` under tmp_path: (pipe, folder).
+    `wan22`: Wan 2.2 TI2V's form (its VAE, a given first frame at t = 0, expand_timesteps)."""
     torch.manual_seed(seed)
     tok, vocab = tokenizer(str(tmp_path / "tok_src"), words)
     text_encoder = transformers.UMT5EncoderModel(
@@ -81,6 +88,7 @@ def tiny_pipeline(tmp_path, kind="unipc", shift=3.0, seed=0, words=WORDS):
         temperal_downsample=[False, True, True],
         latents_mean=[0.1, -0.2, 0.3, 0.0],
         latents_std=[1.5, 0.5, 2.0, 1.0],
+        **(WAN22_VAE if wan22 else {}),
     )
     transformer = diffusers.WanTransformer3DModel(
         patch_size=(1, 2, 2),
@@ -102,6 +110,7 @@ def tiny_pipeline(tmp_path, kind="unipc", shift=3.0, seed=0, words=WORDS):
         transformer=perturb(transformer, seed + 1),
         vae=perturb(vae, seed + 2),
         scheduler=scheduler(kind, shift),
+        **(dict(expand_timesteps=True) if wan22 else {}),
     )
     folder = str(tmp_path / "wan")
     pipe.save_pretrained(folder)
