@@ -91,7 +91,7 @@ def test_captions_of_the_grammar_expand_to_themselves(path):
             assert [e.expanded for e in expanded] == captions
 
 
-def test_expansion_is_on_by_default_for_the_built_in_text_encoder_only():
+def test_expansion_is_on_by_default_for_the_built_in_text_encoder_only(caplog):
     c = config_lib.load("configs/tiny.py")
     assert c.sample.expand_prompt == "auto" and prompts.expands(c)
     c.text.kind = "t5"
@@ -103,6 +103,7 @@ def test_expansion_is_on_by_default_for_the_built_in_text_encoder_only():
     kept, ball = prompts.expand_prompts(c, ["a dog playing in the park", "red ball going up"], 0, 9)
     assert (kept.expanded, kept.method) == ("a dog playing in the park", "as_written")
     assert "names nothing of the moving-shapes grammar" in kept.note
+    assert "'a dog playing in the park' sampled as written: " in caplog.text
     assert ball.method == "grammar" and ball.given["direction"] == "up"
     with pytest.raises(ValueError, match="names nothing"):
         prompts.expand_prompts(c, ["a dog playing in the park"], 0, 9, expand=True)

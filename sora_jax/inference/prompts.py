@@ -23,6 +23,7 @@ import functools
 import zlib
 
 import numpy as np
+from absl import logging
 
 from sora_jax.data import shapes
 from sora_jax.inference.prompt_reading import read_attributes, unknown_words
@@ -262,5 +263,6 @@ def expand_prompts(config, prompts, seed: int, num_frames: int, expand=None, pro
         except ValueError as e:
             if setting != "auto":
                 raise
+            logging.warning("prompt %r sampled as written: %s", p, e)
             out.append(Expansion(p, p, "as_written", int(seed), note=str(e)))
     return out
