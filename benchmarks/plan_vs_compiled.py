@@ -62,6 +62,15 @@ CASES = {
         "configs/wan2_1_t2v_14b.py", "v5p-8", "fsdp:4",
         {"rows": 4, "seq_len": 32768, "model.wan.num_layers": 8},
     ),
+    # 720p x 81 frames: 21 x 45 x 80 = 75,600 tokens, one clip per chip.
+    **{
+        f"wan_14b_720p_{topology.replace('-', '')}_{n}_blocks": (
+            "configs/wan2_1_t2v_14b.py:720p", topology, f"fsdp:{chips}",
+            {"rows": chips, "seq_len": 75776, "model.wan.num_layers": n},
+        )
+        for topology, chips in (("v5p-16", 8), ("v5p-32", 16))
+        for n in (2, 4, 8)
+    },
     "b_16k_v5e": ("configs/dit.py:B", "v5e-8", "fsdp:8", {"rows": 8, "seq_len": 16384}),
     "s_4k_dots": (
         "configs/dit.py:S", "v5e-8", "fsdp:8",

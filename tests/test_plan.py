@@ -107,3 +107,18 @@ def test_estimate_is_within_1_5x_of_the_compiled_peak(policy, scan):
     state = 2 * p["per_device"]["param_bytes"] + p["per_device"]["optimizer_bytes"]
     assert p["per_device"]["activation_bytes_estimate"] > state
     assert 1 / 1.5 <= ratio <= 1.5, (policy, ratio)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space "
+        "hbm. Used 97.34G of 95.74G hbm. Exceeded hbm capacity by 1.6G.",
+        "RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: Ran out of memory on HBM, the total memory "
+        "required for HLO temporaries (97.34G) exceeds available HBM (95.73G). HLO module: x.",
+    ],
+)
+def test_out_of_memory_compiles_report_the_size_xla_states(message):
+    r = planning._out_of_memory(message, 1.0)
+    assert r["oom"] and r["peak_bytes"] == int(97.34 * 2**30)
+    assert r["message"].startswith("RESOURCE_EXHAUSTED")

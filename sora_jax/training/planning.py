@@ -545,8 +545,11 @@ _UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 def _out_of_memory(message: str, seconds: float) -> dict:
     """The figures of a compile that ran out of device memory. XLA:TPU states e.g. 'Used
-    117.43G of 95.74G hbm'; the first line of its message is kept for the report."""
-    used = re.search(r"Used ([0-9.]+)([KMGT]?)i?B? of ([0-9.]+)([KMGT]?)", message)
+    117.43G of 95.74G hbm' or (newer libtpu) 'the total memory required for HLO temporaries
+    (97.34G) exceeds available HBM'; the first line of its message is kept for the report."""
+    used = re.search(r"Used ([0-9.]+)([KMGT]?)i?B? of ([0-9.]+)([KMGT]?)", message) or re.search(
+        r"required for HLO temporaries \(([0-9.]+)([KMGT]?)i?B?\)", message
+    )
     needed = int(float(used.group(1)) * _UNITS[used.group(2)]) if used else 0
     lines = [x.strip() for x in message.splitlines() if "RESOURCE_EXHAUSTED" in x or "Used" in x]
     return {
