@@ -231,6 +231,7 @@ class Pipeline:
         DDIM's eta > 0 noise is drawn per packed batch). Same options as `generate`, except
         editing.
         """
+        requests = list(requests)
         if not requests:
             raise ValueError("generate_packed: no requests")
         _check_prompts([r.prompt for r in requests])
