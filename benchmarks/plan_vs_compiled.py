@@ -69,7 +69,7 @@ CASES = {
             {"rows": chips, "seq_len": 75776, "model.wan.num_layers": n},
         )
         for topology, chips in (("v5p-16", 8), ("v5p-32", 16))
-        for n in (2, 4, 8)
+        for n in (2, 4, 8, 16)
     },
     "b_16k_v5e": ("configs/dit.py:B", "v5e-8", "fsdp:8", {"rows": 8, "seq_len": 16384}),
     "s_4k_dots": (

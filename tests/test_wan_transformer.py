@@ -29,6 +29,7 @@ torch = pytest.importorskip("torch", reason="parity tests need torch (test extra
 diffusers = pytest.importorskip("diffusers", reason="parity tests need diffusers (test extra)")
 
 from sora_jax.data import packing  # noqa: E402
+from sora_jax.models import lora  # noqa: E402
 from sora_jax.models import wan_transformer as wt  # noqa: E402
 from sora_jax.models import wan_transformer_weights as ww  # noqa: E402
 from sora_jax.parallel import mesh as mesh_lib  # noqa: E402
@@ -475,7 +476,7 @@ def test_bfloat16_compute_close_to_float32(folders):
     assert o16.dtype == jnp.float32 and 0 < err < 0.1
 
 
-def test_remat_recomputes_blocks_with_the_same_output(folders):
+def test_remat_recomputes_blocks_with_the_same_output_and_gradients(folders):
     _, model, params = _loaded("t2v", folders, attention_impl="xla")
     args, _, _ = _packed_row(CONFIGS["t2v"], **PACKED, length=40)
     remat = model.clone(remat=True)
@@ -483,9 +484,25 @@ def test_remat_recomputes_blocks_with_the_same_output(folders):
         _packed_fn(remat)(params, *args), _packed_fn(model)(params, *args)
     )
     # The backward pass recomputes each block: one remat per block.
-    loss = lambda m: lambda p: jnp.sum(m.apply({"params": p}, *args))  # noqa: E731
+    weights = jax.random.normal(jax.random.PRNGKey(3), _packed_fn(model)(params, *args).shape)
+    loss = lambda m: lambda p: jnp.sum(m.apply({"params": p}, *args) * weights)  # noqa: E731
     count = lambda m: str(jax.make_jaxpr(jax.grad(loss(m)))(params)).count("remat2[")  # noqa: E731
     assert count(model) == 0 and count(remat) == CONFIGS["t2v"]["num_layers"]
+    # The backward pass of either remat form (gradients tied per block; LoRA's plain remat)
+    # is autodiff's, leaf by leaf.
+    spec = lora.LoraSpec(rank=2, alpha=2.0, targets=r"attn1\.to_q|ffn\.proj_in")
+    adapted = model.clone(lora=spec)
+    # B = 0 at initialisation would zero A's gradient: a trained-looking B instead.
+    adapted_params = jax.tree_util.tree_map_with_path(
+        lambda k, v: v + 0.05 if k[-1].key == "lora_b" else v,
+        wt.init_params(adapted, jax.random.PRNGKey(4)),
+    )
+    for m, p in ((model, params), (adapted, adapted_params)):
+        g_remat, g_plain = (jax.jit(jax.grad(loss(v)))(p) for v in (m.clone(remat=True), m))
+        assert jax.tree.structure(g_remat) == jax.tree.structure(g_plain)
+        for a, b in zip(jax.tree.leaves(g_remat), jax.tree.leaves(g_plain)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        assert all(float(jnp.abs(a).max()) > 0 for a in jax.tree.leaves(g_remat))
 
 
 def test_bad_inputs_raise_one_clear_error(folders):
