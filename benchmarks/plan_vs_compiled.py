@@ -62,12 +62,14 @@ CASES = {
         "configs/wan2_1_t2v_14b.py", "v5p-8", "fsdp:4",
         {"rows": 4, "seq_len": 32768, "model.wan.num_layers": 8},
     ),
-    # 720p x 81 frames: 21 x 45 x 80 = 75,600 tokens, one clip per chip.
+    # One clip per chip on the larger slices: 480p, and 720p x 81 frames (21 x 45 x 80 =
+    # 75,600 tokens).
     **{
-        f"wan_14b_720p_{topology.replace('-', '')}_{n}_blocks": (
-            "configs/wan2_1_t2v_14b.py:720p", topology, f"fsdp:{chips}",
-            {"rows": chips, "seq_len": 75776, "model.wan.num_layers": n},
+        f"wan_14b_{res}_{topology.replace('-', '')}_{n}_blocks": (
+            f"configs/wan2_1_t2v_14b.py:{res}", topology, f"fsdp:{chips}",
+            {"rows": chips, "seq_len": seq_len, "model.wan.num_layers": n},
         )
+        for res, seq_len in (("480p", 32768), ("720p", 75776))
         for topology, chips in (("v5p-16", 8), ("v5p-32", 16))
         for n in (2, 4, 8, 16)
     },
