@@ -610,6 +610,14 @@ class WanTransformer(nn.Module):
             tokens.astype(self.dtype)
         )
         x = nn.with_logical_constraint(x, TOKENS)
+        if not self.remat:
+            run = _block_apply
+        elif self.lora is None:
+            run = _remat_block
+        else:
+            # LoRA: XLA drops the unused gradients of the frozen weights, which the barrier
+            # would keep; the adapters' own are small.
+            run = nn.remat(_block_apply)
         for i in range(cfg.num_layers):
             block = WanBlock(
                 cfg,
@@ -621,15 +629,7 @@ class WanTransformer(nn.Module):
                 self.lora,
                 name=f"blocks_{i}",
             )
-            args = (x, time_proj, time_index, text_h, positions, segments)
-            if not self.remat:
-                x = block(*args)
-            elif self.lora is None:
-                x = _remat_block(block, *args)
-            else:
-                # LoRA: XLA drops the unused gradients of the frozen weights, which the
-                # barrier would keep; the adapters' own are small.
-                x = nn.remat(_block_apply)(block, *args)
+            x = run(block, x, time_proj, time_index, text_h, positions, segments)
 
         final = self.param(
             "scale_shift_table",
