@@ -45,7 +45,8 @@ def _run(name, tmp_path, **env):
     )
     pythonpath = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
     # One CPU device (no simulated 8): what a notebook user has, and faster on few cores.
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=pythonpath, XLA_FLAGS="", **env)
+    flags = os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=pythonpath, XLA_FLAGS=flags, **env)
     client.execute(env=env)
     return nb
 
