@@ -127,19 +127,18 @@ def test_export_reloads_in_a_fresh_process_and_samples_bitwise_equal(workdir, pi
 def test_bf16_export_loads_and_samples(pipe, tmp_path):
     f32 = exporter.save_model(pipe.model, str(tmp_path / "f32"))
     bf16 = exporter.save_model(pipe.model, str(tmp_path / "bf16"), bf16=True)
-    # The arrays' bytes (OCDBT data files), not the metadata, whose size is fixed.
-    size = {
-        p: sum(
-            os.path.getsize(os.path.join(d, f))
-            for d, _, fs in os.walk(p)
-            if os.path.basename(d) == "d"
-            for f in fs
+    # The stored arrays, read back as written: every one bfloat16, half the float32 bytes. (The
+    # OCDBT data files' sizes are not a measure: how a save splits them into files varies from
+    # run to run, 0.45-0.73x of the float32 export's measured on the same weights.)
+    stored = {
+        p: jax.tree.leaves(
+            ocp.StandardCheckpointer().restore(os.path.join(p, export_format.PARAMS_DIR))
         )
         for p in (f32, bf16)
     }
-    # Half the bytes of the weights, plus a per-array overhead the micro model's many small
-    # arrays make visible (0.61x measured).
-    assert 0 < size[bf16] < 0.65 * size[f32], size
+    assert {a.dtype for a in stored[bf16]} == {np.dtype(jax.numpy.bfloat16)}
+    assert {a.dtype for a in stored[f32]} == {np.dtype(np.float32)}
+    assert 2 * sum(a.nbytes for a in stored[bf16]) == sum(a.nbytes for a in stored[f32]) > 0
     loaded = sora_jax.load_pipeline(bf16)
     assert json.loads((tmp_path / "bf16" / "export.json").read_text())["dtype"] == "bfloat16"
     for a, b in zip(_leaves(loaded.model.params), _leaves(pipe.model.params)):
