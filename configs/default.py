@@ -291,6 +291,11 @@ def get_config() -> ml_collections.ConfigDict:
     # batch at 1/k of the activation memory). The batch must split into k equal microbatches
     # on every data device.
     c.dit.train.grad_accum_steps = 1
+    # Train steps per host call (one compiled loop over that many batches): fewer dispatches
+    # and per-step buffer allocations, the same steps. Calls also end where the host logs,
+    # saves or validates. The DiT's batches all have one shape; the VAE's (one bucket per
+    # step) do not, so the VAE runs one step per call.
+    c.dit.train.steps_per_call = 1
     # Validation (sora_jax/training/validation.py): every val_every steps (0: never) the loss
     # on up to val_examples held-out videos at times and noise fixed by val_seed; every
     # sample_every steps (0: never) samples of sample.prompts into <workdir>/dit/val_samples

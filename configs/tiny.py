@@ -103,6 +103,9 @@ def _tiny():
     c.dit.train.learning_rate = 1e-3
     c.dit.train.warmup_steps = 100
     c.dit.train.checkpoint_every = 500
+    # One host call per 10 steps: the tiny step spends ~20 % of its time mapping its temporary
+    # buffers afresh, once per call (benchmarks/RESULTS.md, "Tiny config: full run").
+    c.dit.train.steps_per_call = 10
 
     c.sample.num_frames = 9
     c.sample.height = 32

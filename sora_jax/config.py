@@ -176,6 +176,7 @@ ADDED_KEYS = {
     # Before it a non-finite step stopped the run (at the next log step).
     "vae.train.skip_nonfinite": False,
     "dit.train.skip_nonfinite": False,
+    "dit.train.steps_per_call": 1,
     # Public models (a diffusers Wan folder); before them every run built the project's own.
     "init.from_pretrained": "",
     "vae.kind": "causal",

@@ -72,6 +72,19 @@ class _Batches:
         return {"x": np.full((8, 4), np.nan if step in self.nan_at else 1.0, np.float32)}
 
 
+class _KilledAt(_Batches):
+    """Interrupted when asked for the batch of step `step`."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def __call__(self, step):
+        if step == self.step:
+            raise KeyboardInterrupt
+        return super().__call__(step)
+
+
 def _init(tx):
     # Built by jit, as the trainers do, so that no two leaves share a buffer (donation).
     return jax.jit(lambda: ts.create({"w": jnp.zeros(4)}, tx))()
@@ -93,7 +106,7 @@ def _run(workdir, t, batches, resume=True):
         return loop.run(
             "toy",
             state,
-            loop.jit_train_step(step, mesh),
+            loop.jit_train_steps(step, mesh, per_call=t.get("steps_per_call", 1)),
             batches,
             t,
             ckpt,
@@ -116,8 +129,9 @@ def _saved(workdir, stage="toy"):
     return out
 
 
-def test_nan_between_checkpoints_stops_there_and_a_rerun_does_not_loop(tmp_path):
-    t = _train_config()
+@pytest.mark.parametrize("per_call", [1, 3])
+def test_nan_between_checkpoints_stops_there_and_a_rerun_does_not_loop(tmp_path, per_call):
+    t = _train_config(steps_per_call=per_call)
     # Step index 4 is checkpoint step 5: between the checkpoints 4 and 6, not a log step.
     with pytest.raises(nonfinite.NonFiniteError) as e:
         _run(tmp_path, t, _Batches(nan_at=[4]))
@@ -137,12 +151,35 @@ def test_nan_between_checkpoints_stops_there_and_a_rerun_does_not_loop(tmp_path)
 
     # The documented way forward: skip such steps (or a lower learning rate) resumes from 4.
     batches = _Batches(nan_at=[4])
-    state, history = _run(tmp_path, _train_config(skip_nonfinite=True), batches)
+    state, history = _run(
+        tmp_path, _train_config(skip_nonfinite=True, steps_per_call=per_call), batches
+    )
     assert batches.calls == [4, 5, 6, 7]
     assert history[-1][0] == 8 and history[-1][1]["skipped_steps"] == 1.0
     saved = _saved(tmp_path)
     assert sorted(saved) == [6, 8] and all(finite.tree_is_finite(s) for s in saved.values())
     assert not os.path.exists(nonfinite.stop_path(str(tmp_path / "toy")))
+
+
+def test_steps_per_call_end_where_the_host_has_work_and_resume_the_same(tmp_path):
+    """Calls of up to 3 steps end at log steps (5, 10), checkpoints (4, 8) and multiples of
+    3; the run, and one resumed from step 4, equal the one-step-per-call run."""
+    kw = dict(steps=10, log_every=5, checkpoint_every=4, keep_checkpoints=3)
+    one, _ = _run(tmp_path / "one", _train_config(**kw), _Batches())
+    batches = _Batches()
+    state, history = _run(tmp_path / "three", _train_config(steps_per_call=3, **kw), batches)
+    assert batches.calls == list(range(10)) and [s for s, _ in history] == [5, 10]
+    assert sorted(_saved(tmp_path / "three")) == [4, 8, 10]
+    jax.tree.map(np.testing.assert_array_equal, state, one)
+
+    resumed = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):  # killed in the call after checkpoint 4
+        _run(resumed, _train_config(steps_per_call=3, **kw), _KilledAt(5))
+    assert max(_saved(resumed)) == 4
+    batches = _Batches()
+    state, _ = _run(resumed, _train_config(steps_per_call=3, **kw), batches)
+    assert batches.calls == list(range(4, 10))
+    jax.tree.map(np.testing.assert_array_equal, state, one)
 
 
 def test_skip_nonfinite_equals_a_run_without_the_bad_step(tmp_path):

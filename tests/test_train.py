@@ -18,7 +18,7 @@ from sora_jax.data import video_io
 from sora_jax.inference import pipeline as pipeline_lib
 from sora_jax.logging import writers
 from sora_jax.parallel import mesh as mesh_lib
-from sora_jax.training import dit_trainer, vae_trainer
+from sora_jax.training import dit_trainer, loop, vae_trainer
 from sora_jax.training import train_state as ts
 from sora_jax.models import builders
 
@@ -204,6 +204,43 @@ def test_dit_train_step_reduces_loss_and_sharded_equals_single_device():
         states[1].params,
         states[8].params,
     )
+
+
+def test_dit_steps_per_call_equal_one_step_per_call_sharded():
+    """Steps run in one compiled loop (3 per call, the last call 2) give the losses and the
+    params of one step per call, on one device and on an 8-device mesh."""
+    c = micro_config()
+    text, batch = _fixed_dit_batch(c)
+    dit = builders.build_dit(c, text.dim)
+    tx = ts.make_optimizer(c.dit.train)
+    key = jax.random.PRNGKey(7)
+    for n in (1, 8):
+        mesh = mesh_lib.create_mesh(n)
+        out = {}
+        for per_call, calls in ((1, [1] * 5), (3, [3, 2])):
+            state = dit_trainer.init_state(c, dit, text, tx, mesh, None)
+            steps = loop.jit_train_steps(
+                dit_trainer.make_train_step(c, dit, text, tx),
+                mesh,
+                loop.shardings_of(state),
+                per_call=per_call,
+            )
+            losses, start = [], 0
+            for count in calls:
+                batches = [mesh_lib.shard_batch(batch, mesh)] * count
+                state, m = steps(state, batches, key, start)
+                assert m["loss"].shape == (per_call,)
+                losses += [float(v) for v in m["loss"][:count]]
+                start += count
+            assert int(state.step) == 5
+            out[per_call] = losses, state
+        assert len(set(out[1][0])) == 5  # each step its own rng and params
+        np.testing.assert_allclose(out[3][0], out[1][0], rtol=1e-5)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+            out[3][1].params,
+            out[1][1].params,
+        )
 
 
 def test_vae_latent_noise_is_applied_and_deterministic():

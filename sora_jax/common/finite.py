@@ -41,9 +41,9 @@ def tree_is_finite(tree) -> bool:
 
 
 def first_bad(flags: list, first_step: int) -> list[int]:
-    """The steps among `flags` (device bools of steps first_step, first_step + 1, ...) that
-    were not finite."""
+    """The steps among `flags` (device bools bool[n] of consecutive steps from first_step on,
+    one array per call) that were not finite."""
     if not flags:
         return []
-    ok = np.asarray(jax.device_get(flags), bool)
+    ok = np.concatenate([np.ravel(f) for f in jax.device_get(flags)]).astype(bool)
     return [first_step + int(i) for i in np.flatnonzero(~ok)]

@@ -60,7 +60,11 @@ def validate_config(config):
         )
         geometry.check_size(config, "vae.train.buckets", *bucket)
     cc.positive(
-        config, "dit.train.grad_accum_steps", "dit.train.val_examples", "vae.train.val_examples"
+        config,
+        "dit.train.grad_accum_steps",
+        "dit.train.steps_per_call",
+        "dit.train.val_examples",
+        "vae.train.val_examples",
     )
     cc.check(
         v.data in ("source", "moving_shapes"),

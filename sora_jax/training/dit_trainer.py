@@ -240,11 +240,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
         batch_fn = functools.partial(
             batches.dit_batch, config, cache, null_ids, null_mask, plan=plan
         )
-    step_fn = loop.jit_train_step(
+    step_fn = loop.jit_train_steps(
         make_train_step(config, dit, text_encoder, tx, text_encoder.params),
         mesh,
         loop.shardings_of(state),
         partitioning.rules_from_config(config.mesh.rules),
+        t.steps_per_call,
     )
     validate = validator(
         config, workdir, mesh, writer, (vae_model, vae_params), dit, text_encoder, state, batch_fn

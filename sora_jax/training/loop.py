@@ -7,7 +7,9 @@ import time
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
 
 from sora_jax.common import checkpoint
@@ -47,6 +49,66 @@ def jit_train_step(train_step: Callable, mesh, state_shardings=None, rules=()):
     return step
 
 
+class TrainSteps:
+    """Consecutive train steps in one call: `steps(state, batches, key, start) -> (state,
+    metrics)` runs len(batches) <= per_call steps from step `start` (step s's rng
+    fold_in(key, s)); each metric comes back with a leading axis, one entry per step (entries
+    past len(batches) are unset)."""
+
+    def __init__(self, fn: Callable, per_call: int):
+        self.fn, self.per_call = fn, per_call
+
+    def __call__(self, state, batches: list, key: jax.Array, start: int):
+        return self.fn(state, batches, key, start)
+
+
+def jit_train_steps(
+    train_step: Callable, mesh, state_shardings=None, rules=(), per_call: int = 1
+) -> TrainSteps:
+    """`train_step` jitted as `jit_train_step` does, run up to `per_call` steps per call.
+
+    With per_call > 1 the steps run in one program (a loop over the batches given, padded to
+    per_call): the host dispatches once per call, and XLA allocates the step's temporaries
+    once per call rather than once per step (on CPU, mapping them afresh costs the tiny DiT
+    ~20 % of its step time; benchmarks/RESULTS.md, "Tiny config: full run"). One program
+    serves every count up to per_call.
+    """
+    rep = mesh_lib.replicated(mesh)
+    state_shardings = rep if state_shardings is None else state_shardings
+
+    def steps(state, batches, key, start, count):
+        if per_call == 1:  # the step itself, no loop around it
+            state, metrics = train_step(state, batches[0], jax.random.fold_in(key, start))
+            return state, jax.tree.map(lambda m: m[None], metrics)
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *batches)
+        at = lambda tree, i: jax.tree.map(lambda x: x[i], tree)  # noqa: E731
+        shapes = jax.eval_shape(train_step, state, at(stacked, 0), key)[1]
+        empty = jax.tree.map(lambda m: jnp.zeros((per_call, *m.shape), m.dtype), shapes)
+
+        def body(i, carry):
+            state, metrics = carry
+            state, m = train_step(state, at(stacked, i), jax.random.fold_in(key, start + i))
+            return state, jax.tree.map(lambda buf, v: buf.at[i].set(v), metrics, m)
+
+        return jax.lax.fori_loop(0, count, body, (state, empty))
+
+    jitted = jax.jit(
+        steps,
+        in_shardings=(state_shardings, mesh_lib.data_sharding(mesh), rep, rep, rep),
+        out_shardings=(state_shardings, rep),
+        donate_argnums=0,
+    )
+
+    def call(state, batches, key, start):
+        if not 0 < len(batches) <= per_call:
+            raise ValueError(f"{len(batches)} batches for up to {per_call} steps per call")
+        padded = list(batches) + [batches[-1]] * (per_call - len(batches))
+        with partitioning.activate(mesh, rules):
+            return jitted(state, padded, key, np.int32(start), np.int32(len(batches)))
+
+    return TrainSteps(call, per_call)
+
+
 def resume(stage: str, ckpt: checkpoint.Checkpointer, restore_step: Callable[[int], object]):
     """`restore_step(step)` of the newest checkpoint that restores and holds only finite
     values (its first element, for a tuple); newer, damaged steps are set aside so that the
@@ -66,7 +128,7 @@ def resume(stage: str, ckpt: checkpoint.Checkpointer, restore_step: Callable[[in
 def run(
     stage: str,
     state,
-    train_step: Callable,
+    train_steps: TrainSteps,
     batch_fn: Callable[[int], dict],
     t: ml_collections.ConfigDict,
     ckpt: checkpoint.Checkpointer,
@@ -76,16 +138,19 @@ def run(
     finalize: Callable | None = None,
     validate: Callable | None = None,
 ):
-    """Runs `train_step` from state.step to t.steps; returns (state, logged metrics).
+    """Runs `train_steps` from state.step to t.steps; returns (state, logged metrics).
 
     The batch and the rng of step s are pure functions of s (batch_fn(s),
-    fold_in(key, s)), so a resumed run continues exactly as an uninterrupted one. A batch_fn
+    fold_in(key, s)), and the steps one call runs end where the host has work (a log line,
+    a checkpoint, validation, a multiple of `train_steps.per_call`), so a resumed run
+    continues exactly as an uninterrupted one. A batch_fn
     with `get_state` (an input pipeline's iterator) has its state saved with each checkpoint;
     one with `metrics()` (e.g. 'data/num_bad') has them written with the step's metrics.
     `finalize(state) -> state` (optional) runs after the last step, before its checkpoint is
     written (e.g. statistics of the trained model that belong with it). `validate(step,
-    state)` (optional) runs after every step with the new state and writes what is due then
-    (e.g. `validation.Validator`); it must not change the state.
+    state)` (optional) runs after every call with the new state and writes what is due then
+    (e.g. `validation.Validator`; a step where `t.val_every` or `t.sample_every` falls due
+    ends a call); it must not change the state.
 
     Non-finite steps (the step's `finite` metric) are checked before every checkpoint and log
     line: the run stops with `nonfinite.NonFiniteError` naming the step and the checkpoint kept
@@ -133,20 +198,37 @@ def run(
             f"--config.{stage}.train.skip_nonfinite=true; README: 'When things go wrong'"
         )
 
+    def host_work(done: int) -> bool:
+        """Whether the host logs, saves or validates after step `done`."""
+        due = lambda every: every > 0 and done % every == 0  # noqa: E731
+        return (
+            due(t.log_every)
+            or ckpt.should_save(done)
+            or due(t.get("val_every", 0))
+            or due(t.get("sample_every", 0))
+        )
+
+    def call_end(step: int) -> int:
+        """The step a call starting after `step` steps stops at."""
+        end = min(t.steps, (step // train_steps.per_call + 1) * train_steps.per_call)
+        return next((d for d in range(step + 1, end) if host_work(d)), end)
+
     # An interrupt (Ctrl-C, preemption, NaN stop) first lets an in-flight async save commit:
     # the work it holds is finished and must not be lost.
     try:
-        for step in range(start, t.steps):
-            batch = mesh_lib.shard_batch(batch_fn(step), mesh)
-            state, metrics = train_step(state, batch, jax.random.fold_in(key, step))
-            done = step + 1
-            flags.append(metrics["finite"])
+        step = start
+        while step < t.steps:
+            done = call_end(step)
+            batches = [mesh_lib.shard_batch(batch_fn(s), mesh) for s in range(step, done)]
+            state, metrics = train_steps(state, batches, key, step)
+            flags.append(metrics["finite"][: done - step])
+            last_index, step = done - step - 1, done
             last = done == t.steps
             saving = last or ckpt.should_save(done)
             if done % t.log_every == 0 or last or saving:
                 check_finite(done)
             if done % t.log_every == 0 or last:
-                m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                m = {k: float(v[last_index]) for k, v in jax.device_get(metrics).items()}
                 now = time.perf_counter()
                 m["steps_per_sec"] = (done - last_step) / max(now - last_t, 1e-9)
                 m["skipped_steps"] = float(skipped)

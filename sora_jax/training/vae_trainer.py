@@ -395,7 +395,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, mesh, writer):
             batch_fn.set_state(data)
         else:
             state = loop.resume("vae", ckpt, lambda s: _restore(ckpt, target, s))
-    step_fn = loop.jit_train_step(
+    step_fn = loop.jit_train_steps(
         make_train_step(model, tx, config.vae, disc, disc_tx, build_perceptual(config)), mesh
     )
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
