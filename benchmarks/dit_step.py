@@ -1,7 +1,7 @@
 """Achieved FLOP/s of the DiT train step over the same process's large-matmul FLOP/s.
 
   python benchmarks/dit_step.py [--config=configs/dit.py:S] [--depth=2] [--seq_len=512] \
-      [--rows=2] [--dtype=float32] [--modulation=segment] [--repeats=5]
+      [--rows=2] [--dtype=float32] [--modulation=segment] [--repeats=5] [--steps_per_call=10]
 
 The DiT is the config's (default: DiT-S width, 384, 6 heads) with depth / row shape
 overridable to fit a CPU; FLOPs per step are the useful matmuls of sora_jax.models.flops
@@ -10,10 +10,14 @@ kernel executes it on the videos packed in each row. XLA's own count of the comp
 is printed beside them (it also counts what the useful count leaves out, e.g. per-token
 adaLN under --modulation=token). The reference is a jitted f32[n n] @ f32[n n] matmul.
 The two are timed alternately in one process (the CPU is shared: noisy), best and median.
+With --steps_per_call=k the same step also runs k per host call (one compiled loop, as
+dit.train.steps_per_call trains), timed against one per call: per-step time, its ratio, and
+the system CPU time per step (the step's temporary buffers mapped afresh on every call).
 """
 
 import argparse
 import dataclasses
+import resource
 import time
 
 import jax
@@ -25,7 +29,7 @@ from sora_jax.data import packing
 from sora_jax.models import builders
 from sora_jax.models import flops as flops_lib
 from sora_jax.parallel import mesh as mesh_lib
-from sora_jax.training import dit_trainer
+from sora_jax.training import dit_trainer, loop
 from sora_jax.training import train_state as ts
 
 
@@ -48,6 +52,12 @@ def main():
     p.add_argument("--modulation", default="segment", help="segment, token or shared")
     p.add_argument("--matmul", type=int, default=2048)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument(
+        "--steps_per_call",
+        type=int,
+        default=0,
+        help="k > 1: also time k steps per call (loop.jit_train_steps) against one per call",
+    )
     args = p.parse_args()
     path, _, arg = args.config.partition(":")
     c = config_lib.load_with_arg(path, arg) if arg else config_lib.load(path)
@@ -124,6 +134,42 @@ def main():
         f"achieved / matmul FLOP/s: best/best {st.max() / mm.max():.2f}, "
         f"median/median {np.median(st) / np.median(mm):.2f}"
     )
+    if args.steps_per_call > 1:
+        per_call(c, dit, text, tx, batch, args.steps_per_call, args.repeats)
+
+
+def per_call(c, dit, text, tx, batch, k, repeats):
+    """Prints the time and system CPU time per step at k steps per call and at one step per
+    call (`loop.jit_train_steps`, as the trainer runs them), interleaved."""
+    mesh = mesh_lib.create_mesh(1)
+    key = jax.random.PRNGKey(0)
+    runs = {}
+    for n in (1, k):
+        state = dit_trainer.init_state(c, dit, text, tx, mesh, None)
+        steps = loop.jit_train_steps(
+            dit_trainer.make_train_step(c, dit, text, tx), mesh, loop.shardings_of(state),
+            per_call=n,
+        )  # fmt: skip
+        placed = mesh_lib.shard_batch(batch, mesh)
+        state = jax.block_until_ready(steps(state, [placed] * n, key, 0)[0])  # compile
+        runs[n] = [steps, state, placed, [], []]
+    for _ in range(repeats):
+        for n, run in runs.items():
+            steps, state, placed, wall, system = run
+            t0, s0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
+            for i in range(k // n):
+                state = steps(state, [placed] * n, key, i * n)[0]
+            jax.block_until_ready(state)
+            wall.append((time.perf_counter() - t0) / k)
+            system.append((resource.getrusage(resource.RUSAGE_SELF).ru_stime - s0) / k)
+            run[1] = state
+    one, many = (np.median(runs[n][3]) for n in (1, k))
+    for n in (1, k):
+        print(
+            f"{n:3d} step(s) per call: median {np.median(runs[n][3]) * 1e3:.1f} ms / step, best "
+            f"{min(runs[n][3]) * 1e3:.1f}; system CPU {np.median(runs[n][4]) * 1e3:.1f} ms / step"
+        )
+    print(f"{k} steps per call / 1 per call, step time (median): {many / one:.2f}")
 
 
 if __name__ == "__main__":

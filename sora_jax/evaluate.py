@@ -50,6 +50,9 @@ _EXPAND = flags.DEFINE_bool(
 )
 _SAMPLER = flags.DEFINE_string("sampler", None, "Sampler (default: config.diffusion).")
 _STEPS = flags.DEFINE_integer("steps", None, "Sampling steps (default: config.diffusion).")
+_NUM_SEEDS = flags.DEFINE_integer(
+    "num_seeds", 1, "--prompts=user: noise seeds per prompt (--seed, --seed + 1, ...), pooled."
+)
 
 
 def main(argv):
@@ -57,6 +60,11 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _PROMPTS.value == "user" and (_REAL.value or _NOISE.value or _MODE.value != "t2v"):
         raise app.UsageError("--prompts=user: text->video of a --workdir only")
+    if _NUM_SEEDS.value != 1 and (_PROMPTS.value != "user" or _NUM_SEEDS.value < 1):
+        raise app.UsageError(
+            f"--num_seeds={_NUM_SEEDS.value}: a count >= 1, with --prompts=user only (more "
+            "grammar prompts: --num_prompts)"
+        )
     if _REAL.value or _NOISE.value:
         n, seed = _NUM.value or 32, 10_000 if _SEED.value is None else _SEED.value
         attrs = prompt_eval.eval_prompts(n, seed, _FRAMES.value, _HEIGHT.value, _WIDTH.value)
@@ -86,7 +94,9 @@ def main(argv):
         sampling = dict(sampler=_SAMPLER.value, steps=_STEPS.value, expand_prompt=_EXPAND.value)
         try:
             if _PROMPTS.value == "user":
-                result = prompt_eval.evaluate_user_prompts(pipe, seed, **sampling)
+                result = prompt_eval.evaluate_user_prompts(
+                    pipe, seed, num_seeds=_NUM_SEEDS.value, **sampling
+                )
             else:
                 evaluate = {
                     "t2v": prompt_eval.evaluate_pipeline,

@@ -60,21 +60,28 @@ def evaluate_user_prompts(
     num_frames: int | None = None,
     height: int | None = None,
     width: int | None = None,
+    num_seeds: int = 1,
     **sampling,
 ) -> dict:
     """Samples each of `USER_PROMPTS` through `Pipeline.generate`'s default path (its
     prompt expansion included; `sampling` may set `expand_prompt`) and scores the attributes
-    the prompt names."""
+    the prompt names: once per noise seed seed, seed + 1, ..., seed + num_seeds - 1, pooled
+    (one seed's accuracies swing by several prompts)."""
     num_frames, height, width = _sizes(pipe, num_frames, height, width)
-    videos = pipe.generate(
-        [p for p, _ in USER_PROMPTS],
-        num_frames=num_frames,
-        height=height,
-        width=width,
-        seed=seed,
-        **sampling,
-    )
-    return evaluate_videos(videos, [named for _, named in USER_PROMPTS])
+    videos = []
+    for s in range(seed, seed + num_seeds):
+        videos.extend(  # u8[n t h w c] per seed
+            pipe.generate(
+                [p for p, _ in USER_PROMPTS],
+                num_frames=num_frames,
+                height=height,
+                width=width,
+                seed=s,
+                **sampling,
+            )
+        )
+    result = evaluate_videos(videos, [named for _, named in USER_PROMPTS] * num_seeds)
+    return {**result, "num_seeds": num_seeds}
 
 
 def first_frames(attributes, num_frames: int, height: int, width: int) -> np.ndarray:

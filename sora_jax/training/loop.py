@@ -199,14 +199,10 @@ def run(
         )
 
     def host_work(done: int) -> bool:
-        """Whether the host logs, saves or validates after step `done`."""
-        due = lambda every: every > 0 and done % every == 0  # noqa: E731
-        return (
-            due(t.log_every)
-            or ckpt.should_save(done)
-            or due(t.get("val_every", 0))
-            or due(t.get("sample_every", 0))
-        )
+        """Whether the host logs, saves or validates after step `done` (by the step alone, not
+        by the checkpointer's state, so a resumed run's calls end where the first run's did)."""
+        every = (t.log_every, t.checkpoint_every, t.get("val_every", 0), t.get("sample_every", 0))
+        return any(e > 0 and done % e == 0 for e in every)
 
     def call_end(step: int) -> int:
         """The step a call starting after `step` steps stops at."""
