@@ -53,7 +53,7 @@ class TrainSteps:
     """Consecutive train steps in one call: `steps(state, batches, key, start) -> (state,
     metrics)` runs len(batches) <= per_call steps from step `start` (step s's rng
     fold_in(key, s)); each metric comes back with a leading axis, one entry per step (entries
-    past len(batches) are unset)."""
+    past len(batches) are zeros)."""
 
     def __init__(self, fn: Callable, per_call: int):
         self.fn, self.per_call = fn, per_call
