@@ -26,9 +26,12 @@ def shardings_of(tree):
     return jax.tree.map(lambda x: x.sharding, tree)
 
 
-def jit_train_step(train_step: Callable, mesh, state_shardings=None, rules=()):
+def jit_train_step(
+    train_step: Callable, mesh, state_shardings=None, rules=(), replicated_args: int = 1
+):
     """jit with explicit shardings: the state as given (default replicated), the batch split
-    over ('data', 'fsdp'), rng and metrics replicated; the old state is donated.
+    over ('data', 'fsdp'), the `replicated_args` arguments after it (the rng) and the metrics
+    replicated; the old state is donated.
 
     The step is traced and run with the mesh and the logical `rules` active, so the model's
     activation constraints and sequence-parallel attention find them.
@@ -37,14 +40,14 @@ def jit_train_step(train_step: Callable, mesh, state_shardings=None, rules=()):
     state_shardings = rep if state_shardings is None else state_shardings
     jitted = jax.jit(
         train_step,
-        in_shardings=(state_shardings, mesh_lib.data_sharding(mesh), rep),
+        in_shardings=(state_shardings, mesh_lib.data_sharding(mesh), *[rep] * replicated_args),
         out_shardings=(state_shardings, rep),
         donate_argnums=0,
     )
 
-    def step(state, batch, rng):
+    def step(state, batch, *args):
         with partitioning.activate(mesh, rules):
-            return jitted(state, batch, rng)
+            return jitted(state, batch, *args)
 
     return step
 
@@ -73,8 +76,6 @@ def jit_train_steps(
     ~20 % of its step time; benchmarks/RESULTS.md, "Tiny config: full run"). One program
     serves every count up to per_call.
     """
-    rep = mesh_lib.replicated(mesh)
-    state_shardings = rep if state_shardings is None else state_shardings
 
     def steps(state, batches, key, start, count):
         if per_call == 1:  # the step itself, no loop around it
@@ -92,19 +93,13 @@ def jit_train_steps(
 
         return jax.lax.fori_loop(0, count, body, (state, empty))
 
-    jitted = jax.jit(
-        steps,
-        in_shardings=(state_shardings, mesh_lib.data_sharding(mesh), rep, rep, rep),
-        out_shardings=(state_shardings, rep),
-        donate_argnums=0,
-    )
+    jitted = jit_train_step(steps, mesh, state_shardings, rules, replicated_args=3)
 
     def call(state, batches, key, start):
         if not 0 < len(batches) <= per_call:
             raise ValueError(f"{len(batches)} batches for up to {per_call} steps per call")
         padded = list(batches) + [batches[-1]] * (per_call - len(batches))
-        with partitioning.activate(mesh, rules):
-            return jitted(state, padded, key, np.int32(start), np.int32(len(batches)))
+        return jitted(state, padded, key, np.int32(start), np.int32(len(batches)))
 
     return TrainSteps(call, per_call)
 
