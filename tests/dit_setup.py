@@ -68,11 +68,20 @@ def build(c, mesh):
     return state, step
 
 
-def run_steps(c, mesh, batch, steps=1):
-    """(losses, state) after `steps` train steps on the same batch from the same init."""
+def run_steps(c, mesh, batch, steps=1, when_compiled=lambda: None):
+    """(losses, state) after `steps` train steps on the same batch from the same init.
+
+    The step is compiled before the first one runs and `when_compiled` called in between: the
+    multi-process worker lines its processes up there, since CPU collectives give up on a
+    peer that comes more than 30 s late (one process may still be compiling).
+    """
     state, step = build(c, mesh)
+    batch = mesh_lib.shard_batch(batch, mesh)
+    if steps:
+        step = step.lower(state, batch, jax.random.PRNGKey(0)).compile()
+        when_compiled()
     losses = []
     for i in range(steps):
-        state, metrics = step(state, mesh_lib.shard_batch(batch, mesh), jax.random.PRNGKey(i))
+        state, metrics = step(state, batch, jax.random.PRNGKey(i))
         losses.append(float(metrics["loss"]))
     return losses, state

@@ -16,6 +16,7 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
+from orbax.checkpoint import multihost  # noqa: E402
 from dit_setup import fixed_batch, run_steps, tiny_config  # noqa: E402
 
 from sora_jax.common import checkpoint  # noqa: E402
@@ -30,7 +31,9 @@ def main(process_id, num_processes, port, outdir):
     c.mesh.dcn.data = num_processes
     mesh = mesh_lib.from_config(c.mesh)
     batch = fixed_batch(c)  # every host builds the same batch; shard_batch copies its rows
-    losses, state = run_steps(c, mesh, batch, steps=2)
+    barrier = multihost.get_barrier_sync_fn()
+    compiled = lambda: barrier(key="train_step_compiled", timeout_ms=600_000)  # noqa: E731
+    losses, state = run_steps(c, mesh, batch, steps=2, when_compiled=compiled)
     ckpt = checkpoint.Checkpointer(os.path.join(outdir, "ckpt"))
     ckpt.save(2, state, force=True)
     ckpt.close()

@@ -49,6 +49,11 @@ def jit_train_step(
         with partitioning.activate(mesh, rules):
             return jitted(state, batch, *args)
 
+    def lower(state, batch, *args):  # ahead of time: `.compile()` gives a step to call
+        with partitioning.activate(mesh, rules):
+            return jitted.lower(state, batch, *args)
+
+    step.lower = lower
     return step
 
 
