@@ -125,7 +125,10 @@ def test_packed_equals_one_at_a_time(setup):
     packed = np.asarray(setup["apply"](setup["params"], *_inputs([[1, 0]], ex)[0]))
     for i, (start, n) in ((0, (6, 12)), (1, (0, 6))):
         alone = np.asarray(setup["apply"](setup["params"], *_inputs([[i]], ex, seq_len=n)[0]))
-        np.testing.assert_allclose(packed[0, start : start + n], alone[0], atol=TOL, rtol=TOL)
+        # Outputs reach |25|: f32 sums over another sequence length land up to ~1e-5 off
+        # near zero (measured: 1.2e-5 at 0.066 in one run), so atol scales with them.
+        atol = TOL * np.abs(alone).max()
+        np.testing.assert_allclose(packed[0, start : start + n], alone[0], atol=atol, rtol=TOL)
 
 
 def test_text_packing_changes_outputs_only_past_the_budget(setup):

@@ -338,13 +338,19 @@ def test_second_training_process_on_a_locked_workdir_exits_with_one_line(tmp_pat
 
 def _message_lines(stderr: str) -> list[str]:
     """stderr without log lines (absl's `I1204 12:00:00.000 ...`, Python's `WARNING:root:`
-    from third-party imports) and warnings."""
-    return [
-        line
-        for line in stderr.splitlines()
-        if line.strip()
-        and not (line[:1] in "IWEF" and line[1:5].isdigit())
-        and "Warning" not in line
-        and not line.startswith("WARNING:")
-        and not line.startswith("  warnings.warn")
-    ]
+    from third-party imports) and warnings (Python prints a warning's source line, indented,
+    after it: orbax's 'coroutine ... was never awaited' comes and goes with garbage
+    collection)."""
+    lines, after_warning = [], False
+    for line in stderr.splitlines():
+        is_warning = "Warning" in line
+        if not (
+            not line.strip()
+            or (line[:1] in "IWEF" and line[1:5].isdigit())
+            or is_warning
+            or line.startswith("WARNING:")
+            or (after_warning and line.startswith("  "))
+        ):
+            lines.append(line)
+        after_warning = is_warning
+    return lines
