@@ -343,14 +343,14 @@ def _message_lines(stderr: str) -> list[str]:
     collection)."""
     lines, after_warning = [], False
     for line in stderr.splitlines():
-        is_warning = "Warning" in line
-        if not (
+        noise = (
             not line.strip()
             or (line[:1] in "IWEF" and line[1:5].isdigit())
-            or is_warning
+            or "Warning" in line
             or line.startswith("WARNING:")
             or (after_warning and line.startswith("  "))
-        ):
+        )
+        if not noise:
             lines.append(line)
-        after_warning = is_warning
+        after_warning = "Warning" in line
     return lines
