@@ -107,6 +107,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.vae.model.num_res_blocks = 2
     c.vae.model.latent_channels = 8
     c.vae.model.temporal_downsample = (True, True, False)
+    # Per level: halve height and width too (() = every level, the usual VAE).
+    c.vae.model.spatial_downsample = ()
     c.vae.model.norm_groups = 16
     c.vae.model.patch_size = 1  # pixel-unshuffle stem (>1: convs run at 1/patch resolution)
     c.vae.model.shortcuts = True  # DC-AE-style residual autoencoding: much faster to train

@@ -46,6 +46,7 @@ ADDED_KEYS = {
     "vae.model.patch_size": 1,
     "vae.model.shortcuts": False,
     "vae.model.mid_attention": False,
+    "vae.model.spatial_downsample": (),
     "vae.latent_noise": 0.0,
     "dit.model.abs_positions": False,
     "dit.model.cond_embedding": False,

@@ -297,6 +297,7 @@ def test_config_overrides_and_errors():
         "data.image_fraction": (1.5, "config.data.image_fraction=1.5"),
         "vae.latent_noise": (-0.1, "config.vae.latent_noise=-0.1"),
         "vae.model.patch_size": (0, "config.vae.model.patch_size=0"),
+        "vae.model.spatial_downsample": ((True,), "config.vae.model.spatial_downsample=(True,)"),
         "text.depth": (-1, "config.text.depth=-1"),
     }
     for key, (value, message) in bad.items():

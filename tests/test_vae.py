@@ -76,6 +76,9 @@ def test_compression_properties_on_unbound_module():
     assert m.latent_shape(5, 8, 12) == (3, 2, 3, 4)
     assert CausalVAE(**TINY).latent_shape(1, 16, 16) == (1, 4, 4, 4)
     assert CausalVAE(**TINY).latent_shape(9, 32, 16) == (3, 8, 4, 4)
+    m = CausalVAE(**{**TINY, "spatial_downsample": (True, False)})  # level 2 halves time only
+    assert (m.spatial_compression, m.temporal_compression) == (2, 4)
+    assert m.latent_shape(9, 32, 16) == (3, 16, 8, 4)
 
 
 @pytest.mark.parametrize(
@@ -97,6 +100,8 @@ def test_bad_config_is_rejected():
         CausalVAE(**{**TINY, "temporal_downsample": (True,)}).latent_shape(1, 16, 16)
     with pytest.raises(ValueError, match="norm_groups"):
         CausalVAE(**{**TINY, "norm_groups": 3}).latent_shape(1, 16, 16)
+    with pytest.raises(ValueError, match="spatial_downsample has 1 entries"):
+        CausalVAE(**{**TINY, "spatial_downsample": (True,)}).latent_shape(1, 16, 16)
 
 
 def test_channel_shortcut_averages_or_repeats():
@@ -118,12 +123,15 @@ def _zero_params(model, x):
     return jax.tree.map(jnp.zeros_like, _init_params(model, x))
 
 
-@pytest.mark.parametrize("patch", [1, 2])
-def test_zero_weights_leave_an_exact_shortcut_path(patch):
+@pytest.mark.parametrize(
+    "patch, spatial", [(1, ()), (2, ()), (1, (True, False)), (1, (False, True))]
+)
+def test_zero_weights_leave_an_exact_shortcut_path(patch, spatial):
     """With every weight zero the VAE is its parameter-free shortcut path: block averages down,
     nearest copies up. A grey video constant on the causal blocks (frame 0 alone, then groups
-    of r_t frames; r_s x r_s pixels) passes through it exactly; without shortcuts, nothing does."""
-    model = CausalVAE(**{**TINY, "patch_size": patch})
+    of r_t frames; r_s x r_s pixels) passes through it exactly; without shortcuts, nothing does.
+    Levels that halve time only keep a finer grid (r_s 2)."""
+    model = CausalVAE(**{**TINY, "patch_size": patch, "spatial_downsample": spatial})
     r_t, r_s = model.temporal_compression, model.spatial_compression
     t_lat, h_lat, w_lat = 3, 2, 3
     blocks = jax.random.uniform(jax.random.key(7), (1, t_lat, h_lat, w_lat, 1), minval=-1)
@@ -133,7 +141,9 @@ def test_zero_weights_leave_an_exact_shortcut_path(patch):
     recon, mean, _ = model.apply(_zero_params(model, x), x, sample_posterior=False)
     np.testing.assert_allclose(recon, x, atol=1e-6)
     np.testing.assert_allclose(mean, jnp.repeat(blocks, 4, axis=-1), atol=1e-6)
-    plain = CausalVAE(**{**TINY, "patch_size": patch, "shortcuts": False})
+    plain = CausalVAE(
+        **{**TINY, "patch_size": patch, "spatial_downsample": spatial, "shortcuts": False}
+    )
     recon, _, _ = plain.apply(_zero_params(plain, x), x, sample_posterior=False)
     assert float(jnp.abs(recon).max()) == 0.0
 

@@ -48,11 +48,11 @@ def model_params():
 
 
 @functools.lru_cache(maxsize=None)
-def _full(mid_attention: bool):
+def _full(mid_attention: bool, spatial_downsample: tuple[bool, ...] = ()):
     """(model, params, x f32[2 21 8 12 3], its mean, logvar, decode(mean)) all at once. With
     ``mid_attention`` the attention output projections are made non-zero (they start at zero:
     an identity block would make the comparisons vacuous)."""
-    model = CausalVAE(**TINY, mid_attention=mid_attention)
+    model = CausalVAE(**TINY, mid_attention=mid_attention, spatial_downsample=spatial_downsample)
     params = _init(model)
     if mid_attention:
         params = jax.tree_util.tree_map_with_path(
@@ -94,14 +94,16 @@ def _step(model, method):
 
 
 @pytest.mark.parametrize(
-    "t, mid_attention", [(1, False), (5, False), (9, False), (17, False), (21, False), (21, True)]
+    "t, mid_attention, spatial",
+    [(1, False, ()), (5, False, ()), (9, False, ()), (17, False, ()), (21, False, ())]
+    + [(21, True, ()), (21, False, (True, False))],
 )
-def test_streamed_encode_decode_equal_full_for_every_length_and_chunk(t, mid_attention):
+def test_streamed_encode_decode_equal_full_for_every_length_and_chunk(t, mid_attention, spatial):
     """Every length T = 1 + 4k and chunks of 1 + 4m first / 4m later frames (several m): the
     chunk-by-chunk result equals the whole-video one (prefixes: the VAE is causal). T = 1 is
     the image path: a 1-frame first chunk gives the video's latent / decoded frame 0. The
-    per-frame mid-block attention keeps this exact."""
-    model, params, x, mean, logvar, recon = _full(mid_attention)
+    per-frame mid-block attention and a level that halves time only keep this exact."""
+    model, params, x, mean, logvar, recon = _full(mid_attention, spatial)
     t_lat = 1 + (t - 1) // 4
     for first, size in [(1, 4), (5, 8), (1, 12)]:
         m, lv = _loop(model, params, "encode_chunk", x[:, :t], first, size)

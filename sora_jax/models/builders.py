@@ -42,6 +42,7 @@ def build_vae(config: ml_collections.ConfigDict) -> vae_lib.CausalVAE | wan_vae.
         num_res_blocks=m.num_res_blocks,
         latent_channels=m.latent_channels,
         temporal_downsample=tuple(bool(d) for d in m.temporal_downsample),
+        spatial_downsample=tuple(bool(d) for d in m.spatial_downsample),
         norm_groups=m.norm_groups,
         patch_size=m.patch_size,
         shortcuts=m.shortcuts,

@@ -18,6 +18,7 @@ def vae_compression(config: ml_collections.ConfigDict) -> tuple[int, int]:
     vae = vae_lib.CausalVAE(
         channel_mults=tuple(m.channel_mults),
         temporal_downsample=tuple(bool(d) for d in m.temporal_downsample),
+        spatial_downsample=tuple(bool(d) for d in m.spatial_downsample),
         patch_size=m.patch_size,
     )
     return vae.temporal_compression, vae.spatial_compression

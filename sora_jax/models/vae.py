@@ -224,9 +224,10 @@ class ResBlock3d(nn.Module):
 
 
 class Downsample3d(nn.Module):
-    """Space / 2 and, when ``temporal``, time ``1 + 2m -> 1 + m``: space-to-depth + causal conv.
+    """Space / 2 when ``spatial`` and time ``1 + 2m -> 1 + m`` when ``temporal``: space-to-depth
+    + causal conv.
 
-    ``f32[b t h w c] -> f32[b t' h/2 w/2 features]``. Each 2x2 pixel block (and, in time, each
+    ``f32[b t h w c] -> f32[b t' h' w' features]``. Each 2x2 pixel block (and, in time, each
     pair of frames after replicating frame 0 once in front, so pair ``j`` holds frames
     ``2j-1, 2j`` and pair 0 holds frame 0 twice) is folded into channels, then a causal conv with
     kernel (2, 3, 3) ((3, 3, 3) without temporal folding) mixes neighbours: output frame ``j``
@@ -240,6 +241,7 @@ class Downsample3d(nn.Module):
     temporal: bool
     shortcut: bool = False
     dtype: jnp.dtype = jnp.float32
+    spatial: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, cache: Cache = None, *, stream: bool = False):
@@ -258,10 +260,11 @@ class Downsample3d(nn.Module):
                     f"Downsample3d: {x.shape[1]} frames cannot be paired (a first chunk needs "
                     "1 + 2m frames, a later one 2m)"
                 )
-            x = einops.rearrange(x, "b (t a) (h p) (w q) c -> b t h w (a p q c)", a=2, p=2, q=2)
+            p = 2 if self.spatial else 1
+            x = einops.rearrange(x, "b (t a) (h p) (w q) c -> b t h w (a p q c)", a=2, p=p, q=p)
             kernel = (2, 3, 3)
         else:
-            x = space_to_depth(x, 2)
+            x = space_to_depth(x, 2 if self.spatial else 1)
             kernel = (3, 3, 3)
         conv = CausalConv3d(self.features, kernel_size=kernel, dtype=self.dtype, name="conv")
         y, c = conv(x, None if first else cache["conv"], stream=True)
@@ -270,13 +273,15 @@ class Downsample3d(nn.Module):
 
 
 class Upsample3d(nn.Module):
-    """Nearest upsampling (space x2; time ``1 + m -> 1 + 2m`` when ``temporal``) + causal conv
-    (+ the upsampled input mapped to ``features`` channels when ``shortcut``)."""
+    """Nearest upsampling (space x2 when ``spatial``; time ``1 + m -> 1 + 2m`` when
+    ``temporal``) + causal conv (+ the upsampled input mapped to ``features`` channels when
+    ``shortcut``)."""
 
     features: int
     temporal: bool
     shortcut: bool = False
     dtype: jnp.dtype = jnp.float32
+    spatial: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, cache: Cache = None, *, stream: bool = False):
@@ -291,7 +296,8 @@ class Upsample3d(nn.Module):
             # so nothing ever depends on a later latent frame.
             x = jnp.repeat(x, 2, axis=1)
             x = x[:, 1:] if first else x
-        x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
+        if self.spatial:
+            x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
         conv = CausalConv3d(self.features, dtype=self.dtype, name="conv")
         y, c = conv(x, None if first else cache["conv"], stream=True)
         y = y + channel_shortcut(x, self.features) if self.shortcut else y
@@ -360,6 +366,13 @@ def space_to_depth(x: jax.Array, p: int) -> jax.Array:
     return einops.rearrange(x, "b t (h p) (w q) c -> b t h w (p q c)", p=p, q=p)
 
 
+def spatial_levels(spatial_downsample: Sequence[bool], num_levels: int) -> tuple[bool, ...]:
+    """Per downsampling level, whether it halves height and width (``()``: every level does)."""
+    if not spatial_downsample:
+        return (True,) * (num_levels - 1)
+    return tuple(bool(d) for d in spatial_downsample)
+
+
 class Encoder(nn.Module):
     """``f32[b t h w 3] -> f32[b t' h' w' 2*latent_channels]`` (mean and logvar stacked).
 
@@ -378,6 +391,7 @@ class Encoder(nn.Module):
     shortcuts: bool = True
     mid_attention: bool = False
     dtype: jnp.dtype = jnp.float32
+    spatial_downsample: Sequence[bool] = ()  # per level; () = every level
 
     @nn.compact
     def __call__(self, x: jax.Array, cache: Cache = None, *, stream: bool = False):
@@ -404,6 +418,7 @@ class Encoder(nn.Module):
                     bool(self.temporal_downsample[level]),
                     self.shortcuts,
                     self.dtype,
+                    spatial_levels(self.spatial_downsample, len(ch))[level],
                     name=f"down{level}_sample",
                 )
                 h = run(down, h)
@@ -436,6 +451,7 @@ class Decoder(nn.Module):
     mid_attention: bool = False
     out_channels: int = 3
     dtype: jnp.dtype = jnp.float32
+    spatial_downsample: Sequence[bool] = ()  # per level; () = every level
 
     @nn.compact
     def __call__(self, z: jax.Array, cache: Cache = None, *, stream: bool = False):
@@ -466,6 +482,7 @@ class Decoder(nn.Module):
                     bool(self.temporal_downsample[level - 1]),
                     self.shortcuts,
                     self.dtype,
+                    spatial_levels(self.spatial_downsample, len(ch))[level - 1],
                     name=f"up{level}_sample",
                 )
                 h = run(up, h)
@@ -500,11 +517,15 @@ class CausalVAE(nn.Module):
     shortcuts: bool = True  # parameter-free residual paths around every reshaping layer
     mid_attention: bool = False  # per-frame self-attention after the mid residual blocks
     dtype: jnp.dtype = jnp.float32
+    # Per level, whether it halves height and width (() = every level): a level that halves
+    # only time keeps a finer latent grid (spatial compression patch * 2^(halving levels)).
+    spatial_downsample: tuple[bool, ...] = ()
 
     # ---- static geometry (usable on the unbound module) ---------------------------------
     @property
     def spatial_compression(self) -> int:
-        return self.patch_size * 2 ** (len(self.channel_mults) - 1)
+        halvings = spatial_levels(self.spatial_downsample, len(self.channel_mults))
+        return self.patch_size * 2 ** sum(halvings)
 
     @property
     def temporal_compression(self) -> int:
@@ -535,6 +556,11 @@ class CausalVAE(nn.Module):
                 f"temporal_downsample has {len(self.temporal_downsample)} entries, expected "
                 f"len(channel_mults) - 1 = {len(self.channel_mults) - 1}"
             )
+        if self.spatial_downsample and len(self.spatial_downsample) != len(self.channel_mults) - 1:
+            raise ValueError(
+                f"spatial_downsample has {len(self.spatial_downsample)} entries, expected "
+                f"len(channel_mults) - 1 = {len(self.channel_mults) - 1} (or none: every level)"
+            )
         for m in self.channel_mults:
             if (self.base_channels * m) % self.norm_groups:
                 raise ValueError(
@@ -556,6 +582,7 @@ class CausalVAE(nn.Module):
             shortcuts=self.shortcuts,
             mid_attention=self.mid_attention,
             dtype=self.dtype,
+            spatial_downsample=tuple(self.spatial_downsample),
         )
         self.decoder = Decoder(
             base_channels=self.base_channels,
@@ -567,6 +594,7 @@ class CausalVAE(nn.Module):
             shortcuts=self.shortcuts,
             mid_attention=self.mid_attention,
             dtype=self.dtype,
+            spatial_downsample=tuple(self.spatial_downsample),
         )
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -653,7 +681,14 @@ def kl_divergence(mean: jax.Array, logvar: jax.Array) -> jax.Array:
 
 def validate_geometry(config):
     """config.vae.model's compression is computable (the size checks of other sections use it)."""
+    m = config.vae.model
     cc.positive(config, "vae.model.patch_size")
+    cc.check(
+        len(m.spatial_downsample) in (0, len(m.channel_mults) - 1),
+        "vae.model.spatial_downsample",
+        m.spatial_downsample,
+        f"needs len(channel_mults)-1={len(m.channel_mults) - 1} entries (or none: every level)",
+    )
 
 
 def validate_config(config):
