@@ -227,11 +227,11 @@ class Downsample3d(nn.Module):
     """Space / 2 when ``spatial`` and time ``1 + 2m -> 1 + m`` when ``temporal``: space-to-depth
     + causal conv.
 
-    ``f32[b t h w c] -> f32[b t' h' w' features]``. Each 2x2 pixel block (and, in time, each
-    pair of frames after replicating frame 0 once in front, so pair ``j`` holds frames
-    ``2j-1, 2j`` and pair 0 holds frame 0 twice) is folded into channels, then a causal conv with
-    kernel (2, 3, 3) ((3, 3, 3) without temporal folding) mixes neighbours: output frame ``j``
-    sees input frames ``<= 2j`` only.
+    ``f32[b t h w c] -> f32[b t' h' w' features]``. Each 2x2 pixel block (1x1 without
+    ``spatial``; and, in time, each pair of frames after replicating frame 0 once in front, so
+    pair ``j`` holds frames ``2j-1, 2j`` and pair 0 holds frame 0 twice) is folded into
+    channels, then a causal conv with kernel (2, 3, 3) ((3, 3, 3) without temporal folding)
+    mixes neighbours: output frame ``j`` sees input frames ``<= 2j`` only.
     This is a strided conv with a (4, 6, 6) receptive field written without strides, because
     XLA:CPU computes the input gradient of a strided 3D conv ~10x slower than a plain conv.
     With ``shortcut`` the folded input, group-averaged to ``features`` channels, is added.
@@ -252,6 +252,7 @@ class Downsample3d(nn.Module):
         full video's pairs ``(2j - 1, 2j)`` and frame 0 is not replicated again.
         """
         first = cache is None
+        p = 2 if self.spatial else 1
         if self.temporal:
             if first:
                 x = jnp.concatenate([x[:, :1], x], axis=1)  # 1 + 2m -> 2 + 2m frames
@@ -260,11 +261,10 @@ class Downsample3d(nn.Module):
                     f"Downsample3d: {x.shape[1]} frames cannot be paired (a first chunk needs "
                     "1 + 2m frames, a later one 2m)"
                 )
-            p = 2 if self.spatial else 1
             x = einops.rearrange(x, "b (t a) (h p) (w q) c -> b t h w (a p q c)", a=2, p=p, q=p)
             kernel = (2, 3, 3)
         else:
-            x = space_to_depth(x, 2 if self.spatial else 1)
+            x = space_to_depth(x, p)
             kernel = (3, 3, 3)
         conv = CausalConv3d(self.features, kernel_size=kernel, dtype=self.dtype, name="conv")
         y, c = conv(x, None if first else cache["conv"], stream=True)
@@ -402,6 +402,7 @@ class Encoder(nn.Module):
             return y
 
         ch = [self.base_channels * m for m in self.channel_mults]
+        halves_space = spatial_levels(self.spatial_downsample, len(ch))
         x = space_to_depth(x, self.patch_size)
         h = run(CausalConv3d(ch[0], dtype=self.dtype, name="conv_in"), x)
         if self.shortcuts:
@@ -418,7 +419,7 @@ class Encoder(nn.Module):
                     bool(self.temporal_downsample[level]),
                     self.shortcuts,
                     self.dtype,
-                    spatial_levels(self.spatial_downsample, len(ch))[level],
+                    halves_space[level],
                     name=f"down{level}_sample",
                 )
                 h = run(down, h)
@@ -462,6 +463,7 @@ class Decoder(nn.Module):
             return y
 
         ch = [self.base_channels * m for m in self.channel_mults]
+        halves_space = spatial_levels(self.spatial_downsample, len(ch))
         h = run(CausalConv3d(ch[-1], dtype=self.dtype, name="conv_in"), z)
         if self.shortcuts:
             h = h + channel_shortcut(z, ch[-1])
@@ -482,7 +484,7 @@ class Decoder(nn.Module):
                     bool(self.temporal_downsample[level - 1]),
                     self.shortcuts,
                     self.dtype,
-                    spatial_levels(self.spatial_downsample, len(ch))[level - 1],
+                    halves_space[level - 1],
                     name=f"up{level}_sample",
                 )
                 h = run(up, h)
