@@ -182,18 +182,19 @@ def test_joint_text_blocks_equal_the_dense_masked_block(layout):
         lse = jnp.swapaxes(jax.nn.logsumexp(jnp.where(sub, s, -jnp.inf), axis=-1), 1, 2)
         return out, lse
 
-    def out_and_grad(impl):
-        """The block's outputs and weight gradients, traced afresh (so a patched `_attend`
-        is the one compiled)."""
-        out = lambda p: block(impl).apply(p, x, cond, pos, segments, text)  # noqa: E731
-        loss = lambda p: sum(jnp.sum(jnp.sin(o)) for o in out(p))  # noqa: E731
-        return jax.jit(lambda p: (out(p), jax.grad(loss)(p)))(params)
+    def apply(impl, params, x, text):
+        return block(impl).apply(params, x, cond, pos, segments, text)
 
     for impl in ("blockwise", "splash"):
+        got = lambda p, x, t: apply(impl, p, x, t)
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(dit_lib.DiTBlock, "_attend", dense_block_attention)
-            want_out, want_grad = out_and_grad(impl)
-        got_out, got_grad = out_and_grad(impl)
+            want_out = apply(impl, params, x, text)
+            want_grad = jax.grad(
+                lambda p: sum(jnp.sum(jnp.sin(o)) for o in apply(impl, p, x, text))
+            )(params)
+        got_out = got(params, x, text)
+        got_grad = jax.grad(lambda p: sum(jnp.sum(jnp.sin(o)) for o in got(p, x, text)))(params)
         # Block outputs and weight gradients (sums over every token): 1e-5 of their scale.
         for a, w in zip(got_out, want_out):
             np.testing.assert_allclose(a, w, atol=TOL * float(jnp.abs(w).max()), rtol=0)
@@ -314,7 +315,7 @@ def test_whole_dit_equals_the_dense_kernel(layout):
 
     def out_and_grad(impl):
         loss = lambda p: jnp.sum(jnp.sin(model(impl).apply(p, *args)))
-        return jax.jit(lambda p: (model(impl).apply(p, *args), jax.grad(loss)(p)))(params)
+        return model(impl).apply(params, *args), jax.grad(loss)(params)
 
     want_out, want_grad = out_and_grad("xla")
     for impl in ("blockwise", "splash"):  # flash_gpu: kernel-level tests above
