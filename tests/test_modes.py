@@ -253,11 +253,12 @@ class _SpyDiT:
     stopping the step there: the rest of it (the DiT, its gradients) is not under test."""
 
     def __init__(self, dit):
-        self.dit, self.calls = dit, []
+        self.dit, self.inputs = dit, None
 
     def apply(self, variables, x, *args, **kw):
-        self.calls.append(
-            (np.asarray(x), {k: None if v is None else np.asarray(v) for k, v in kw.items()})
+        self.inputs = (
+            np.asarray(x),
+            {k: None if v is None else np.asarray(v) for k, v in kw.items()},
         )
         raise _Recorded
 
@@ -279,7 +280,7 @@ def test_given_frames_are_noised_to_their_own_time_in_training(noise):
     spy = _SpyDiT(dit)
     with jax.disable_jit(), pytest.raises(_Recorded):
         dit_trainer.make_train_step(c, spy, text, tx)(state, batch, jax.random.PRNGKey(0))
-    (x, kw), seg = spy.calls[0], batch["segment_ids"]
+    (x, kw), seg = spy.inputs, batch["segment_ids"]
     cond, x0 = kw["cond_mask"], batch["tokens"]
     np.testing.assert_array_equal(cond, batch["cond_mask"] & (seg > 0))
     if noise == 0:
