@@ -9,10 +9,13 @@ import pytest
 from dit_setup import MESHES, fixed_batch, mesh_config, run_steps, tiny_config
 
 from sora_jax import config as config_lib
+from sora_jax.common import checkpoint
 from sora_jax.kernels.segments import Segments, layout_segments
 from sora_jax.models import attention as attention_lib
 from sora_jax.parallel import axes, partitioning
 from sora_jax.parallel import mesh as mesh_lib
+
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
 def test_mesh_shapes_fill_and_errors():
@@ -210,3 +213,36 @@ def test_plan_counts_params_memory_and_flops_without_allocating():
     assert abs(wide["flops_per_step_analytic"] / wide["flops_per_step_xla"] - 1) < 0.1, wide
     with pytest.raises(ValueError, match="axis:size pairs"):
         plan_lib.parse_mesh("model:8")
+
+
+def test_replicated_state_saves_without_a_program_per_replica_and_restores(tmp_path):
+    """A state replicated over the 8 devices: its small arrays are written by one replica
+    (split, each of the 4 shapes compiled a slice program per device at the first save: 32
+    here), a large one is still written in slices by every replica; all restore bit-exactly."""
+    replicated = mesh_lib.replicated(mesh_lib.create_mesh(ici={"data": 8}))
+    rng = np.random.default_rng(0)
+    # Leading sizes divisible by the 8 replicas: the arrays orbax would split.
+    shapes = [(8,), (16, 4), (32, 3, 3), (64, 2)] * 5 + [(2 * checkpoint.MIN_REPLICA_SLICE_BYTES,)]
+    state = {
+        f"a{i}": jax.device_put(rng.standard_normal(s).astype(np.float32), replicated)
+        for i, s in enumerate(shapes)
+    }
+    compiles = []
+
+    def on_event(event, secs, **kw):
+        if event == BACKEND_COMPILE_EVENT:
+            compiles.append(secs)
+
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"))
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    try:
+        ckpt.save(1, state, force=True)
+        ckpt.wait()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_event)
+    # The large array's 8 slices (one program per device) and nothing per small array.
+    assert len(compiles) <= 8, len(compiles)
+    restored = ckpt.restore(state)
+    for k, v in state.items():
+        assert restored[k].sharding == replicated
+        np.testing.assert_array_equal(np.asarray(restored[k]), np.asarray(v))

@@ -23,6 +23,25 @@ from absl import logging
 
 DAMAGED_DIR = "damaged"  # beside `checkpoints/`: steps a training run passed over
 
+# Orbax writes a replicated array in parallel from all its replicas, one slice each; every
+# slice is a small program compiled per shape and device (200 of them, 6 s, for a micro run's
+# first save on 8 devices), which only pays for large arrays. Arrays whose slices would be
+# under this size are written by one replica. No handler-level array metadata is kept: it
+# records only typed PRNG-key dtypes, and the saved states hold none.
+MIN_REPLICA_SLICE_BYTES = 1 << 20
+_verbosity = logging.get_verbosity()
+logging.set_verbosity(logging.ERROR)  # orbax warns of every override, this one intended
+try:
+    ocp.type_handlers.register_type_handler(
+        jax.Array,
+        ocp.type_handlers.ArrayHandler(
+            min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES
+        ),
+        override=True,
+    )
+finally:
+    logging.set_verbosity(_verbosity)
+
 
 class NoUsableCheckpoint(FileNotFoundError):
     """Checkpoints exist but none of them restores."""
