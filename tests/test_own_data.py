@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("tensorflow_datasets")
 
 from test_data_pipeline import CLIPS, _write_folder  # noqa: E402
-from test_train import ROOT, TINY  # noqa: E402
+from test_train import ROOT, TINY, run_cli  # noqa: E402
 
 from sora_jax.data import video_io  # noqa: E402
 
@@ -26,20 +26,6 @@ DATA = [
     "--config.data.stats_examples=4",
     "--config.data.val_fraction=0.3",
 ]
-
-
-def _run(module, *args, cache: str):
-    """`python -m module args` on CPU compiling into the JAX cache `cache`; the CompletedProcess,
-    which must have succeeded."""
-    r = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache),
-        cwd=ROOT,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
 
 
 def _kill_once(module, *args, when: str, cache: str, timeout: float = 300):
@@ -71,6 +57,11 @@ def _kill_once(module, *args, when: str, cache: str, timeout: float = 300):
     return "finished"
 
 
+def _ok(r):
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
 def test_own_videos_from_folder_to_samples_with_a_kill_at_every_stage(tmp_path):
     videos = _write_folder(tmp_path / "videos")  # mixed sizes, rates, lengths; bad files
     data_dir, work = str(tmp_path / "tfds"), str(tmp_path / "run")
@@ -83,7 +74,7 @@ def test_own_videos_from_folder_to_samples_with_a_kill_at_every_stage(tmp_path):
 
     # 1. The dataset (the bad files are listed, not fatal).
     args = [f"--source={videos}", f"--data_dir={data_dir}", "--max_bad_fraction=0.5"]
-    out = _run("sora_jax.build_dataset", *args, cache=jax_cache).stdout
+    out = _ok(run_cli("sora_jax.build_dataset", *args, JAX_COMPILATION_CACHE_DIR=jax_cache)).stdout
     assert f"{len(CLIPS)} clips, 3 bad" in out
 
     # 2. The VAE on those videos, killed after its first checkpoint and re-run.
@@ -93,7 +84,7 @@ def test_own_videos_from_folder_to_samples_with_a_kill_at_every_stage(tmp_path):
     ckpts = os.path.join(work, "vae", "checkpoints")
     assert _kill_once("sora_jax.train", *vae, when=f"{ckpts}/2", cache=jax_cache) == "killed"
     assert not os.path.exists(f"{ckpts}/4")
-    _run("sora_jax.train", *vae, cache=jax_cache)
+    _ok(run_cli("sora_jax.train", *vae, JAX_COMPILATION_CACHE_DIR=jax_cache))
     assert sorted(os.listdir(ckpts))[-1] == "4"
 
     # 3. The latent cache, killed while it writes and re-run; a third run reuses it.
@@ -105,10 +96,13 @@ def test_own_videos_from_folder_to_samples_with_a_kill_at_every_stage(tmp_path):
     _kill_once("sora_jax.prepare", *prep, when=f"{cache}/latents-*", cache=jax_cache)
     if os.path.exists(os.path.join(cache, "prepare.json")):
         assert os.path.exists(os.path.join(cache, "cache_info.json"))
-    _run("sora_jax.prepare", *prep, cache=jax_cache)
+    _ok(run_cli("sora_jax.prepare", *prep, JAX_COMPILATION_CACHE_DIR=jax_cache))
     with open(os.path.join(cache, "cache_info.json")) as f:
         assert json.load(f)["num_examples"] == len(CLIPS)
-    assert "reusing it" in _run("sora_jax.prepare", *prep, cache=jax_cache).stdout
+    assert (
+        "reusing it"
+        in _ok(run_cli("sora_jax.prepare", *prep, JAX_COMPILATION_CACHE_DIR=jax_cache)).stdout
+    )
 
     # 4. The DiT from the cache, killed after its first checkpoint and re-run (with held-out
     # validation and end-of-run samples; no moving-shapes judge on own videos).
@@ -118,7 +112,7 @@ def test_own_videos_from_folder_to_samples_with_a_kill_at_every_stage(tmp_path):
     dit += ["--config.dit.train.val_every=2"]
     ckpts = os.path.join(work, "dit", "checkpoints")
     assert _kill_once("sora_jax.train", *dit, when=f"{ckpts}/2", cache=jax_cache) == "killed"
-    _run("sora_jax.train", *dit, cache=jax_cache)
+    _ok(run_cli("sora_jax.train", *dit, JAX_COMPILATION_CACHE_DIR=jax_cache))
     assert sorted(os.listdir(ckpts))[-1] == "4"
     assert glob.glob(os.path.join(work, "samples", "*.mp4"))
     assert not os.path.exists(os.path.join(work, "eval.json"))  # the shapes judge: built-in only
@@ -126,13 +120,15 @@ def test_own_videos_from_folder_to_samples_with_a_kill_at_every_stage(tmp_path):
     # 5. Sampling from the workdir.
     out = str(tmp_path / "out")
     sample = ["--prompt=a red circle moves right", "--frames=5", "--height=16", "--width=24"]
-    _run(
-        "sora_jax.sample",
-        f"--workdir={work}",
-        f"--out={out}",
-        "--steps=2",
-        *sample,
-        cache=jax_cache,
+    _ok(
+        run_cli(
+            "sora_jax.sample",
+            f"--workdir={work}",
+            f"--out={out}",
+            "--steps=2",
+            *sample,
+            JAX_COMPILATION_CACHE_DIR=jax_cache,
+        )
     )
     (mp4,) = glob.glob(os.path.join(out, "*.mp4"))
     assert video_io.read_video(mp4).shape == (5, 16, 24, 3)

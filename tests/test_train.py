@@ -352,13 +352,14 @@ def test_every_key_added_since_the_first_saved_config_is_in_added_keys(tmp_path)
     assert old.vae.mse_weight == 0.0 and old.mesh.data == -1
 
 
-def run_cli(module, *args):
-    """`python -m module args...` from the repository root on CPU; the CompletedProcess."""
+def run_cli(module, *args, **env):
+    """`python -m module args...` from the repository root on CPU, with the environment
+    variables `env` added; the CompletedProcess."""
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        env=dict(os.environ, JAX_PLATFORMS="cpu", **env),
         cwd=ROOT,
     )
 
