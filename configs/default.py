@@ -133,7 +133,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Optional 3D patch-GAN (sora_jax/models/discriminator.py, hinge loss): weight 0 turns it
     # off. The decoder's GAN term is weight * adaptive weight (VQGAN: ratio of the gradient norms
     # of the reconstruction and GAN losses at the decoder's last layer, clipped to
-    # max_adaptive_weight); both it and the discriminator's loss are off before start_step.
+    # max_adaptive_weight); both it and the discriminator's loss are off before start_step
+    # (not computed: until then a step costs what it costs without the GAN).
     c.vae.gan = ml_collections.ConfigDict()
     c.vae.gan.weight = 0.0
     c.vae.gan.start_step = 5000

@@ -84,6 +84,12 @@ def test_gan_train_step_off_before_start_on_after():
     assert float(m0["gan_factor"]) == 0.0 and float(m0["gan_d_loss"]) == 0.0
     np.testing.assert_allclose(m0["loss"], rec_only(m0), rtol=1e-6)
     jax.tree.map(np.testing.assert_array_equal, s1.disc_params, state.disc_params)
+    # Nor is the discriminator run before the start step: with NaN discriminator weights the
+    # step is finite and updates the VAE exactly as with the real ones.
+    nan_disc = jax.tree.map(lambda a: jnp.full_like(a, jnp.nan), state.disc_params)
+    s1_nan, m0_nan = step(state.replace(disc_params=nan_disc), batch, rng)
+    assert bool(m0_nan["finite"]) and np.isfinite(float(m0_nan["loss"]))
+    jax.tree.map(np.testing.assert_array_equal, s1_nan.params, s1.params)
 
     s2, m1 = step(s1, batch, rng)  # step 1: GAN on
     assert float(m1["gan_factor"]) == 1.0 and float(m1["gan_d_loss"]) > 0.0

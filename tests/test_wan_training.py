@@ -61,8 +61,8 @@ def folder(tmp_path_factory):
     return tiny_pipeline(tmp_path_factory.mktemp("wan"), words=WORDS)
 
 
-def _config(path, overrides=OVERRIDES):
-    c = config_lib.load_with_arg(TINY, "micro")
+def _config(path, overrides=OVERRIDES, variant="micro"):
+    c = config_lib.load_with_arg(TINY, variant)
     c.init.from_pretrained = path
     for key, value in overrides.items():
         *parents, leaf = key.split(".")
@@ -87,6 +87,11 @@ def test_the_folder_becomes_the_runs_models(folder):
     mean, std = wan_folder.latent_stats(c)
     np.testing.assert_array_equal(mean, np.float32([0.1, -0.2, 0.3, 0.0]))
     np.testing.assert_array_equal(std, np.float32([1.5, 0.5, 2.0, 1.0]))
+    # A config whose own VAE has another spatial layout (the tiny one: a 2x2 stem, one level
+    # that keeps the resolution) takes the folder's geometry whole.
+    tiny = _config(path, variant="")
+    assert (tiny.vae.model.patch_size, tuple(tiny.vae.model.spatial_downsample)) == (1, ())
+    assert tuple(tiny.vae.model.channel_mults) == (1, 1, 1, 1)
 
 
 def test_wan_settings_are_checked(folder, tmp_path):

@@ -6,8 +6,8 @@ A folder holds ``model_index.json``, ``vae/`` (AutoencoderKLWan), ``transformer/
 ``config.init.from_pretrained = FOLDER`` into the config sections that build its models:
 
   vae       vae.kind = 'wan', vae.path = FOLDER/vae, and the geometry the data and the DiT
-            read (vae.model.channel_mults, temporal_downsample, patch_size, latent_channels)
-            from vae/config.json; the VAE is loaded frozen, not trained;
+            read (vae.model.channel_mults, temporal_downsample, spatial_downsample, patch_size,
+            latent_channels) from vae/config.json; the VAE is loaded frozen, not trained;
   text      text.kind = 't5' (UMT5), text.path = FOLDER/text_encoder, text.tokenizer_path =
             FOLDER/tokenizer;
   dit       dit.model.arch = 'wan', dit.model.wan = transformer/config.json's architecture,
@@ -105,6 +105,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.vae.model.channel_mults = tuple(v.dim_mult)
     config.vae.model.temporal_downsample = tuple(v.temporal_downsample)
     config.vae.model.patch_size = v.patch
+    config.vae.model.spatial_downsample = ()  # every Wan VAE level halves space
     config.vae.model.latent_channels = v.z_dim
     config.text.kind = "t5"
     config.text.path = os.path.join(folder, "text_encoder")

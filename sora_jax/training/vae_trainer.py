@@ -204,7 +204,13 @@ def make_train_step(
         aux["kl"] = jnp.mean(jnp.concatenate(kl))
         loss = jnp.mean(jnp.concatenate(rec)) + v.kl_weight * aux["kl"]
         if disc is not None:
-            g_loss, weight = gan_terms(params, disc_params, zs, xs, recons, factor)
+            # Before the start step the GAN term is multiplied by 0: skip its decodes and
+            # discriminator passes, which cost 2-3 times the rest of the step.
+            g_loss, weight = jax.lax.cond(
+                factor > 0,
+                lambda: gan_terms(params, disc_params, zs, xs, recons, factor),
+                lambda: (jnp.float32(0.0), jnp.float32(0.0)),
+            )
             loss = loss + g.weight * factor * weight * g_loss
             aux.update(gan_g_loss=g_loss, gan_adaptive_weight=weight, gan_factor=factor)
         return loss, (aux, [jax.lax.stop_gradient(r) for r in recons])
@@ -231,8 +237,10 @@ def make_train_step(
         if disc is not None:
             # The discriminator learns from the same step's reconstructions (before the update),
             # and only from the start step on (its loss is scaled by the same factor).
-            d_loss, d_grads = jax.value_and_grad(disc_loss_fn)(
-                state.disc_params, batch, recons, factor
+            d_loss, d_grads = jax.lax.cond(
+                factor > 0,
+                lambda: jax.value_and_grad(disc_loss_fn)(state.disc_params, batch, recons, factor),
+                lambda: (jnp.float32(0.0), jax.tree.map(jnp.zeros_like, state.disc_params)),
             )
             updates, d_opt = disc_tx.update(d_grads, state.disc_opt_state, state.disc_params)
             new_state = new_state.replace(
