@@ -4,9 +4,9 @@ python -m sora_jax.train --config=configs/tiny.py --workdir=runs/tiny
 
 Variant ``micro`` (``configs/tiny.py:micro``): the same pipeline shrunk to seconds, the test
 suite's config and a smoke run of every stage. 1- and 5-frame clips at 16x16 / 16x24, a VAE of
-base width 4 (3 steps), a 32-wide one-block DiT (2 heads, 32-token rows; 3 steps), plain
-text->video mixed with every given-frame mode (not tiny's image->video only), 3 sampler steps
-and 2 evaluation prompts:
+base width 4 with full-resolution levels (3 steps), a 32-wide one-block DiT (2 heads, 32-token
+rows; 3 steps), plain text->video mixed with every given-frame mode (not tiny's image->video
+only), 3 sampler steps and 2 evaluation prompts:
 
 python -m sora_jax.train --config=configs/tiny.py:micro --workdir=runs/micro
 """

@@ -205,7 +205,7 @@ def make_train_step(
         loss = jnp.mean(jnp.concatenate(rec)) + v.kl_weight * aux["kl"]
         if disc is not None:
             # Before the start step the GAN term is multiplied by 0: skip its decodes and
-            # discriminator passes, which cost 2-3 times the rest of the step.
+            # discriminator passes, which cost several times the rest of the step.
             g_loss, weight = jax.lax.cond(
                 factor > 0,
                 lambda: gan_terms(params, disc_params, zs, xs, recons, factor),
