@@ -57,7 +57,10 @@ def _kill_once(module, *args, when: str, cache: str, timeout: float = 300):
     return "finished"
 
 
-def _ok(r):
+def _run(module, *args, cache: str):
+    """`run_cli` compiling into the JAX cache `cache`; the CompletedProcess, which must have
+    succeeded."""
+    r = run_cli(module, *args, JAX_COMPILATION_CACHE_DIR=cache)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -74,7 +77,7 @@ def test_own_videos_from_folder_to_samples_with_a_kill_at_every_stage(tmp_path):
 
     # 1. The dataset (the bad files are listed, not fatal).
     args = [f"--source={videos}", f"--data_dir={data_dir}", "--max_bad_fraction=0.5"]
-    out = _ok(run_cli("sora_jax.build_dataset", *args, JAX_COMPILATION_CACHE_DIR=jax_cache)).stdout
+    out = _run("sora_jax.build_dataset", *args, cache=jax_cache).stdout
     assert f"{len(CLIPS)} clips, 3 bad" in out
 
     # 2. The VAE on those videos, killed after its first checkpoint and re-run.
@@ -84,7 +87,7 @@ def test_own_videos_from_folder_to_samples_with_a_kill_at_every_stage(tmp_path):
     ckpts = os.path.join(work, "vae", "checkpoints")
     assert _kill_once("sora_jax.train", *vae, when=f"{ckpts}/2", cache=jax_cache) == "killed"
     assert not os.path.exists(f"{ckpts}/4")
-    _ok(run_cli("sora_jax.train", *vae, JAX_COMPILATION_CACHE_DIR=jax_cache))
+    _run("sora_jax.train", *vae, cache=jax_cache)
     assert sorted(os.listdir(ckpts))[-1] == "4"
 
     # 3. The latent cache, killed while it writes and re-run; a third run reuses it.
@@ -96,13 +99,10 @@ def test_own_videos_from_folder_to_samples_with_a_kill_at_every_stage(tmp_path):
     _kill_once("sora_jax.prepare", *prep, when=f"{cache}/latents-*", cache=jax_cache)
     if os.path.exists(os.path.join(cache, "prepare.json")):
         assert os.path.exists(os.path.join(cache, "cache_info.json"))
-    _ok(run_cli("sora_jax.prepare", *prep, JAX_COMPILATION_CACHE_DIR=jax_cache))
+    _run("sora_jax.prepare", *prep, cache=jax_cache)
     with open(os.path.join(cache, "cache_info.json")) as f:
         assert json.load(f)["num_examples"] == len(CLIPS)
-    assert (
-        "reusing it"
-        in _ok(run_cli("sora_jax.prepare", *prep, JAX_COMPILATION_CACHE_DIR=jax_cache)).stdout
-    )
+    assert "reusing it" in _run("sora_jax.prepare", *prep, cache=jax_cache).stdout
 
     # 4. The DiT from the cache, killed after its first checkpoint and re-run (with held-out
     # validation and end-of-run samples; no moving-shapes judge on own videos).
@@ -112,7 +112,7 @@ def test_own_videos_from_folder_to_samples_with_a_kill_at_every_stage(tmp_path):
     dit += ["--config.dit.train.val_every=2"]
     ckpts = os.path.join(work, "dit", "checkpoints")
     assert _kill_once("sora_jax.train", *dit, when=f"{ckpts}/2", cache=jax_cache) == "killed"
-    _ok(run_cli("sora_jax.train", *dit, JAX_COMPILATION_CACHE_DIR=jax_cache))
+    _run("sora_jax.train", *dit, cache=jax_cache)
     assert sorted(os.listdir(ckpts))[-1] == "4"
     assert glob.glob(os.path.join(work, "samples", "*.mp4"))
     assert not os.path.exists(os.path.join(work, "eval.json"))  # the shapes judge: built-in only
@@ -120,15 +120,13 @@ def test_own_videos_from_folder_to_samples_with_a_kill_at_every_stage(tmp_path):
     # 5. Sampling from the workdir.
     out = str(tmp_path / "out")
     sample = ["--prompt=a red circle moves right", "--frames=5", "--height=16", "--width=24"]
-    _ok(
-        run_cli(
-            "sora_jax.sample",
-            f"--workdir={work}",
-            f"--out={out}",
-            "--steps=2",
-            *sample,
-            JAX_COMPILATION_CACHE_DIR=jax_cache,
-        )
+    _run(
+        "sora_jax.sample",
+        f"--workdir={work}",
+        f"--out={out}",
+        "--steps=2",
+        *sample,
+        cache=jax_cache,
     )
     (mp4,) = glob.glob(os.path.join(out, "*.mp4"))
     assert video_io.read_video(mp4).shape == (5, 16, 24, 3)

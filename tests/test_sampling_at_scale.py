@@ -171,9 +171,9 @@ def test_sharded_tiled_decode_equals_one_device_tiled_decode(spec):
 
 def test_sharded_decode_memory_per_device_is_a_fraction_of_the_video():
     """Compiled only (nothing allocated): the configs/tiny.py VAE (2x2 stem, base 16, mults
-    (1, 2, 2), a residual block per level, 4x4x4) decoding 129 frames of 400x512 (f32, 317
-    MB) in chunks of 4 latent frames and 16/4 tiles (8 tile rows) over 8 devices. Per device temp + output
-    must be below half the video and a quarter of the unsharded tiled decode's (measured:
+    (1, 2, 2), a residual block per level, 4x4x4) decoding 129 frames of 400x512 (f32, 317 MB) in
+    chunks of 4 latent frames and 16/4 tiles (8 tile rows) over 8 devices. Per device temp +
+    output must be below half the video and a quarter of the unsharded tiled decode's (measured:
     0.425 of the video: its band, the band and overlaps being summed, one tile's activations;
     0.15 of the unsharded decode, which holds every tile's output and the whole video)."""
     c = config_lib.load(os.path.join(CONFIGS, "tiny.py"))
